@@ -1,0 +1,1 @@
+"""FAI core: pure, synchronous, deterministic logic (no networking, no chain)."""
