@@ -99,7 +99,7 @@ def cid_of(block: bytes) -> bytes:
 
 def cid_text(cid: bytes) -> str:
     """The base32 text form users see (`bafyrei...`)."""
-    return str(CID.decode(cid))
+    return str(CID.decode(cid).set(base="base32"))
 
 
 def cid_parse(text_or_bytes: str | bytes) -> bytes:

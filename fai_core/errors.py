@@ -50,9 +50,15 @@ class Reject(StrEnum):
 
 
 class WireError(FaiError):
-    """Untrusted bytes were refused. `reason` is what a node counts; `detail` is for logs."""
+    """Untrusted bytes were refused. `reason` is what a node counts; `detail` is for logs.
 
-    def __init__(self, reason: Reject, detail: str) -> None:
+    `sender` is set only when the refusal came after the sender's signature verified: then
+    the bad content is provably the sender's doing and may cost it reputation. Before that
+    point the claimed sender could be anyone.
+    """
+
+    def __init__(self, reason: Reject, detail: str, sender: bytes | None = None) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.sender = sender
