@@ -1,0 +1,1 @@
+"""Local chain processes (Anvil) for tests and the devnet."""

@@ -1,0 +1,128 @@
+"""Start and stop a local Anvil chain from the project's pinned npm tooling.
+
+Tests and the devnet need a real EVM, not a mock: Anvil starts in ~0.1 s. It only ever binds
+127.0.0.1, on a port the OS reports free, and is killed with its process group so no stray
+chain survives a crashed test run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+DEVNET_DIR = REPO_DIR / "devnet"
+ANVIL_BIN = DEVNET_DIR / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+SETUP_HINT = "run `npm ci --prefix devnet` (or `make test`, which does it) to install it"
+
+
+class AnvilError(RuntimeError):
+    """Anvil is missing or did not come up."""
+
+
+def anvil_binary() -> Path:
+    """Path of the pinned anvil; a readable error when the npm set-up step was skipped."""
+    if not ANVIL_BIN.is_file():
+        raise AnvilError(f"anvil not found at {ANVIL_BIN}: {SETUP_HINT}")
+    return ANVIL_BIN
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rpc(url: str, method: str, params: list | None = None, timeout: float = 1.0):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
+    req = urllib.request.Request(
+        url, data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())["result"]
+
+
+@dataclass
+class Anvil:
+    """A running Anvil; use as a context manager or call `stop()`."""
+
+    chain_id: int = 31337
+    port: int = 0
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> Anvil:
+        """Start on a free loopback port; retries if another process grabbed the port first."""
+        binary = anvil_binary()
+        last_error = ""
+        for _ in range(attempts):
+            self.port = _free_port()
+            self.process = subprocess.Popen(
+                [
+                    str(binary),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--chain-id",
+                    str(self.chain_id),
+                    "--silent",
+                    *self.extra_args,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    last_error = (self.process.stderr.read() or b"").decode(errors="replace")
+                    break
+                try:
+                    if int(_rpc(self.url, "eth_chainId"), 16) == self.chain_id:
+                        return self
+                except (OSError, urllib.error.URLError, KeyError, ValueError):
+                    time.sleep(0.05)
+            else:
+                self.stop()
+                raise AnvilError(f"anvil did not answer on {self.url} within {timeout} s")
+            self.stop()
+        raise AnvilError(f"anvil failed to start: {last_error.strip()}")
+
+    def stop(self) -> None:
+        """Terminate the process group, escalating to SIGKILL if it lingers."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            if proc is not None and proc.stderr:
+                proc.stderr.close()
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
+
+    def __enter__(self) -> Anvil:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
