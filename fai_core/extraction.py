@@ -1,0 +1,173 @@
+"""LocalDSOptimizer: a node's own telemetry in, shareable experiences out (paper 3.1, 7.3).
+
+telemetry -> trajectories (per task and attempt) -> GRPO groups of G attempts, at most K
+per task -> one pattern per group from an Introspector -> embeddings -> Experience.
+
+It returns experiences and stores nothing: the library decides what to keep, and an
+`on_experience` callback lets a caller stream them into one. Extraction is offline and
+deterministic given the records, the introspector, the embedder and the clock, which is
+what lets tests (and a node's operator) check exactly what would be shared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from fai_core import grpo
+from fai_core.embedding import Embedder
+from fai_core.experience import PUBLIC_KEY_LEN, Experience, text_problem
+from fai_core.introspection import (
+    DeterministicIntrospector,
+    GroupView,
+    IntrospectionError,
+    Introspector,
+    view_group,
+)
+from fai_core.telemetry import TelemetryRecord, group_trajectories
+
+
+@dataclass
+class ExtractionStats:
+    """Counts of what happened to the input, so a skipped group is visible, not silent."""
+
+    records: int = 0
+    tasks: int = 0
+    trajectories: int = 0
+    groups: int = 0
+    #: attempts in a trailing incomplete group, or beyond K groups, of their task
+    unscored_trajectories: int = 0
+    #: groups whose returns were all equal: no advantage, no pattern
+    no_signal: int = 0
+    introspection_errors: int = 0
+    #: introspector returned None or a text that is not a valid pattern
+    no_pattern: int = 0
+    #: same (domain, text) from several groups: kept once, at the highest quality
+    duplicates: int = 0
+    experiences: int = 0
+
+
+@dataclass
+class Extraction:
+    experiences: list[Experience] = field(default_factory=list)
+    stats: ExtractionStats = field(default_factory=ExtractionStats)
+
+
+class LocalDSOptimizer:
+    """Runs GRPO extraction over telemetry. See docs/telemetry.md for every formula.
+
+    `timestamps="now"` stamps experiences with the clock (they are created now);
+    `"record"` uses the time of the last step of the group, in milliseconds.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        source: bytes,
+        *,
+        introspector: Introspector | None = None,
+        group_size: int = grpo.GROUP_SIZE,
+        max_iterations: int = grpo.MAX_ITERATIONS,
+        weights: grpo.QualityWeights = grpo.DEFAULT_WEIGHTS,
+        success_threshold: float = grpo.SUCCESS_THRESHOLD,
+        timestamps: Literal["now", "record"] = "now",
+        clock_ms: Callable[[], int] | None = None,
+        on_experience: Callable[[Experience], None] | None = None,
+    ) -> None:
+        if not isinstance(source, bytes) or len(source) != PUBLIC_KEY_LEN:
+            raise ValueError("source must be the node's 32-byte Ed25519 public key")
+        if timestamps not in ("now", "record"):
+            raise ValueError("timestamps must be 'now' or 'record'")
+        grpo.iteration_groups(0, group_size, max_iterations)  # validates both
+        self.embedder = embedder
+        self.source = source
+        self.introspector: Introspector = introspector or DeterministicIntrospector()
+        self.group_size = group_size
+        self.max_iterations = max_iterations
+        self.weights = weights
+        self.success_threshold = success_threshold
+        self.timestamps = timestamps
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.on_experience = on_experience
+
+    def run(self, records: Iterable[TelemetryRecord]) -> list[Experience]:
+        """The experiences extracted from `records` (see `extract` for the counts)."""
+        return self.extract(records).experiences
+
+    def extract(self, records: Iterable[TelemetryRecord]) -> Extraction:
+        result = Extraction()
+        stats = result.stats
+        records = list(records)
+        stats.records = len(records)
+        found: dict[bytes, tuple[GroupView, str, int]] = {}
+        order: list[bytes] = []
+        pending: list[tuple[GroupView, str, int]] = []
+        for task in group_trajectories(records):
+            stats.tasks += 1
+            stats.trajectories += len(task.trajectories)
+            blocks = grpo.iteration_groups(
+                len(task.trajectories), self.group_size, self.max_iterations
+            )
+            stats.unscored_trajectories += len(task.trajectories) - self.group_size * len(blocks)
+            for k, block in enumerate(blocks, start=1):
+                stats.groups += 1
+                members = [task.trajectories[i] for i in block]
+                score = grpo.score_group(
+                    [t.total_reward for t in members],
+                    success_threshold=self.success_threshold,
+                    weights=self.weights,
+                )
+                if score is None:
+                    stats.no_signal += 1
+                    continue
+                view = view_group(members, score, task.domain, task.kind, k, self.success_threshold)
+                try:
+                    text = self.introspector.introspect(view)
+                except IntrospectionError:
+                    stats.introspection_errors += 1
+                    continue
+                if text is None or text_problem(text) is not None:
+                    stats.no_pattern += 1
+                    continue
+                created = (
+                    int(max(t.end for t in members) * 1000)
+                    if self.timestamps == "record"
+                    else int(self.clock_ms())
+                )
+                pending.append((view, text, created))
+        # One experience per (domain, text): identical ids would collide in any library.
+        for view, text, created in pending:
+            key = f"{view.domain}\x00{text}".encode()
+            if key in found:
+                stats.duplicates += 1
+                if view.quality <= found[key][0].quality:
+                    continue
+            else:
+                order.append(key)
+            found[key] = (view, text, created)
+        chosen = [found[key] for key in order]
+        vectors = self._embed([text for _, text, _ in chosen])
+        for (view, text, created), vector in zip(chosen, vectors, strict=True):
+            experience = Experience(
+                text, vector, view.quality, view.domain, self.source, created, view.iteration
+            )
+            result.experiences.append(experience)
+            if self.on_experience is not None:
+                self.on_experience(experience)
+        stats.experiences = len(result.experiences)
+        return result
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
+        if vectors.shape != (len(texts), self.embedder.dimension):
+            raise ValueError(
+                f"embedder returned shape {vectors.shape} for {len(texts)} texts, "
+                f"expected ({len(texts)}, {self.embedder.dimension})"
+            )
+        return vectors
