@@ -38,8 +38,20 @@ def encode(obj: Any) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
-def _refuse_tag(_decoder: Any, tag: Any) -> Any:
+def _refuse_tag(tag: Any, _immutable: bool) -> Any:
+    # cbor2 6 calls tag_hook(tag, immutable) and wraps what it raises in CBORDecodeError.
     raise WireError(Reject.MALFORMED_CBOR, f"CBOR tag {tag.tag} is not allowed")
+
+
+def _refuse_semantic(*_args: Any) -> Any:
+    raise WireError(Reject.MALFORMED_CBOR, "CBOR tags are not allowed")
+
+
+#: Tags cbor2 decodes itself without calling tag_hook (bignums, dates, sets, self-describe,
+#: shared references, ...). Each must be refused explicitly: tags 28/29 can build cyclic
+#: objects, and tags 2 or 55799 would otherwise pass as "non-canonical" instead of malformed.
+_NATIVE_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261)
+_NO_SEMANTIC_TAGS = dict.fromkeys((*_NATIVE_TAGS, 55799), _refuse_semantic)
 
 
 def decode(data: bytes) -> Any:
@@ -53,6 +65,7 @@ def decode(data: bytes) -> Any:
         obj = cbor2.loads(
             data,
             tag_hook=_refuse_tag,
+            semantic_decoders=_NO_SEMANTIC_TAGS,
             max_depth=MAX_DEPTH,
             allow_indefinite=False,
             allow_duplicate_keys=False,
@@ -68,7 +81,10 @@ def decode(data: bytes) -> Any:
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
         raise WireError(Reject.MALFORMED_CBOR, f"CBOR decode failed: {exc!r}") from None
     _check_subset(obj)
-    if encode(obj) != data:
+    canonical = encode(obj)
+    if canonical != data:
+        if data.startswith(canonical):  # cbor2.loads ignores bytes after the first item
+            raise WireError(Reject.MALFORMED_CBOR, "trailing bytes after the CBOR item")
         raise WireError(Reject.NON_CANONICAL, "bytes are not the canonical DAG-CBOR encoding")
     return obj
 

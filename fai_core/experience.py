@@ -100,7 +100,10 @@ class Experience:
         if not (math.isfinite(q) and 0.0 < q < 1.0):
             raise InvalidExperience("quality", f"must lie in the open interval (0, 1), got {q}")
         object.__setattr__(self, "quality", float(q))
-        vec = np.array(self.embedding, dtype=np.float32, copy=True)
+        try:
+            vec = np.array(self.embedding, dtype=np.float32, copy=True)
+        except (ValueError, TypeError) as exc:
+            raise InvalidExperience("embedding", f"not a numeric vector: {exc}") from None
         if vec.ndim != 1 or not 1 <= vec.shape[0] <= MAX_DIMENSION:
             raise InvalidExperience(
                 "embedding", f"must be a vector of 1..{MAX_DIMENSION} values, shape {vec.shape}"

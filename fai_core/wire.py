@@ -69,7 +69,7 @@ _ENVELOPE_OPTIONAL = {"operator_sig": bytes}
 
 
 def quantize_quality(q: np.ndarray) -> np.ndarray:
-    """Quality in (0, 1) -> uint16 bucket k; the wire value (k + 0.5) / 65536 is always in (0, 1)."""
+    """Quality in (0, 1) -> uint16 bucket k; the wire value (k + 0.5) / 65536 stays in (0, 1)."""
     return np.clip(np.floor(q * _QUALITY_STEPS), 0, _QUALITY_STEPS - 1).astype("<u2")
 
 
@@ -193,6 +193,11 @@ def encode_batch(
         raise ValueError("baseline has non-finite or out-of-range values")
     if not _MODEL_RE.fullmatch(model):
         raise ValueError(f"model id must match {_MODEL_RE.pattern}")
+    for name, value in (("seq", seq), ("timestamp_ms", timestamp_ms)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+            raise ValueError(f"{name} must be an unsigned 64-bit integer, got {value!r}")
+    if scale_dtype not in bitdelta.SCALE_DTYPES:
+        raise ValueError(f"scale_dtype must be one of {sorted(bitdelta.SCALE_DTYPES)}")
     for exp in experiences:
         if exp.domain != domain:
             raise ValueError("all experiences in a batch share one domain")
@@ -204,7 +209,8 @@ def encode_batch(
         raise ValueError("duplicate experiences (same domain and text) in one batch")
     matrix = np.stack([exp.embedding for exp in experiences])
     code = bitdelta.encode(matrix, base, group, scale_dtype)
-    if not np.isfinite(code.scales).all() or code.scales.max() > MAX_ABS_VALUE:
+    scales32 = code.scales.astype(np.float32)
+    if not np.isfinite(scales32).all() or scales32.max() > MAX_ABS_VALUE:
         raise ValueError("scales overflow (float16 range exceeded?)")
     quality = np.array([exp.quality for exp in experiences], dtype=np.float64)
     fields: dict[str, Any] = {
@@ -342,6 +348,7 @@ def _build(fields: dict[str, Any], cid: bytes) -> Batch:
     scales = _column(fields["scales"], scale_type, m, bitdelta.group_count(dim, group), "scales")
     quality_k = _column(fields["quality"], "<u2", m, 1, "quality")[:, 0]
     iteration = _column(fields["iteration"], "u1", m, 1, "iteration")[:, 0]
+    scales = scales.astype(np.float32)  # compare in float32: 1e6 does not fit in float16
     if not (np.isfinite(baseline).all() and np.isfinite(scales).all()):
         raise WireError(Reject.NON_FINITE, "baseline or scales contain NaN or Inf")
     if np.abs(baseline).max() > MAX_ABS_VALUE or scales.min() < 0 or scales.max() > MAX_ABS_VALUE:
@@ -369,7 +376,7 @@ def _build(fields: dict[str, Any], cid: bytes) -> Batch:
         baseline=baseline,
         texts=tuple(texts),
         signs=signs,
-        scales=scales.astype(np.float32),
+        scales=scales,
         quality=dequantize_quality(quality_k),
         iteration=iteration,
         ids=ids,
