@@ -5,21 +5,29 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEVNET_STAMP := devnet/node_modules/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench contracts clean
 
 # The main job.
-demo: $(STAMP)
+demo: $(STAMP) $(DEVNET_STAMP)
 	$(VENV)/bin/fai demo
 
 # The whole test suite: lint, then pytest.
-test: $(STAMP)
+test: $(STAMP) $(DEVNET_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
-bench: $(STAMP)
-	$(PY) bench/codec.py
+bench: $(STAMP) $(DEVNET_STAMP)
+	$(PY) bench/codec.py --json
+	$(PY) bench/fidelity.py --json
+	$(PY) bench/library.py --json
+	$(PY) bench/gas.py --json
+
+# Recompile the Solidity sources into contracts/artifacts (commit the result).
+contracts: $(DEVNET_STAMP)
+	node devnet/compile.mjs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "FAI needs Python >= 3.11"'
@@ -27,5 +35,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Pinned chain tooling (Anvil, solc, OpenZeppelin) from the lockfile.
+$(DEVNET_STAMP): devnet/package.json devnet/package-lock.json
+	npm ci --prefix devnet --no-audit --no-fund --prefer-offline
+	touch $(DEVNET_STAMP)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) devnet/node_modules .pytest_cache .hypothesis .ruff_cache

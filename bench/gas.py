@@ -1,0 +1,102 @@
+"""Gas used by each registry operation on a fresh Anvil (not a test: prints figures).
+
+    .venv/bin/python bench/gas.py [--json]
+
+Targets from issue 5: register+stake <= 150k, advertisement renewal <= 80k, equivocation
+slash <= 150k. Cold and warm figures differ (first writes to a zero slot cost 20k more), so
+the first and a later operator are both reported where it matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eth_account import Account
+from web3 import Web3
+
+from fai_net.chain.anvil import Anvil
+from fai_net.registry import deploy_registry, deploy_token
+from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY, TOKEN
+
+TARGETS = {"register_stake": 150_000, "ad_renew": 80_000, "slash_equivocation": 150_000}
+ADDRS = ["/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1"]
+
+
+def _last_tx_gas(w3: Web3) -> int:
+    """Gas of the only transaction in the latest block (Anvil mines one block per tx)."""
+    (tx_hash,) = w3.eth.get_block("latest")["transactions"]
+    return w3.eth.get_transaction_receipt(tx_hash)["gasUsed"]
+
+
+def measure(w3: Web3) -> dict[str, int]:
+    deployer, *ops = (Account.from_key((0xB000 + i).to_bytes(32, "big")) for i in range(6))
+    reporter = Account.from_key((0xBEEF).to_bytes(32, "big"))
+    for a in (deployer, reporter, *ops):
+        w3.provider.make_request("anvil_setBalance", [a.address, hex(10**21)])
+    gas: dict[str, int] = {}
+
+    token = deploy_token(w3, deployer)
+    gas["deploy_token"] = _last_tx_gas(w3)
+    reg = deploy_registry(w3, deployer, token)
+    gas["deploy_registry"] = _last_tx_gas(w3)
+
+    for op in ops:
+        reg.tx.send(deployer, reg.token.functions.transfer(op.address, 1_000 * TOKEN))
+    gas["approve"] = reg.approve(ops[0], 2**256 - 1)["gasUsed"]
+    gas["register_stake_first"] = reg.register(ops[0], 20 * TOKEN)["gasUsed"]
+    reg.approve(ops[1], 2**256 - 1)
+    gas["register_stake"] = reg.register(ops[1], 20 * TOKEN)["gasUsed"]
+    gas["add_stake"] = reg.add_stake(ops[1], 5 * TOKEN)["gasUsed"]
+
+    key = b"\x01" * 32
+    gas["ad_post_first"] = reg.advertise(ops[0], key, ADDRS)["gasUsed"]
+    relayed = reg.sign_advertisement(ops[0], key, ADDRS)
+    gas["ad_renew_relayed"] = reg.post_advertisement(relayed, reporter)["gasUsed"]
+    gas["ad_renew"] = reg.advertise(ops[0], key, ADDRS)["gasUsed"]
+
+    gas["request_unbond"] = reg.request_unbond(ops[1], 5 * TOKEN)["gasUsed"]
+    w3.provider.make_request("evm_increaseTime", [DEFAULT_UNBONDING_DELAY])
+    w3.provider.make_request("evm_mine", [])
+    gas["withdraw"] = reg.withdraw(ops[1])["gasUsed"]
+
+    a = reg.sign_batch_header(ops[0], key, 9, b"\xaa" * 32, 1)
+    b = reg.sign_batch_header(ops[0], key, 9, b"\xbb" * 32, 1)
+    gas["slash_equivocation"] = reg.slash_equivocation(reporter, a, b)["gasUsed"]
+
+    # Fraud: four live operators besides the target; the third report crosses 2/3.
+    for i, op in enumerate(ops[1:], start=2):
+        if i > 2:
+            reg.register(op, 20 * TOKEN)
+        reg.advertise(op, bytes([i]) * 32, ADDRS)
+    target, r1, r2, r3 = ops[1], ops[2], ops[3], ops[4]
+    evidence = b"\xee" * 32
+    gas["fraud_report_open"] = reg.report_fraud(r1, target.address, evidence)["gasUsed"]
+    gas["fraud_report_vote"] = reg.report_fraud(r2, target.address, evidence)["gasUsed"]
+    gas["fraud_report_execute"] = reg.report_fraud(r3, target.address, evidence)["gasUsed"]
+    return gas
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    with Anvil() as node:
+        gas = measure(Web3(Web3.HTTPProvider(node.url)))
+    checks = {name: gas[name] <= limit for name, limit in TARGETS.items()}
+    if args.json:
+        print(json.dumps({"gas": gas, "targets": TARGETS, "within_target": checks}, indent=2))
+    else:
+        for name, used in gas.items():
+            limit = TARGETS.get(name)
+            note = f"  (target <= {limit}: {'ok' if used <= limit else 'OVER'})" if limit else ""
+            print(f"{name:24s} {used:>9,d}{note}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Off-chain halves of the protocol: EIP-712 batch headers, advertisements, Ed25519 proofs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from eth_account import Account
+from nacl.signing import SigningKey
+
+from fai_net.registry import (
+    multiaddrs_hash,
+    prove_possession,
+    recover_batch_header_signer,
+    sign_batch_header,
+    verify_possession,
+)
+from fai_net.registry.client import SignedBatchHeader
+from fai_net.registry.errors import ErrorDecoder, UnknownRevert
+
+from .conftest import Env
+
+REGISTRY = "0x" + "ab" * 20
+ACCOUNT = Account.from_key(b"\x07" * 32)
+HEADER = dict(
+    peer_key=b"\x11" * 32, seq=42, cid_digest=b"\x22" * 32, timestamp_ms=1_700_000_000_123
+)
+
+
+def test_batch_header_sign_and_recover():
+    sig = sign_batch_header(ACCOUNT, 31337, REGISTRY, **HEADER)
+    assert len(sig) == 65 and sig[64] in (27, 28)
+    assert recover_batch_header_signer(sig, 31337, REGISTRY, **HEADER) == ACCOUNT.address
+    assert sign_batch_header(ACCOUNT.key, 31337, REGISTRY, **HEADER) == sig  # key or account
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"chain_id": 1},
+        {"registry_address": "0x" + "cd" * 20},
+        {"seq": 43},
+        {"cid_digest": b"\x23" * 32},
+        {"timestamp_ms": 1},
+        {"peer_key": b"\x12" * 32},
+    ],
+)
+def test_recovery_binds_every_field(change):
+    sig = sign_batch_header(ACCOUNT, 31337, REGISTRY, **HEADER)
+    args = {"chain_id": 31337, "registry_address": REGISTRY, **HEADER, **change}
+    assert recover_batch_header_signer(sig, **args) != ACCOUNT.address
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"peer_key": b"\x11" * 31}, {"cid_digest": "00" * 32}, {"seq": -1}, {"timestamp_ms": 2**64}],
+)
+def test_batch_header_rejects_malformed_values(bad):
+    with pytest.raises(ValueError):
+        sign_batch_header(ACCOUNT, 31337, REGISTRY, **{**HEADER, **bad})
+
+
+def test_digests_match_the_contract(env: Env):
+    """eth-account and the contract agree on the EIP-712 digest for both message types."""
+    from eth_account.messages import _hash_eip191_message, encode_typed_data
+
+    from fai_net.registry import eip712
+
+    reg = env.reg
+    msg = eip712.batch_header_message(**HEADER)
+    ours = _hash_eip191_message(
+        encode_typed_data(eip712.domain(reg.chain_id, reg.address), eip712.BATCH_HEADER_TYPES, msg)
+    )
+    struct = (HEADER["peer_key"], HEADER["seq"], HEADER["cid_digest"], HEADER["timestamp_ms"])
+    assert reg.contract.functions.hashBatchHeader(struct).call() == ours
+
+    addrs = ["/ip4/1.2.3.4/tcp/1", "/dns6/x.example/udp/2/quic-v1"]
+    ad = eip712.advertisement_message(ACCOUNT.address, b"\x11" * 32, addrs, 1000, 3)
+    ours = _hash_eip191_message(
+        encode_typed_data(eip712.domain(reg.chain_id, reg.address), eip712.ADVERTISEMENT_TYPES, ad)
+    )
+    theirs = reg.contract.functions.hashAdvertisement(
+        ACCOUNT.address, b"\x11" * 32, multiaddrs_hash(addrs), 1000, 3
+    ).call()
+    assert theirs == ours
+
+
+def test_client_header_signature_recovers(env: Env):
+    op = env.ops[0]
+    h: SignedBatchHeader = env.reg.sign_batch_header(op, b"\x01" * 32, 1, b"\x02" * 32, 5)
+    signer = recover_batch_header_signer(
+        h.signature, env.reg.chain_id, env.reg.address, h.peer_key, h.seq, h.cid_digest, 5
+    )
+    assert signer == op.address
+
+
+def test_possession_proof():
+    node_key = SigningKey(b"\x05" * 32)
+    peer_key = bytes(node_key.verify_key)
+    nonce = os.urandom(16)
+    ctx = (31337, REGISTRY, ACCOUNT.address)
+    sig = prove_possession(node_key, *ctx, nonce)
+    assert verify_possession(peer_key, sig, *ctx, nonce)
+    assert not verify_possession(peer_key, sig, 1, REGISTRY, ACCOUNT.address, nonce)
+    assert not verify_possession(peer_key, sig, 31337, "0x" + "cd" * 20, ACCOUNT.address, nonce)
+    assert not verify_possession(peer_key, sig, 31337, REGISTRY, "0x" + "01" * 20, nonce)
+    assert not verify_possession(peer_key, sig, *ctx, os.urandom(16))
+    other = bytes(SigningKey(b"\x06" * 32).verify_key)
+    assert not verify_possession(other, sig, *ctx, nonce)
+    assert not verify_possession(peer_key, sig[:63] + bytes([sig[63] ^ 1]), *ctx, nonce)
+    with pytest.raises(ValueError, match="nonce"):
+        prove_possession(node_key, *ctx, b"short")
+
+
+def test_decoder_reports_unknown_selector():
+    err = ErrorDecoder([]).from_revert_data("0xdeadbeef")
+    assert isinstance(err, UnknownRevert)
+    assert "0xdeadbeef" in str(err)
