@@ -23,7 +23,15 @@ from fai_net.chain.anvil import Anvil
 from fai_net.registry import deploy_registry, deploy_token
 from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY, TOKEN
 
-TARGETS = {"register_stake": 150_000, "ad_renew": 80_000, "slash_equivocation": 150_000}
+TARGETS = {
+    "register_stake": 150_000,
+    "register_stake_first": 150_000,
+    "ad_renew": 80_000,
+    "ad_renew_relayed": 80_000,
+    "ad_renew_by_signer": 80_000,
+    "slash_equivocation": 150_000,
+    "slash_equivocation_by_signer": 150_000,
+}
 ADDRS = ["/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1"]
 
 
@@ -68,16 +76,39 @@ def measure(w3: Web3) -> dict[str, int]:
     b = reg.sign_batch_header(ops[0], key, 9, b"\xbb" * 32, 1)
     gas["slash_equivocation"] = reg.slash_equivocation(reporter, a, b)["gasUsed"]
 
+    # A separate hot signer (setSigner) for ops[4]: renewals and headers signed by it.
+    hot = Account.from_key((0xB0B).to_bytes(32, "big"))
+    reg.register(ops[4], 20 * TOKEN)
+    key4 = b"\x44" * 32
+    reg.advertise(ops[4], key4, ADDRS)
+    gas["set_signer"] = reg.set_signer(ops[4], hot.address)["gasUsed"]
+    by_signer = reg.sign_advertisement(hot, key4, ADDRS, operator=ops[4].address)
+    gas["ad_renew_by_signer"] = reg.post_advertisement(by_signer, reporter)["gasUsed"]
+
     # Fraud: four live operators besides the target; the third report crosses 2/3.
-    for i, op in enumerate(ops[1:], start=2):
+    for i, op in enumerate(ops[1:4], start=2):
         if i > 2:
             reg.register(op, 20 * TOKEN)
         reg.advertise(op, bytes([i]) * 32, ADDRS)
+    # Live: ops[1..4], 20 tokens each, the target's included: the third report crosses 2/3.
     target, r1, r2, r3 = ops[1], ops[2], ops[3], ops[4]
     evidence = b"\xee" * 32
     gas["fraud_report_open"] = reg.report_fraud(r1, target.address, evidence)["gasUsed"]
     gas["fraud_report_vote"] = reg.report_fraud(r2, target.address, evidence)["gasUsed"]
-    gas["fraud_report_execute"] = reg.report_fraud(r3, target.address, evidence)["gasUsed"]
+    receipt = reg.report_fraud(r3, target.address, evidence)
+    assert reg.events(receipt, "FraudCaseExecuted"), "the third report should execute"
+    gas["fraud_report_execute"] = receipt["gasUsed"]
+
+    # Equivocation proven with headers signed by the hot signer (one extra lookup).
+    a = reg.sign_batch_header(hot, key4, 9, b"\xaa" * 32, 1)
+    b = reg.sign_batch_header(hot, key4, 9, b"\xbb" * 32, 1)
+    gas["slash_equivocation_by_signer"] = reg.slash_equivocation(reporter, a, b)["gasUsed"]
+
+    # Leaving for good: the last withdrawal also removes the operator from the list.
+    reg.request_unbond(ops[3], 20 * TOKEN)
+    w3.provider.make_request("evm_increaseTime", [DEFAULT_UNBONDING_DELAY])
+    w3.provider.make_request("evm_mine", [])
+    gas["withdraw_and_leave"] = reg.withdraw(ops[3])["gasUsed"]
     return gas
 
 

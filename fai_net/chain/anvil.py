@@ -12,11 +12,13 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 DEVNET_DIR = REPO_DIR / "devnet"
@@ -58,38 +60,37 @@ class Anvil:
     port: int = 0
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
+    _log: BinaryIO | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0, attempts: int = 3) -> Anvil:
-        """Start on a free loopback port; retries if another process grabbed the port first."""
+        """Start on a free loopback port; retries if another process grabbed the port first.
+
+        Refuses to start twice (a second process would be orphaned). Anvil's output goes to
+        a temporary log file, never to an unread pipe that could fill up and block it; the
+        file is read only to explain a failed start and is removed by `stop()`.
+        """
+        if self.process is not None and self.process.poll() is None:
+            raise AnvilError(f"anvil is already running on {self.url}")
+        self.stop()  # a process that already exited: release its log
         binary = anvil_binary()
         last_error = ""
         for _ in range(attempts):
             self.port = _free_port()
-            self.process = subprocess.Popen(
-                [
-                    str(binary),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--chain-id",
-                    str(self.chain_id),
-                    "--silent",
-                    *self.extra_args,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            # Closed by stop(), which every path out of start() (or the caller) reaches.
+            self._log = tempfile.TemporaryFile(prefix="anvil-", suffix=".log")  # noqa: SIM115
+            try:
+                self.process = self._spawn(binary)
+            except OSError:
+                self.stop()
+                raise
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    last_error = (self.process.stderr.read() or b"").decode(errors="replace")
+                    last_error = self._read_log()
                     break
                 try:
                     if int(_rpc(self.url, "eth_chainId"), 16) == self.chain_id:
@@ -102,24 +103,50 @@ class Anvil:
             self.stop()
         raise AnvilError(f"anvil failed to start: {last_error.strip()}")
 
+    def _spawn(self, binary: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                str(binary),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--chain-id",
+                str(self.chain_id),
+                "--silent",
+                *self.extra_args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _read_log(self) -> str:
+        log = self._log
+        if log is None:
+            return ""
+        log.seek(0)
+        return log.read()[-4000:].decode(errors="replace")
+
     def stop(self) -> None:
-        """Terminate the process group, escalating to SIGKILL if it lingers."""
+        """Terminate the process group, escalating to SIGKILL if it lingers. Idempotent."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            if proc is not None and proc.stderr:
-                proc.stderr.close()
-            return
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+            if proc is None or proc.poll() is not None:
+                return
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
         finally:
-            if proc.stderr:
-                proc.stderr.close()
+            log, self._log = self._log, None
+            if log is not None:
+                log.close()
 
     def __enter__(self) -> Anvil:
         return self.start() if self.process is None else self

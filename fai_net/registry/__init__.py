@@ -1,6 +1,8 @@
 """On-chain DSO registry: bonded operators, signed peer advertisements, slashing."""
 
 from fai_net.registry.client import (
+    FraudCase,
+    FraudSnapshot,
     LivePeer,
     OperatorInfo,
     RegistryClient,
@@ -15,12 +17,21 @@ from fai_net.registry.eip712 import (
     sign_batch_header,
 )
 from fai_net.registry.errors import ContractRevert, RegistryError
-from fai_net.registry.possession import prove_possession, verify_possession
+from fai_net.registry.possession import (
+    PossessionRefused,
+    PossessionResponder,
+    prove_possession,
+    verify_possession,
+)
 
 __all__ = [
     "ContractRevert",
+    "FraudCase",
+    "FraudSnapshot",
     "LivePeer",
     "OperatorInfo",
+    "PossessionRefused",
+    "PossessionResponder",
     "RegistryClient",
     "RegistryError",
     "RegistryParams",

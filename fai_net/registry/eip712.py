@@ -132,10 +132,16 @@ def sign_advertisement(
     multiaddrs: list[str],
     expiry: int,
     nonce: int,
+    *,
+    operator: str | None = None,
 ) -> bytes:
-    """Operator's signature over an advertisement; anyone holding it can relay it once."""
+    """Signature over an advertisement; anyone holding it can relay it once.
+
+    Signed by the operator key, or by the operator's current signer (`setSigner`) with
+    `operator` naming the operator it advertises for.
+    """
     key = _private_key(account_or_key)
-    operator = Account.from_key(key).address
+    operator = operator or Account.from_key(key).address
     signed = Account.sign_typed_data(
         key,
         domain(chain_id, registry_address),
@@ -143,3 +149,9 @@ def sign_advertisement(
         advertisement_message(operator, peer_key, multiaddrs, expiry, nonce),
     )
     return bytes(signed.signature)
+
+
+def fraud_snapshot_hash(operators, weights) -> bytes:
+    """Same as the contract's keccak256(abi.encode(address[] operators, uint256[] weights))."""
+    ops = [to_checksum_address(o) for o in operators]
+    return keccak(abi_encode(["address[]", "uint256[]"], [ops, list(weights)]))

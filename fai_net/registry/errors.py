@@ -122,6 +122,21 @@ class BadMultiaddrCount(AdvertisementError):
     template = "an advertisement needs 1..{maximum} multiaddrs, got {count}"
 
 
+class BadMultiaddrLength(AdvertisementError):
+    template = "multiaddr #{index} is {length} bytes; each must be 1..{maximum} bytes"
+
+
+class StakeTooLowToBindKey(AdvertisementError):
+    template = (
+        "binding a new peer key needs a bonded stake of at least {minimum}; the operator has "
+        "{stake}"
+    )
+
+
+class SignerTaken(AdvertisementError):
+    template = "signer {signer} is already authorised for operator {operator}"
+
+
 class SafeCastOverflowedUintDowncast(StakeError):
     template = "amount {value} does not fit in {bits} bits"
 
@@ -144,7 +159,12 @@ class UnknownPeerKey(SlashingError):
 
 
 class AlreadySlashed(SlashingError):
-    template = "operator {operator} was already slashed for seq {seq}"
+    template = "operator {operator} was already slashed for seq {seq} of peer key 0x{peerKey_hex}"
+
+    def __init__(self, name, args_by_name=None, raw=""):
+        args = dict(args_by_name or {})
+        args["peerKey_hex"] = bytes(args.get("peerKey", b"")).hex()
+        super().__init__(name, args, raw)
 
 
 class ReporterNotLive(SlashingError):
@@ -171,6 +191,14 @@ class AlreadyReported(SlashingError):
     template = "reporter {reporter} already reported this case"
 
 
+class SnapshotMismatch(SlashingError):
+    template = "the snapshot passed does not match the one taken when the fraud case opened"
+
+
+class NotInSnapshot(SlashingError):
+    template = "reporter {reporter} was not live when this fraud case opened: it has no vote"
+
+
 # -- configuration and access ------------------------------------------------------------
 class InvalidConfig(ContractRevert):
     template = "invalid registry parameter: {what}"
@@ -178,6 +206,18 @@ class InvalidConfig(ContractRevert):
 
 class ZeroAddress(ContractRevert):
     template = "the address must not be zero"
+
+
+class InvalidShortString(InvalidConfig):
+    """OpenZeppelin ShortStrings (EIP-712 name/version); unreachable with fixed strings."""
+
+    template = "invalid short string"
+
+
+class StringTooLong(InvalidConfig):
+    """OpenZeppelin ShortStrings (EIP-712 name/version); unreachable with fixed strings."""
+
+    template = "string too long for a short string"
 
 
 class AccessError(ContractRevert):
@@ -193,11 +233,15 @@ class OwnableInvalidOwner(AccessError):
 
 
 class EnforcedPause(AccessError):
-    template = "the registry is paused: registration and advertisements are stopped"
+    template = "the registry is paused: new registrations are stopped"
 
 
 class ExpectedPause(AccessError):
     template = "the registry is not paused"
+
+
+class RenounceDisabled(AccessError):
+    template = "renouncing ownership is disabled; transfer it instead (two steps)"
 
 
 # -- token -------------------------------------------------------------------------------
@@ -211,6 +255,22 @@ class ERC20InsufficientBalance(TokenError):
 
 class ERC20InsufficientAllowance(TokenError):
     template = "registry allowance from the operator is {allowance}, {needed} needed"
+
+
+class ERC20InvalidSender(TokenError):
+    template = "invalid token sender {sender}"
+
+
+class ERC20InvalidReceiver(TokenError):
+    template = "invalid token receiver {receiver}"
+
+
+class ERC20InvalidApprover(TokenError):
+    template = "invalid token approver {approver}"
+
+
+class ERC20InvalidSpender(TokenError):
+    template = "invalid token spender {spender}"
 
 
 class SafeERC20FailedOperation(TokenError):

@@ -5,15 +5,29 @@ trusting an advertisement, a peer asks the node to sign a challenge with its Ed2
 The challenge binds operator, chain id and registry address so a proof for one operator or
 deployment cannot be replayed for another; the caller adds a fresh nonce against replay
 in time.
+
+Two rules close the relay attack (operator M advertises honest node H's peer key, then
+forwards a verifier's challenge "prove K for M" to H):
+
+* the node answers through `PossessionResponder`, which only ever signs for the operator it
+  advertises under (configured once); a challenge naming any other operator is refused;
+* the verifier checks that the operator named in the proof is the on-chain owner of the key
+  (`RegistryClient.verify_peer_possession` does both halves).
 """
 
 from __future__ import annotations
 
-from eth_utils import to_canonical_address
+from dataclasses import dataclass
+
+from eth_utils import to_canonical_address, to_checksum_address
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 CHALLENGE_TAG = b"FAI peer-key possession v1\x00"
+
+
+class PossessionRefused(ValueError):
+    """The challenge names an operator this node does not advertise under."""
 
 
 def possession_challenge(
@@ -39,10 +53,47 @@ def possession_challenge(
 def prove_possession(
     signing_key: SigningKey, chain_id: int, registry_address: str, operator: str, nonce: bytes
 ) -> bytes:
-    """64-byte Ed25519 signature the node returns to a verifier's challenge."""
+    """64-byte Ed25519 signature over the challenge for `operator`.
+
+    Low level: a node must only ever pass its own operator here. Network-facing code should
+    answer through `PossessionResponder`, which enforces that.
+    """
     peer_key = bytes(signing_key.verify_key)
     challenge = possession_challenge(chain_id, registry_address, operator, peer_key, nonce)
     return signing_key.sign(challenge).signature
+
+
+@dataclass(frozen=True)
+class PossessionResponder:
+    """A node's answer to possession challenges, bound to the operator it advertises under."""
+
+    signing_key: SigningKey
+    chain_id: int
+    registry_address: str
+    operator: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "operator", to_checksum_address(self.operator))
+        object.__setattr__(self, "registry_address", to_checksum_address(self.registry_address))
+
+    @property
+    def peer_key(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    def respond(self, nonce: bytes, operator: str | None = None) -> tuple[str, bytes]:
+        """(operator, signature) for the verifier's nonce.
+
+        `operator` is the operator the verifier believes this node runs for; anything but the
+        configured one is refused, so the node can never be used to vouch for someone else.
+        """
+        if operator is not None and to_checksum_address(operator) != self.operator:
+            raise PossessionRefused(
+                f"this node advertises under {self.operator}, not {operator}: refusing to sign"
+            )
+        signature = prove_possession(
+            self.signing_key, self.chain_id, self.registry_address, self.operator, nonce
+        )
+        return self.operator, signature
 
 
 def verify_possession(
@@ -53,10 +104,14 @@ def verify_possession(
     operator: str,
     nonce: bytes,
 ) -> bool:
-    """True only if `peer_key` signed this exact challenge."""
-    challenge = possession_challenge(chain_id, registry_address, operator, peer_key, nonce)
+    """True only if `peer_key` signed this exact challenge; False on any malformed input.
+
+    This is the off-chain half only: the verifier must also check that `operator` is the
+    on-chain owner of `peer_key` (`RegistryClient.verify_peer_possession`).
+    """
     try:
+        challenge = possession_challenge(chain_id, registry_address, operator, peer_key, nonce)
         VerifyKey(bytes(peer_key)).verify(challenge, bytes(signature))
-    except (BadSignatureError, ValueError, TypeError):
+    except (BadSignatureError, ValueError, TypeError, OverflowError, AttributeError):
         return False
     return True

@@ -10,8 +10,10 @@ from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY as DELAY
 
 from .conftest import Env, digest, peer_key
 
+EVIDENCE = b"\xee" * 32
 
-def test_pause_stops_registration_and_ads_but_not_exit_or_slashing(env: Env):
+
+def test_pause_stops_only_registration(env: Env):
     a, b, c = env.ops[:3]
     for op in (a, b, c):
         env.reg.register(op, 2 * MIN)
@@ -20,12 +22,13 @@ def test_pause_stops_registration_and_ads_but_not_exit_or_slashing(env: Env):
     env.reg.pause(env.owner)
     assert env.reg.contract.functions.paused().call()
 
-    with pytest.raises(errors.EnforcedPause, match="paused"):
+    with pytest.raises(errors.EnforcedPause, match="new registrations are stopped"):
         env.reg.register(env.ops[3])
-    with pytest.raises(errors.EnforcedPause):
-        env.reg.add_stake(a, MIN)
-    with pytest.raises(errors.EnforcedPause):
-        env.reg.advertise(c, peer_key(3), ["/ip4/10.0.0.3/tcp/1"])
+    # Everything an existing operator does keeps working: top-ups, first ads, renewals.
+    env.reg.add_stake(a, MIN)
+    env.reg.advertise(c, peer_key(3), ["/ip4/10.0.0.3/tcp/1"])
+    env.reg.advertise(a, peer_key(1), ["/ip4/10.0.0.1/tcp/2"])
+    env.reg.set_signer(c, env.outsider.address)
 
     env.travel(DELAY)
     env.reg.withdraw(b)  # exit still works
@@ -37,6 +40,48 @@ def test_pause_stops_registration_and_ads_but_not_exit_or_slashing(env: Env):
 
     env.reg.unpause(env.owner)
     env.reg.register(env.ops[3])
+
+
+def test_fraud_reports_keep_working_during_a_long_pause(env: Env):
+    """Issue 5: pausing never stops slashing. A pause longer than the 24 h advertisement
+    ceiling must not leave everyone expired (so nobody live to report fraud)."""
+    target, a, b = env.ops[:3]
+    for i, (op, stake) in enumerate(((target, MIN), (a, 2 * MIN), (b, 2 * MIN))):
+        env.reg.register(op, stake)
+        env.reg.advertise(op, peer_key(i + 1), ["/ip4/10.0.0.1/tcp/1"])
+    env.reg.pause(env.owner)
+    env.travel(25 * 3600)
+    assert not env.reg.is_live(a.address)
+    for i, op in enumerate((target, a, b)):  # renewals work while paused
+        env.reg.advertise(op, peer_key(i + 1), ["/ip4/10.0.0.1/tcp/1"])
+        assert env.reg.is_live(op.address)
+    env.reg.report_fraud(a, target.address, EVIDENCE)  # 20 of 50
+    receipt = env.reg.report_fraud(b, target.address, EVIDENCE)  # 40 of 50 > 2/3
+    (executed,) = env.reg.events(receipt, "FraudCaseExecuted")
+    assert executed.args.slashed == MIN // 10
+    assert env.reg.operator(target.address).unbonding == MIN - MIN // 10
+    assert env.reg.contract.functions.paused().call()
+
+
+def test_ownership_transfer_takes_two_steps_and_cannot_be_renounced(env: Env):
+    f = env.reg.contract.functions
+    with pytest.raises(errors.RenounceDisabled):
+        env.reg.renounce_ownership(env.owner)
+    # Sent without estimation it is mined and reverts; the client replays it to name the error.
+    with pytest.raises(errors.RenounceDisabled) as mined:
+        env.reg.tx.send(env.owner, f.renounceOwnership(), gas=100_000)
+    assert mined.value.receipt["status"] == 0
+    new_owner = env.ops[5]
+    env.reg.transfer_ownership(env.owner, new_owner.address)
+    assert f.owner().call() == env.owner.address  # nothing changes before acceptance
+    assert f.pendingOwner().call() == new_owner.address
+    with pytest.raises(errors.OwnableUnauthorizedAccount):
+        env.reg.accept_ownership(env.outsider)
+    env.reg.accept_ownership(new_owner)
+    assert f.owner().call() == new_owner.address
+    with pytest.raises(errors.OwnableUnauthorizedAccount):
+        env.reg.pause(env.owner)
+    env.reg.pause(new_owner)
 
 
 def test_pause_and_unpause_are_owner_only_and_state_checked(env: Env):
@@ -106,5 +151,7 @@ def test_views_never_revert(env: Env):
     assert f.liveStake().call() == 0
     assert f.fraudCase(b"\x00" * 32).call()[2] == 0
     assert not f.hasReported(b"\x00" * 32, nobody).call()
-    assert not f.isEquivocationSlashed(nobody, 2**64 - 1).call()
+    assert not f.isEquivocationSlashed(nobody, peer_key(1), 2**64 - 1).call()
+    assert f.signerOf(nobody).call() == "0x" + "00" * 20
+    assert f.signerOperator(nobody).call() == "0x" + "00" * 20
     assert f.peerKeyOwner(peer_key(9)).call() == "0x" + "00" * 20

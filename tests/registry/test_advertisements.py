@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from eth_account import Account
 from web3 import Web3
 
 from fai_net.registry import deploy_registry, errors
@@ -148,6 +149,90 @@ def test_peer_key_belongs_to_first_operator_for_good(env: Env):
     with pytest.raises(errors.PeerKeyTaken):
         env.reg.advertise(b, peer_key(1), ADDRS)  # ...but the old one stays a's
     env.reg.advertise(a, peer_key(1), ADDRS)  # and a may return to it
+
+
+def test_binding_a_new_key_needs_a_bond(env: Env):
+    """No squatting: a key is bound for good, so only a bonded, unjailed operator binds one."""
+    op = env.ops[0]
+    env.reg.register(op)
+    env.reg.advertise(op, peer_key(1), ADDRS)
+    env.reg.request_unbond(op, env.reg.min_bond)  # registered, but nothing bonded
+    with pytest.raises(errors.StakeTooLowToBindKey, match="at least"):
+        env.reg.advertise(op, peer_key(2), ADDRS)
+    assert env.reg.peer_key_owner(peer_key(2)) is None
+    env.reg.advertise(op, peer_key(1), ADDRS)  # its own key can still be renewed...
+    assert not env.reg.is_live(op.address)  # ...which does not make it live
+    env.reg.add_stake(op, env.reg.min_bond)
+    env.reg.advertise(op, peer_key(2), ADDRS)
+    assert env.reg.peer_key_owner(peer_key(2)) == op.address
+
+
+def test_multiaddr_length_is_bounded(env: Env):
+    op = env.ops[0]
+    env.reg.register(op)
+    longest = "/dns4/" + "a" * 250
+    assert len(longest) == 256
+    env.reg.advertise(op, peer_key(1), [longest] * 8)
+    with pytest.raises(errors.BadMultiaddrLength, match="#1 is 257 bytes"):
+        env.reg.advertise(op, peer_key(1), [longest, longest + "b"])
+    with pytest.raises(errors.BadMultiaddrLength, match="#0 is 0 bytes"):
+        env.reg.advertise(op, peer_key(1), [""])
+    (peer,) = env.reg.live_peers()
+    assert peer.multiaddrs == (longest,) * 8
+
+
+def test_current_signer_can_advertise_but_not_a_replaced_one(env: Env):
+    op = env.ops[0]
+    hot, newer = Account.from_key(b"\x31" * 32), Account.from_key(b"\x32" * 32)
+    env.reg.register(op)
+    receipt = env.reg.set_signer(op, hot.address)
+    (event,) = env.reg.events(receipt, "SignerSet")
+    assert (event.args.signer, event.args.previous) == (hot.address, "0x" + "00" * 20)
+    ad = env.reg.sign_advertisement(hot, peer_key(1), ADDRS, ttl=3600, operator=op.address)
+    env.reg.post_advertisement(ad, env.outsider)
+    assert env.reg.is_live(op.address)
+    env.reg.set_signer(op, newer.address)
+    stale = env.reg.sign_advertisement(hot, peer_key(1), ADDRS, ttl=3600, operator=op.address)
+    with pytest.raises(errors.InvalidSignature):
+        env.reg.post_advertisement(stale, env.outsider)
+    fresh = env.reg.sign_advertisement(newer, peer_key(1), ADDRS, ttl=3600, operator=op.address)
+    env.reg.post_advertisement(fresh, env.outsider)
+    env.reg.advertise(op, peer_key(1), ADDRS)  # the operator key itself always works
+
+
+def test_signer_belongs_to_one_operator(env: Env):
+    a, b = env.ops[:2]
+    hot = Account.from_key(b"\x31" * 32)
+    with pytest.raises(errors.NotRegistered):
+        env.reg.set_signer(a, hot.address)
+    env.reg.register(a)
+    env.reg.register(b)
+    with pytest.raises(errors.ZeroAddress):
+        env.reg.set_signer(a, "0x" + "00" * 20)
+    env.reg.set_signer(a, hot.address)
+    with pytest.raises(errors.SignerTaken, match=a.address):
+        env.reg.set_signer(b, hot.address)
+    env.reg.set_signer(a, a.address)  # back to the operator key
+    with pytest.raises(errors.SignerTaken):  # a replaced signer stays a's for good
+        env.reg.set_signer(b, hot.address)
+    env.reg.set_signer(a, hot.address)  # and a may re-use it
+    assert env.reg.contract.functions.signerOperator(hot.address).call() == a.address
+
+
+def test_live_peers_reads_only_the_advertisement_blocks(env: Env):
+    a, b = env.ops[:2]
+    env.reg.register(a)
+    env.reg.register(b)
+    first = env.reg.advertise(a, peer_key(1), ["/ip4/10.0.0.1/tcp/1"])
+    env.reg.advertise(b, peer_key(2), ["/ip4/10.0.0.2/tcp/1"])
+    second = env.reg.advertise(a, peer_key(1), ["/ip4/10.0.0.1/tcp/2"])
+    assert env.reg.operator(a.address).ad_block == second["blockNumber"]
+    env.reg.from_block = 10**9  # not used any more: no scan from the deployment block
+    peers = {p.operator: p.multiaddrs for p in env.reg.live_peers()}
+    assert peers == {a.address: ("/ip4/10.0.0.1/tcp/2",), b.address: ("/ip4/10.0.0.2/tcp/1",)}
+    # Pinned to an earlier block, the view is consistent with that block.
+    then = {p.operator: p.multiaddrs for p in env.reg.live_peers(first["blockNumber"])}
+    assert then == {a.address: ("/ip4/10.0.0.1/tcp/1",)}
 
 
 def test_advertisement_input_reverts(env: Env):

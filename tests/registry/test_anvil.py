@@ -33,3 +33,22 @@ def test_context_manager(anvil):
     with Anvil() as node:
         assert int(_rpc(node.url, "eth_blockNumber"), 16) == 0
     assert node.process is None
+
+
+def test_second_start_is_refused_and_output_is_not_an_unread_pipe(anvil):
+    node = Anvil().start()
+    try:
+        first = node.process
+        assert first.stdout is None and first.stderr is None  # a file, not a pipe
+        with pytest.raises(AnvilError, match="already running"):
+            node.start()
+        assert node.process is first and first.poll() is None
+    finally:
+        node.stop()
+    node.start()  # a stopped node can be started again
+    node.stop()
+
+
+def test_failed_start_reports_anvil_output(anvil):
+    with pytest.raises(AnvilError, match=r"failed to start: .*"):
+        Anvil(extra_args=["--no-such-flag"]).start(attempts=1)

@@ -63,13 +63,61 @@ def test_register_beyond_uint96_reverts(env: Env):
         env.reg.register(env.ops[0], huge)
 
 
-def test_registry_full_reverts(env: Env):
-    # Storage slot 4 holds the operator list length (Ownable+Pausable in 0, EIP712 fallback
-    # strings in 1-2, operators mapping in 3): fake 256 operators instead of registering them.
-    env.rpc("anvil_setStorageAt", [env.reg.address, "0x4", "0x" + (256).to_bytes(32, "big").hex()])
-    assert env.reg.contract.functions.operatorCount().call() == 256
-    with pytest.raises(errors.RegistryFull):
-        env.reg.register(env.ops[0])
+def _leave(env: Env, op) -> None:
+    env.reg.request_unbond(op, env.reg.operator(op.address).stake)
+    env.travel(DELAY)
+    env.reg.withdraw(op)
+
+
+def test_leaving_frees_the_place_with_swap_and_pop(env: Env):
+    a, b, c = env.ops[:3]
+    for op in (a, b, c):
+        env.reg.register(op)
+    assert env.reg.operators() == [a.address, b.address, c.address]
+    env.reg.request_unbond(a, MIN)
+    env.travel(DELAY)
+    receipt = env.reg.withdraw(a)
+    (left,) = env.reg.events(receipt, "Deregistered")
+    assert left.args.operator == a.address
+    assert env.reg.operators() == [c.address, b.address]  # the last one moved into a's place
+    assert [env.reg.operator(x).list_index for x in (c.address, b.address)] == [0, 1]
+    info = env.reg.operator(a.address)
+    assert (info.registered, info.stake, info.unbonding) == (False, 0, 0)
+    with pytest.raises(errors.NotRegistered):
+        env.reg.add_stake(a, MIN)
+    env.reg.register(a, 2 * MIN)  # a may come back, at the end of the list
+    assert env.reg.operators() == [c.address, b.address, a.address]
+    assert env.reg.operator(a.address).list_index == 2
+    _leave(env, b)
+    _leave(env, a)
+    assert env.reg.operators() == [c.address]
+    assert env.registry_balance() == MIN
+
+
+def test_partial_withdraw_keeps_the_operator_listed(env: Env):
+    op = env.ops[0]
+    env.reg.register(op, 2 * MIN)
+    env.reg.request_unbond(op, MIN)
+    env.travel(DELAY)
+    assert env.reg.events(env.reg.withdraw(op), "Deregistered") == []
+    assert env.reg.operators() == [op.address]
+
+
+def test_rejoining_keeps_the_advertisement_nonce_and_starts_not_live(env: Env):
+    op = env.ops[0]
+    env.reg.register(op)
+    env.reg.advertise(op, b"\x01" * 32, ["/ip4/10.0.0.1/tcp/1"])
+    env.reg.request_unbond(op, MIN)
+    env.travel(DELAY)
+    env.reg.withdraw(op)
+    env.reg.register(op)
+    info = env.reg.operator(op.address)
+    assert info.ad_nonce == 1 and info.ad_expiry == 0
+    assert not env.reg.is_live(op.address)
+    # A signature over nonce 0 (the one already used) is never valid again.
+    replay = env.reg.sign_advertisement(op, b"\x01" * 32, ["/ip4/10.0.0.1/tcp/1"], nonce=0)
+    with pytest.raises(errors.InvalidNonce):
+        env.reg.post_advertisement(replay, env.outsider)
 
 
 def test_add_stake(env: Env):

@@ -9,6 +9,8 @@ from eth_account import Account
 from nacl.signing import SigningKey
 
 from fai_net.registry import (
+    PossessionRefused,
+    PossessionResponder,
     multiaddrs_hash,
     prove_possession,
     recover_batch_header_signer,
@@ -116,3 +118,89 @@ def test_decoder_reports_unknown_selector():
     err = ErrorDecoder([]).from_revert_data("0xdeadbeef")
     assert isinstance(err, UnknownRevert)
     assert "0xdeadbeef" in str(err)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"peer_key": b"\x01" * 31},  # wrong key length
+        {"peer_key": "not bytes"},
+        {"signature": b"\x00" * 10},  # short signature
+        {"signature": None},
+        {"operator": "0x1234"},  # malformed address
+        {"registry_address": "nope"},
+        {"nonce": b"short"},
+        {"chain_id": -1},
+    ],
+)
+def test_verify_possession_is_false_on_malformed_input(args):
+    node_key = SigningKey(b"\x05" * 32)
+    nonce = b"\x09" * 16
+    good = {
+        "peer_key": bytes(node_key.verify_key),
+        "signature": prove_possession(node_key, 31337, REGISTRY, ACCOUNT.address, nonce),
+        "chain_id": 31337,
+        "registry_address": REGISTRY,
+        "operator": ACCOUNT.address,
+        "nonce": nonce,
+    }
+    assert verify_possession(**good)
+    assert verify_possession(**{**good, **args}) is False
+
+
+def test_responder_signs_only_for_its_own_operator():
+    """Relay attack: M advertises H's peer key and forwards a verifier's challenge for M to H.
+    H's responder refuses, and a proof H gives for itself does not verify for M."""
+    h_key = SigningKey(b"\x05" * 32)
+    mallory = "0x" + "01" * 20
+    responder = PossessionResponder(h_key, 31337, REGISTRY, ACCOUNT.address)
+    nonce = os.urandom(16)
+    with pytest.raises(PossessionRefused, match="refusing"):
+        responder.respond(nonce, operator=mallory)
+    operator, sig = responder.respond(nonce, operator=ACCOUNT.address.lower())
+    assert operator == ACCOUNT.address
+    assert verify_possession(responder.peer_key, sig, 31337, REGISTRY, operator, nonce)
+    assert not verify_possession(responder.peer_key, sig, 31337, REGISTRY, mallory, nonce)
+
+
+def test_verifier_checks_the_on_chain_owner_of_the_key(env: Env):
+    h, m = env.ops[:2]
+    h_key = SigningKey(b"\x05" * 32)
+    peer_key = bytes(h_key.verify_key)
+    env.reg.register(h)
+    env.reg.register(m)
+    env.reg.advertise(h, peer_key, ["/ip4/10.0.0.1/tcp/1"])
+    responder = PossessionResponder(h_key, env.reg.chain_id, env.reg.address, h.address)
+    nonce = os.urandom(16)
+    operator, sig = responder.respond(nonce)
+    assert env.reg.verify_peer_possession(operator, peer_key, sig, nonce)
+    # A valid Ed25519 proof for M over H's key is not enough: M does not own the key.
+    forged = prove_possession(h_key, env.reg.chain_id, env.reg.address, m.address, nonce)
+    assert not env.reg.verify_peer_possession(m.address, peer_key, forged, nonce)
+    unbound = bytes(SigningKey(b"\x06" * 32).verify_key)
+    assert not env.reg.verify_peer_possession(h.address, unbound, sig, nonce)
+    assert not env.reg.verify_peer_possession(h.address, b"\x01", sig, nonce)
+    assert not env.reg.verify_peer_possession("0xbad", peer_key, sig, nonce)
+
+
+def test_every_contract_error_has_a_typed_python_class():
+    from fai_net.registry import errors
+    from fai_net.registry.artifacts import registry_artifact, token_artifact
+
+    classes = {c.__name__ for c in errors._known_classes().values()}
+    for art in (registry_artifact(), token_artifact()):
+        for item in art.abi:
+            if item["type"] == "error":
+                assert item["name"] in classes, f"{art.name}.{item['name']} has no class"
+
+
+def test_token_errors_are_typed(env: Env):
+    from fai_net.registry import errors
+
+    token = env.reg.token.functions
+    with pytest.raises(errors.ERC20InvalidReceiver):
+        env.reg.tx.send(env.owner, token.transfer("0x" + "00" * 20, 1))
+    with pytest.raises(errors.ERC20InvalidSpender):
+        env.reg.tx.send(env.owner, token.approve("0x" + "00" * 20, 1))
+    with pytest.raises(errors.ERC20InsufficientBalance, match="needed"):
+        env.reg.tx.send(env.outsider, token.transfer(env.owner.address, 1))

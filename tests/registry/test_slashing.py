@@ -43,7 +43,7 @@ def test_equivocation_slashes_rewards_and_jails(env: Env):
     assert env.reg.token_balance(reporter.address) == reward
     assert env.reg.contract.functions.slashedPot().call() == slashed - reward
     assert env.registry_balance() == info.unbonding + slashed - reward
-    assert env.reg.contract.functions.isEquivocationSlashed(op.address, 3).call()
+    assert env.reg.contract.functions.isEquivocationSlashed(op.address, KEY, 3).call()
     assert not env.reg.is_live(op.address)
     (proof,) = env.reg.events(receipt, "EquivocationProven")
     assert (proof.args.seq, proof.args.reporter) == (3, reporter.address)
@@ -66,7 +66,7 @@ def test_same_operator_and_seq_never_slashed_twice(env: Env):
     _advertised(env, op, 50 * MIN)
     a, b = _equivocation(env, op)
     env.reg.slash_equivocation(env.outsider, a, b)
-    with pytest.raises(errors.AlreadySlashed, match="seq 3"):
+    with pytest.raises(errors.AlreadySlashed, match="seq 3 of peer key 0x0101"):
         env.reg.slash_equivocation(env.ops[1], a, b)
     c = env.reg.sign_batch_header(op, KEY, 3, digest(9), 0)
     with pytest.raises(errors.AlreadySlashed):
@@ -130,6 +130,60 @@ def test_headers_must_be_signed_by_the_key_owner(env: Env):
         env.reg.slash_equivocation(env.outsider, a, replace(b, timestamp_ms=b.timestamp_ms + 1))
 
 
+def test_each_peer_key_and_seq_is_its_own_offence(env: Env):
+    """Keyed on (operator, peerKey, seq): rotating to another key does not reuse the flag."""
+    op = env.ops[0]
+    _advertised(env, op, 50 * MIN)
+    env.reg.advertise(op, peer_key(2), ["/ip4/10.0.0.1/tcp/1"])  # second key, same operator
+    env.reg.slash_equivocation(env.outsider, *_equivocation(env, op, seq=3, key=KEY))
+    f = env.reg.contract.functions
+    assert f.isEquivocationSlashed(op.address, KEY, 3).call()
+    assert not f.isEquivocationSlashed(op.address, peer_key(2), 3).call()
+    env.reg.slash_equivocation(env.outsider, *_equivocation(env, op, seq=3, key=peer_key(2)))
+    assert f.isEquivocationSlashed(op.address, peer_key(2), 3).call()
+    with pytest.raises(errors.AlreadySlashed):
+        env.reg.slash_equivocation(env.outsider, *_equivocation(env, op, seq=3, key=peer_key(2)))
+
+
+def test_headers_signed_by_current_or_replaced_signer_are_slashable(env: Env):
+    from eth_account import Account
+
+    op = env.ops[0]
+    old, new = Account.from_key(b"\x41" * 32), Account.from_key(b"\x42" * 32)
+    _advertised(env, op, 50 * MIN)
+    env.reg.set_signer(op, old.address)
+    env.reg.set_signer(op, new.address)  # rotating away from `old` does not dodge slashing
+    a = env.reg.sign_batch_header(old, KEY, 1, digest(1), 0)
+    b = env.reg.sign_batch_header(new, KEY, 1, digest(2), 0)  # mixed signers: both op's
+    assert env.reg.header_signer_operator(a) == env.reg.header_signer_operator(b) == op.address
+    receipt = env.reg.slash_equivocation(env.outsider, a, b)
+    (proof,) = env.reg.events(receipt, "EquivocationProven")
+    assert proof.args.operator == op.address
+    assert env.reg.operator(op.address).jailed
+
+
+def test_headers_signed_by_an_unrelated_key_name_the_expected_operator(env: Env):
+    from eth_account import Account
+
+    op, other = env.ops[:2]
+    _advertised(env, op)
+    env.reg.register(other)
+    stranger = Account.from_key(b"\x43" * 32)
+    env.reg.set_signer(other, stranger.address)  # another operator's signer is not op's
+    a = env.reg.sign_batch_header(stranger, KEY, 1, digest(1), 0)
+    b = env.reg.sign_batch_header(op, KEY, 1, digest(2), 0)
+    assert env.reg.header_signer_operator(a) is None  # what a receiving node checks
+    assert env.reg.header_signer_operator(b) == op.address
+    with pytest.raises(errors.InvalidSignature) as info:
+        env.reg.slash_equivocation(env.outsider, a, b)
+    assert info.value.args_by_name == {
+        "expectedSigner": op.address,
+        "recovered": stranger.address,
+    }
+    assert not env.reg.operator(op.address).jailed
+    assert not env.reg.operator(other.address).jailed
+
+
 def test_slash_with_zero_reward_config(env: Env):
     from fai_net.registry import RegistryParams, deploy_registry
 
@@ -157,40 +211,109 @@ def _fleet(env: Env, stakes: list[int]):
     return env.ops[: len(stakes)]
 
 
-def _case(env: Env, target) -> tuple:
-    case_id = env.reg.contract.functions.fraudCaseId(target.address, EVIDENCE).call()
-    return case_id, env.reg.contract.functions.fraudCase(case_id).call()
+def _case(env: Env, target):
+    case_id = env.reg.fraud_case_id(target.address, EVIDENCE)
+    return case_id, env.reg.fraud_case(case_id)
 
 
 def test_fraud_needs_more_than_two_thirds_of_snapshotted_live_stake(env: Env):
-    # target 50; others 10+10+10 = 30 live besides the target: need > 20, i.e. all three.
-    target, a, b, c = _fleet(env, [50 * MIN, MIN, MIN, MIN])
-    env.reg.report_fraud(a, target.address, EVIDENCE)
+    # Live stake 2 + 1 + 1 + 4 = 8 (x MIN), the target's included: need > 16/3, i.e. 6.
+    target, a, b, c = _fleet(env, [2 * MIN, MIN, MIN, 4 * MIN])
+    receipt = env.reg.report_fraud(a, target.address, EVIDENCE)
     case_id, case = _case(env, target)
-    assert case[4] == 3 * MIN  # snapshot excludes the target
-    env.reg.report_fraud(b, target.address, EVIDENCE)  # 20 of 30: exactly 2/3, not more
-    assert not env.reg.operator(target.address).jailed
-    assert env.reg.contract.functions.hasReported(case_id, b.address).call()
-    receipt = env.reg.report_fraud(c, target.address, EVIDENCE)
+    assert case.snapshot_live_stake == 8 * MIN  # the target's stake is in the total
+    (opened,) = env.reg.events(receipt, "FraudCaseOpened")
+    assert list(opened.args.snapshotOperators) == [target.address, a.address, b.address, c.address]
+    assert list(opened.args.snapshotWeights) == [2 * MIN, MIN, MIN, 4 * MIN]
+    env.reg.report_fraud(c, target.address, EVIDENCE)  # 5 of 8: below 2/3
+    assert env.reg.operator(target.address).stake == 2 * MIN
+    assert env.reg.contract.functions.hasReported(case_id, c.address).call()
+    receipt = env.reg.report_fraud(b, target.address, EVIDENCE)  # 6 of 8
     (executed,) = env.reg.events(receipt, "FraudCaseExecuted")
-    assert executed.args.slashed == 5 * MIN
+    assert executed.args.slashed == 2 * MIN // 10
     info = env.reg.operator(target.address)
-    assert info.jailed and info.stake == 0 and info.unbonding == 45 * MIN
-    assert env.reg.contract.functions.slashedPot().call() == 5 * MIN
-    assert env.reg.token_balance(c.address) == 1_000 * 10**18 - MIN  # no reward for votes
-    with pytest.raises(errors.FraudCaseClosed):
+    # Fraud slashing does not jail: the target stays bonded and live, minus the slash.
+    assert not info.jailed and info.stake == 2 * MIN - 2 * MIN // 10 and info.unbonding == 0
+    assert env.reg.is_live(target.address)
+    assert env.reg.events(receipt, "Jailed") == []
+    assert env.reg.contract.functions.slashedPot().call() == 2 * MIN // 10
+    assert env.reg.token_balance(c.address) == 1_000 * 10**18 - 4 * MIN  # no reward for votes
+    with pytest.raises(errors.FraudCaseClosed):  # one slash per case
         env.reg.report_fraud(a, target.address, EVIDENCE)
+    # Reporting the target again takes a new case (new evidence), voted from scratch.
+    env.reg.report_fraud(a, target.address, b"\xef" * 32)
+    second = env.reg.fraud_case(env.reg.fraud_case_id(target.address, b"\xef" * 32))
+    assert (second.reporters, second.executed) == (1, False)
+    assert second.snapshot_live_stake == 8 * MIN - 2 * MIN // 10
+
+
+def test_exactly_two_thirds_is_not_enough(env: Env):
+    """Three equal operators: two reporters hold exactly 2/3 of the live stake (the target's
+    third included), which is not more than 2/3. An operator with >= 1/3 of the live stake
+    cannot be fraud-slashed at all (the f < N/3 assumption)."""
+    target, a, b = _fleet(env, [MIN, MIN, MIN])
+    env.reg.report_fraud(a, target.address, EVIDENCE)
+    receipt = env.reg.report_fraud(b, target.address, EVIDENCE)
+    assert env.reg.events(receipt, "FraudCaseExecuted") == []
+    assert env.reg.operator(target.address).stake == MIN
+
+
+def test_fraud_slash_below_minimum_moves_the_rest_to_unbonding(env: Env):
+    target, a, b, c = _fleet(env, [MIN, MIN, MIN, MIN])
+    for r in (a, b, c):
+        env.reg.report_fraud(r, target.address, EVIDENCE)  # 3 of 4 executes
+    info = env.reg.operator(target.address)
+    assert (info.stake, info.unbonding, info.jailed) == (0, MIN - MIN // 10, False)
+    assert info.unbond_ready_at == env.now() + DELAY
+    assert not env.reg.is_live(target.address)
+    env.reg.add_stake(target, MIN)  # not jailed: it may bond again and carry on
+    assert env.reg.is_live(target.address)
+
+
+def test_vote_weight_is_capped_by_the_snapshot(env: Env):
+    """Stake added after the case opened does not count; stake removed since does not either."""
+    target, a, b, c = _fleet(env, [MIN, MIN, MIN, MIN])
+    env.reg.report_fraud(a, target.address, EVIDENCE)  # snapshot: 4 x MIN
+    env.reg.add_stake(b, 50 * MIN)
+    receipt = env.reg.report_fraud(b, target.address, EVIDENCE)
+    (vote,) = env.reg.events(receipt, "FraudReported")
+    assert vote.args.weight == MIN  # not 51 x MIN: 2 of 4, not executed
+    assert env.reg.events(receipt, "FraudCaseExecuted") == []
+    env.reg.add_stake(c, 3 * MIN)
+    env.reg.request_unbond(c, 3 * MIN)  # back to its snapshot weight
+    receipt = env.reg.report_fraud(c, target.address, EVIDENCE)
+    (vote,) = env.reg.events(receipt, "FraudReported")
+    assert vote.args.weight == MIN
+    assert env.reg.events(receipt, "FraudCaseExecuted")
 
 
 def test_snapshot_ignores_stake_that_goes_live_later(env: Env):
-    target, a, b = _fleet(env, [MIN, 3 * MIN, MIN])
-    env.reg.report_fraud(b, target.address, EVIDENCE)  # snapshot 4, reported 1
+    target, a, b = _fleet(env, [MIN, 3 * MIN, 2 * MIN])
+    env.reg.report_fraud(b, target.address, EVIDENCE)  # snapshot 6, reported 2
     late = env.ops[3]
     _advertised(env, late, 100 * MIN, peer_key(9))
-    _, case = _case(env, target)
-    assert case[4] == 4 * MIN
-    env.reg.report_fraud(a, target.address, EVIDENCE)  # 4 of 4
-    assert env.reg.operator(target.address).jailed
+    case_id, case = _case(env, target)
+    assert case.snapshot_live_stake == 6 * MIN
+    with pytest.raises(errors.NotInSnapshot):  # live now, but not when the case opened
+        env.reg.report_fraud(late, target.address, EVIDENCE)
+    env.reg.report_fraud(a, target.address, EVIDENCE)  # 5 of 6
+    assert env.reg.fraud_case(case_id).executed
+
+
+def test_a_forged_snapshot_is_rejected(env: Env):
+    target, a, b, _ = _fleet(env, [MIN, MIN, MIN, MIN])
+    env.reg.report_fraud(a, target.address, EVIDENCE)
+    f = env.reg.contract.functions
+    snap = env.reg.fraud_snapshot(env.reg.fraud_case_id(target.address, EVIDENCE))
+    assert snap.weight_of(b.address) == MIN
+    inflated = [w * 100 for w in snap.weights]
+    with pytest.raises(errors.SnapshotMismatch):
+        env.reg.tx.send(b, f.reportFraud(target.address, EVIDENCE, list(snap.operators), inflated))
+    with pytest.raises(errors.SnapshotMismatch):
+        env.reg.tx.send(b, f.reportFraud(target.address, EVIDENCE, [], []))
+    env.reg.tx.send(
+        b, f.reportFraud(target.address, EVIDENCE, list(snap.operators), list(snap.weights))
+    )
 
 
 def test_fraud_report_reverts(env: Env):

@@ -1,11 +1,13 @@
 """Random register/stake/unbond/withdraw/advertise/slash/report sequences against Anvil.
 
-A small Python model of each operator's bond runs beside the chain. After every step the
-chain must agree with the model, and the economic invariants must hold: the registry holds
-exactly the bonded + unbonding stake + the slashed pot, no stake is dust, slashed tokens are
-never paid back to the operator, an (operator, seq) is slashed at most once, and reporter
-rewards stay within their bound. Each example starts from an EVM snapshot of the same fresh
-deployment.
+A small Python model of each operator's bond and of every fraud case runs beside the chain.
+Every call's outcome is predicted by the model, success or the exact custom error, fraud
+reports included. After every step the chain must agree with the model, and the economic
+invariants must hold: the registry holds exactly the bonded + unbonding stake + the slashed
+pot, no stake is dust, slashed tokens are never paid back to the operator, an (operator,
+peer key, seq) is slashed at most once, reporter rewards stay within their bound, and the
+operator list holds exactly the operators with bonded or unbonding stake. Each example starts
+from an EVM snapshot of the same fresh deployment.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .conftest import Env, digest, peer_key
 
 N_OPS = 4
 MAX_REWARD_BPS = 5_000
+MARGIN = 60  # seconds: a block may land a little after the latest block's time
 amounts = st.sampled_from([1, MIN - 1, MIN, MIN + 1, 2 * MIN, 5 * MIN + 3])
 
 
@@ -36,24 +39,56 @@ class Bond:
     stake: int = 0
     unbonding: int = 0
     jailed: bool = False
-    advertised: bool = False
+    key_bound: bool = False
+    ad_expiry: int = 0
     deposited: int = 0
     withdrawn: int = 0
     slashed: int = 0
 
-    def slash(self) -> tuple[int, int]:
-        """Mirror of the contract's _slashAndJail; returns (slashed, remaining bond)."""
+    def slash(self, jail: bool) -> int:
+        """Mirror of the contract's _slash; returns the slashed amount."""
         amount = (self.stake + self.unbonding) * SLASH_BPS // 10_000
-        total = self.stake + self.unbonding - amount
-        self.stake, self.unbonding, self.jailed = 0, total, True
+        if amount <= self.stake:
+            self.stake -= amount
+        else:
+            self.unbonding -= amount - self.stake
+            self.stake = 0
+        if self.stake and (jail or self.stake < MIN):
+            self.stake, self.unbonding = 0, self.unbonding + self.stake
+        if jail:
+            self.jailed, self.ad_expiry = True, 0
         self.slashed += amount
-        return amount, total
+        self.leave_if_empty()
+        return amount
+
+    def leave_if_empty(self) -> None:
+        if self.registered and self.stake == 0 and self.unbonding == 0:
+            self.registered, self.ad_expiry = False, 0
+
+    def live(self, now: int) -> bool | None:
+        """Liveness at the next block; None when too close to the expiry to be sure."""
+        if not (self.registered and not self.jailed and self.stake >= MIN):
+            return False
+        if abs(self.ad_expiry - now) < MARGIN:
+            return None
+        return now < self.ad_expiry
+
+
+@dataclass
+class Case:
+    opened_at: int
+    snapshot: dict[int, int]
+    total: int
+    reported: set[int] = field(default_factory=set)
+    weight: int = 0
+    executed: bool = False
 
 
 @dataclass
 class Model:
     bonds: list[Bond] = field(default_factory=lambda: [Bond() for _ in range(N_OPS)])
     slashed_seqs: set[tuple[int, int]] = field(default_factory=set)
+    cases: dict[tuple[int, int], Case] = field(default_factory=dict)
 
 
 class RegistryMachine(RuleBasedStateMachine):
@@ -76,6 +111,9 @@ class RegistryMachine(RuleBasedStateMachine):
         b = self.model.bonds[i]
         if b.registered:
             with pytest.raises(errors.AlreadyRegistered):
+                self.reg.register(self.ops[i], amount)
+        elif b.jailed:
+            with pytest.raises(errors.OperatorIsJailed):
                 self.reg.register(self.ops[i], amount)
         elif amount < MIN:
             with pytest.raises(errors.BelowMinimumBond):
@@ -137,20 +175,26 @@ class RegistryMachine(RuleBasedStateMachine):
         assert received == b.unbonding > 0
         b.withdrawn += received
         b.unbonding = 0
+        b.leave_if_empty()
 
     @rule(i=st.integers(0, N_OPS - 1))
     def advertise(self, i):
         b = self.model.bonds[i]
         op = self.ops[i]
+        expected = None
         if not b.registered:
-            with pytest.raises(errors.NotRegistered):
-                self.reg.advertise(op, peer_key(i + 1), ["/ip4/10.0.0.1/tcp/1"])
+            expected = errors.NotRegistered
         elif b.jailed:
-            with pytest.raises(errors.OperatorIsJailed):
+            expected = errors.OperatorIsJailed
+        elif not b.key_bound and b.stake < MIN:
+            expected = errors.StakeTooLowToBindKey
+        if expected:
+            with pytest.raises(expected):
                 self.reg.advertise(op, peer_key(i + 1), ["/ip4/10.0.0.1/tcp/1"])
         else:
             self.reg.advertise(op, peer_key(i + 1), ["/ip4/10.0.0.1/tcp/1"])
-            b.advertised = True
+            b.key_bound = True
+            b.ad_expiry = self.reg.operator(op.address).ad_expiry
 
     @rule(seconds=st.sampled_from([60, 3_600, 13 * 3_600, DELAY // 2, DELAY]))
     def travel(self, seconds):
@@ -162,7 +206,7 @@ class RegistryMachine(RuleBasedStateMachine):
         op = self.ops[i]
         h1 = self.reg.sign_batch_header(op, peer_key(i + 1), seq, digest(1), 0)
         h2 = self.reg.sign_batch_header(op, peer_key(i + 1), seq, digest(2), 0)
-        if not b.advertised:
+        if not b.key_bound:
             with pytest.raises(errors.UnknownPeerKey):
                 self.reg.slash_equivocation(self.reporter, h1, h2)
             return
@@ -172,9 +216,10 @@ class RegistryMachine(RuleBasedStateMachine):
             return
         before = self.reg.token_balance(self.reporter.address)
         receipt = self.reg.slash_equivocation(self.reporter, h1, h2)
-        amount, _ = b.slash()
+        amount = b.slash(jail=True)
         self.model.slashed_seqs.add((i, seq))
-        assert self.reg.contract.functions.isEquivocationSlashed(op.address, seq).call()
+        f = self.reg.contract.functions
+        assert f.isEquivocationSlashed(op.address, peer_key(i + 1), seq).call()
         reward = self.reg.token_balance(self.reporter.address) - before
         (event,) = self.reg.events(receipt, "Slashed")
         assert event.args.amount == amount
@@ -184,28 +229,62 @@ class RegistryMachine(RuleBasedStateMachine):
     @rule(r=st.integers(0, N_OPS - 1), t=st.integers(0, N_OPS - 1), evidence=st.integers(0, 1))
     def report_fraud(self, r, t, evidence):
         reporter, target = self.ops[r], self.ops[t]
-        # Liveness is time-dependent; ask the chain, and only act with a comfortable margin.
-        info = self.reg.operator(reporter.address)
+        bonds, now = self.model.bonds, self.env.now()
+        live = [b.live(now) for b in bonds]
+        if None in live:
+            return  # an advertisement expires about now: the outcome depends on block time
+        case = self.model.cases.get((t, evidence))
+        expected = None
         if r == t:
-            with pytest.raises(errors.SelfReport):
+            expected = errors.SelfReport
+        elif not live[r]:
+            expected = errors.ReporterNotLive
+        elif case is not None and case.executed:
+            expected = errors.FraudCaseClosed
+        elif not bonds[t].registered:
+            expected = errors.NotRegistered
+        elif bonds[t].jailed:
+            expected = errors.TargetJailed
+        elif case is not None:
+            deadline = case.opened_at + DELAY
+            if abs(now - deadline) < MARGIN:
+                return
+            if now >= deadline:
+                expected = errors.FraudCaseExpired
+            elif r in case.reported:
+                expected = errors.AlreadyReported
+            elif r not in case.snapshot:
+                expected = errors.NotInSnapshot
+        if expected:
+            with pytest.raises(expected):
                 self.reg.report_fraud(reporter, target.address, digest(evidence))
             return
-        if not self.reg.is_live(reporter.address) or info.ad_expiry < self.env.now() + 60:
-            return
-        try:
-            receipt = self.reg.report_fraud(reporter, target.address, digest(evidence))
-        except (errors.AlreadyReported, errors.FraudCaseExpired, errors.FraudCaseClosed):
-            return
-        except errors.NotRegistered:
-            assert not self.model.bonds[t].registered
-            return
-        except errors.TargetJailed:
-            assert self.model.bonds[t].jailed
-            return
+
+        receipt = self.reg.report_fraud(reporter, target.address, digest(evidence))
+        if case is None:
+            snapshot = {i: b.stake for i, b in enumerate(bonds) if live[i]}
+            case = Case(self.env.now(), snapshot, sum(snapshot.values()))
+            self.model.cases[(t, evidence)] = case
+            (opened,) = self.reg.events(receipt, "FraudCaseOpened")
+            assert opened.args.snapshotLiveStake == case.total
+            assert dict(
+                zip(opened.args.snapshotOperators, opened.args.snapshotWeights, strict=True)
+            ) == {self.ops[i].address: w for i, w in snapshot.items()}
+            weight = bonds[r].stake
+        else:
+            weight = min(case.snapshot[r], bonds[r].stake)
+        case.reported.add(r)
+        case.weight += weight
+        (vote,) = self.reg.events(receipt, "FraudReported")
+        assert (vote.args.weight, vote.args.reportedStake) == (weight, case.weight)
         executed = self.reg.events(receipt, "FraudCaseExecuted")
+        assert bool(executed) == (3 * case.weight > 2 * case.total)
+        assert self.reg.events(receipt, "Jailed") == []
         if executed:
-            amount, _ = self.model.bonds[t].slash()
-            assert executed[0].args.slashed == amount
+            case.executed = True
+            assert executed[0].args.slashed == bonds[t].slash(jail=False)
+        chain = self.reg.fraud_case(self.reg.fraud_case_id(target.address, digest(evidence)))
+        assert (chain.reported_stake, chain.executed) == (case.weight, case.executed)
 
     # -- invariants ----------------------------------------------------------------------
     @invariant()
@@ -222,10 +301,15 @@ class RegistryMachine(RuleBasedStateMachine):
                 b.jailed,
             )
             assert info.stake == 0 or info.stake >= MIN
+            assert info.registered == (info.stake + info.unbonding > 0)
             # Slashed tokens never come back: what went in is out, still held, or slashed.
             assert b.deposited == b.withdrawn + b.stake + b.unbonding + b.slashed
             held += info.stake + info.unbonding
         assert self.env.registry_balance() == held + pot
+        listed = [
+            op.address for op, b in zip(self.ops, self.model.bonds, strict=True) if b.registered
+        ]
+        assert sorted(self.reg.operators()) == sorted(listed)
 
 
 def test_registry_state_machine(env: Env):
