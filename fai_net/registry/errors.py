@@ -32,9 +32,14 @@ class ContractRevert(RegistryError):
         self.name = name
         self.args_by_name = dict(args_by_name or {})
         self.raw = raw
-        detail = self.template.format(**self.args_by_name) if self.template else ""
+        # bytes32 arguments (peer keys, digests) read as 0x-hex in messages, not b'\x..'.
+        readable = {
+            k: "0x" + bytes(v).hex() if isinstance(v, bytes | bytearray) else v
+            for k, v in self.args_by_name.items()
+        }
+        detail = self.template.format(**readable) if self.template else ""
         if not detail:
-            shown = ", ".join(f"{k}={v}" for k, v in self.args_by_name.items())
+            shown = ", ".join(f"{k}={v}" for k, v in readable.items())
             detail = f"{name}({shown})"
         super().__init__(detail)
 
@@ -110,12 +115,7 @@ class ZeroPeerKey(AdvertisementError):
 
 
 class PeerKeyTaken(AdvertisementError):
-    template = "peer key 0x{peerKey_hex} already belongs to operator {owner}"
-
-    def __init__(self, name, args_by_name=None, raw=""):
-        args = dict(args_by_name or {})
-        args["peerKey_hex"] = bytes(args.get("peerKey", b"")).hex()
-        super().__init__(name, args, raw)
+    template = "peer key {peerKey} already belongs to operator {owner}"
 
 
 class BadMultiaddrCount(AdvertisementError):
@@ -159,12 +159,7 @@ class UnknownPeerKey(SlashingError):
 
 
 class AlreadySlashed(SlashingError):
-    template = "operator {operator} was already slashed for seq {seq} of peer key 0x{peerKey_hex}"
-
-    def __init__(self, name, args_by_name=None, raw=""):
-        args = dict(args_by_name or {})
-        args["peerKey_hex"] = bytes(args.get("peerKey", b"")).hex()
-        super().__init__(name, args, raw)
+    template = "operator {operator} was already slashed for seq {seq} of peer key {peerKey}"
 
 
 class ReporterNotLive(SlashingError):

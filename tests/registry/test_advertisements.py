@@ -146,8 +146,9 @@ def test_peer_key_belongs_to_first_operator_for_good(env: Env):
     with pytest.raises(errors.PeerKeyTaken, match=a.address):
         env.reg.advertise(b, peer_key(1), ADDRS)
     env.reg.advertise(a, peer_key(2), ADDRS)  # a rotates to a new key...
-    with pytest.raises(errors.PeerKeyTaken):
+    with pytest.raises(errors.PeerKeyTaken) as taken:
         env.reg.advertise(b, peer_key(1), ADDRS)  # ...but the old one stays a's
+    assert f"peer key 0x{peer_key(1).hex()} already belongs to" in str(taken.value)
     env.reg.advertise(a, peer_key(1), ADDRS)  # and a may return to it
 
 
