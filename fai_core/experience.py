@@ -29,8 +29,10 @@ MAX_DIMENSION = 4096
 MAX_ITERATION = 255
 PUBLIC_KEY_LEN = 32
 
-_DOMAIN_RE = re.compile(r"[a-z0-9-]{1,32}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Domain tags; also the shape of telemetry task labels, which become domains.
+DOMAIN_RE = re.compile(r"[a-z0-9-]{1,32}")
+#: C0 and C1 control characters: never part of a pattern text or an identifier.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def normalize_text(text: str) -> str:
@@ -44,7 +46,7 @@ def text_problem(text: object) -> tuple[Reject, str] | None:
         return Reject.BAD_TEXT, "text must be a string"
     if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
         return Reject.TEXT_TOO_LONG, f"text exceeds {MAX_TEXT_BYTES} UTF-8 bytes"
-    if _CONTROL_RE.search(text):
+    if CONTROL_RE.search(text):
         return Reject.BAD_TEXT, "text contains control characters"
     words = text.split(" ")
     if text == "" or any(word == "" for word in words) or text != normalize_text(text):
@@ -60,7 +62,7 @@ def text_problem(text: object) -> tuple[Reject, str] | None:
 
 def domain_problem(domain: object) -> str | None:
     """Why `domain` is not a valid domain tag (lowercase [a-z0-9-]{1,32}), or None."""
-    if not isinstance(domain, str) or not _DOMAIN_RE.fullmatch(domain):
+    if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain):
         return f"domain must match [a-z0-9-]{{1,32}}, got {domain!r}"
     return None
 

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from fai_core.errors import FaiError
-from fai_core.experience import MAX_TEXT_BYTES, MAX_WORDS, normalize_text, text_problem
+from fai_core.experience import (
+    CONTROL_RE,
+    MAX_TEXT_BYTES,
+    MAX_WORDS,
+    normalize_text,
+    text_problem,
+)
 from fai_core.grpo import GroupScore
 from fai_core.telemetry import Trajectory
 
@@ -279,14 +285,11 @@ class Introspector(Protocol):
     def introspect(self, group: GroupView) -> str | None: ...
 
 
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def fit_pattern(text: str) -> str | None:
     """`text` normalized and cut to a valid pattern (<= 32 words, <= 1024 bytes), or None."""
     if not isinstance(text, str):
         return None
-    cleaned = _CONTROL_RE.sub(" ", unicodedata.normalize("NFC", text))
+    cleaned = CONTROL_RE.sub(" ", unicodedata.normalize("NFC", text))
     try:
         cleaned.encode("utf-8")
     except UnicodeEncodeError:

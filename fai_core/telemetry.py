@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from fai_core.errors import FaiError
+from fai_core.experience import CONTROL_RE, DOMAIN_RE
 
 #: Longest accepted JSONL line, newline excluded. Bounds the memory one bad line can cost.
 MAX_LINE_BYTES = 1 << 20
@@ -35,8 +36,6 @@ MAX_TIME = 253_402_300_799.0
 MAX_REPORTED_ERRORS = 100
 
 TOOL_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
-LABEL_RE = re.compile(r"[a-z0-9-]{1,32}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 FIELDS = ("task_id", "attempt", "domain", "kind", "tool", "input", "output", "reward", "time")
 _REQUIRED = frozenset({"task_id", "tool", "input", "output", "reward", "time"})
@@ -59,7 +58,7 @@ class TelemetryError(FaiError, ValueError):
 def _check_id(name: str, value: object) -> None:
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS:
         raise TelemetryError(name, f"must be a string of 1..{MAX_ID_CHARS} characters")
-    if _CONTROL_RE.search(value) or value != value.strip():
+    if CONTROL_RE.search(value) or value != value.strip():
         raise TelemetryError(name, "must not contain control characters or outer spaces")
 
 
@@ -103,10 +102,10 @@ class TelemetryRecord:
         _check_id("attempt", self.attempt)
         if not isinstance(self.tool, str) or not TOOL_RE.fullmatch(self.tool):
             raise TelemetryError("tool", "must match [A-Za-z][A-Za-z0-9_.:-]{0,63}")
-        if not isinstance(self.domain, str) or not LABEL_RE.fullmatch(self.domain):
+        if not isinstance(self.domain, str) or not DOMAIN_RE.fullmatch(self.domain):
             raise TelemetryError("domain", "must match [a-z0-9-]{1,32}")
         if self.kind is not None and (
-            not isinstance(self.kind, str) or not LABEL_RE.fullmatch(self.kind)
+            not isinstance(self.kind, str) or not DOMAIN_RE.fullmatch(self.kind)
         ):
             raise TelemetryError("kind", "must be null or match [a-z0-9-]{1,32}")
         object.__setattr__(
