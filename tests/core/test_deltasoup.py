@@ -1,0 +1,141 @@
+"""Per-phase behaviour and laws of DeltaSoup, on the shipped real embeddings (no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fai_core import attacks
+from fai_core.byzantine_eval import NOW_MS, Scenario, TableEmbedder
+from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop, cosine_clusters
+from fai_core.identity import NodeKey
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return Scenario(9, seed=3)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return TableEmbedder()
+
+
+@pytest.fixture(scope="module")
+def honest(scenario):
+    return [b.batch for b in scenario.honest_batches()]
+
+
+def test_phase1_refusals(scenario, embedder, honest):
+    soup = DeltaSoup(embedder)
+    b = honest[0]
+    assert soup.verify(b, NOW_MS + 400_000) is Drop.STALE
+    assert soup.verify(b, NOW_MS - 400_000) is Drop.FUTURE
+    assert soup.verify(b, NOW_MS) is None
+    assert soup.verify(b, NOW_MS) is Drop.REPLAY
+    node = scenario.honest[0]
+    other = attacks.signed_batch(
+        node.key,
+        node.texts[:2],
+        node.vectors[:2],
+        domain=node.domains[0],
+        quality=[0.5, 0.5],
+        seq=b.seq,
+        timestamp_ms=NOW_MS,
+        model=b.model,
+    ).batch
+    assert soup.verify(other, NOW_MS) is Drop.EQUIVOCATION
+    wrong = attacks.signed_batch(
+        node.key,
+        node.texts[:2],
+        node.vectors[:2],
+        domain="coding",
+        quality=[0.5, 0.5],
+        seq=999,
+        timestamp_ms=NOW_MS,
+        model="all-mpnet-base-v2",
+    ).batch
+    assert soup.verify(wrong, NOW_MS) is Drop.WRONG_MODEL
+    for _ in range(12):
+        soup.reputation.record(node.key.public_key, passed=False)
+    fresh = attacks.signed_batch(
+        node.key,
+        node.texts[:2],
+        node.vectors[:2],
+        domain="coding",
+        quality=[0.5, 0.5],
+        seq=1000,
+        timestamp_ms=NOW_MS,
+        model=b.model,
+    ).batch
+    assert soup.verify(fresh, NOW_MS) is Drop.LOW_REPUTATION
+
+
+def test_merge_independent_of_arrival_order(embedder, honest):
+    a = DeltaSoup(embedder).aggregate(honest, NOW_MS)
+    shuffled = list(honest)
+    np.random.default_rng(1).shuffle(shuffled)
+    b = DeltaSoup(embedder).aggregate(shuffled, NOW_MS)
+    assert a.texts == b.texts
+    assert np.array_equal(a.embeddings, b.embeddings)
+    assert np.array_equal(a.quality, b.quality)
+
+
+def test_one_node_influence_bounded(scenario, embedder, honest):
+    """A node sending 8x more rows keeps no more rows than the median node."""
+    key = NodeKey(b"\x99" * 32)
+    flood = scenario._node(0, scenario.honest_idx[:800], key)
+    batches = [b.batch for b in flood.batches(ts=NOW_MS, seq0=1)]
+    result = DeltaSoup(embedder).aggregate(honest + batches, NOW_MS)
+    kept = sum(
+        1
+        for s, d in zip(result.row_sender, result.row_drop, strict=True)
+        if s == key.public_key and d is None
+    )
+    assert kept <= scenario.per_node
+
+
+def test_dedup_and_eq19(embedder):
+    x = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    x = np.vstack([x, x[:5] + 1e-3])
+    labels = cosine_clusters(x, 0.95)
+    assert len(set(labels)) == 50
+    assert all(labels[i] == labels[50 + i] for i in range(5))
+    lsh = cosine_clusters(x, 0.95, exact_rows=10, bucket_rows=4)
+    assert np.array_equal(
+        np.unique(lsh, return_inverse=True)[1], np.unique(labels, return_inverse=True)[1]
+    )
+
+
+def test_duplicate_experience_merges_with_max_quality(scenario, embedder):
+    n1, n2 = scenario.honest[0], scenario.honest[1]
+    text, vec = n1.texts[0], n1.vectors[:1]
+    batches = [
+        attacks.signed_batch(
+            n.key,
+            [text],
+            vec,
+            domain=n1.domains[0],
+            quality=[q],
+            seq=1,
+            timestamp_ms=NOW_MS,
+            model="all-MiniLM-L6-v2",
+        ).batch
+        for n, q in ((n1, 0.3), (n2, 0.7))
+    ]
+    cfg = DeltaSoupConfig(min_cap=1, domain_min_senders=99)
+    r = DeltaSoup(embedder, config=cfg).aggregate(batches, NOW_MS)
+    assert len(r) == 1 and r.quality[0] == pytest.approx(0.7, abs=1e-4)
+    assert r.sources[0] == n2.key.public_key
+    assert r.experiences()[0].text == text
+
+
+def test_reputation_falls_for_failing_sender(scenario, embedder, honest):
+    soup = DeltaSoup(embedder)
+    key = NodeKey(b"\x77" * 32)
+    node = scenario._node(0, scenario.pool_idx[:40], key)
+    for rnd in range(3):
+        bad = [attacks.sign_flip(b, key).batch for b in node.batches(ts=NOW_MS, seq0=10 * rnd)]
+        soup.aggregate(bad, NOW_MS)
+    assert soup.reputation.score(key.public_key) < 0.3
+    assert soup.reputation.score(honest[0].sender) == 1.0

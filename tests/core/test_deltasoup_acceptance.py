@@ -1,0 +1,88 @@
+"""DeltaSoup acceptance on real embeddings (shipped all-MiniLM-L6-v2 vectors of the corpus).
+
+N = 12 nodes, f = 4 Byzantine, 1,000 honest texts over 8 domains, fixed seeds. Thresholds
+are the issue's: honest retention >= 99% without attack and >= 97% under attack; >= 99% of
+Byzantine experiences rejected for the listed attacks; flooding and copies keep the
+Byzantine share of the merged set <= f/N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fai_core.byzantine_eval import (
+    TableEmbedder,
+    paper_filter_on_honest,
+    run_attack,
+    shipped_embeddings,
+)
+from fai_core.embedding import default_embedder
+
+REJECTED = [
+    ("random_signs", {}),
+    ("sign_flip", {}),
+    ("ipm", {"eps": 1.0}),
+    ("ipm", {"eps": 0.1}),
+    ("alie", {"z": 1.0}),
+    ("gaussian", {"sigma": 0.05}),
+    ("scale_inflation", {"factor": 1.5}),
+    ("mismatch", {}),
+    ("replay", {}),
+    ("domain_spoof", {}),
+    ("confidence_inflation", {}),
+]
+
+
+class _NoModel:
+    """Fallback that fails the test if a scenario text is missing from the shipped table."""
+
+    model_id = "all-MiniLM-L6-v2"
+    dimension = 384
+
+    def embed(self, texts):
+        raise AssertionError(f"text not in shipped embeddings: {texts[:1]}")
+
+
+def _run(attack, **kw):
+    return run_attack(attack, embedder=TableEmbedder(fallback=_NoModel()), **kw)
+
+
+def test_no_attack_keeps_honest():
+    r = _run("none")
+    assert r["honest_sent"] >= 1000
+    assert r["honest_retention"] >= 0.99
+
+
+@pytest.mark.parametrize(("attack", "kw"), REJECTED, ids=[f"{a}{k}" for a, k in REJECTED])
+def test_attack_rejected(attack, kw):
+    r = _run(attack, **kw)
+    assert r["honest_retention"] >= 0.97
+    assert r["byzantine_rejection"] >= 0.99
+
+
+@pytest.mark.parametrize("attack", ["flooding", "copies"])
+def test_flooding_and_copies_bounded_share(attack):
+    r = _run(attack)
+    assert r["honest_retention"] >= 0.97
+    assert r["byzantine_row_share"] <= 4 / 12 + 1e-9
+    assert r["byzantine_cluster_share"] <= 4 / 12
+
+
+def test_alie_plausible_damage_bounded_by_cap():
+    """Undetectable in embedding space; the per-node cap bounds how much it can place."""
+    capped = _run("alie_plausible_nocap", z=0.0)
+    assert capped["byzantine_row_share"] <= 4 / 12 + 1e-9
+    assert capped["honest_retention"] >= 0.97
+
+
+def test_paper_filter_as_written_loses_honest_vectors():
+    assert paper_filter_on_honest()["mad_scale=1.0"]["honest_retention"] < 0.9
+
+
+def test_shipped_embeddings_are_current():
+    texts, vectors = shipped_embeddings("patterns")
+    pick = np.random.default_rng(0).choice(len(texts), 20, replace=False)
+    fresh = default_embedder().embed([texts[i] for i in pick])
+    cos = (fresh * vectors[pick]).sum(axis=1)
+    assert cos.min() >= 0.999
