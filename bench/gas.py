@@ -32,7 +32,7 @@ TARGETS = {
     "slash_equivocation": 150_000,
     "slash_equivocation_by_signer": 150_000,
 }
-ADDRS = ["/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1"]
+ADDRS = ["/ip4/127.0.113.7/tcp/4001", "/ip4/127.0.113.7/udp/4001/quic-v1"]
 
 
 def _last_tx_gas(w3: Web3) -> int:

@@ -17,7 +17,7 @@ def test_pause_stops_only_registration(env: Env):
     a, b, c = env.ops[:3]
     for op in (a, b, c):
         env.reg.register(op, 2 * MIN)
-    env.reg.advertise(a, peer_key(1), ["/ip4/10.0.0.1/tcp/1"])
+    env.reg.advertise(a, peer_key(1), ["/ip4/127.0.0.1/tcp/1"])
     env.reg.request_unbond(b, MIN)
     env.reg.pause(env.owner)
     assert env.reg.contract.functions.paused().call()
@@ -26,8 +26,8 @@ def test_pause_stops_only_registration(env: Env):
         env.reg.register(env.ops[3])
     # Everything an existing operator does keeps working: top-ups, first ads, renewals.
     env.reg.add_stake(a, MIN)
-    env.reg.advertise(c, peer_key(3), ["/ip4/10.0.0.3/tcp/1"])
-    env.reg.advertise(a, peer_key(1), ["/ip4/10.0.0.1/tcp/2"])
+    env.reg.advertise(c, peer_key(3), ["/ip4/127.0.0.3/tcp/1"])
+    env.reg.advertise(a, peer_key(1), ["/ip4/127.0.0.1/tcp/2"])
     env.reg.set_signer(c, env.outsider.address)
 
     env.travel(DELAY)
@@ -48,12 +48,12 @@ def test_fraud_reports_keep_working_during_a_long_pause(env: Env):
     target, a, b = env.ops[:3]
     for i, (op, stake) in enumerate(((target, MIN), (a, 2 * MIN), (b, 2 * MIN))):
         env.reg.register(op, stake)
-        env.reg.advertise(op, peer_key(i + 1), ["/ip4/10.0.0.1/tcp/1"])
+        env.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
     env.reg.pause(env.owner)
     env.travel(25 * 3600)
     assert not env.reg.is_live(a.address)
     for i, op in enumerate((target, a, b)):  # renewals work while paused
-        env.reg.advertise(op, peer_key(i + 1), ["/ip4/10.0.0.1/tcp/1"])
+        env.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
         assert env.reg.is_live(op.address)
     env.reg.report_fraud(a, target.address, EVIDENCE)  # 20 of 50
     receipt = env.reg.report_fraud(b, target.address, EVIDENCE)  # 40 of 50 > 2/3

@@ -13,7 +13,7 @@ from fai_net.registry.client import MAX_AD_TTL
 
 from .conftest import Env, fund_eth, peer_key
 
-ADDRS = ["/ip4/10.0.0.1/tcp/4001", "/ip6/::1/udp/4001/quic-v1"]
+ADDRS = ["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/udp/4001/quic-v1"]
 
 
 def test_post_direct_makes_operator_live_and_discoverable(env: Env):
@@ -89,11 +89,11 @@ def test_live_peers_lists_only_live_operators(env: Env):
     a, b, c = env.ops[:3]
     for i, op in enumerate((a, b, c)):
         env.reg.register(op)
-        env.reg.advertise(op, peer_key(i + 1), [f"/ip4/10.0.0.{i}/tcp/1"])
+        env.reg.advertise(op, peer_key(i + 1), [f"/ip4/127.0.0.{i}/tcp/1"])
     env.reg.request_unbond(b, env.reg.min_bond)
     peers = {p.operator: p for p in env.reg.live_peers()}
     assert set(peers) == {a.address, c.address}
-    assert peers[c.address].multiaddrs == ("/ip4/10.0.0.2/tcp/1",)
+    assert peers[c.address].multiaddrs == ("/ip4/127.0.0.2/tcp/1",)
 
 
 def test_expiry_bounds(env: Env):
@@ -125,7 +125,7 @@ def test_tampered_or_foreign_signature_rejected(env: Env):
     env.reg.register(op)
     ad = env.reg.sign_advertisement(op, peer_key(1), ADDRS, ttl=3600)
     for bad in (
-        replace(ad, multiaddrs=("/ip4/6.6.6.6/tcp/1",)),
+        replace(ad, multiaddrs=("/ip4/127.6.6.6/tcp/1",)),
         replace(ad, peer_key=peer_key(2)),
         replace(ad, expiry=ad.expiry + 1),
         replace(ad, signature=ad.signature[:64]),
@@ -224,16 +224,16 @@ def test_live_peers_reads_only_the_advertisement_blocks(env: Env):
     a, b = env.ops[:2]
     env.reg.register(a)
     env.reg.register(b)
-    first = env.reg.advertise(a, peer_key(1), ["/ip4/10.0.0.1/tcp/1"])
-    env.reg.advertise(b, peer_key(2), ["/ip4/10.0.0.2/tcp/1"])
-    second = env.reg.advertise(a, peer_key(1), ["/ip4/10.0.0.1/tcp/2"])
+    first = env.reg.advertise(a, peer_key(1), ["/ip4/127.0.0.1/tcp/1"])
+    env.reg.advertise(b, peer_key(2), ["/ip4/127.0.0.2/tcp/1"])
+    second = env.reg.advertise(a, peer_key(1), ["/ip4/127.0.0.1/tcp/2"])
     assert env.reg.operator(a.address).ad_block == second["blockNumber"]
     env.reg.from_block = 10**9  # not used any more: no scan from the deployment block
     peers = {p.operator: p.multiaddrs for p in env.reg.live_peers()}
-    assert peers == {a.address: ("/ip4/10.0.0.1/tcp/2",), b.address: ("/ip4/10.0.0.2/tcp/1",)}
+    assert peers == {a.address: ("/ip4/127.0.0.1/tcp/2",), b.address: ("/ip4/127.0.0.2/tcp/1",)}
     # Pinned to an earlier block, the view is consistent with that block.
     then = {p.operator: p.multiaddrs for p in env.reg.live_peers(first["blockNumber"])}
-    assert then == {a.address: ("/ip4/10.0.0.1/tcp/1",)}
+    assert then == {a.address: ("/ip4/127.0.0.1/tcp/1",)}
 
 
 def test_advertisement_input_reverts(env: Env):
@@ -246,7 +246,7 @@ def test_advertisement_input_reverts(env: Env):
     with pytest.raises(errors.BadMultiaddrCount, match=r"1\.\.8"):
         env.reg.advertise(op, peer_key(1), [])
     with pytest.raises(errors.BadMultiaddrCount, match="got 9"):
-        env.reg.advertise(op, peer_key(1), [f"/ip4/10.0.0.{i}/tcp/1" for i in range(9)])
+        env.reg.advertise(op, peer_key(1), [f"/ip4/127.0.0.{i}/tcp/1" for i in range(9)])
 
 
 def test_jailed_operator_cannot_advertise(env: Env):

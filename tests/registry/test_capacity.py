@@ -100,7 +100,7 @@ def fleet(base_env: Env):
             _send(env, acct, tok.approve(reg.address, MIN))
             _send(env, acct, f.register(MIN))
             ad = reg.sign_advertisement(
-                acct, (i + 1).to_bytes(32, "big"), ["/ip4/10.0.0.1/tcp/1"], expiry=expiry, nonce=0
+                acct, (i + 1).to_bytes(32, "big"), ["/ip4/127.0.0.1/tcp/1"], expiry=expiry, nonce=0
             )
             _send(
                 env,

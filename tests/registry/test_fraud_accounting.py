@@ -11,7 +11,7 @@ from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY as DELAY
 from .conftest import Env, peer_key
 
 EVIDENCE = b"\xee" * 32
-ADDRS = ["/ip4/10.0.0.1/tcp/1"]
+ADDRS = ["/ip4/127.0.0.1/tcp/1"]
 
 
 def _live(env: Env, stakes):

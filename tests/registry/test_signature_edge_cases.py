@@ -13,7 +13,7 @@ from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 from .conftest import Env, digest, peer_key
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-ADDRS = ["/ip4/10.0.0.1/tcp/1"]
+ADDRS = ["/ip4/127.0.0.1/tcp/1"]
 
 
 def _high_s(sig: bytes) -> bytes:

@@ -76,7 +76,7 @@ def test_digests_match_the_contract(env: Env):
     struct = (HEADER["peer_key"], HEADER["seq"], HEADER["cid_digest"], HEADER["timestamp_ms"])
     assert reg.contract.functions.hashBatchHeader(struct).call() == ours
 
-    addrs = ["/ip4/1.2.3.4/tcp/1", "/dns6/x.example/udp/2/quic-v1"]
+    addrs = ["/ip4/127.1.2.3/tcp/1", "/dns6/x.example/udp/2/quic-v1"]
     ad = eip712.advertisement_message(ACCOUNT.address, b"\x11" * 32, addrs, 1000, 3)
     ours = _hash_eip191_message(
         encode_typed_data(eip712.domain(reg.chain_id, reg.address), eip712.ADVERTISEMENT_TYPES, ad)
@@ -169,7 +169,7 @@ def test_verifier_checks_the_on_chain_owner_of_the_key(env: Env):
     peer_key = bytes(h_key.verify_key)
     env.reg.register(h)
     env.reg.register(m)
-    env.reg.advertise(h, peer_key, ["/ip4/10.0.0.1/tcp/1"])
+    env.reg.advertise(h, peer_key, ["/ip4/127.0.0.1/tcp/1"])
     responder = PossessionResponder(h_key, env.reg.chain_id, env.reg.address, h.address)
     nonce = os.urandom(16)
     operator, sig = responder.respond(nonce)

@@ -17,7 +17,7 @@ KEY = peer_key(1)
 
 def _advertised(env: Env, op, stake: int = MIN, key: bytes = KEY):
     env.reg.register(op, stake)
-    env.reg.advertise(op, key, ["/ip4/10.0.0.1/tcp/1"])
+    env.reg.advertise(op, key, ["/ip4/127.0.0.1/tcp/1"])
 
 
 def _equivocation(env: Env, op, seq: int = 3, key: bytes = KEY):
@@ -134,7 +134,7 @@ def test_each_peer_key_and_seq_is_its_own_offence(env: Env):
     """Keyed on (operator, peerKey, seq): rotating to another key does not reuse the flag."""
     op = env.ops[0]
     _advertised(env, op, 50 * MIN)
-    env.reg.advertise(op, peer_key(2), ["/ip4/10.0.0.1/tcp/1"])  # second key, same operator
+    env.reg.advertise(op, peer_key(2), ["/ip4/127.0.0.1/tcp/1"])  # second key, same operator
     env.reg.slash_equivocation(env.outsider, *_equivocation(env, op, seq=3, key=KEY))
     f = env.reg.contract.functions
     assert f.isEquivocationSlashed(op.address, KEY, 3).call()
@@ -192,7 +192,7 @@ def test_slash_with_zero_reward_config(env: Env):
     )
     op = env.ops[0]
     reg.register(op, 10 * MIN)
-    reg.advertise(op, KEY, ["/ip4/1.2.3.4/tcp/1"])
+    reg.advertise(op, KEY, ["/ip4/127.1.2.3/tcp/1"])
     a = reg.sign_batch_header(op, KEY, 1, digest(1), 0)
     b = reg.sign_batch_header(op, KEY, 1, digest(2), 0)
     before = reg.token_balance(env.outsider.address)
@@ -343,7 +343,7 @@ def test_fraud_case_expires_after_unbonding_delay(env: Env):
     target, a, b, _ = _fleet(env, [MIN, MIN, MIN, MIN])
     env.reg.report_fraud(a, target.address, EVIDENCE)
     env.travel(DELAY)
-    env.reg.advertise(b, peer_key(3), ["/ip4/10.0.0.1/tcp/1"])
+    env.reg.advertise(b, peer_key(3), ["/ip4/127.0.0.1/tcp/1"])
     with pytest.raises(errors.FraudCaseExpired):
         env.reg.report_fraud(b, target.address, EVIDENCE)
     env.reg.report_fraud(b, target.address, b"\xef" * 32)  # fresh evidence opens a new case

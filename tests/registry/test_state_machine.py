@@ -190,9 +190,9 @@ class RegistryMachine(RuleBasedStateMachine):
             expected = errors.StakeTooLowToBindKey
         if expected:
             with pytest.raises(expected):
-                self.reg.advertise(op, peer_key(i + 1), ["/ip4/10.0.0.1/tcp/1"])
+                self.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
         else:
-            self.reg.advertise(op, peer_key(i + 1), ["/ip4/10.0.0.1/tcp/1"])
+            self.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
             b.key_bound = True
             b.ad_expiry = self.reg.operator(op.address).ad_expiry
 
