@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from fai_core.byzantine_eval import ATTACKS, paper_filter_on_honest, run_attack
+from fai_core.byzantine_eval import (
+    ATTACKS,
+    paper_filter_on_honest,
+    run_attack,
+    run_heterogeneous,
+)
 
 
 def evaluate(nodes: tuple[int, ...] = (12, 9)) -> dict:
@@ -22,6 +27,9 @@ def evaluate(nodes: tuple[int, ...] = (12, 9)) -> dict:
             row = run_attack(attack, n_nodes=n, **kw)
             row["label"] = label
             out["runs"].append(row)
+    out["heterogeneous"] = [
+        run_heterogeneous(flooding=flooding, drain_rounds=20) for flooding in (False, True)
+    ]
     return out
 
 
@@ -43,6 +51,24 @@ def markdown(result: dict) -> str:
             f"{_pct(r['byzantine_row_share'])} / {_pct(r['byzantine_cluster_share'])} | "
             f"{_pct(r['damage_top10'])} | {reasons or '-'} |"
         )
+    for h in result.get("heterogeneous", []):
+        lines += [
+            "",
+            f"Honest rates {h['rates'][0]}x..{h['rates'][-1]}x (N = {h['nodes']}, "
+            f"{'f nodes flooding 10x' if h['flooding'] else 'no attack'}): honest sent "
+            f"{h['honest_sent']}, retained {_pct(h['honest_retention'])} once backlogs drain; "
+            f"Byzantine share of kept rows {_pct(h['byzantine_row_share'])}.",
+            "",
+            "| round | quiet | honest retained (cumulative) | Byz. share of round "
+            "| honest backlog | deferred | over_cap |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for x in h["rounds"]:
+            lines.append(
+                f"| {x['round']} | {'yes' if x['quiet'] else 'no'} | "
+                f"{_pct(x['honest_retention'])} | {_pct(x['byzantine_row_share'])} | "
+                f"{x['honest_backlog']} | {x['deferred']} | {x['over_cap']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -300,27 +300,34 @@ def run_attack(
     result = soup.aggregate(batches, NOW_MS)
     honest_keys = {n.key.public_key for n in sc.honest}
     kept_rows: dict[bool, int] = {True: 0, False: 0}
-    for s, drop in zip(result.row_sender, result.row_drop, strict=True):
-        if drop is None:
+    # Rows deferred in the earlier round (replay scenario) are that round's, not this one's.
+    this_round = ~result.row_backlog
+    for s, drop, mine in zip(result.row_sender, result.row_drop, this_round, strict=True):
+        if drop is None and mine:
             kept_rows[s in honest_keys] += 1
     honest_sent = sum(len(b.batch) for b in honest)
     byz_sent = sum(len(b.batch) for b in byz)
     clusters_honest = np.zeros(len(result), dtype=bool)
-    for s, c in zip(result.row_sender, result.row_cluster, strict=True):
+    clusters_now = np.zeros(len(result), dtype=bool)  # holds a row received this round
+    for s, c, mine in zip(result.row_sender, result.row_cluster, this_round, strict=True):
         if c >= 0 and s in honest_keys:
             clusters_honest[c] = True
-    byz_cluster = ~clusters_honest
+        if c >= 0 and mine:
+            clusters_now[c] = True
+    byz_cluster = ~clusters_honest & clusters_now
     unit = result.embeddings / np.linalg.norm(result.embeddings, axis=1, keepdims=True)
     sims = sc.vectors[sc.queries] @ unit.T
     top = np.argpartition(-sims, 10, axis=1)[:, :10] if len(result) > 10 else None
     damage = float(byz_cluster[top].any(axis=1).mean()) if top is not None else 0.0
     reasons: dict[str, int] = {}
     for o in result.outcomes:
-        if o.sender not in honest_keys:
+        if o.sender not in honest_keys and not o.from_backlog:
             if o.drop is not None:
                 reasons[o.drop.value] = reasons.get(o.drop.value, 0) + o.rows
             for d, c in o.dropped_rows.items():
                 reasons[d.value] = reasons.get(d.value, 0) + c
+            if o.deferred_rows:
+                reasons["deferred"] = reasons.get("deferred", 0) + o.deferred_rows
     total_kept = kept_rows[True] + kept_rows[False]
     return {
         "attack": attack,
@@ -358,3 +365,87 @@ def paper_filter_on_honest(seed: int = 7, tau: float = 2.0) -> dict:
             "honest_retention": float((s <= tau).mean()),
         }
     return out
+
+
+def run_heterogeneous(
+    *,
+    n_nodes: int = 12,
+    seed: int = 7,
+    rounds: int = 4,
+    base: int = 20,
+    max_rate: float = 3.0,
+    flooding: bool = False,
+    drain_rounds: int = 10,
+    config: DeltaSoupConfig | None = None,
+    embedder: Embedder | None = None,
+) -> dict:
+    """Honest nodes with heterogeneous rates over several rounds (over-cap rows deferred).
+
+    Honest node i of h sends round(base * r_i) of its texts per round (cyclically), r_i
+    evenly spaced in [1, max_rate]; with `flooding`, each of the f Byzantine nodes sends 10x
+    base copies of honest texts per round. After `rounds` sending rounds, quiet rounds
+    (nothing new) run until the honest backlogs are empty (at most `drain_rounds`). Reports
+    honest retention (kept / sent, cumulative) after every round and the Byzantine share of
+    kept rows.
+    """
+    sc = Scenario(n_nodes, seed)
+    soup = DeltaSoup(embedder or TableEmbedder(), config=config)
+    h = len(sc.honest)
+    rates = np.linspace(1.0, max_rate, h)
+    honest_keys = {n.key.public_key for n in sc.honest}
+    sent = {True: 0, False: 0}
+    kept = {True: 0, False: 0}
+    per_round = []
+    for rnd in range(rounds + drain_rounds):
+        ts = NOW_MS + rnd * 60_000
+        batches = []
+        if rnd < rounds:
+            for node, rate in zip(sc.honest, rates, strict=True):
+                m = round(base * rate)
+                idx = [(rnd * m + j) % len(node.texts) for j in range(m)]
+                part = Node(
+                    node.key,
+                    [node.texts[i] for i in idx],
+                    [node.domains[i] for i in idx],
+                    node.vectors[idx],
+                    node.quality[idx],
+                )
+                batches += [b.batch for b in part.batches(ts=ts, seq0=1 + 10 * rnd)]
+            if flooding:
+                for key in sc.byz_keys:
+                    pick = sc.rng.choice(sc.honest_idx, size=10 * base, replace=False)
+                    copy = sc._node(0, pick, key)
+                    batches += [b.batch for b in copy.batches(ts=ts, seq0=1 + 10 * rnd)]
+        elif all(soup.backlog_rows(k) == 0 for k in honest_keys):
+            break
+        for b in batches:
+            sent[b.sender in honest_keys] += len(b)
+        result = soup.aggregate(batches, ts + 1000)
+        round_kept = {True: 0, False: 0}
+        for s, drop in zip(result.row_sender, result.row_drop, strict=True):
+            if drop is None:
+                round_kept[s in honest_keys] += 1
+        for k in (True, False):
+            kept[k] += round_kept[k]
+        total = round_kept[True] + round_kept[False]
+        per_round.append(
+            {
+                "round": rnd,
+                "quiet": rnd >= rounds,
+                "honest_retention": kept[True] / sent[True],
+                "byzantine_row_share": round_kept[False] / total if total else 0.0,
+                "honest_backlog": sum(soup.backlog_rows(k) for k in honest_keys),
+                "deferred": sum(o.deferred_rows for o in result.outcomes),
+                "over_cap": sum(o.dropped_rows.get(Drop.OVER_CAP, 0) for o in result.outcomes),
+            }
+        )
+    return {
+        "nodes": n_nodes,
+        "flooding": flooding,
+        "rates": [round(float(r), 2) for r in rates],
+        "honest_sent": sent[True],
+        "honest_retention": kept[True] / sent[True],
+        "byzantine_sent": sent[False],
+        "byzantine_row_share": kept[False] / (kept[True] + kept[False]),
+        "rounds": per_round,
+    }

@@ -8,13 +8,18 @@ spread. docs/deltasoup.md has the measurements behind every threshold below.
 1. Verify (per batch; `decode_envelope` already checked hash, signature, shape and
    finiteness): model id and dimension are the receiver's, timestamp within T_max, CID not
    seen before, no second CID for a (sender, seq), seq not far behind the sender's newest,
-   sender's reputation not below the threshold.
+   sender's reputation not below the threshold. The replay guard forgets CIDs and
+   (sender, seq) entries whose batch is older than 2 T_max (freshness refuses those).
 2. Decompress: BitDelta reconstruction e_hat of every experience.
 3. Filter, in this order:
    a. per-node cap: a sender keeps at most `cap` rows per round, cap = the median over
-      senders of their row counts (one vote per sender), so one node sending 10x more
-      weighs no more than one node; every statistic below also weighs each sender 1 in
-      total (row weight 1 / rows of its sender).
+      senders of their NEW row counts this round (one vote per sender; a sender with only
+      a backlog votes 0), so one node sending 10x more weighs no more than one node; every
+      statistic below also weighs each sender 1 in total (row weight 1 / rows of its sender).
+      Rows over the cap are deferred, not dropped: the sender's backlog (at most
+      `max_backlog_rows`; beyond it rows are dropped as over_cap) is offered first in the
+      next round, in (seq, id) order, then new rows by smallest id, and deferred rows go
+      through every filter in the round they are taken in. Deferral costs no reputation.
    b. semantic consistency: the receiver embeds each text with its own model, compresses
       that embedding against the batch's own baseline and group size, and compares with
       what was sent in delta space: cos(e_hat - b, r - b) and the per-group scale ratios.
@@ -22,22 +27,26 @@ spread. docs/deltasoup.md has the measurements behind every threshold below.
       any change of signs, scales or text shows. cos(e_hat, embed(text)) is checked too,
       loosely: it stops a baseline chosen so that e_hat is garbage while the deltas match.
    c. scale distribution: log scales per group against the sender-weighted median, robust
-      z with MAD (times `mad_scale`).
+      z with MAD (times `mad_scale`); only with >= `scale_min_rows` rows in the round.
    d. confidence inflation: a sender whose median quality lies above the sender-weighted
-      `quality_quantile` of all qualities is refused for the round.
+      `quality_quantile` of all qualities, by more than `quality_z` standard errors of
+      that median, is refused for the round.
    e. domain tag: a batch whose mean text embedding is nearer another domain's centroid
       (sender-weighted coordinate-wise median of the round) than its own is refused.
 4. Merge: per domain, single-linkage clusters of cosine > theta_dup (exact in matrix blocks
-   up to `exact_cluster_rows` rows, random-hyperplane LSH buckets above, so the cost grows
-   ~ n^1.3, not n^2); Eq. 19 confidence-weighted mean, q = max of the cluster, text and
+   up to `exact_cluster_rows` rows, random-hyperplane LSH above: a numba union-find kernel
+   compares each colliding pair once, with enough tables for a miss rate <= `lsh_miss` at
+   cos = theta_dup); Eq. 19 confidence-weighted mean, q = max of the cluster, text and
    provenance of the cluster's best member (highest q, then smallest id).
 
 The result does not depend on the order batches arrived in: a round is processed in
-(sender, seq, cid) order and every choice above is a function of the set of rows.
+(sender, seq, cid) order (backlog first) and every choice above is a function of the set
+of rows and of the backlog, itself a function of earlier rounds' sets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -70,6 +79,8 @@ class Drop(StrEnum):
     SCALE_OUTLIER = "scale_outlier"
     QUALITY_OUTLIER = "quality_outlier"
     DOMAIN_MISMATCH = "domain_mismatch"
+    #: Not a refusal: over the round's cap, held in the sender's backlog for a later round.
+    DEFERRED = "deferred"
 
 
 #: Row reason codes: 0 = kept, i + 1 = the i-th Drop.
@@ -87,6 +98,9 @@ class DeltaSoupConfig:
     seq_window: int = 4096
     cap_factor: float = 1.0
     min_cap: int = 8
+    #: Rows over a round's cap wait in a per-sender backlog of at most this many rows (taken
+    #: first, oldest first, in later rounds); rows beyond it are dropped as over_cap.
+    max_backlog_rows: int = 4096
     #: Honest: 1.0 (0.974 at 1e-3 embedding jitter); worst harmful text: 0.60.
     semantic_min_cos: float = 0.9
     #: Honest cos(e_hat, embed(text)) >= 0.766 (MiniLM, library-mean baselines).
@@ -95,6 +109,9 @@ class DeltaSoupConfig:
     scale_ratio_tol: float = 0.05
     #: Robust z of ln(scale) per group, max over groups: honest 99.9th percentile 3.3.
     scale_tau: float = 5.0
+    #: (c) needs this many rows in the round: median/MAD of 8 rows put honest z above 5.
+    #: Below it only (b)'s per-row scale ratio against the receiver's own scales binds.
+    scale_min_rows: int = 64
     #: 1.4826 makes MAD estimate sigma for normal data; 1.0 is the paper's raw MAD.
     mad_scale: float = 1.4826
     eps: float = 1e-8
@@ -102,6 +119,11 @@ class DeltaSoupConfig:
     #: Byzantine weight < 1/3 it lies between the honest 0.66 and 0.99 quantiles.
     quality_quantile: float = 0.66
     quality_min_rows: int = 8
+    #: Sampling allowance: a sender's median must exceed that quantile by more than
+    #: quality_z x its standard error 1.2533 sigma / sqrt(rows), sigma = 1.4826 x MAD of
+    #: its own qualities, capped at that of all (sender-weighted). 0 = the bare quantile.
+    #: Honest nodes sending 20-60 rows a round otherwise lose ~3% of rows to chance.
+    quality_z: float = 3.0
     #: Refuse a batch whose mean text is nearer another domain by more than this cosine.
     domain_margin: float = 0.0
     domain_min_senders: int = 3
@@ -111,8 +133,11 @@ class DeltaSoupConfig:
     merge_space: str = "own"  # "own": receiver's embeddings; "received": e_hat (paper)
     exact_cluster_rows: int = 8192
     block_rows: int = 2048
-    lsh_tables: int = 16
-    lsh_bucket_rows: int = 64
+    #: 0 = as many hash tables as make a pair at cos = dedup_cosine missed with probability
+    #: <= lsh_miss (21 tables of 10 bits for 12,500 rows); > 0 = that many.
+    lsh_tables: int = 0
+    lsh_bucket_rows: int = 16
+    lsh_miss: float = 2e-4
     lsh_seed: int = 0x5EED
 
 
@@ -122,8 +147,12 @@ class BatchOutcome:
     sender: bytes
     rows: int
     drop: Drop | None = None  # phase-1 refusal of the whole batch
-    dropped_rows: dict[Drop, int] = field(default_factory=dict)
+    dropped_rows: dict[Drop, int] = field(default_factory=dict)  # without DEFERRED
     passed: bool = True
+    #: Rows over this round's cap held in the sender's backlog (not dropped, not penalised).
+    deferred_rows: int = 0
+    #: True for rows of an earlier round's batch taken from the backlog (`rows` = taken).
+    from_backlog: bool = False
 
 
 @dataclass
@@ -148,6 +177,8 @@ class RoundResult:
     row_drop: list[Drop | None]
     row_cluster: np.ndarray  # merged index of each kept row, -1 for dropped rows
     row_scores: dict[str, np.ndarray]
+    #: True for rows taken from the backlog (received and deferred in an earlier round).
+    row_backlog: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -168,20 +199,27 @@ class RoundResult:
 
 
 class ReplayGuard:
-    """Seen CIDs and (sender, seq) pairs. In memory: entries older than 2 T_max could go,
-    since freshness refuses such batches anyway (not pruned here; a round's worth is small)."""
+    """Seen CIDs and (sender, seq) pairs, each with its batch timestamp, plus the newest seq
+    per sender. `prune(now_ms)` forgets entries whose batch is older than `horizon_ms`
+    (2 T_max): freshness refuses such a batch anyway, so memory stays bounded by the traffic
+    of one horizon. `_newest` is kept (one int per sender) so `old_seq` still holds."""
 
-    def __init__(self, seq_window: int) -> None:
+    def __init__(self, seq_window: int, horizon_ms: int | None = None) -> None:
         self.seq_window = seq_window
-        self._cids: set[bytes] = set()
-        self._seqs: dict[tuple[bytes, int], bytes] = {}
+        self.horizon_ms = horizon_ms
+        self._cids: dict[bytes, int] = {}
+        self._seqs: dict[tuple[bytes, int], tuple[bytes, int]] = {}
         self._newest: dict[bytes, int] = {}
+        self._pruned_at: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._cids) + len(self._seqs)
 
     def check(self, batch: Batch) -> Drop | None:
         if batch.cid in self._cids:
             return Drop.REPLAY
         other = self._seqs.get((batch.sender, batch.seq))
-        if other is not None and other != batch.cid:
+        if other is not None and other[0] != batch.cid:
             return Drop.EQUIVOCATION
         newest = self._newest.get(batch.sender)
         if newest is not None and batch.seq + self.seq_window < newest:
@@ -189,9 +227,20 @@ class ReplayGuard:
         return None
 
     def remember(self, batch: Batch) -> None:
-        self._cids.add(batch.cid)
-        self._seqs[(batch.sender, batch.seq)] = batch.cid
+        self._cids[batch.cid] = batch.timestamp_ms
+        self._seqs[(batch.sender, batch.seq)] = (batch.cid, batch.timestamp_ms)
         self._newest[batch.sender] = max(batch.seq, self._newest.get(batch.sender, batch.seq))
+
+    def prune(self, now_ms: int) -> None:
+        """Forget entries older than the horizon; a full pass at most once per half horizon."""
+        if self.horizon_ms is None:
+            return
+        if self._pruned_at is not None and now_ms - self._pruned_at < self.horizon_ms // 2:
+            return
+        self._pruned_at = now_ms
+        limit = now_ms - self.horizon_ms
+        self._cids = {c: t for c, t in self._cids.items() if t >= limit}
+        self._seqs = {k: v for k, v in self._seqs.items() if v[1] >= limit}
 
 
 class DeltaSoup:
@@ -207,7 +256,18 @@ class DeltaSoup:
         self.embedder = embedder
         self.config = config or DeltaSoupConfig()
         self.reputation = reputation or ReputationBook(threshold=self.config.reputation_threshold)
-        self.replay = ReplayGuard(self.config.seq_window)
+        self.replay = ReplayGuard(self.config.seq_window, 2 * self.config.max_age_ms)
+        #: Deferred rows per sender: verified batches or row subsets of them (same CID).
+        self._backlog: dict[bytes, list[Batch]] = {}
+
+    def backlog_rows(self, sender: bytes | None = None) -> int:
+        """Rows waiting in the backlog of `sender` (of all senders when None)."""
+        parts = (
+            self._backlog.get(sender, [])
+            if sender is not None
+            else [b for bs in self._backlog.values() for b in bs]
+        )
+        return sum(len(b) for b in parts)
 
     # -- phase 1 ---------------------------------------------------------------------------
 
@@ -220,6 +280,7 @@ class DeltaSoup:
             check_freshness(batch, now_ms, cfg.max_age_ms)
         except WireError as exc:
             return Drop.STALE if exc.reason.value == "stale" else Drop.FUTURE
+        self.replay.prune(now_ms)
         seen = self.replay.check(batch)
         if seen is not None:
             return seen
@@ -240,6 +301,21 @@ class DeltaSoup:
         ordered = sorted(batches, key=lambda b: (b.sender, b.seq, b.cid))
         outcomes: list[BatchOutcome] = []
         accepted: list[Batch] = []
+        # The backlog first, in (sender, seq, cid) order: already verified, not re-checked
+        # for freshness or replay (its CIDs are seen), refused only for low reputation.
+        backlog = sorted(
+            (b for parts in self._backlog.values() for b in parts),
+            key=lambda b: (b.sender, b.seq, b.cid),
+        )
+        self._backlog = {}
+        for part in backlog:
+            outcome = BatchOutcome(part.cid, part.sender, len(part), from_backlog=True)
+            if self.reputation.score(part.sender) < cfg.reputation_threshold:
+                outcome.drop = Drop.LOW_REPUTATION
+            else:
+                accepted.append(part)
+            outcomes.append(outcome)
+        n_backlog = len(accepted)
         for batch in ordered:
             outcome = BatchOutcome(batch.cid, batch.sender, len(batch))
             outcome.drop = self.verify(batch, now_ms)
@@ -249,19 +325,53 @@ class DeltaSoup:
                 outcome.passed = False
             outcomes.append(outcome)
         passed_outcomes = [o for o in outcomes if o.drop is None]
-        rows = _filter_rows(accepted, self.embedder, cfg)
+        rows = _filter_rows(accepted, self.embedder, cfg, n_backlog)
+        deferred_code = _CODE[Drop.DEFERRED]
+        judged: set[int] = set()
         for bi, outcome in enumerate(passed_outcomes):
             codes = rows.drop[rows.batch == bi]
             counts = np.bincount(codes, minlength=len(_DROPS) + 1)
+            outcome.deferred_rows = int(counts[deferred_code])
             outcome.dropped_rows = {
-                _DROPS[c - 1]: int(counts[c]) for c in range(1, len(counts)) if counts[c]
+                _DROPS[c - 1]: int(counts[c])
+                for c in range(1, len(counts))
+                if counts[c] and c != deferred_code
             }
+            over = outcome.dropped_rows.get(Drop.OVER_CAP, 0)
             filtered = sum(n for d, n in outcome.dropped_rows.items() if d is not Drop.OVER_CAP)
-            outcome.passed = filtered <= cfg.batch_fail_fraction * outcome.rows
+            evaluated = outcome.rows - over - outcome.deferred_rows
+            outcome.passed = filtered <= cfg.batch_fail_fraction * evaluated
+            if evaluated > 0:
+                judged.add(id(outcome))
+            if outcome.deferred_rows:
+                local = np.flatnonzero(codes == deferred_code)
+                part = _subset(accepted[bi], local)
+                self._backlog.setdefault(part.sender, []).append(part)
         for outcome in outcomes:
+            # Deferral is neither pass nor fail: a batch none of whose rows were evaluated
+            # this round (all deferred or over the cap) leaves reputation alone.
+            if outcome.drop is None and id(outcome) not in judged:
+                continue
             if outcome.drop is not Drop.LOW_REPUTATION:
                 self.reputation.record(outcome.sender, outcome.passed)
-        return _merge(accepted, rows, outcomes, cfg)
+        result = _merge(accepted, rows, outcomes, cfg)
+        result.row_backlog = rows.batch < n_backlog
+        return result
+
+
+def _subset(batch: Batch, rows: np.ndarray) -> Batch:
+    """The rows `rows` of a batch as a Batch with the same CID, sender, seq and timestamp."""
+    if len(rows) == len(batch):
+        return batch
+    return dataclasses.replace(
+        batch,
+        texts=tuple(batch.texts[i] for i in rows),
+        signs=batch.signs[rows],
+        scales=batch.scales[rows],
+        quality=batch.quality[rows],
+        iteration=batch.iteration[rows],
+        ids=tuple(batch.ids[i] for i in rows),
+    )
 
 
 # -- phase 2 and 3 ---------------------------------------------------------------------------
@@ -277,6 +387,14 @@ class _Rows:
     ids: list[bytes]
     drop: np.ndarray  # 0 kept, else _CODE
     scores: dict[str, np.ndarray]
+
+
+def _id_rank(ids: Sequence[bytes]) -> np.ndarray:
+    """Rank of each id in byte order (equal ids share a rank)."""
+    if not ids:
+        return np.zeros(0, dtype=np.int64)
+    _, inverse = np.unique(np.array(ids, dtype=object), return_inverse=True)
+    return inverse.astype(np.int64)
 
 
 def _rowwise_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -305,7 +423,10 @@ def _robust_z(values: np.ndarray, weights: np.ndarray, cfg: DeltaSoupConfig) -> 
     return np.abs(values - med) / (cfg.mad_scale * mad + cfg.eps)
 
 
-def _filter_rows(batches: Sequence[Batch], embedder: Embedder, cfg: DeltaSoupConfig) -> _Rows:
+def _filter_rows(
+    batches: Sequence[Batch], embedder: Embedder, cfg: DeltaSoupConfig, n_backlog: int = 0
+) -> _Rows:
+    """Phases 2 and 3 over `batches`, whose first `n_backlog` entries come from the backlog."""
     d = embedder.dimension
     if not batches:
         empty = np.zeros(0, dtype=np.int64)
@@ -330,21 +451,32 @@ def _filter_rows(batches: Sequence[Batch], embedder: Embedder, cfg: DeltaSoupCon
     n = len(ids)
     drop = np.zeros(n, dtype=np.int64)
 
-    # (a) per-node cap: keep the `cap` smallest ids of each sender (a function of the set).
-    counts = np.bincount(node, minlength=len(senders))
+    # (a) per-node cap: each sender keeps `cap` of the rows it offers (backlog + new),
+    # its backlog first in (seq, id) order, then new rows by smallest id (a function of the
+    # set and the backlog); the next `max_backlog_rows` are deferred, the rest dropped.
+    fresh = batch_idx >= n_backlog
+    # Votes: NEW rows per sender (a sender with only a backlog votes 0), so backlogs cannot
+    # raise the cap, and a round without new traffic drains at `min_cap` per sender.
+    counts = np.bincount(node[fresh], minlength=len(senders))
     cap = max(cfg.min_cap, math.floor(cfg.cap_factor * float(np.median(counts))))
-    order = sorted(range(n), key=lambda r: (node[r], ids[r], batch_idx[r]))
+    seqs = np.repeat(np.array([b.seq for b in batches]), sizes)
+    id_rank = _id_rank(ids)
+    # lexsort: last key is the primary one.
+    order = np.lexsort((batch_idx, id_rank, np.where(fresh, 0, seqs), fresh, node))
+    first = np.searchsorted(node[order], np.arange(len(senders)))
     rank = np.empty(n, dtype=np.int64)
-    seen_per_node = np.zeros(len(senders), dtype=np.int64)
-    for r in order:
-        rank[r] = seen_per_node[node[r]]
-        seen_per_node[node[r]] += 1
-    drop[rank >= cap] = _CODE[Drop.OVER_CAP]
+    rank[order] = np.arange(n) - first[node[order]]
+    drop[rank >= cap] = _CODE[Drop.DEFERRED]
+    drop[rank >= cap + cfg.max_backlog_rows] = _CODE[Drop.OVER_CAP]
 
     # Phase 2: decompress; and the receiver's own embedding of every text.
+    # Only rows inside the cap are embedded (deferred ones will be, in their round).
     received = np.concatenate([b.embeddings() for b in batches])
-    own = np.ascontiguousarray(embedder.embed(texts), dtype=np.float32)
     live = drop == 0
+    own = np.zeros((n, d), dtype=np.float32)
+    live_idx = np.flatnonzero(live)
+    if len(live_idx):
+        own[live_idx] = embedder.embed([texts[i] for i in live_idx])
     weight = np.zeros(n)
     kept_counts = np.bincount(node[live], minlength=len(senders))
     weight[live] = 1.0 / kept_counts[node[live]]
@@ -375,16 +507,25 @@ def _filter_rows(batches: Sequence[Batch], embedder: Embedder, cfg: DeltaSoupCon
     # (c) scale distribution (sender-weighted robust z of ln scale, per group).
     log_scales = np.log(np.concatenate([b.scales for b in batches]).astype(np.float64) + cfg.eps)
     scale_z = np.zeros(n)
-    if live.any() and log_scales.shape[1] == max(b.scales.shape[1] for b in batches):
+    if live.sum() >= cfg.scale_min_rows and log_scales.shape[1] == max(
+        b.scales.shape[1] for b in batches
+    ):
         scale_z[live] = _robust_z(log_scales[live], weight[live], cfg).max(axis=1)
     drop[(drop == 0) & (scale_z > cfg.scale_tau)] = _CODE[Drop.SCALE_OUTLIER]
 
     # (d) confidence inflation: a sender whose median quality is above the pooled quantile.
     if live.any():
         ceiling = weighted_quantile(quality[live], weight[live], cfg.quality_quantile)
+        q_med = weighted_median(quality[live], weight[live])
+        sigma = 1.4826 * weighted_median(np.abs(quality[live] - q_med), weight[live])
         for k in range(len(senders)):
             mine_q = quality[live & (node == k)]
-            if len(mine_q) >= cfg.quality_min_rows and np.median(mine_q) > ceiling:
+            if len(mine_q) < cfg.quality_min_rows:
+                continue
+            own_med = float(np.median(mine_q))
+            own_sigma = 1.4826 * float(np.median(np.abs(mine_q - own_med)))
+            err = 1.2533 * min(own_sigma, sigma) / math.sqrt(len(mine_q))
+            if own_med > ceiling + cfg.quality_z * err:
                 drop[live & (node == k) & (drop == 0)] = _CODE[Drop.QUALITY_OUTLIER]
 
     # (e) domain tag: batch mean text embedding vs sender-weighted domain centroids.
@@ -430,23 +571,108 @@ def _filter_rows(batches: Sequence[Batch], embedder: Embedder, cfg: DeltaSoupCon
 # -- phase 4 ---------------------------------------------------------------------------------
 
 
+def _lsh_union_rows(
+    unit: np.ndarray,
+    keys: np.ndarray,
+    sorted_keys: np.ndarray,
+    orders: np.ndarray,
+    theta: float,
+    parent: np.ndarray,
+) -> int:
+    """Union-find over pairs sharing a bucket in some table with cos > theta (numba).
+
+    keys (n, tables) bucket of each row per table (row-major, so one pair's keys are two
+    contiguous runs), orders (tables, n) rows sorted by key, sorted_keys their keys.
+    A pair is compared once: in the first table where it shares a bucket (later tables skip
+    it by comparing the earlier keys), and not at all when already in one component, which
+    cannot change the components. Returns the number of dot products computed.
+    """
+    n, tables = keys.shape
+    d = unit.shape[1]
+    dots = 0
+    for t in range(tables):
+        o = orders[t]
+        kt = sorted_keys[t]
+        s = 0
+        while s < n:
+            e = s + 1
+            while e < n and kt[e] == kt[s]:
+                e += 1
+            for a in range(s, e):
+                i = o[a]
+                for b in range(a + 1, e):
+                    j = o[b]
+                    seen = False
+                    for u in range(t):
+                        if keys[i, u] == keys[j, u]:
+                            seen = True
+                            break
+                    if seen:
+                        continue
+                    ri = i
+                    while parent[ri] != ri:
+                        parent[ri] = parent[parent[ri]]  # path halving
+                        ri = parent[ri]
+                    rj = j
+                    while parent[rj] != rj:
+                        parent[rj] = parent[parent[rj]]
+                        rj = parent[rj]
+                    if ri == rj:
+                        continue
+                    acc = np.float32(0.0)
+                    for k in range(d):
+                        acc += unit[i, k] * unit[j, k]
+                    dots += 1
+                    if acc > theta:
+                        if ri < rj:
+                            parent[rj] = ri
+                        else:
+                            parent[ri] = rj
+            s = e
+    return dots
+
+
+_lsh_kernel = None
+
+
+def _lsh_union():
+    """The numba-compiled `_lsh_union_rows` (disk-cached), imported on first use."""
+    global _lsh_kernel
+    if _lsh_kernel is None:
+        from numba import njit
+
+        _lsh_kernel = njit(cache=True, nogil=True, fastmath=True)(_lsh_union_rows)
+    return _lsh_kernel
+
+
+def _canonical_labels(roots: np.ndarray) -> np.ndarray:
+    """Component labels numbered by each component's smallest row (scipy's order)."""
+    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse]
+
+
 def cosine_clusters(
     x: np.ndarray,
     theta: float,
     *,
     exact_rows: int = 8192,
     block_rows: int = 2048,
-    tables: int = 16,
-    bucket_rows: int = 64,
+    tables: int = 0,
+    bucket_rows: int = 16,
+    miss: float = 2e-4,
     seed: int = 0x5EED,
 ) -> np.ndarray:
     """Single-linkage cluster labels of the rows of x over edges cos > theta.
 
     Exact (all pairs, in blocks of `block_rows`) up to `exact_rows` rows. Above that, only
-    pairs that share a bucket in one of `tables` random-hyperplane hashes are compared: a
-    pair at cos 0.95 (18 degrees) shares a k-bit bucket with probability 0.9^k, and k is
-    chosen so buckets hold ~`bucket_rows` rows on average, so near-duplicates are found with
-    high probability (>= 99.5% at 16 tables, k <= 10) while the work grows ~ n^1.3.
+    pairs that share a bucket in one of the random-hyperplane hash tables are compared (a
+    numba union-find kernel, each pair at most once): k bits per table so buckets hold
+    ~`bucket_rows` rows on average; a pair at cos theta (angle a) shares a k-bit bucket with
+    probability p = (1 - a/pi)^k, and `tables` = 0 takes the fewest tables T with
+    (1 - p)^T <= `miss` (theta 0.95: p = 0.899^k; k = 10 needs 21 tables). A pair more
+    similar than theta is found with higher probability still.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -472,25 +698,24 @@ def cosine_clusters(
             cols_e.append(c[keep])
     else:
         bits = max(1, min(30, round(math.log2(n / bucket_rows))))
+        if tables <= 0:
+            p = (1.0 - math.acos(min(max(theta, -1.0), 1.0)) / math.pi) ** bits
+            tables = max(1, math.ceil(math.log(miss) / math.log1p(-p)))
         rng = np.random.default_rng(seed)
         planes = rng.standard_normal((tables * bits, x.shape[1])).astype(np.float32)
-        code_bits = (unit @ planes.T) > 0
-        weights = (1 << np.arange(bits)).astype(np.int64)
-        for t in range(tables):
-            keys = code_bits[:, t * bits : (t + 1) * bits].astype(np.int64) @ weights
-            order = np.argsort(keys, kind="stable")
-            sorted_keys = keys[order]
-            bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
-            starts = np.concatenate([[0], bounds])
-            ends = np.concatenate([bounds, [n]])
-            for s, e in zip(starts, ends, strict=True):
-                if e - s < 2:
-                    continue
-                members = order[s:e]
-                sims = unit[members] @ unit[members].T
-                r, c = np.nonzero(np.triu(sims > theta, k=1))
-                rows_e.append(members[r])
-                cols_e.append(members[c])
+        code_bits = ((unit @ planes.T) > 0).reshape(n, tables, bits).astype(np.int64)
+        keys = np.ascontiguousarray((code_bits << np.arange(bits)).sum(axis=2))  # (n, T)
+        orders = np.ascontiguousarray(np.argsort(keys.T, axis=1, kind="stable"))
+        sorted_keys = np.ascontiguousarray(np.take_along_axis(keys.T, orders, axis=1))
+        parent = np.arange(n, dtype=np.int64)
+        _lsh_union()(unit, keys, sorted_keys, orders, np.float32(theta), parent)
+        roots = parent.copy()
+        for _ in range(64):  # full path compression (halving left chains of length <= 2^k)
+            nxt = roots[roots]
+            if np.array_equal(nxt, roots):
+                break
+            roots = nxt
+        return _canonical_labels(roots)
     r = np.concatenate(rows_e) if rows_e else np.zeros(0, np.int64)
     c = np.concatenate(cols_e) if cols_e else np.zeros(0, np.int64)
     graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
@@ -517,6 +742,7 @@ def _merge(
             block_rows=cfg.block_rows,
             tables=cfg.lsh_tables,
             bucket_rows=cfg.lsh_bucket_rows,
+            miss=cfg.lsh_miss,
             seed=cfg.lsh_seed,
         )
         label[members] = local + next_label
@@ -537,11 +763,11 @@ def _merge(
         sums = np.add.reduceat(space[multi] * q[multi, None], starts, axis=0)
         merged[lab[starts]] = sums / np.add.reduceat(q[multi], starts)[:, None]
     # Representative: highest quality, then smallest id (order-independent).
-    ranked = sorted(kept.tolist(), key=lambda r: (label[r], -q[r], rows.ids[r]))
-    reps: list[int] = []
-    for r in ranked:
-        if len(reps) == label[r]:
-            reps.append(r)
+    id_rank = _id_rank(rows.ids)
+    ranked = kept[np.lexsort((id_rank[kept], -q[kept], label[kept]))]
+    lab_sorted = label[ranked]
+    heads = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]]) if len(kept) else kept
+    reps = ranked[heads].tolist()
     row_sender = [batches[b].sender for b in rows.batch]
     row_text = [t for b in batches for t in b.texts]
     created = np.array([batches[rows.batch[r]].timestamp_ms for r in reps], dtype=np.int64)

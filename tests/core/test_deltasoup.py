@@ -139,3 +139,21 @@ def test_reputation_falls_for_failing_sender(scenario, embedder, honest):
         soup.aggregate(bad, NOW_MS)
     assert soup.reputation.score(key.public_key) < 0.3
     assert soup.reputation.score(honest[0].sender) == 1.0
+
+
+def test_lsh_clusters_equal_exact_on_planted_duplicates():
+    """LSH (numba union-find) gives the exact path's labels, numbering included, on data
+    with planted near-duplicate groups (pairs at cos ~0.99, chains of up to 4)."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((3000, 96)).astype(np.float32)
+    groups = [base]
+    for size in (1, 2, 3):
+        src = base[rng.choice(3000, 300, replace=False)]
+        for _ in range(size):
+            src = src + 0.08 * rng.standard_normal(src.shape).astype(np.float32)
+            groups.append(src)
+    x = np.vstack(groups)[rng.permutation(3000 + 300 * 6)]
+    exact = cosine_clusters(x, 0.95)
+    assert len(np.unique(exact)) < len(x) - 1000  # the planted groups did merge
+    lsh = cosine_clusters(x, 0.95, exact_rows=100)
+    assert np.array_equal(lsh, exact)

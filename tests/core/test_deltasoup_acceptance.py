@@ -15,6 +15,7 @@ from fai_core.byzantine_eval import (
     TableEmbedder,
     paper_filter_on_honest,
     run_attack,
+    run_heterogeneous,
     shipped_embeddings,
 )
 from fai_core.embedding import default_embedder
@@ -74,6 +75,20 @@ def test_alie_plausible_damage_bounded_by_cap():
     capped = _run("alie_plausible_nocap", z=0.0)
     assert capped["byzantine_row_share"] <= 4 / 12 + 1e-9
     assert capped["honest_retention"] >= 0.97
+
+
+@pytest.mark.parametrize("flooding", [False, True], ids=["honest", "with_flooding"])
+def test_heterogeneous_honest_rates_retained_once_backlogs_drain(flooding):
+    """Honest rates 1x..3x over 4 rounds: over-cap rows are deferred, not lost."""
+    r = run_heterogeneous(
+        flooding=flooding, drain_rounds=20, embedder=TableEmbedder(fallback=_NoModel())
+    )
+    assert r["rounds"][-1]["honest_backlog"] == 0
+    assert r["honest_retention"] >= 0.99
+    # While sending, the cap holds each flooder to the median sender's new rows.
+    for rnd in r["rounds"]:
+        if not rnd["quiet"]:
+            assert rnd["byzantine_row_share"] <= 0.41
 
 
 def test_paper_filter_as_written_loses_honest_vectors():
