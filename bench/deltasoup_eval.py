@@ -2,7 +2,8 @@
 
 Runs every attack of fai_core.byzantine_eval.ATTACKS on real all-MiniLM-L6-v2 embeddings
 (shipped vectors of the 1,279-sentence corpus; 1,000 honest texts over the honest nodes)
-for N = 12 and N = 9 with f = N/3, and the paper's filter as written for comparison.
+for N = 12 and N = 9 with f = N/3, and the paper's filter as written for comparison. The
+DP rows noise every node's scales with privacy.privatize (clip 0.05, delta 1e-5).
 
     .venv/bin/python bench/deltasoup_eval.py [--json] [--markdown FILE]
 """

@@ -17,6 +17,7 @@ texts it does not know: an explicit test helper, never a default.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -27,8 +28,25 @@ from fai_core.corpus import CORPUS_DOMAINS, load_pattern_corpus
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop, paper_filter_scores
 from fai_core.embedding import DEFAULT_MODEL, Embedder, default_embedder
 from fai_core.identity import NodeKey
+from fai_core.privacy import PrivacyAccountant, privatize
 
 NOW_MS = 1_760_000_000_000
+#: DP runs: clip (= sensitivity) just above the largest honest scale of the scenario
+#: (max 0.0467, median 0.038) and delta; epsilon follows from the sigma asked for (Eq. 27).
+DP_CLIP = 0.05
+DP_DELTA = 1e-5
+
+
+def dp_epsilon(sigma: float, clip: float = DP_CLIP, delta: float = DP_DELTA) -> float:
+    """The epsilon whose Eq. 27 sigma is `sigma` (inverse of privacy.gaussian_sigma)."""
+    return clip * math.sqrt(2.0 * math.log(1.25 / delta)) / sigma
+
+
+def dp_noised(signed, key: NodeKey, sigma: float, rng: np.random.Generator, clip=DP_CLIP):
+    """`signed` through privacy.privatize with noise sigma (an unlimited accountant)."""
+    acc = PrivacyAccountant(math.inf, 1.0, "basic")
+    eps = dp_epsilon(sigma, clip)
+    return privatize(signed, key, acc, epsilon=eps, delta=DP_DELTA, clip=clip, rng=rng)
 
 
 def shipped_embeddings(name: str) -> tuple[list[str], np.ndarray]:
@@ -278,6 +296,14 @@ ATTACKS: list[tuple[str, str, dict]] = [
     ("ALIE plausible texts z=0", "alie_plausible", {"z": 0.0}),
     ("ALIE plausible texts z=1", "alie_plausible", {"z": 1.0}),
     ("ALIE plausible z=0, 4x texts (no pool cap)", "alie_plausible_nocap", {"z": 0.0}),
+    ("no attack, all nodes DP sigma=0.002 (eps=121)", "none", {"dp_sigma": 0.002}),
+    ("no attack, all nodes DP sigma=0.003 (eps=81)", "none", {"dp_sigma": 0.003}),
+    (
+        "scale inflation x1.5 + DP sigma=0.002",
+        "scale_inflation",
+        {"factor": 1.5, "dp_sigma": 0.002},
+    ),
+    ("scale inflation x3 + DP sigma=0.002", "scale_inflation", {"factor": 3.0, "dp_sigma": 0.002}),
 ]
 
 
@@ -288,12 +314,22 @@ def run_attack(
     seed: int = 7,
     config: DeltaSoupConfig | None = None,
     embedder: Embedder | None = None,
+    dp_sigma: float = 0.0,
     **kw,
 ) -> dict:
+    """One attack; `dp_sigma` > 0: every node (honest and Byzantine) DP-noises its scales
+    with that sigma (clip DP_CLIP, times the inflation factor for inflated batches so the
+    clip does not undo the attack) before broadcasting."""
     sc = Scenario(n_nodes, seed)
     soup = DeltaSoup(embedder or TableEmbedder(), config=config)
     honest = sc.honest_batches()
     byz, earlier = ([], []) if attack == "none" else _byzantine(sc, attack, **kw)
+    if dp_sigma > 0:
+        dp_rng = np.random.default_rng(seed + 1)
+        keys = {k.public_key: k for k in [n.key for n in sc.honest] + sc.byz_keys}
+        honest = [dp_noised(b, keys[b.batch.sender], dp_sigma, dp_rng) for b in honest]
+        clip = DP_CLIP * kw.get("factor", 1.0)
+        byz = [dp_noised(b, keys[b.batch.sender], dp_sigma, dp_rng, clip) for b in byz]
     if earlier:
         soup.aggregate([b.batch for b in earlier], NOW_MS - 100_000)
     batches = [b.batch for b in honest + byz]

@@ -24,8 +24,13 @@ spread. docs/deltasoup.md has the measurements behind every threshold below.
       that embedding against the batch's own baseline and group size, and compares with
       what was sent in delta space: cos(e_hat - b, r - b) and the per-group scale ratios.
       An honest sender produces the same signs and scales (cos 1.0 up to platform jitter);
-      any change of signs, scales or text shows. cos(e_hat, embed(text)) is checked too,
-      loosely: it stops a baseline chosen so that e_hat is garbage while the deltas match.
+      any change of signs, scales or text shows. Scale ratios are checked robustly to
+      zero-mean DP noise (privacy.py) without knowing its sigma: each batch's noise is
+      estimated from the spread of its log ratios and widens only the per-group bound;
+      the row and batch medians of the log ratios (which inflation shifts and noise does
+      not) stay tight, and a batch noisier than `scale_noise_max` is refused.
+      cos(e_hat, embed(text)) is checked too, loosely: it stops a baseline chosen so that
+      e_hat is garbage while the deltas match.
    c. scale distribution: log scales per group against the sender-weighted median, robust
       z with MAD (times `mad_scale`); only with >= `scale_min_rows` rows in the round.
    d. confidence inflation: a sender whose median quality lies above the sender-weighted
@@ -106,7 +111,23 @@ class DeltaSoupConfig:
     #: Honest cos(e_hat, embed(text)) >= 0.766 (MiniLM, library-mean baselines).
     direct_min_cos: float = 0.6
     #: max over groups of |ln(sent scale / own scale)|: honest 0, 1.1x inflation = 0.095.
+    #: Widened by the batch's own ln-noise estimate (see the three fields below), so honest
+    #: senders adding zero-mean DP noise (privacy.py) pass; without noise it binds as is.
     scale_ratio_tol: float = 0.05
+    #: Per batch, s = 1.4826 x MAD over its (row, group) entries of ln(sent / own): the noise
+    #: a DP sender added, 0 for a sender without DP. Max over groups may reach
+    #: scale_ratio_tol + scale_noise_k x s (3 groups of Gaussian noise: 0.02% of rows over).
+    scale_noise_k: float = 4.0
+    #: Location tests, robust to zero-mean noise: the median of ln(sent / own) of a row (over
+    #: its groups) and of a batch (over all its entries) must be within scale_ratio_tol +
+    #: scale_location_k standard errors (1.2533 s / sqrt(entries)) of 0. Inflation x f
+    #: shifts both medians by ln f (x1.5: 0.405), noise does not.
+    scale_location_k: float = 3.0
+    #: A batch whose noise estimate s exceeds this (ln units) fails scale_mismatch whole:
+    #: its scales cannot be checked. 0.15 ~ DP sigma 0.004 on this corpus's scales (~0.038);
+    #: it also bounds the cover noise gives an attacker. Fleet-wide: DP senders must stay
+    #: below it (docs/deltasoup.md, "Differential privacy and the scale checks").
+    scale_noise_max: float = 0.15
     #: Robust z of ln(scale) per group, max over groups: honest 99.9th percentile 3.3.
     scale_tau: float = 5.0
     #: (c) needs this many rows in the round: median/MAD of 8 rows put honest z above 5.
@@ -484,6 +505,10 @@ def _filter_rows(
     # (b) semantic consistency in delta space, plus scale ratios and the direct cosine.
     sem_cos = np.empty(n)
     ratio = np.empty(n)
+    row_med = np.zeros(n)  # median over groups of ln(sent / own), per row
+    noise = np.zeros(n)  # the row's batch: 1.4826 MAD of ln(sent / own)
+    batch_loc = np.zeros(n)  # the row's batch: median of ln(sent / own)
+    batch_loc_tol = np.full(n, cfg.scale_ratio_tol)
     start = 0
     for b, m in zip(batches, sizes, strict=True):
         sl = slice(start, start + m)
@@ -495,13 +520,33 @@ def _filter_rows(
         both_zero = (np.abs(sent_delta).max(axis=1) < 1e-7) & (np.abs(own_delta).max(axis=1) < 1e-7)
         sem_cos[sl][both_zero] = 1.0
         with np.errstate(divide="ignore", invalid="ignore"):
-            lr = np.abs(np.log((b.scales.astype(np.float64) + cfg.eps) / (code.scales + cfg.eps)))
-        ratio[sl] = lr.max(axis=1)
+            lr = np.log((b.scales.astype(np.float64) + cfg.eps) / (code.scales + cfg.eps))
+        ratio[sl] = np.abs(lr).max(axis=1)
+        row_med[sl] = np.median(lr, axis=1)
+        # Noise estimate and location over the batch's rows evaluated this round (own
+        # embeddings exist only for those); deferred rows are judged in their own round.
+        lv = lr[live[sl]]
+        if len(lv):
+            loc = float(np.median(lv))
+            spread = 1.4826 * float(np.median(np.abs(lv - loc)))
+            noise[sl], batch_loc[sl] = spread, loc
+            batch_loc_tol[sl] = cfg.scale_ratio_tol + cfg.scale_location_k * 1.2533 * spread / (
+                math.sqrt(lv.size)
+            )
         start += m
     direct = _rowwise_cos(received, own)
     bad = live & ((sem_cos < cfg.semantic_min_cos) | (direct < cfg.direct_min_cos))
     drop[bad] = _CODE[Drop.SEMANTIC_MISMATCH]
-    bad = (drop == 0) & (ratio > cfg.scale_ratio_tol)
+    # Scale checks robust to zero-mean (DP) noise: the noise widens the per-group bound;
+    # the row and batch medians, which noise leaves near 0 and inflation shifts, stay tight.
+    groups = max(b.scales.shape[1] for b in batches)
+    row_loc_tol = cfg.scale_ratio_tol + cfg.scale_location_k * 1.2533 * noise / math.sqrt(groups)
+    bad = (drop == 0) & (
+        (ratio > cfg.scale_ratio_tol + cfg.scale_noise_k * noise)
+        | (np.abs(row_med) > row_loc_tol)
+        | (np.abs(batch_loc) > batch_loc_tol)
+        | (noise > cfg.scale_noise_max)
+    )
     drop[bad] = _CODE[Drop.SCALE_MISMATCH]
 
     # (c) scale distribution (sender-weighted robust z of ln scale, per group).
@@ -562,6 +607,9 @@ def _filter_rows(
         "semantic_cos": sem_cos,
         "direct_cos": direct,
         "scale_log_ratio": ratio,
+        "scale_log_median": row_med,
+        "scale_noise": noise,
+        "scale_batch_median": batch_loc,
         "scale_z": scale_z,
         "domain_margin": domain_margin,
     }

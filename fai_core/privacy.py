@@ -16,6 +16,12 @@ mechanisms each (eps, delta), total eps' = sqrt(2k ln(1/delta')) eps + k eps (e^
 delta' + k delta) and refuses, with `PrivacyBudgetExceeded`, the broadcast that would go
 past the configured budget, so a node cannot leak more than it was configured to by simply
 running longer.
+
+Receivers (deltasoup.py, phase 3b) accept noised scales when the noise is small next to
+the scales (sigma <= ~0.003 for scales ~0.038, i.e. epsilon >= ~80 at clip 0.05) and refuse
+noisier batches as uncheckable; at epsilon < 1 sigma exceeds the scales several times and
+e_hat itself is destroyed. Note also that a receiver with the model recomputes the exact
+scales from the clear text and the batch's baseline. docs/deltasoup.md has the numbers.
 """
 
 from __future__ import annotations

@@ -157,3 +157,57 @@ def test_lsh_clusters_equal_exact_on_planted_duplicates():
     assert len(np.unique(exact)) < len(x) - 1000  # the planted groups did merge
     lsh = cosine_clusters(x, 0.95, exact_rows=100)
     assert np.array_equal(lsh, exact)
+
+
+def _dp_batches(scenario, sigma, seed=0):
+    from fai_core.byzantine_eval import dp_noised
+
+    rng = np.random.default_rng(seed)
+    return [dp_noised(b, key, sigma, rng) for b, key in _signed_honest(scenario)]
+
+
+def _signed_honest(scenario):
+    return [(b, node.key) for node in scenario.honest for b in node.batches(ts=NOW_MS - 30_000)]
+
+
+def test_scale_check_robust_to_dp_noise(scenario, embedder):
+    """Zero-mean DP noise: the batch noise estimate widens the per-group bound, the row and
+    batch medians stay near 0, so honest DP rows pass; the pre-DP rule refused most."""
+    noised = [s.batch for s in _dp_batches(scenario, 0.002)]
+    r = DeltaSoup(embedder).aggregate(noised, NOW_MS)
+    assert np.mean([d is None for d in r.row_drop]) >= 0.99
+    scores = r.row_scores
+    assert np.median(scores["scale_noise"]) > 0.02  # the noise is seen ...
+    assert np.mean(scores["scale_log_ratio"] > 0.05) > 0.5  # ... and broke the old rule
+    assert np.abs(scores["scale_batch_median"]).max() < 0.05
+    plain = DeltaSoup(embedder).aggregate([b.batch for b, _ in _signed_honest(scenario)], NOW_MS)
+    assert plain.row_scores["scale_noise"].max() < 1e-6  # wire rounding only
+
+
+def test_scale_check_without_noise_unchanged(scenario, embedder):
+    """No noise: one group of one row inflated x1.1 is refused (bound scale_ratio_tol)."""
+    signed, key = _signed_honest(scenario)[0]
+    scales = signed.batch.scales.copy()
+    scales[0, 1] *= np.float32(1.1)
+    bad = attacks.reseal(signed, key, scales=attacks._scale_bytes(signed.batch, scales)).batch
+    r = DeltaSoup(embedder).aggregate([bad], NOW_MS)
+    assert r.row_drop[0] is Drop.SCALE_MISMATCH
+    assert all(d is None for d in r.row_drop[1:])
+
+
+def test_inflated_row_inside_dp_batch_refused(scenario, embedder):
+    """A x1.5 row hidden in an honest DP batch: its row median exposes it."""
+    signed = _dp_batches(scenario, 0.002)[0]
+    key = _signed_honest(scenario)[0][1]
+    scales = signed.batch.scales.copy()
+    scales[0] *= np.float32(1.5)
+    bad = attacks.reseal(signed, key, scales=attacks._scale_bytes(signed.batch, scales)).batch
+    r = DeltaSoup(embedder).aggregate([bad], NOW_MS)
+    assert r.row_drop[0] is Drop.SCALE_MISMATCH
+
+
+def test_too_noisy_batch_refused(scenario, embedder):
+    """Noise beyond scale_noise_max (eps <= 1 territory): scales cannot be checked."""
+    noised = [s.batch for s in _dp_batches(scenario, 0.02)]
+    r = DeltaSoup(embedder).aggregate(noised, NOW_MS)
+    assert np.mean([d is None for d in r.row_drop]) < 0.05

@@ -62,6 +62,23 @@ def test_attack_rejected(attack, kw):
     assert r["byzantine_rejection"] >= 0.99
 
 
+@pytest.mark.parametrize("sigma", [0.002, 0.003])
+def test_dp_noised_honest_batches_pass(sigma):
+    """Every node adds privacy.py noise (clip 0.05, delta 1e-5; eps 121 / 81)."""
+    r = _run("none", dp_sigma=sigma)
+    assert r["honest_retention"] >= 0.99
+    assert r["honest_drops"]["semantic_mismatch"] == 0
+
+
+@pytest.mark.parametrize("factor", [1.5, 3.0])
+def test_scale_inflation_rejected_under_dp_noise(factor):
+    """Inflating senders that also add DP noise are still refused; honest DP rows kept."""
+    r = _run("scale_inflation", factor=factor, dp_sigma=0.002)
+    assert r["honest_retention"] >= 0.99
+    assert r["byzantine_rejection"] >= 0.99
+    assert r["byzantine_drop_reasons"] == {"scale_mismatch": r["byzantine_sent"]}
+
+
 @pytest.mark.parametrize("attack", ["flooding", "copies"])
 def test_flooding_and_copies_bounded_share(attack):
     r = _run(attack)

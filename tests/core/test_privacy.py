@@ -61,3 +61,10 @@ def test_privatize_resigns_and_charges():
     assert not np.array_equal(noisy.batch.scales, signed.batch.scales)
     assert np.array_equal(noisy.batch.signs, signed.batch.signs)
     assert len(acc.charges) == 1
+
+
+def test_dp_epsilon_inverts_eq27():
+    from fai_core.byzantine_eval import dp_epsilon
+
+    eps = dp_epsilon(0.002, clip=0.05, delta=1e-5)
+    assert gaussian_sigma(eps, 1e-5, 0.05) == pytest.approx(0.002)
