@@ -6,19 +6,9 @@ import numpy as np
 import pytest
 
 from fai_core import attacks
-from fai_core.byzantine_eval import NOW_MS, Scenario, TableEmbedder
+from fai_core.byzantine_eval import NOW_MS
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop, cosine_clusters
 from fai_core.identity import NodeKey
-
-
-@pytest.fixture(scope="module")
-def scenario():
-    return Scenario(9, seed=3)
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return TableEmbedder()
 
 
 @pytest.fixture(scope="module")

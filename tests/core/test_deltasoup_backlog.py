@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from fai_core.byzantine_eval import NOW_MS, Node, Scenario, TableEmbedder
+from fai_core.byzantine_eval import NOW_MS, Node
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop
 from fai_core.identity import NodeKey
 
@@ -13,16 +12,6 @@ from fai_core.identity import NodeKey
 #: tests are about the cap and the backlog, and every row here is honest.
 CFG = DeltaSoupConfig(domain_min_senders=99, quality_quantile=1.0)
 PER = 20  # rows each ordinary node sends per round
-
-
-@pytest.fixture(scope="module")
-def scenario():
-    return Scenario(9, seed=3)
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return TableEmbedder()
 
 
 def _round_batches(scenario, rnd, extra=None):
