@@ -325,3 +325,26 @@ def test_id_filter_keeps_every_added_id(monkeypatch):
     f.add(ids[1:9])
     assert f.maybe(ids) == ids[:9]
     assert _IdFilter([]).maybe(ids) == []
+
+
+def test_indexed_search_returns_whole_entries_filtered_and_refined(tmp_path, capfd):
+    with open_lib(tmp_path / "lib", index_threshold=256, refine_factor=2) as lib:
+        mine = _random_experiences(300, seed=5, prefix="mine")
+        lib.add_local(mine)
+        theirs = _random_experiences(300, seed=6, prefix="theirs")
+        theirs = [
+            Experience(e.text, e.embedding, e.quality, "ops", e.source, e.created_ms, 3)
+            for e in theirs
+        ]
+        lib.merge(theirs, received_from=PEER_A, batch_cid=b"\x01batch")
+        assert lib.maintain()["vector_index"] == "trained"
+        for e in mine[:5] + theirs[:5]:
+            hit = lib.search(e.embedding, k=3)[0]
+            assert hit.entry == lib.get(e.id)  # every column, provenance included
+            assert record_key(hit.entry.experience) == record_key(e)
+            assert hit.entry.experience.id == e.id
+        hits = lib.search(mine[0].embedding, domain="ops", k=4)
+        assert len(hits) == 4
+        assert all(h.entry.experience.domain == "ops" for h in hits)
+        assert all(h.entry.received_from == PEER_A for h in hits)
+    assert "_distance" not in capfd.readouterr().err  # no per-query Lance warning
