@@ -575,6 +575,12 @@ class ExperienceLibrary:
         self._check_open()
         report: dict[str, Any] = {"vector_index": "unchanged"}
         n = self._count
+        if n > 0:
+            self._ensure_scalar_indices()
+        # Compact before training, not after: an IVF index trained on the compacted table
+        # answered ~1.8x faster (60k rows, nprobes 10: p50 7.7 ms vs 13.7 ms when trained on
+        # the 30 uncompacted fragments and compacted afterwards).
+        self._table.optimize(cleanup_older_than=self._keep_versions)
         if n >= self._index_threshold and (
             self._index_rows == 0 or n >= RETRAIN_GROWTH * self._index_rows
         ):
@@ -582,9 +588,6 @@ class ExperienceLibrary:
             self._build_vector_index(n)
             report["vector_index"] = "trained"
             report["index_seconds"] = time.perf_counter() - t0
-        if n > 0:
-            self._ensure_scalar_indices()
-        self._table.optimize(cleanup_older_than=self._keep_versions)
         self._commits_since_maintain = 0
         self._rows_since_maintain = 0
         self._save_state()
