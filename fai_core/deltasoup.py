@@ -62,7 +62,7 @@ import numpy as np
 
 from fai_core import bitdelta
 from fai_core.embedding import Embedder
-from fai_core.errors import WireError
+from fai_core.errors import Reject, WireError
 from fai_core.experience import Experience
 from fai_core.reputation import ReputationBook
 from fai_core.wire import Batch, check_freshness
@@ -300,7 +300,7 @@ class DeltaSoup:
         try:
             check_freshness(batch, now_ms, cfg.max_age_ms)
         except WireError as exc:
-            return Drop.STALE if exc.reason.value == "stale" else Drop.FUTURE
+            return Drop.STALE if exc.reason is Reject.STALE else Drop.FUTURE
         self.replay.prune(now_ms)
         seen = self.replay.check(batch)
         if seen is not None:

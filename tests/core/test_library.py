@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _librarykit import assert_baseline_matches_rows
 
 from fai_core.embedding import HashingEmbedder
 from fai_core.experience import Experience
@@ -29,17 +30,6 @@ def texts(n, prefix="pattern"):
 def open_lib(path, **kw):
     kw.setdefault("embedder", EMB)
     return ExperienceLibrary.open(path, DIM, **kw)
-
-
-def assert_baseline_matches_rows(lib):
-    rows = [e.embedding for e in lib.experiences()]
-    assert lib.count() == len(rows)
-    if not rows:
-        assert lib.baseline() is None
-        return
-    np.testing.assert_allclose(
-        lib.baseline(), np.mean(np.stack(rows).astype(np.float64), axis=0), atol=1e-9
-    )
 
 
 def test_add_get_count_and_domains(tmp_path):

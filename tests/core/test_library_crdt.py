@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from _librarykit import assert_baseline_matches_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,16 +79,6 @@ def model(experiences, capacity):
     }
 
 
-def check_baseline(lib):
-    rows = [e.embedding for e in lib.experiences()]
-    if rows:
-        # The library keeps a float64 sum; so must the reference (a float32 mean is off ~1e-8).
-        exact = np.mean(np.asarray(rows, dtype=np.float64), axis=0)
-        np.testing.assert_allclose(lib.baseline(), exact, atol=1e-9)
-    else:
-        assert lib.baseline() is None
-
-
 class Replicas:
     def __init__(self, root, capacity):
         self.root = root
@@ -132,7 +123,7 @@ def test_any_order_and_split_converges(tmp_path_factory, items, data, capacity):
             lib = replicas.new()
             fill(lib, batches_of(order + extra, cuts))
             states.append(snapshot(lib))
-            check_baseline(lib)
+            assert_baseline_matches_rows(lib)
         assert states[0] == states[1] == model(items, capacity)
     finally:
         replicas.close()
@@ -172,6 +163,6 @@ def test_state_merge_is_commutative_associative_idempotent(tmp_path_factory, a, 
         assert snapshot(ra) == before
         assert ra.version == version  # nothing won, nothing written
         for lib in (ab, left, right):
-            check_baseline(lib)
+            assert_baseline_matches_rows(lib)
     finally:
         replicas.close()
