@@ -699,17 +699,9 @@ class ExperienceLibrary:
         """
         from lancedb.background_loop import LOOP
 
-        inner = getattr(self._table, "_table", None)
-        if inner is None or not hasattr(inner, "query"):  # pragma: no cover - other lancedb
-            builder = self._table.search(vector, vector_column_name="embedding")
-            builder = builder.distance_type("cosine").limit(k).select(_HIT_COLUMNS)
-            if self._index_rows:
-                builder = builder.nprobes(self._nprobes)
-                if self._refine_factor:
-                    builder = builder.refine_factor(self._refine_factor)
-            if where is not None:
-                builder = builder.where(where, prefilter=True)
-            return builder.to_arrow()
+        # `_table` is the AsyncTable behind LanceDB's sync LanceTable: private, but lancedb is
+        # pinned (0.40.0) and every search test runs through it; re-check on upgrade.
+        inner = self._table._table
         query = inner.query().nearest_to(vector).column("embedding").distance_type("cosine")
         query = query.limit(k).select(_HIT_COLUMNS)
         if self._index_rows:
