@@ -292,13 +292,17 @@ class DeltaSoup:
 
     # -- phase 1 ---------------------------------------------------------------------------
 
-    def verify(self, batch: Batch, now_ms: int) -> Drop | None:
-        """Phase 1 for one decoded batch; records the batch as seen if it passes."""
+    def verify(self, batch: Batch, now_ms: int, *, max_age_ms: int | None = None) -> Drop | None:
+        """Phase 1 for one decoded batch; records the batch as seen if it passes.
+
+        `max_age_ms` widens T_max for batches fetched by repair: the fleet accepted them while
+        fresh, and the node's durable store (not this in-memory guard) refuses their replay.
+        """
         cfg = self.config
         if batch.model != self.embedder.model_id or batch.dim != self.embedder.dimension:
             return Drop.WRONG_MODEL
         try:
-            check_freshness(batch, now_ms, cfg.max_age_ms)
+            check_freshness(batch, now_ms, cfg.max_age_ms if max_age_ms is None else max_age_ms)
         except WireError as exc:
             return Drop.STALE if exc.reason is Reject.STALE else Drop.FUTURE
         self.replay.prune(now_ms)
@@ -317,7 +321,9 @@ class DeltaSoup:
 
     # -- the round -------------------------------------------------------------------------
 
-    def aggregate(self, batches: Iterable[Batch], now_ms: int) -> RoundResult:
+    def aggregate(
+        self, batches: Iterable[Batch], now_ms: int, *, max_age_ms: int | None = None
+    ) -> RoundResult:
         cfg = self.config
         ordered = sorted(batches, key=lambda b: (b.sender, b.seq, b.cid))
         outcomes: list[BatchOutcome] = []
@@ -339,7 +345,7 @@ class DeltaSoup:
         n_backlog = len(accepted)
         for batch in ordered:
             outcome = BatchOutcome(batch.cid, batch.sender, len(batch))
-            outcome.drop = self.verify(batch, now_ms)
+            outcome.drop = self.verify(batch, now_ms, max_age_ms=max_age_ms)
             if outcome.drop is None:
                 accepted.append(batch)
             elif outcome.drop is not Drop.LOW_REPUTATION:

@@ -23,6 +23,71 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from fai_net.node_config import NodeConfig
+
+    config = NodeConfig(
+        data_dir=Path(args.data_dir),
+        domains=tuple(args.domain),
+        listen=tuple(args.listen or ["/ip4/127.0.0.1/tcp/0"]),
+        seeds=tuple(args.seed or []),
+        embedder=args.embedder,
+        open_membership=args.open,
+        rpc_url=args.rpc,
+        registry=args.registry,
+        operator_key_file=Path(args.operator_key_file) if args.operator_key_file else None,
+        broadcast_interval_s=args.broadcast_interval,
+        broadcast_threshold=args.broadcast_threshold,
+        round_interval_s=args.round_interval,
+        repair_interval_s=args.repair_interval,
+        discovery_interval_s=args.discovery_interval,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        mdns=args.mdns,
+    )
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("libp2p", "multiaddr", "httpx", "urllib3", "web3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from fai_net.node import run_node
+
+    run_node(config)
+    return 0
+
+
+def _add_node_commands(commands) -> None:
+    node = commands.add_parser("node", help="run or talk to an FAI node")
+    sub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run a node until SIGINT/SIGTERM",
+        description="Run an FAI node: a libp2p host on loopback gossiping experience "
+        "batches on one topic per domain, with repair, discovery and a control socket.",
+    )
+    run.add_argument("--data-dir", required=True, help="node state: key, library, batches")
+    run.add_argument("--domain", action="append", required=True, help="domain tag (repeat)")
+    run.add_argument("--listen", action="append", help="multiaddr (default 127.0.0.1, any port)")
+    run.add_argument("--seed", action="append", help="peer multiaddr with /p2p/ id (repeat)")
+    run.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
+    run.add_argument("--open", action="store_true", help="no registry (development only)")
+    run.add_argument("--rpc", help="Ethereum JSON-RPC URL of the registry's chain")
+    run.add_argument("--registry", help="DSO registry address")
+    run.add_argument("--operator-key-file", help="file with the operator's hex private key")
+    run.add_argument("--broadcast-interval", type=float, default=60.0, metavar="S")
+    run.add_argument("--broadcast-threshold", type=int, default=10, metavar="N")
+    run.add_argument("--round-interval", type=float, default=2.0, metavar="S")
+    run.add_argument("--repair-interval", type=float, default=10.0, metavar="S")
+    run.add_argument("--discovery-interval", type=float, default=5.0, metavar="S")
+    run.add_argument("--metrics-port", type=int, default=0, help="0 = any free, -1 = off")
+    run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
+    run.add_argument("--log-level", default="info")
+    run.set_defaults(handler=_node_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fai", description="Federated Agent Intelligence: share experiences, not weights."
@@ -40,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.set_defaults(handler=_demo)
+    _add_node_commands(commands)
     return parser
 
 

@@ -201,3 +201,16 @@ def test_too_noisy_batch_refused(scenario, embedder):
     noised = [s.batch for s in _dp_batches(scenario, 0.02)]
     r = DeltaSoup(embedder).aggregate(noised, NOW_MS)
     assert np.mean([d is None for d in r.row_drop]) < 0.05
+
+
+def test_repair_window_admits_an_old_batch_once(embedder, honest):
+    """Repair passes a wider T_max for batches the fleet accepted while they were fresh."""
+    soup = DeltaSoup(embedder)
+    b = honest[1]
+    late = NOW_MS + 3_600_000
+    assert soup.verify(b, late) is Drop.STALE
+    assert soup.verify(b, late, max_age_ms=7_200_000) is None
+    assert soup.verify(b, late, max_age_ms=7_200_000) is Drop.REPLAY
+    result = DeltaSoup(embedder).aggregate([honest[2]], late, max_age_ms=7_200_000)
+    assert result.outcomes[0].drop is None and len(result) > 0
+    assert DeltaSoup(embedder).aggregate([honest[2]], late).outcomes[0].drop is Drop.STALE

@@ -1,0 +1,156 @@
+"""Who may publish: the registry's live operators, or anyone in the explicit open mode.
+
+The gossip validator runs on the event loop for every message, so it must not wait on the
+chain. Membership is therefore a snapshot (`refresh()`, called from a worker thread every
+few seconds) and `check()` only reads it. The one chain read on the hot path is the first
+sight of an authorised hot signer (`signerOperator`), cached for good: a binding never
+changes once made (client.set_signer docs).
+
+A batch is attributable on-chain only with the operator's EIP-712 signature over its
+header; without it an equivocation could not be slashed, so registry mode refuses batches
+that lack it (`no_operator_sig`) or whose signer is not the key's owner or an authorised
+signer of that owner (`bad_operator_sig`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fai_core.wire import BatchHeader, SignedBatch
+
+log = logging.getLogger(__name__)
+
+
+class Membership(Protocol):
+    mode: str
+
+    def check(self, signed: SignedBatch) -> str | None:
+        """A refusal reason (metric label) or None when the sender may publish."""
+
+    def refresh(self) -> None:
+        """Re-read the member set (blocking; run it off the event loop)."""
+
+    def live_addresses(self) -> dict[bytes, tuple[str, ...]]:
+        """Peer key -> advertised multiaddrs of every live member."""
+
+    def is_dropped(self, peer_key: bytes) -> bool:
+        """True for a key whose operator is slashed, jailed, unbonded or expired."""
+
+    def operator_signer(self) -> Callable[[BatchHeader], bytes] | None:
+        """Signs this node's batch headers for the registry, when it has an operator key."""
+
+
+@dataclass
+class OpenMembership:
+    """Development mode: every correctly signed batch is from a member. Never a default."""
+
+    mode: str = "open"
+
+    def check(self, signed: SignedBatch) -> str | None:
+        return None
+
+    def refresh(self) -> None:
+        return None
+
+    def live_addresses(self) -> dict[bytes, tuple[str, ...]]:
+        return {}
+
+    def is_dropped(self, peer_key: bytes) -> bool:
+        return False
+
+    def operator_signer(self) -> Callable[[BatchHeader], bytes] | None:
+        return None
+
+
+@dataclass
+class RegistryMembership:
+    """Members are the registry's live operators; see the module docstring."""
+
+    client: object  # fai_net.registry.client.RegistryClient (imported lazily: web3 is heavy)
+    operator_account: object | None = None  # eth_account LocalAccount signing our headers
+    mode: str = "registry"
+    _live: dict[bytes, object] = field(default_factory=dict)  # peer key -> LivePeer
+    _ever_seen: set[bytes] = field(default_factory=set)
+    _signer_operator: dict[str, str | None] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    refreshed: bool = False
+
+    def refresh(self) -> None:
+        peers = self.client.live_peers()
+        live = {bytes(p.peer_key): p for p in peers}
+        with self._lock:
+            self._live = live
+            self._ever_seen |= set(live)
+            self.refreshed = True
+
+    def live_addresses(self) -> dict[bytes, tuple[str, ...]]:
+        with self._lock:
+            return {k: tuple(p.multiaddrs) for k, p in self._live.items()}
+
+    def is_dropped(self, peer_key: bytes) -> bool:
+        with self._lock:
+            return peer_key in self._ever_seen and peer_key not in self._live
+
+    def operator_of(self, peer_key: bytes) -> str | None:
+        with self._lock:
+            peer = self._live.get(peer_key)
+        return None if peer is None else peer.operator
+
+    def check(self, signed: SignedBatch) -> str | None:
+        from fai_net.registry import eip712
+
+        operator = self.operator_of(signed.batch.sender)
+        if operator is None:
+            return "not_member"
+        if signed.operator_signature is None:
+            return "no_operator_sig"
+        header = signed.batch.header
+        try:
+            signer = eip712.recover_batch_header_signer(
+                signed.operator_signature,
+                self.client.chain_id,
+                self.client.address,
+                header.sender,
+                header.seq,
+                header.cid_digest,
+                header.timestamp_ms,
+            )
+        except Exception:  # eth-keys raises several types for junk signatures
+            return "bad_operator_sig"
+        if signer == operator:
+            return None
+        return None if self._bound_operator(signer) == operator else "bad_operator_sig"
+
+    def _bound_operator(self, signer: str) -> str | None:
+        if signer not in self._signer_operator:
+            from eth_utils import to_checksum_address
+
+            bound = self.client.contract.functions.signerOperator(signer).call()
+            self._signer_operator[signer] = (
+                None if int(bound, 16) == 0 else to_checksum_address(bound)
+            )
+        return self._signer_operator[signer]
+
+    def operator_signer(self) -> Callable[[BatchHeader], bytes] | None:
+        if self.operator_account is None:
+            return None
+        from fai_net.registry import eip712
+
+        account, client = self.operator_account, self.client
+
+        def sign(header: BatchHeader) -> bytes:
+            return eip712.sign_batch_header(
+                account,
+                client.chain_id,
+                client.address,
+                header.sender,
+                header.seq,
+                header.cid_digest,
+                header.timestamp_ms,
+            )
+
+        return sign

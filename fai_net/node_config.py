@@ -1,0 +1,93 @@
+"""What a node is told to be: every setting in one frozen value, with the issue's defaults.
+
+Kept apart from node.py so the command line and the devnet can build, print and check a
+configuration without importing libp2p.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from fai_core.experience import domain_problem
+
+DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path
+    domains: tuple[str, ...]
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    #: Multiaddrs with /p2p/<peer id> of nodes to dial at start and whenever disconnected.
+    seeds: tuple[str, ...] = ()
+    #: "minilm" (the real model, the default) or "hashing" (explicit test/offline option).
+    embedder: str = "minilm"
+    #: Development mode: accept any correctly signed batch without the registry.
+    open_membership: bool = False
+    rpc_url: str | None = None
+    registry: str | None = None
+    #: A file holding the operator's (or its authorised signer's) hex private key.
+    operator_key_file: Path | None = None
+    broadcast_interval_s: float = 60.0
+    broadcast_threshold: int = 10
+    max_batch: int = 100
+    round_interval_s: float = 2.0
+    repair_interval_s: float = 10.0
+    discovery_interval_s: float = 5.0
+    membership_refresh_s: float = 5.0
+    #: Gap between two publishes: py-libp2p drops RPCs beyond 32 queued per peer.
+    publish_spacing_s: float = 0.02
+    max_age_ms: int = 300_000
+    repair_max_age_ms: int = 7 * 24 * 3_600_000
+    #: Prometheus port on 127.0.0.1; 0 = any free port, None = no metrics endpoint.
+    metrics_port: int | None = 0
+    control_socket: Path | None = None
+    mdns: bool = False
+    library_capacity: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if not self.domains:
+            raise ValueError("a node subscribes to at least one domain")
+        for d in self.domains:
+            problem = domain_problem(d)
+            if problem:
+                raise ValueError(problem)
+        if self.embedder not in ("minilm", "hashing"):
+            raise ValueError("embedder must be 'minilm' or 'hashing'")
+        if not self.open_membership and not (self.rpc_url and self.registry):
+            raise ValueError("give --rpc and --registry, or run in --open mode (development)")
+        if self.open_membership and (self.rpc_url or self.registry):
+            raise ValueError("--open and a registry are exclusive")
+        if self.broadcast_threshold < 1 or not 1 <= self.max_batch <= 1000:
+            raise ValueError("broadcast threshold >= 1 and max batch in 1..1000")
+        for name in ("broadcast_interval_s", "round_interval_s", "repair_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for addr in self.listen:
+            _check_listen(addr)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.control_socket or self.data_dir / "control.sock"
+
+    @property
+    def ready_file(self) -> Path:
+        return self.data_dir / "node.json"
+
+    def with_(self, **changes) -> NodeConfig:
+        return replace(self, **changes)
+
+
+def _check_listen(addr: str) -> None:
+    parts = addr.split("/")
+    if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+        raise ValueError(f"listen address must be /ip4|ip6/<ip>/tcp/<port>, got {addr!r}")
+    try:
+        ipaddress.ip_address(parts[2])
+        int(parts[4])
+    except ValueError:
+        raise ValueError(f"bad listen address {addr!r}") from None
