@@ -46,6 +46,7 @@ def _node_run(args: argparse.Namespace) -> int:
         discovery_interval_s=args.discovery_interval,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         mdns=args.mdns,
+        seen_ttl_s=args.seen_ttl,
     )
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -83,6 +84,7 @@ def _add_node_commands(commands) -> None:
     run.add_argument("--repair-interval", type=float, default=10.0, metavar="S")
     run.add_argument("--discovery-interval", type=float, default=5.0, metavar="S")
     run.add_argument("--metrics-port", type=int, default=0, help="0 = any free, -1 = off")
+    run.add_argument("--seen-ttl", type=int, default=120, metavar="S", help="gossip seen cache")
     run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_node_run)

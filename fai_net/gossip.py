@@ -10,6 +10,7 @@ silently losing messages (measured: ../shared/reference/toolchain-notes.md).
 - eclipse protection off: it counts distinct IPs, and a loopback fleet has one.
 - message id = sha256 of the envelope: content-addressed, so the same batch arriving by
   two paths (or re-published after a restart) is one message.
+- no validation-result cache: every message that passes the seen cache meets the gate.
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def build_host(key_pair: KeyPair, settings: GossipSettings) -> tuple[IHost, Pubs
         host,
         router,
         seen_ttl=settings.seen_ttl,
+        # The seen cache refreshes an entry on every lookup and forgets only when swept, so
+        # the sweep period is what bounds its memory: sweep at the TTL.
+        sweep_interval=max(1, settings.seen_ttl),
+        # py-libp2p caches validation results by message id for 300 s and then skips the
+        # validator: a replay after the seen cache would be forwarded unchecked. Our gate
+        # answers duplicates from the batch store, so the cache is off.
+        validation_cache_ttl=0,
         strict_signing=True,
         msg_id_constructor=message_id,
         max_inbound_rpc_size=settings.max_inbound_rpc_size,

@@ -33,6 +33,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.tools.anyio_service import background_trio_service
 
+from fai_core import dagcbor
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop
 from fai_core.experience import Experience
 from fai_core.library import ExperienceLibrary
@@ -146,7 +147,7 @@ class Node:
             on_equivocation=self._on_equivocation,
         )
         self.host, self.pubsub, self.router = build_host(
-            self.identity.key_pair, GossipSettings(mdns=cfg.mdns)
+            self.identity.key_pair, GossipSettings(mdns=cfg.mdns, seen_ttl=cfg.seen_ttl_s)
         )
         metrics_server = None
         try:
@@ -750,6 +751,11 @@ class Node:
         async def info(args: dict):
             return {"node_id": str(self.peer_id), "addrs": self.addrs, "domains": self.domains}
 
+        async def batches(args: dict):
+            domain = args.get("domain")
+            cids = self.store.cids(domain) if domain is None else self.store.cids(str(domain))
+            return {"count": len(cids), "cids": sorted(dagcbor.cid_text(c) for c in cids)}
+
         async def stop(args: dict):
             self.stop()
             return {"stopping": True}
@@ -758,7 +764,13 @@ class Node:
             a: (lambda args, a=a: dso(args, a)) for a in ("status", "broadcast", "receive", "peers")
         }
         actions.update(
-            add=add, subscribe=sub, unsubscribe=unsub, search=search, info=info, stop=stop
+            add=add,
+            subscribe=sub,
+            unsubscribe=unsub,
+            search=search,
+            info=info,
+            stop=stop,
+            batches=batches,
         )
         return actions
 

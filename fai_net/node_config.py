@@ -45,6 +45,8 @@ class NodeConfig:
     metrics_port: int | None = 0
     control_socket: Path | None = None
     mdns: bool = False
+    #: gossipsub's seen-message cache; redeliveries after it are caught by the batch store.
+    seen_ttl_s: int = 120
     library_capacity: int | None = None
     extra: dict = field(default_factory=dict)
 

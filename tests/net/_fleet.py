@@ -44,10 +44,13 @@ class NodeProc:
     def addr(self) -> str:
         return self.info["addrs"][0]
 
-    def start(self, timeout: float = 60.0) -> NodeProc:
-        ready = self.data_dir / "node.json"
-        ready.unlink(missing_ok=True)
+    def start(self, timeout: float = 90.0) -> NodeProc:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> NodeProc:
+        (self.data_dir / "node.json").unlink(missing_ok=True)
         self.log_path = self.data_dir.parent / f"{self.name}.log"
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
@@ -58,6 +61,10 @@ class NodeProc:
             env=env,
         )
         log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> NodeProc:
+        ready = self.data_dir / "node.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -111,6 +118,15 @@ class Fleet:
         }
 
     def add(self, name: str, domains: tuple[str, ...], seeds: list[str] | None = None, **opts):
+        return self.spawn(name, domains, seeds, **opts).wait_ready()
+
+    def add_many(self, specs: dict[str, tuple[str, ...]], seeds: list[str], **opts) -> None:
+        """Start several nodes at once (all seeded with `seeds`), then wait for them all."""
+        procs = [self.spawn(name, domains, seeds, **opts) for name, domains in specs.items()]
+        for node in procs:
+            node.wait_ready()
+
+    def spawn(self, name: str, domains: tuple[str, ...], seeds: list[str] | None = None, **opts):
         data_dir = self.root / name
         args = ["--data-dir", str(data_dir), "--open", "--log-level", "info"]
         for d in domains:
@@ -123,7 +139,7 @@ class Fleet:
             args += [f"--{k}", str(v)]
         node = NodeProc(name, data_dir, domains, args)
         self.nodes[name] = node
-        return node.start()
+        return node.launch()
 
     def stop_all(self) -> None:
         for node in self.nodes.values():
