@@ -44,9 +44,11 @@ def _node_run(args: argparse.Namespace) -> int:
         round_interval_s=args.round_interval,
         repair_interval_s=args.repair_interval,
         discovery_interval_s=args.discovery_interval,
+        membership_refresh_s=args.membership_refresh,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         mdns=args.mdns,
         seen_ttl_s=args.seen_ttl,
+        event_log=Path(args.event_log) if args.event_log else None,
     )
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -83,8 +85,10 @@ def _add_node_commands(commands) -> None:
     run.add_argument("--round-interval", type=float, default=2.0, metavar="S")
     run.add_argument("--repair-interval", type=float, default=10.0, metavar="S")
     run.add_argument("--discovery-interval", type=float, default=5.0, metavar="S")
+    run.add_argument("--membership-refresh", type=float, default=5.0, metavar="S")
     run.add_argument("--metrics-port", type=int, default=0, help="0 = any free, -1 = off")
     run.add_argument("--seen-ttl", type=int, default=120, metavar="S", help="gossip seen cache")
+    run.add_argument("--event-log", help="append batch events as JSON lines to this file")
     run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_node_run)

@@ -93,6 +93,13 @@ class NodeMetrics:
         self.peer_reputation = Gauge(
             "fai_peer_reputation", "Reputation of each known peer", ["peer"], registry=r
         )
+        self.stage_seconds = Counter(
+            "fai_stage_seconds",
+            "Time spent per receive stage: validate (gate CPU on the event loop), "
+            "round (merge-thread CPU), embed (wall time re-embedding received texts)",
+            ["stage"],
+            registry=r,
+        )
         self.round_seconds = Histogram(
             "fai_round_seconds", "Duration of one merge round", buckets=ROUND_BUCKETS, registry=r
         )
@@ -130,6 +137,20 @@ class NodeMetrics:
 
     def merged(self, count: int) -> None:
         self.experiences_merged.inc(_count(count, "count"))
+
+    def spent(self, stage: str, seconds: float) -> None:
+        """Add time spent in one receive stage (see fai_stage_seconds)."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
+        self.stage_seconds.labels(_label(stage, "stage")).inc(seconds)
+
+    def stages(self) -> dict[str, float]:
+        return {
+            s.labels["stage"]: s.value
+            for metric in self.stage_seconds.collect()
+            for s in metric.samples
+            if s.name.endswith("_total")
+        }
 
     def observe_round(self, seconds: float) -> None:
         if not (math.isfinite(seconds) and seconds >= 0):

@@ -48,6 +48,8 @@ class NodeConfig:
     #: gossipsub's seen-message cache; redeliveries after it are caught by the batch store.
     seen_ttl_s: int = 120
     library_capacity: int | None = None
+    #: JSON lines of batch events (publishing, accepted, merged) for benchmarks and audits.
+    event_log: Path | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

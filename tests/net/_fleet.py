@@ -117,8 +117,15 @@ class Fleet:
             **defaults,
         }
 
-    def add(self, name: str, domains: tuple[str, ...], seeds: list[str] | None = None, **opts):
-        return self.spawn(name, domains, seeds, **opts).wait_ready()
+    def add(
+        self,
+        name: str,
+        domains: tuple[str, ...],
+        seeds: list[str] | None = None,
+        membership: list[str] | None = None,
+        **opts,
+    ):
+        return self.spawn(name, domains, seeds, membership, **opts).wait_ready()
 
     def add_many(self, specs: dict[str, tuple[str, ...]], seeds: list[str], **opts) -> None:
         """Start several nodes at once (all seeded with `seeds`), then wait for them all."""
@@ -126,9 +133,17 @@ class Fleet:
         for node in procs:
             node.wait_ready()
 
-    def spawn(self, name: str, domains: tuple[str, ...], seeds: list[str] | None = None, **opts):
+    def spawn(
+        self,
+        name: str,
+        domains: tuple[str, ...],
+        seeds: list[str] | None = None,
+        membership: list[str] | None = None,
+        **opts,
+    ):
+        """Launch a node; `membership` defaults to ["--open"] (registry flags otherwise)."""
         data_dir = self.root / name
-        args = ["--data-dir", str(data_dir), "--open", "--log-level", "info"]
+        args = ["--data-dir", str(data_dir), *(membership or ["--open"]), "--log-level", "info"]
         for d in domains:
             args += ["--domain", d]
         if seeds is None:
