@@ -80,6 +80,8 @@ class RoundReport:
     merged: int = 0
     inserted: int = 0
     by_domain: dict[str, int] = field(default_factory=dict)
+    #: Batches DeltaSoup has decided on completely (no rows left in its backlog).
+    done: set[bytes] = field(default_factory=set)
 
 
 class Node:
@@ -355,7 +357,7 @@ class Node:
             with trio.move_on_after(self.config.round_interval_s):
                 await self._round_wakeup.wait()
             self._round_wakeup = trio.Event()
-            if self.pending:
+            if self.pending or self.soup.backlog_rows():
                 await self.run_round()
 
     async def run_round(self) -> RoundReport:
@@ -363,14 +365,17 @@ class Node:
         async with self._round_lock:
             taken = list(self.pending)
             self.pending.clear()
-            if not taken:
+            if not taken and not self.soup.backlog_rows():
                 return RoundReport()
             started = time.perf_counter()
             report = await trio.to_thread.run_sync(
                 self._merge_in_thread, taken, now_ms(), limiter=self._lib_limiter
             )
             self.metrics.observe_round(time.perf_counter() - started)
-            self.store.mark_merged([p.batch.cid for p in taken])
+            # Rows DeltaSoup deferred (over a sender's per-round cap) live in its in-memory
+            # backlog: their batch stays unmerged in the store until they are merged, so a
+            # restart re-queues it (merging is idempotent by experience id).
+            self.store.mark_merged(report.done)
             self._event("merged", cids=[p.batch.cid_text for p in taken])
             self.reputation.save()
             return report
@@ -387,9 +392,12 @@ class Node:
         live = [p.batch for p in taken if p.origin == "gossip"]
         late = [p.batch for p in taken if p.origin != "gossip"]
         for batches, max_age in ((live, None), (late, self.config.repair_max_age_ms)):
-            if not batches:
+            # The first call also drains DeltaSoup's backlog, even with nothing new.
+            if not batches and not (max_age is None and self.soup.backlog_rows()):
                 continue
             result = self.soup.aggregate(batches, now, max_age_ms=max_age)
+            waiting = {o.cid for o in result.outcomes if o.deferred_rows}
+            report.done |= {o.cid for o in result.outcomes} - waiting
             for drop in result.row_drop:
                 if drop is not None and drop is not Drop.DEFERRED:
                     self.metrics.drop(drop.value)

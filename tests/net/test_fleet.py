@@ -320,3 +320,26 @@ def test_node_refuses_a_second_instance_on_the_same_data_dir(fleet):
     )
     assert proc.returncode != 0
     assert n2.call("status")["peers"] >= 1  # the running node is unharmed
+
+
+def test_subscribe_at_run_time_catches_up_and_unsubscribe_stops(fleet):
+    n0, n2, n3 = fleet["n0"], fleet["n2"], fleet["n3"]
+    assert cids(n2, "writing") == set()
+    assert n2.call("subscribe", domain="writing") == {"subscribed": True}
+    # The domain's history arrives by repair (cursors were reset), new batches by gossip.
+    wait_for(lambda: cids(n2, "writing") == cids(n0, "writing"), 30, "n2 writing history")
+    add(n3, "writing", 10)
+    wait_for(lambda: n3.call("status")["outbox"] == 0, 20, "n3 published")
+    fresh = cids(n3, "writing") - cids(n2, "writing")
+    wait_for(lambda: fresh <= cids(n2, "writing"), 20, "n2 gets new writing batches")
+    assert "writing" in n2.call("status")["domains"]
+
+    assert n2.call("unsubscribe", domain="writing") == {"unsubscribed": True}
+    held = cids(n2, "writing")
+    add(n3, "writing", 10)
+    wait_for(lambda: n3.call("status")["outbox"] == 0, 20, "n3 published again")
+    latest = cids(n3, "writing") - held
+    wait_for(lambda: latest <= cids(n0, "writing"), 20, "n0 got the latest writing batch")
+    time.sleep(4)  # a repair interval: n2 must not fetch it either
+    assert cids(n2, "writing") == held
+    assert n2.call("status")["domains"] == ["coding"]

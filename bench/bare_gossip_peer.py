@@ -1,0 +1,128 @@
+"""A bare py-libp2p gossipsub peer: the baseline that bench/fleet.py compares FAI nodes with.
+
+Same host and router as an FAI node (`fai_net.gossip.build_host` with default
+`GossipSettings`: Noise + yamux, heartbeat 1 s, content-addressed message ids, seen cache
+120 s, strict signing) and the same topic, but nothing else: no validator, no store, no
+library. It drains its subscription (as the node's drain task does) and records, per
+message id, when the message came out of the subscription channel; it publishes the given
+envelopes at given offsets from a start time the bench hands it.
+
+    python bench/bare_gossip_peer.py DIR --topic T [--seed MADDR ...]
+
+DIR/plan.json (written by the bench before the start): [{"at": seconds after t0, "hex":
+envelope hex}, ...]. The peer writes DIR/ready.json ({pid, peer_id, addrs}) once
+listening, rewrites DIR/status.json ({peers, mesh}) every 0.5 s, waits for DIR/go.json
+({"t0": unix time}) and appends JSON lines to DIR/events.jsonl:
+{"ev": "published", "id", "t"} just before each publish and {"ev": "delivered", "id",
+"t"} per message delivered (t = time.time(), so the bench can compare across processes).
+It runs until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import signal
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import trio
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.tools.anyio_service import background_trio_service
+
+from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs
+from fai_net.node_identity import NodeIdentity
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+async def _connect(host, seeds: list[str]) -> None:
+    for text in seeds:
+        info = info_from_p2p_addr(parse_multiaddrs([text])[0])
+        with trio.fail_after(30):
+            while True:
+                try:
+                    await host.connect(info)
+                    break
+                except Exception:  # the seed may not be listening yet: retry
+                    await trio.sleep(0.2)
+
+
+async def main(directory: Path, topic: str, seeds: list[str]) -> None:
+    identity = NodeIdentity.from_seed(secrets.token_bytes(32))
+    host, pubsub, router = build_host(identity.key_pair, GossipSettings())
+    events = open(directory / "events.jsonl", "a", buffering=1)  # noqa: SIM115
+
+    def record(kind: str, msg_id: str, t: float) -> None:
+        events.write(json.dumps({"ev": kind, "id": msg_id, "t": t}) + "\n")
+
+    try:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(router))
+            await stack.enter_async_context(
+                host.run(listen_addrs=parse_multiaddrs(["/ip4/127.0.0.1/tcp/0"]))
+            )
+            await pubsub.wait_until_ready()
+            subscription = await pubsub.subscribe(topic)
+            addrs = [str(a) for a in host.get_addrs()]
+            _write_json(
+                directory / "ready.json",
+                {"pid": os.getpid(), "peer_id": str(host.get_id()), "addrs": addrs},
+            )
+            async with trio.open_nursery() as nursery:
+
+                async def drain() -> None:
+                    while True:
+                        msg = await subscription.get()
+                        record("delivered", hashlib.sha256(msg.data).hexdigest(), time.time())
+
+                async def status() -> None:
+                    while True:
+                        peers = [p for p in host.get_connected_peers() if p != host.get_id()]
+                        mesh = len(router.mesh.get(topic, ()))
+                        _write_json(directory / "status.json", {"peers": len(peers), "mesh": mesh})
+                        await trio.sleep(0.5)
+
+                async def publish() -> None:
+                    go = directory / "go.json"
+                    while not go.exists():
+                        await trio.sleep(0.05)
+                    t0 = json.loads(go.read_text())["t0"]
+                    plan = json.loads((directory / "plan.json").read_text())
+                    for step in sorted(plan, key=lambda s: s["at"]):
+                        await trio.sleep(max(0.0, t0 + step["at"] - time.time()))
+                        data = bytes.fromhex(step["hex"])
+                        record("published", hashlib.sha256(data).hexdigest(), time.time())
+                        await pubsub.publish(topic, data)
+
+                async def stop_on_signal() -> None:
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            nursery.cancel_scope.cancel()
+                            return
+
+                nursery.start_soon(stop_on_signal)
+                nursery.start_soon(drain)
+                nursery.start_soon(status)
+                await _connect(host, seeds)
+                nursery.start_soon(publish)
+    finally:
+        events.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--seed", action="append", default=[])
+    args = parser.parse_args()
+    trio.run(main, args.dir, args.topic, args.seed)
