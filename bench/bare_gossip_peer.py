@@ -11,10 +11,12 @@ envelopes at given offsets from a start time the bench hands it.
 
 DIR/plan.json (written by the bench before the start): [{"at": seconds after t0, "hex":
 envelope hex}, ...]. The peer writes DIR/ready.json ({pid, peer_id, addrs}) once
-listening, rewrites DIR/status.json ({peers, mesh}) every 0.5 s, waits for DIR/go.json
-({"t0": unix time}) and appends JSON lines to DIR/events.jsonl:
-{"ev": "published", "id", "t"} just before each publish and {"ev": "delivered", "id",
-"t"} per message delivered (t = time.time(), so the bench can compare across processes).
+listening and rewrites DIR/status.json ({peers, mesh}) every 0.5 s until SIGUSR2. On
+SIGUSR1 it reads DIR/go.json ({"t0": unix time}) and publishes the plan; signals rather
+than polling a file, so that an idle peer does only what gossipsub does (its idle CPU is
+measured). It appends JSON lines to DIR/events.jsonl: {"ev": "published", "id", "t"} just
+before each publish and {"ev": "delivered", "id", "t"} per message delivered (id = sha256
+of the data, the message id; t = time.time(), comparable across processes).
 It runs until SIGTERM or SIGINT.
 """
 
@@ -57,6 +59,8 @@ async def _connect(host, seeds: list[str]) -> None:
 
 
 async def main(directory: Path, topic: str, seeds: list[str]) -> None:
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):  # until the receiver is up: not fatal
+        signal.signal(signum, signal.SIG_IGN)
     identity = NodeIdentity.from_seed(secrets.token_bytes(32))
     host, pubsub, router = build_host(identity.key_pair, GossipSettings())
     events = open(directory / "events.jsonl", "a", buffering=1)  # noqa: SIM115
@@ -85,18 +89,20 @@ async def main(directory: Path, topic: str, seeds: list[str]) -> None:
                         msg = await subscription.get()
                         record("delivered", hashlib.sha256(msg.data).hexdigest(), time.time())
 
+                status_scope = trio.CancelScope()
+
                 async def status() -> None:
-                    while True:
-                        peers = [p for p in host.get_connected_peers() if p != host.get_id()]
-                        mesh = len(router.mesh.get(topic, ()))
-                        _write_json(directory / "status.json", {"peers": len(peers), "mesh": mesh})
-                        await trio.sleep(0.5)
+                    with status_scope:
+                        while True:
+                            peers = [p for p in host.get_connected_peers() if p != host.get_id()]
+                            mesh = len(router.mesh.get(topic, ()))
+                            _write_json(
+                                directory / "status.json", {"peers": len(peers), "mesh": mesh}
+                            )
+                            await trio.sleep(0.5)
 
                 async def publish() -> None:
-                    go = directory / "go.json"
-                    while not go.exists():
-                        await trio.sleep(0.05)
-                    t0 = json.loads(go.read_text())["t0"]
+                    t0 = json.loads((directory / "go.json").read_text())["t0"]
                     plan = json.loads((directory / "plan.json").read_text())
                     for step in sorted(plan, key=lambda s: s["at"]):
                         await trio.sleep(max(0.0, t0 + step["at"] - time.time()))
@@ -104,17 +110,22 @@ async def main(directory: Path, topic: str, seeds: list[str]) -> None:
                         record("published", hashlib.sha256(data).hexdigest(), time.time())
                         await pubsub.publish(topic, data)
 
-                async def stop_on_signal() -> None:
-                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async for _ in signals:
-                            nursery.cancel_scope.cancel()
-                            return
+                async def control() -> None:
+                    stop = (signal.SIGINT, signal.SIGTERM)
+                    with trio.open_signal_receiver(*stop, signal.SIGUSR1, signal.SIGUSR2) as sigs:
+                        async for signum in sigs:
+                            if signum in stop:
+                                nursery.cancel_scope.cancel()
+                                return
+                            if signum == signal.SIGUSR2:
+                                status_scope.cancel()
+                            elif signum == signal.SIGUSR1:
+                                nursery.start_soon(publish)
 
-                nursery.start_soon(stop_on_signal)
+                nursery.start_soon(control)
                 nursery.start_soon(drain)
                 nursery.start_soon(status)
                 await _connect(host, seeds)
-                nursery.start_soon(publish)
     finally:
         events.close()
 

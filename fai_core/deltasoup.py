@@ -98,6 +98,9 @@ class DeltaSoupConfig:
     """Every threshold of the pipeline; docs/deltasoup.md says how each default was set."""
 
     max_age_ms: int = 300_000
+    #: The fleet's BitDelta group size, agreed like the model: rows of batches with other
+    #: group sizes cannot be compared column by column, so such batches are WRONG_MODEL.
+    group: int = bitdelta.DEFAULT_GROUP_SIZE
     reputation_threshold: float = 0.3
     #: A batch whose seq is this far behind the sender's newest is an old one replayed.
     seq_window: int = 4096
@@ -299,7 +302,11 @@ class DeltaSoup:
         fresh, and the node's durable store (not this in-memory guard) refuses their replay.
         """
         cfg = self.config
-        if batch.model != self.embedder.model_id or batch.dim != self.embedder.dimension:
+        if (
+            batch.model != self.embedder.model_id
+            or batch.dim != self.embedder.dimension
+            or batch.group != cfg.group
+        ):
             return Drop.WRONG_MODEL
         try:
             check_freshness(batch, now_ms, cfg.max_age_ms if max_age_ms is None else max_age_ms)

@@ -497,6 +497,17 @@ class BatchStore:
             )
             return cursor.rowcount == 1
 
+    def has_evidence(self, sender: bytes, seq: int) -> bool:
+        """One proof per (sender, seq) is enough to slash: further conflicting CIDs at a seq
+        already proven are refused without storing two more envelopes each."""
+        row = self._conn.execute(
+            "SELECT 1 FROM evidence WHERE sender = ? AND seq = ? LIMIT 1", (sender, _to_sql(seq))
+        ).fetchone()
+        return row is not None
+
+    def evidence_count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM evidence").fetchone()[0]
+
     def evidence(self) -> list[Evidence]:
         rows = self._conn.execute(
             "SELECT sender, seq, first, second, found_ms FROM evidence "

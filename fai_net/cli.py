@@ -62,6 +62,14 @@ def _node_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    from fai_net.mcp_server import main as mcp_main
+
+    argv = ["--socket", args.socket, "--timeout", str(args.timeout)]
+    mcp_main(argv)
+    return 0
+
+
 def _add_node_commands(commands) -> None:
     node = commands.add_parser("node", help="run or talk to an FAI node")
     sub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
@@ -92,6 +100,15 @@ def _add_node_commands(commands) -> None:
     run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_node_run)
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve the dso_network tool over MCP (stdio) for a running node",
+        description="An MCP server on stdin/stdout: agents call dso_network(action=status|"
+        "broadcast|receive|peers) and it is answered by the node behind --socket.",
+    )
+    mcp.add_argument("--socket", required=True, help="the node's control socket")
+    mcp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    mcp.set_defaults(handler=_mcp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,11 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from fai_core.errors import FaiError
+
     try:
         return args.handler(args)
-    except ValueError as exc:
+    except (ValueError, FaiError) as exc:
         print(f"fai: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

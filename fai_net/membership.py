@@ -1,10 +1,11 @@
 """Who may publish: the registry's live operators, or anyone in the explicit open mode.
 
-The gossip validator runs on the event loop for every message, so it must not wait on the
-chain. Membership is therefore a snapshot (`refresh()`, called from a worker thread every
-few seconds) and `check()` only reads it. The one chain read on the hot path is the first
-sight of an authorised hot signer (`signerOperator`), cached for good: a binding never
-changes once made (client.set_signer docs).
+The gossip validator runs on the event loop for every message, so it must never wait on
+the chain: a peer could otherwise stall it (or kill it with an RPC error) by attaching
+random operator signatures, which lie outside the CID. Membership is therefore a snapshot
+(`refresh()`, called from a worker thread every few seconds) and `check()` only reads it.
+Authorised hot signers come from `SignerSet` events, scanned incrementally by `refresh()`;
+a binding never changes once made (client.set_signer docs).
 
 A batch is attributable on-chain only with the operator's EIP-712 signature over its
 header; without it an equivocation could not be slashed, so registry mode refuses batches
@@ -75,16 +76,31 @@ class RegistryMembership:
     mode: str = "registry"
     _live: dict[bytes, object] = field(default_factory=dict)  # peer key -> LivePeer
     _ever_seen: set[bytes] = field(default_factory=set)
-    _signer_operator: dict[str, str | None] = field(default_factory=dict)
+    _signer_operator: dict[str, str] = field(default_factory=dict)
+    _scanned_block: int = -1
     _lock: threading.Lock = field(default_factory=threading.Lock)
     refreshed: bool = False
 
     def refresh(self) -> None:
-        peers = self.client.live_peers()
-        live = {bytes(p.peer_key): p for p in peers}
+        from eth_utils import to_checksum_address
+
+        client = self.client
+        block = client.w3.eth.block_number
+        live = {bytes(p.peer_key): p for p in client.live_peers(block)}
+        signers: dict[str, str] = {}
+        start = max(self._scanned_block + 1, client.from_block)
+        if start <= block:
+            for entry in client.contract.events.SignerSet.get_logs(
+                from_block=start, to_block=block
+            ):
+                signer = to_checksum_address(entry.args.signer)
+                signers.setdefault(signer, to_checksum_address(entry.args.operator))
         with self._lock:
             self._live = live
             self._ever_seen |= set(live)
+            for signer, operator in signers.items():
+                self._signer_operator.setdefault(signer, operator)  # the first binding is final
+            self._scanned_block = block
             self.refreshed = True
 
     def live_addresses(self) -> dict[bytes, tuple[str, ...]]:
@@ -101,6 +117,7 @@ class RegistryMembership:
         return None if peer is None else peer.operator
 
     def check(self, signed: SignedBatch) -> str | None:
+        """Reads the snapshot only: no chain call, whatever the batch carries."""
         from fai_net.registry import eip712
 
         operator = self.operator_of(signed.batch.sender)
@@ -123,17 +140,9 @@ class RegistryMembership:
             return "bad_operator_sig"
         if signer == operator:
             return None
-        return None if self._bound_operator(signer) == operator else "bad_operator_sig"
-
-    def _bound_operator(self, signer: str) -> str | None:
-        if signer not in self._signer_operator:
-            from eth_utils import to_checksum_address
-
-            bound = self.client.contract.functions.signerOperator(signer).call()
-            self._signer_operator[signer] = (
-                None if int(bound, 16) == 0 else to_checksum_address(bound)
-            )
-        return self._signer_operator[signer]
+        with self._lock:
+            bound = self._signer_operator.get(signer)
+        return None if bound == operator else "bad_operator_sig"
 
     def operator_signer(self) -> Callable[[BatchHeader], bytes] | None:
         if self.operator_account is None:

@@ -34,9 +34,10 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.tools.anyio_service import background_trio_service
 
-from fai_core import dagcbor
+from fai_core import bitdelta, dagcbor
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop
-from fai_core.experience import Experience
+from fai_core.errors import FaiError
+from fai_core.experience import Experience, domain_problem
 from fai_core.library import ExperienceLibrary
 from fai_core.reputation import ReputationBook
 from fai_core.wire import Batch, decode_envelope, encode_batch
@@ -55,10 +56,19 @@ log = logging.getLogger(__name__)
 
 REPAIR_PAGE = 512
 REPAIR_FETCH = 64
+#: Pages per peer per pass, and seconds per peer per pass: bounds what a peer can cost us.
+REPAIR_MAX_PAGES = 64
+REPAIR_PEER_BUDGET_S = 60
+#: Refusals that may pass later: a repair cursor does not move past such an item.
+TEMPORARY_REFUSALS = frozenset({"not_member", "future", "low_reputation", "internal"})
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class NodeStartError(FaiError):
+    """The node cannot start as configured (address in use, data dir locked, ...)."""
 
 
 @dataclass
@@ -99,6 +109,7 @@ class Node:
         self._subscriptions: dict[str, trio.CancelScope] = {}
         self._last_broadcast: dict[str, float] = {}
         self._publish_lock = trio.Lock()
+        self._broadcast_locks: dict[str, trio.Lock] = {}
         self._round_lock = trio.Lock()
         self._repair_wakeup = trio.Event()
         self._broadcast_wakeup = trio.Event()
@@ -147,6 +158,7 @@ class Node:
                 embedder.model_id,
                 embedder.dimension,
                 max_age_ms=cfg.max_age_ms,
+                group=bitdelta.DEFAULT_GROUP_SIZE,
                 repair_max_age_ms=cfg.repair_max_age_ms,
             ),
             on_reject=self.metrics.reject,
@@ -168,6 +180,9 @@ class Node:
                 await stack.enter_async_context(
                     self.host.run(listen_addrs=parse_multiaddrs(cfg.listen))
                 )
+                if not self.host.get_addrs():
+                    # py-libp2p logs a failed bind and carries on with no address.
+                    raise NodeStartError(f"could not listen on {', '.join(cfg.listen)}")
                 await self.pubsub.wait_until_ready()
                 self.host.set_stream_handler(
                     repair.PROTOCOL_ID, repair.make_handler(lambda: self.store)
@@ -175,9 +190,9 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     await nursery.start(serve_control, str(cfg.socket_path), self._control)
+                    self._requeue_unmerged()
                     for domain in cfg.domains:
                         await self.subscribe(domain)
-                    self._requeue_unmerged()
                     for loop in (
                         self._round_loop,
                         self._broadcast_loop,
@@ -271,9 +286,8 @@ class Node:
         self._subscriptions[domain] = scope
         self.domains = sorted(self._subscriptions)
         self._nursery.start_soon(self._drain, subscription, scope)
-        # Peers' history of a newly joined domain is behind our repair cursors: rescan.
-        for peer in self.peers:
-            self.store.set_peer_cursor(str(peer), 0)
+        # Repair cursors are kept per domain set, so the new set starts from the beginning
+        # of every peer's inventory and fetches the domain's history.
         self._repair_wakeup.set()
         if self.config.ready_file.exists():
             self._write_ready_file()
@@ -318,6 +332,11 @@ class Node:
     def _after_admit(self, result: GateResult, size: int, origin: str) -> bool:
         accepted = result.verdict is Verdict.ACCEPT
         self.metrics.received(size, origin, batches=int(accepted))
+        if accepted and result.signed.batch.sender == self.identity.public_key:
+            # Our own batch, back from a peer after we lost our store: never reuse its seq.
+            self.store.ensure_seq_above(result.signed.batch.seq)
+            self.store.mark_merged([result.signed.batch.cid])
+            return True
         if accepted:
             self._event("accepted", cid=result.signed.batch.cid_text, origin=origin)
             self.pending.append(Pending(result.signed.batch, origin))
@@ -357,8 +376,13 @@ class Node:
             with trio.move_on_after(self.config.round_interval_s):
                 await self._round_wakeup.wait()
             self._round_wakeup = trio.Event()
-            if self.pending or self.soup.backlog_rows():
+            try:
                 await self.run_round()
+            except Exception:
+                # A round that fails must not take the node down; its batches stay unmerged
+                # in the store (retried at the next start) and are counted.
+                log.exception("merge round failed")
+                self.metrics.reject("round_error")
 
     async def run_round(self) -> RoundReport:
         """Merge everything pending now; returns what the library gained."""
@@ -389,13 +413,11 @@ class Node:
 
     def _merge(self, taken: list[Pending], now: int) -> RoundReport:
         report = RoundReport(batches=len(taken))
-        live = [p.batch for p in taken if p.origin == "gossip"]
-        late = [p.batch for p in taken if p.origin != "gossip"]
-        for batches, max_age in ((live, None), (late, self.config.repair_max_age_ms)):
-            # The first call also drains DeltaSoup's backlog, even with nothing new.
-            if not batches and not (max_age is None and self.soup.backlog_rows()):
-                continue
-            result = self.soup.aggregate(batches, now, max_age_ms=max_age)
+        # The gate decided freshness at admission; re-checking it here would refuse (and
+        # charge) batches that merely waited for this round.
+        batches = [p.batch for p in taken]
+        if batches or self.soup.backlog_rows():
+            result = self.soup.aggregate(batches, now, max_age_ms=self.config.repair_max_age_ms)
             waiting = {o.cid for o in result.outcomes if o.deferred_rows}
             report.done |= {o.cid for o in result.outcomes} - waiting
             for drop in result.row_drop:
@@ -428,6 +450,10 @@ class Node:
 
     async def add_experiences(self, items: list[dict]) -> dict:
         """Embed and store the agent's own experiences; they join the domain's outbox."""
+        for item in items:
+            problem = _item_problem(item, self.domains)
+            if problem:
+                raise ControlError("bad_request", problem)
         texts = [item["text"] for item in items]
         vectors = await trio.to_thread.run_sync(
             self.embedder.embed, texts, limiter=self._lib_limiter
@@ -482,7 +508,13 @@ class Node:
 
     async def broadcast(self, domain: str) -> dict:
         """Publish the domain's outbox now, in batches of at most `max_batch`."""
+        lock = self._broadcast_locks.setdefault(domain, trio.Lock())
+        async with lock:  # the loop and a control call must not publish one outbox twice
+            return await self._broadcast(domain)
+
+    async def _broadcast(self, domain: str) -> dict:
         sent, reached, batch_ids = 0, 0, []
+        own = self.identity.public_key
         while True:
             ids = self.store.outbox_peek(domain, self.config.max_batch)
             if not ids:
@@ -490,10 +522,21 @@ class Node:
             entries = await trio.to_thread.run_sync(
                 lambda ids=ids: [self.library.get(i) for i in ids], limiter=self._lib_limiter
             )
-            gone = [i for i, e in zip(ids, entries, strict=True) if e is None]
-            if gone:  # evicted by capacity before it was sent
+            # Gone (evicted by capacity) or no longer ours: a peer's record of the same pattern
+            # (same domain and text, so the same id) with a higher quality replaced ours in
+            # the library, and the fleet already has that one.
+            gone = [
+                i
+                for i, e in zip(ids, entries, strict=True)
+                if e is None or e.experience.source != own or e.experience.domain != domain
+            ]
+            if gone:
                 self.store.outbox_remove(gone)
-            exps = [e.experience for e in entries if e is not None]
+            exps = [
+                e.experience
+                for e in entries
+                if e is not None and e.experience.source == own and e.experience.domain == domain
+            ]
             if not exps:
                 continue
             baseline = await trio.to_thread.run_sync(
@@ -549,25 +592,33 @@ class Node:
     async def sync_all(self, domains: list[str] | None = None) -> int:
         accepted = 0
         for peer in self.connected_peers():
-            try:
-                accepted += await self.sync_with(peer, domains)
-            except (repair.RepairError, trio.TooSlowError, Exception) as exc:
-                state = self.peers.setdefault(peer, PeerState())
-                state.sync_failures += 1
-                log.info("repair with %s failed: %s", peer, exc)
+            # A slow or hostile peer gets a bounded share of each pass, never all of it.
+            with trio.move_on_after(REPAIR_PEER_BUDGET_S) as budget:
+                try:
+                    accepted += await self.sync_with(peer, domains)
+                except Exception as exc:
+                    self.peers.setdefault(peer, PeerState()).sync_failures += 1
+                    log.info("repair with %s failed: %s", peer, exc)
+            if budget.cancelled_caught:
+                log.info("repair with %s hit its %d s budget", peer, REPAIR_PEER_BUDGET_S)
         return accepted
 
     async def sync_with(self, peer: ID, domains: list[str] | None = None) -> int:
-        """Fetch every batch `peer` has (in our domains) that we lack; returns how many."""
+        """Fetch every batch `peer` has (in `domains`, default ours) that we lack.
+
+        The cursor into the peer's inventory is saved per (peer, domain set): a cursor that
+        skipped other domains' items must not be reused for a different set. It does not
+        advance past an item refused for a reason that may pass later (membership snapshot
+        behind the chain, clock skew, reputation), so the item is fetched again next time.
+        """
         domains = sorted(domains or self.domains)
         if not domains:
             return 0
-        key = str(peer)
-        # A domain-restricted sync must not move the cursor past other domains' items.
-        cursor = self.store.peer_cursor(key) if domains == self.domains else 0
+        key = f"{peer}|{','.join(domains)}"
+        cursor = self.store.peer_cursor(key)
         state = self.peers.setdefault(peer, PeerState())
         accepted = 0
-        while True:
+        for _ in range(REPAIR_MAX_PAGES):
             started = trio.current_time()
             reply = await repair.request(
                 self.host,
@@ -577,20 +628,29 @@ class Node:
             state.latency_ms = round((trio.current_time() - started) * 1000, 2)
             state.last_seen_ms = now_ms()
             items = reply["items"]
-            missing = [it[1] for it in items if not self.store.has(it[1])]
+            missing = [(it[0], it[1]) for it in items if not self.store.has(it[1])]
+            retry_from: int | None = None
             for i in range(0, len(missing), REPAIR_FETCH):
-                want = missing[i : i + REPAIR_FETCH]
+                chunk = dict((cid, pos) for pos, cid in missing[i : i + REPAIR_FETCH])
+                want = list(chunk)
                 while want:  # a reply may stop short of its size limit: ask for the rest
                     got = await repair.request(self.host, peer, {"op": "get", "cids": want})
                     seen: set[bytes] = set()
                     for envelope in got["envelopes"]:
                         cpu = time.thread_time()
                         result = self.gate.admit(
-                            envelope, now_ms(), origin="repair", forwarder=public_key_of(peer)
+                            envelope,
+                            now_ms(),
+                            origin="repair",
+                            forwarder=public_key_of(peer),
+                            wanted=chunk,
                         )
                         self.metrics.spent("validate", time.thread_time() - cpu)
                         if result.signed is not None:
                             seen.add(result.signed.cid)
+                            if result.reason in TEMPORARY_REFUSALS:
+                                pos = chunk.get(result.signed.cid, cursor + 1) - 1
+                                retry_from = pos if retry_from is None else min(retry_from, pos)
                         if self._after_admit(result, len(envelope), "repair"):
                             accepted += 1
                     rest = [c for c in want if c not in seen]
@@ -598,10 +658,12 @@ class Node:
                         break  # no progress: the peer lacks them or sends junk
                     want = rest
             nxt = reply["next"]
-            if domains == self.domains:
-                self.store.set_peer_cursor(key, nxt)
-            # A domain-filtered page may be short while more remains: stop on no progress.
-            if nxt <= cursor:
+            if retry_from is not None:
+                nxt = min(nxt, max(cursor, retry_from))
+            self.store.set_peer_cursor(key, nxt)
+            # A domain-filtered page may be short while more remains: stop on no progress,
+            # or on an empty page (a peer answering `next + 1` forever gets nothing).
+            if nxt <= cursor or not items:
                 break
             cursor = nxt
         if accepted:
@@ -624,7 +686,10 @@ class Node:
             if key is not None and self.membership.is_dropped(key):
                 log.warning("dropping %s: its operator is no longer live", peer)
                 self.pubsub.add_to_blacklist(peer)
-                await self.host.disconnect(peer)
+                try:
+                    await self.host.disconnect(peer)
+                except Exception as exc:
+                    log.info("disconnect %s: %s", peer, exc)
         targets = list(seeds)
         for key, addrs in self.membership.live_addresses().items():
             if key == self.identity.public_key:
@@ -673,6 +738,7 @@ class Node:
     async def _metrics_loop(self) -> None:
         while True:
             await self.refresh_metrics()
+            self.reputation.save()  # the gate's penalties must survive a SIGKILL too
             await trio.sleep(10.0)
 
     async def refresh_metrics(self) -> dict[str, int]:
@@ -700,7 +766,7 @@ class Node:
             "pending": len(self.pending),
             "rejections": self.metrics.rejections(),
             "drops": self.metrics.drops(),
-            "evidence": len(self.store.evidence()),
+            "evidence": self.store.evidence_count(),
             "membership": self.membership.mode,
         }
 
@@ -729,7 +795,7 @@ class Node:
         await self.sync_all([domain])
         report = await self.run_round()
         after = await trio.to_thread.run_sync(self.library.count, domain, limiter=self._lib_limiter)
-        recent = [r for r in self._recent if r["domain"] == domain][-limit:]
+        recent = [r for r in list(self._recent) if r["domain"] == domain][-limit:]
         return {
             "experiences_received": report.by_domain.get(domain, 0),
             "library_delta": after - before,
@@ -761,7 +827,7 @@ class Node:
                 raise ControlError("bad_request", "experiences: a list of 1..1000 items")
             try:
                 return await self.add_experiences(items)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, FaiError) as exc:
                 raise ControlError("bad_request", f"bad experience: {exc}") from None
 
         async def sub(args: dict):
@@ -774,9 +840,11 @@ class Node:
             return {"unsubscribed": await self.unsubscribe(str(args.get("domain")))}
 
         async def search(args: dict):
-            query, k = args.get("query"), args.get("k", 10)
+            query, k, domain = args.get("query"), args.get("k", 10), args.get("domain")
             if not isinstance(query, str) or not isinstance(k, int) or not 1 <= k <= 100:
                 raise ControlError("bad_request", "search needs query: str and k in 1..100")
+            if domain is not None and domain_problem(domain):
+                raise ControlError("bad_request", domain_problem(domain))
             hits = await trio.to_thread.run_sync(
                 lambda: self.library.search(query, args.get("domain"), k),
                 limiter=self._lib_limiter,
@@ -828,6 +896,28 @@ class _TimedEmbedder:
                 metrics.spent("embed", time.perf_counter() - started)
 
 
+def _item_problem(item: object, domains: list[str]) -> str | None:
+    """Why an `add` item cannot become an experience, checked before any embedding work."""
+    from fai_core.experience import text_problem
+
+    if not isinstance(item, dict) or not set(item) <= {"text", "domain", "quality", "iteration"}:
+        return "each experience is {text, domain, quality?, iteration?}"
+    problem = text_problem(item.get("text"))
+    if problem:
+        return problem[1]
+    if item.get("domain") not in domains:
+        return f"domain {item.get('domain')!r} is not subscribed (subscribe first)"
+    quality = item.get("quality", 0.5)
+    if isinstance(quality, bool) or not isinstance(quality, int | float):
+        return "quality must be a number in (0, 1)"
+    if not 0.0 < float(quality) < 1.0:
+        return "quality must be a number in (0, 1)"
+    iteration = item.get("iteration", 0)
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration < 256:
+        return "iteration must be an integer in 0..255"
+    return None
+
+
 def _hit_json(hit) -> dict:
     e = hit.entry
     return {
@@ -854,9 +944,13 @@ def soup_config(model_id: str, max_age_ms: int) -> DeltaSoupConfig:
     rows measure >= 0.766 (docs/deltasoup.md), the sparse hashing test embedder only
     0.54-0.60 on the shipped corpus, so that explicit test option gets 0.45.
     """
+    # The node's gate and batch store own replay and sequence checks (durably, with the
+    # repair window in mind); DeltaSoup's in-memory seq window would refuse old batches that
+    # repair legitimately delivers late, so it is opened wide here.
+    wide = 1 << 62
     if model_id.startswith("fai-hashing-"):
-        return DeltaSoupConfig(max_age_ms=max_age_ms, direct_min_cos=0.45)
-    return DeltaSoupConfig(max_age_ms=max_age_ms)
+        return DeltaSoupConfig(max_age_ms=max_age_ms, direct_min_cos=0.45, seq_window=wide)
+    return DeltaSoupConfig(max_age_ms=max_age_ms, seq_window=wide)
 
 
 def _make_embedder(name: str):
@@ -884,4 +978,20 @@ def _make_membership(cfg: NodeConfig) -> Membership:
 
 def run_node(config: NodeConfig) -> None:
     """Blocking entry point for `fai node run`: runs until SIGINT/SIGTERM or `stop`."""
-    trio.run(Node(config).run)
+    try:
+        trio.run(Node(config).run)
+    except BaseExceptionGroup as group:
+        # A start-up refusal raised inside a nursery (socket in use, bad address) is a
+        # user error: surface the first one plainly instead of a task-group traceback.
+        for leaf in _leaves(group):
+            if isinstance(leaf, FaiError | ValueError):
+                raise leaf from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup):
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from fai_core import bitdelta
 from fai_core.errors import WireError
 from fai_core.reputation import ReputationBook
-from fai_core.wire import SignedBatch, check_freshness, decode_envelope
+from fai_core.wire import SignedBatch, decode_envelope
 from fai_net.batch_store import BatchStore
 from fai_net.membership import Membership
 
@@ -50,6 +51,7 @@ class GateResult:
     signed: SignedBatch | None = None
     #: The sender's earlier envelope for the same seq, when `reason` is equivocation.
     conflicting: bytes | None = None
+    detail: str | None = None
 
 
 @dataclass
@@ -60,6 +62,7 @@ class GatePolicy:
     #: Repair may deliver batches up to this old; the store keeps them this long.
     repair_max_age_ms: int = 7 * 24 * 3_600_000
     seq_window: int = 4096
+    group: int = bitdelta.DEFAULT_GROUP_SIZE
 
 
 class BatchGate:
@@ -89,11 +92,23 @@ class BatchGate:
         origin: str,
         topic_domain: str | None = None,
         forwarder: bytes | None = None,
-        expected_cid: bytes | None = None,
+        wanted: Collection[bytes] | None = None,
     ) -> GateResult:
-        """Decide on one envelope and store it if accepted. Never raises for bad input."""
+        """Decide on one envelope and store it if accepted. Never raises for bad input.
+
+        `wanted`: for repair replies, the CIDs asked for; anything else is refused, so a peer
+        cannot push batches through the repair window that gossip would refuse as stale.
+        """
         try:
-            signed = decode_envelope(data, expected_cid=expected_cid)
+            return self._admit(data, now_ms, origin, topic_domain, forwarder, wanted)
+        except Exception as exc:  # a bug or a store error must cost one batch, not the node
+            log.exception("gate failed on a batch")
+            self.on_reject("internal")
+            return GateResult(Verdict.REJECT, "internal", None, None, str(exc))
+
+    def _admit(self, data, now_ms, origin, topic_domain, forwarder, wanted) -> GateResult:
+        try:
+            signed = decode_envelope(data)
         except WireError as exc:
             if exc.sender is not None:
                 self.reputation.record(exc.sender, passed=False)
@@ -101,28 +116,42 @@ class BatchGate:
                 self.reputation.record(forwarder, passed=False)
             return self._reject(exc.reason.value, f"{exc.detail} (from {_short(forwarder)})")
         batch = signed.batch
+        if wanted is not None and batch.cid not in wanted:
+            if forwarder is not None:
+                self.reputation.record(forwarder, passed=False)
+            return self._reject("unrequested", f"repair reply from {_short(forwarder)}", signed)
         if self.store.has(batch.cid):
             return GateResult(Verdict.IGNORE, "duplicate", signed)
         if topic_domain is not None and batch.domain != topic_domain:
-            # A publisher that puts a batch on another domain's topic is lying about it.
-            self.reputation.record(batch.sender, passed=False)
-            return self._reject("topic_mismatch", f"{batch.domain} on {topic_domain}")
+            # The gossip publisher need not be the sender (anyone can re-publish a signed
+            # batch), but an honest relay checks the topic before forwarding: charge it.
+            if forwarder is not None:
+                self.reputation.record(forwarder, passed=False)
+            return self._reject("topic_mismatch", f"{batch.domain} on {topic_domain}", signed)
         if batch.domain not in self.domains:
             return GateResult(Verdict.IGNORE, "unsubscribed", signed)
         policy = self.policy
-        if batch.model != policy.model_id or batch.dim != policy.dimension:
-            return self._reject("wrong_model", f"{batch.model}/{batch.dim}")
+        if (batch.model, batch.dim, batch.group) != (
+            policy.model_id,
+            policy.dimension,
+            policy.group,
+        ):
+            # Mixed group sizes cannot be compared (or aggregated) row by row: the fleet
+            # agrees on one, like it agrees on the model.
+            return self._reject("wrong_model", f"{batch.model}/{batch.dim}/g{batch.group}", signed)
         max_age = policy.max_age_ms if origin == "gossip" else policy.repair_max_age_ms
-        try:
-            check_freshness(batch, now_ms, max_age)
-        except WireError as exc:
-            return self._reject(exc.reason.value, exc.detail)
+        if batch.timestamp_ms < now_ms - max_age:
+            return self._reject("stale", f"{now_ms - batch.timestamp_ms} ms old", signed)
+        if batch.timestamp_ms > now_ms + policy.max_age_ms:  # the future is never repaired
+            return self._reject("future", f"{batch.timestamp_ms - now_ms} ms ahead", signed)
         refusal = self.membership.check(signed)
         if refusal is not None:
-            return self._reject(refusal, _short(batch.sender))
+            return self._reject(refusal, _short(batch.sender), signed)
         earlier = self.store.cid_at(batch.sender, batch.seq)
         if earlier is not None:  # a different CID: equal CIDs were caught as duplicates
             self.reputation.record(batch.sender, passed=False)
+            if self.store.has_evidence(batch.sender, batch.seq):
+                return self._reject("equivocation", f"{_short(batch.sender)} again", signed)
             first = self.store.get(earlier)
             if first is not None:
                 self.store.add_evidence(first, signed.envelope, batch.sender, batch.seq)
@@ -132,17 +161,18 @@ class BatchGate:
             self.on_equivocation(result)
             return result
         newest = self.store.newest_seq(batch.sender)
-        if newest is not None and batch.seq + policy.seq_window < newest:
-            return self._reject("old_seq", f"seq {batch.seq}, newest {newest}")
+        if origin == "gossip" and newest is not None and batch.seq + policy.seq_window < newest:
+            # Only live traffic: repair legitimately delivers a sender's old batches late.
+            return self._reject("old_seq", f"seq {batch.seq}, newest {newest}", signed)
         if self.reputation.deprioritised(batch.sender):
-            return self._reject("low_reputation", _short(batch.sender))
+            return self._reject("low_reputation", _short(batch.sender), signed)
         self.store.put(signed, received_ms=now_ms, origin=origin)
         return GateResult(Verdict.ACCEPT, None, signed)
 
-    def _reject(self, reason: str, detail: str) -> GateResult:
+    def _reject(self, reason: str, detail: str, signed: SignedBatch | None = None) -> GateResult:
         self.on_reject(reason)
         log.info("rejected batch: %s: %s", reason, detail)
-        return GateResult(Verdict.REJECT, reason)
+        return GateResult(Verdict.REJECT, reason, signed)
 
 
 def _short(key: bytes | None) -> str:

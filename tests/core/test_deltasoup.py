@@ -214,3 +214,25 @@ def test_repair_window_admits_an_old_batch_once(embedder, honest):
     result = DeltaSoup(embedder).aggregate([honest[2]], late, max_age_ms=7_200_000)
     assert result.outcomes[0].drop is None and len(result) > 0
     assert DeltaSoup(embedder).aggregate([honest[2]], late).outcomes[0].drop is Drop.STALE
+
+
+def test_a_batch_with_another_group_size_is_wrong_model_not_a_crash(scenario, embedder, honest):
+    """Mixed group sizes in one round used to raise in the scale checks (found in review)."""
+    node = scenario.honest[0]
+    odd = attacks.signed_batch(
+        node.key,
+        node.texts[:4],
+        node.vectors[:4],
+        domain=node.domains[0],
+        quality=[0.5] * 4,
+        seq=10_000,
+        timestamp_ms=NOW_MS,
+        model=honest[0].model,
+        group=64,
+    ).batch
+    assert odd.group != honest[0].group
+    soup = DeltaSoup(embedder)
+    result = soup.aggregate([odd, *honest[:3]], NOW_MS)
+    by_cid = {o.cid: o for o in result.outcomes}
+    assert by_cid[odd.cid].drop is Drop.WRONG_MODEL
+    assert all(by_cid[b.cid].drop is None for b in honest[:3])

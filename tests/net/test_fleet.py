@@ -318,7 +318,8 @@ def test_node_refuses_a_second_instance_on_the_same_data_dir(fleet):
         text=True,
         timeout=60,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2
+    assert "open in another writer" in proc.stderr and "Traceback" not in proc.stderr
     assert n2.call("status")["peers"] >= 1  # the running node is unharmed
 
 

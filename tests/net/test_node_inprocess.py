@@ -1,0 +1,181 @@
+"""Node behaviour that needs a hostile or unusual peer: real nodes and hosts in one process.
+
+Regressions for review findings: a repair server that pages forever, a repair reply
+carrying a batch nobody asked for, a peer record that used to block the outbox (burning a
+seq per retry), and a merge round that raised and took the node down.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from fai_core.experience import Experience
+from fai_core.identity import NodeKey
+from fai_core.wire import encode_batch
+from fai_net import repair
+from fai_net.gossip import parse_multiaddrs
+from fai_net.node import REPAIR_MAX_PAGES, Node
+from fai_net.node_config import NodeConfig
+
+ROOT = Path(tempfile.mkdtemp(prefix="fai-ip-", dir="/tmp"))
+
+
+def config(name: str, **overrides) -> NodeConfig:
+    settings = dict(
+        data_dir=ROOT / name,
+        domains=("coding",),
+        embedder="hashing",
+        open_membership=True,
+        metrics_port=None,
+        control_socket=ROOT / f"{name}.sock",
+        round_interval_s=0.3,
+        repair_interval_s=3600,
+        discovery_interval_s=3600,
+        broadcast_interval_s=3600,
+        broadcast_threshold=1000,
+    )
+    settings.update(overrides)
+    return NodeConfig(**settings)
+
+
+async def start(nursery: trio.Nursery, cfg: NodeConfig) -> Node:
+    node = Node(cfg)
+    return await nursery.start(
+        lambda task_status: node.run(handle_signals=False, task_status=task_status)
+    )
+
+
+async def connect(a: Node, b: Node) -> None:
+    addr = parse_multiaddrs([f"{b.addrs[0].split('/p2p/')[0]}/p2p/{b.peer_id}"])[0]
+    await a.host.connect(info_from_p2p_addr(addr))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def test_hostile_repair_server_is_bounded_and_cannot_push_batches():
+    calls = {"since": 0, "get": 0}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            victim = await start(n, config("victim"))
+            rogue = await start(n, config("rogue"))
+            key = rogue.identity.key
+            vec = victim.embedder.embed(["validate inputs at the service boundary"])
+            exp = Experience.create(
+                "validate inputs at the service boundary",
+                vec[0],
+                0.6,
+                "coding",
+                key.public_key,
+                now_ms() - 6 * 24 * 3_600_000,
+            )
+            old = encode_batch(
+                [exp],
+                key=key,
+                seq=77,
+                timestamp_ms=exp.created_ms,
+                model=victim.embedder.model_id,
+                baseline=vec[0] * 0,
+            )
+            mode = {"m": "inject"}
+
+            async def handler(stream):
+                req = await repair.read_frame(stream, repair.MAX_REQUEST_BYTES)
+                calls[req["op"]] += 1
+                if req["op"] == "since" and mode["m"] == "loop":
+                    cid = b"\x01\x71\x12\x20" + os.urandom(32)
+                    c = req["cursor"] + 1
+                    resp = {"items": [[c, cid, bytes(32), 1, "coding", 1]], "next": c}
+                elif req["op"] == "since":
+                    asked = b"\x01\x71\x12\x20" + bytes(32)
+                    items = [[1, asked, bytes(32), 1, "coding", 1]] if req["cursor"] == 0 else []
+                    resp = {"items": items, "next": max(1, req["cursor"])}
+                else:
+                    resp = {"envelopes": [old.envelope] if mode["m"] == "inject" else []}
+                await repair.write_frame(stream, resp)
+                await stream.close()
+
+            rogue.host.set_stream_handler(repair.PROTOCOL_ID, handler)
+            await connect(victim, rogue)
+            # (b) a `get` reply with a batch nobody asked for, 6 days old: refused.
+            assert await victim.sync_with(rogue.peer_id) == 0
+            assert not victim.store.has(old.cid)
+            assert victim.metrics.rejections().get("unrequested") == 1
+            # (a) `since` that advances by one forever: the pass ends, bounded.
+            mode["m"] = "loop"
+            calls["since"] = 0
+            with trio.fail_after(60):
+                await victim.sync_with(rogue.peer_id)
+            assert calls["since"] == REPAIR_MAX_PAGES
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_peer_record_replacing_ours_does_not_block_the_outbox():
+    async def main():
+        async with trio.open_nursery() as n:
+            node = await start(n, config("owner"))
+            texts = ["keep the outbox moving", "second local pattern here"]
+            await node.add_experiences([{"text": t, "domain": "coding"} for t in texts])
+            # A peer's record of the first pattern, with a higher quality, wins the merge.
+            other = NodeKey(bytes([9]) * 32).public_key
+            vec = node.embedder.embed(texts[:1])[0]
+            better = Experience.create(texts[0], vec, 0.95, "coding", other, now_ms())
+            await trio.to_thread.run_sync(node.library.merge, [better], other)
+            seq_before = node.store.reserve_seq()
+            result = await node.broadcast("coding")
+            assert result["experiences_sent"] == 1 and node.store.outbox_count() == 0
+            again = await node.broadcast("coding")
+            assert again["experiences_sent"] == 0
+            assert node.store.reserve_seq() == seq_before + 2  # exactly one seq was used
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_failing_round_is_counted_and_the_node_keeps_running():
+    async def main():
+        async with trio.open_nursery() as n:
+            a = await start(n, config("ra", broadcast_threshold=2))
+            b = await start(n, config("rb"))
+            await connect(b, a)
+            boom = {"left": 1}
+            real = b.soup.aggregate
+
+            def flaky(*args, **kwargs):
+                if boom["left"]:
+                    boom["left"] -= 1
+                    raise RuntimeError("injected round failure")
+                return real(*args, **kwargs)
+
+            b.soup.aggregate = flaky
+            with trio.fail_after(30):
+                while not b.pubsub.peer_topics.get("/fai/exp/1/coding"):
+                    await trio.sleep(0.1)
+                await trio.sleep(1.5)
+                await a.add_experiences(
+                    [{"text": t, "domain": "coding"} for t in ("one local pattern", "two more")]
+                )
+                while b.metrics.rejections().get("round_error") != 1:
+                    await trio.sleep(0.1)
+                await a.add_experiences(
+                    [{"text": t, "domain": "coding"} for t in ("third pattern", "fourth one")]
+                )
+                while await trio.to_thread.run_sync(b.library.count) < 2:
+                    await trio.sleep(0.1)
+                while b.store.count() < 2 or len(b.store.unmerged()) > 1:
+                    await trio.sleep(0.1)
+            # Both batches kept; the failed round's batch stays unmerged for the next start.
+            assert b.store.count() == 2 and len(b.store.unmerged()) == 1
+            n.cancel_scope.cancel()
+
+    trio.run(main)
