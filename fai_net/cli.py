@@ -49,6 +49,7 @@ def _node_run(args: argparse.Namespace) -> int:
         mdns=args.mdns,
         seen_ttl_s=args.seen_ttl,
         event_log=Path(args.event_log) if args.event_log else None,
+        allow_raw_publish=args.allow_raw_publish,
     )
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -97,6 +98,11 @@ def _add_node_commands(commands) -> None:
     run.add_argument("--metrics-port", type=int, default=0, help="0 = any free, -1 = off")
     run.add_argument("--seen-ttl", type=int, default=120, metavar="S", help="gossip seen cache")
     run.add_argument("--event-log", help="append batch events as JSON lines to this file")
+    run.add_argument(
+        "--allow-raw-publish",
+        action="store_true",
+        help="devnet demos only: the control socket may publish unchecked bytes",
+    )
     run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_node_run)
@@ -109,6 +115,154 @@ def _add_node_commands(commands) -> None:
     mcp.add_argument("--socket", required=True, help="the node's control socket")
     mcp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     mcp.set_defaults(handler=_mcp)
+
+
+def _progress(args: argparse.Namespace):
+    """Progress lines go to stderr, so --json output on stdout stays clean."""
+    if getattr(args, "quiet", False):
+        return lambda _msg: None
+    return lambda msg: print(f"[fai] {msg}", file=sys.stderr, flush=True)
+
+
+def _state_dir(args: argparse.Namespace):
+    from pathlib import Path
+
+    from fai_net import devnet
+
+    return Path(args.state_dir) if args.state_dir else devnet.DEFAULT_STATE_DIR
+
+
+def _devnet_up(args: argparse.Namespace) -> int:
+    from fai_net import devnet
+
+    domains = [tuple(d.split("+")) for d in args.domains.split(",")] if args.domains else None
+    state = devnet.up(
+        args.nodes,
+        domains,
+        state_dir=_state_dir(args),
+        embedder=args.embedder,
+        allow_raw_publish=args.allow_raw_publish,
+        progress=_progress(args),
+    )
+    if args.json:
+        print(json.dumps(state, indent=2))
+    else:
+        print(f"devnet up: chain {state['rpc_url']}, registry {state['registry']}")
+        for node in state["nodes"]:
+            print(f"  {node['name']}: {node['addr']}  domains={','.join(node['domains'])}")
+            print(f"    socket {node['control_socket']}")
+        print(f"state: {devnet.state_path(_state_dir(args))}; stop with `fai devnet down`")
+    return 0
+
+
+def _devnet_status(args: argparse.Namespace) -> int:
+    from fai_net import devnet
+
+    report = devnet.status(devnet.load_state(_state_dir(args)))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"chain {report['rpc_url']}  registry {report['registry']}")
+    header = f"{'node':7} {'run':4} {'peers':5} {'stake':>6} {'live':5} {'jailed':6} "
+    print(header + f"{'rep':>5} {'ad expires':>10}  library")
+    for row in report["nodes"]:
+        library = ", ".join(f"{d}:{n}" for d, n in sorted((row["library"] or {}).items()))
+        expires = row.get("ad_expires_in_s")
+        expires_text = "-" if expires is None else f"{expires // 3600}h{expires % 3600 // 60:02d}m"
+        rep = "-" if row["reputation"] is None else f"{row['reputation']:.2f}"
+        print(
+            f"{row['name']:7} {'yes' if row['running'] else 'NO':4} {row['peers'] or 0!s:5} "
+            f"{row.get('stake', 0):>6g} {row.get('live')!s:5} {row.get('jailed')!s:6} "
+            f"{rep:>5} {expires_text:>10}  {library or '-'}"
+        )
+    return 0
+
+
+def _devnet_down(args: argparse.Namespace) -> int:
+    from fai_net import devnet
+
+    result = devnet.down(_state_dir(args), _progress(args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"devnet down: stopped {', '.join(result['stopped']) or 'nothing'}"
+            + (f"; killed {', '.join(result['killed'])}" if result["killed"] else "")
+        )
+    return 0
+
+
+def _devnet_equivocate(args: argparse.Namespace) -> int:
+    from fai_net import devnet
+    from fai_net.devnet_demo import equivocate
+
+    result = equivocate(devnet.load_state(_state_dir(args)), args.node)
+    print(
+        json.dumps(result, indent=2)
+        if args.json
+        else f"{result['node']} published a second batch at seq {result['seq']}: {result['second']}"
+    )
+    return 0
+
+
+def _devnet_demo(args: argparse.Namespace) -> int:
+    from fai_net.devnet_demo import format_report, run_demo
+
+    report = run_demo(
+        args.nodes, embedder=args.embedder, state_dir=_state_dir(args), progress=_progress(args)
+    )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _add_devnet_commands(commands) -> None:
+    devnet_cmd = commands.add_parser("devnet", help="a local chain and fleet on 127.0.0.1")
+    sub = devnet_cmd.add_subparsers(dest="devnet_command", metavar="SUBCOMMAND")
+
+    def common(p, json_help="print JSON"):
+        p.add_argument("--state-dir", help="where the devnet keeps its state (devnet/state)")
+        p.add_argument("--json", action="store_true", help=json_help)
+        p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+    up_cmd = sub.add_parser(
+        "up",
+        help="start Anvil, deploy the registry, stake and start N nodes",
+        description="Start Anvil on 127.0.0.1, deploy the token and the DSO registry, fund "
+        "and stake one operator per node, advertise each node's address on-chain, start the "
+        "node processes (registry membership), and write the devnet state file.",
+    )
+    up_cmd.add_argument("--nodes", type=int, default=3)
+    up_cmd.add_argument(
+        "--domains",
+        default="coding+writing",
+        help="comma-separated domain sets given to nodes in turn, '+' within a set "
+        "(default coding+writing: every node on both)",
+    )
+    up_cmd.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
+    up_cmd.add_argument("--allow-raw-publish", action="store_true", help="for demos")
+    common(up_cmd)
+    up_cmd.set_defaults(handler=_devnet_up)
+    st = sub.add_parser("status", help="nodes, peers, library per domain, stake, reputation")
+    common(st)
+    st.set_defaults(handler=_devnet_status)
+    dn = sub.add_parser("down", help="stop everything the devnet started")
+    common(dn)
+    dn.set_defaults(handler=_devnet_down)
+    eq = sub.add_parser("equivocate", help="demo: make a node publish a conflicting batch")
+    eq.add_argument("--node", required=True, help="node name, e.g. node4")
+    common(eq)
+    eq.set_defaults(handler=_devnet_equivocate)
+    demo_cmd = sub.add_parser(
+        "demo",
+        help="the main job: learn from telemetry, catch and slash an equivocator",
+        description="Start a devnet of 5 nodes over 3 domains, feed each a slice of the "
+        "sample telemetry, let them share experiences, make one node equivocate, slash it "
+        "on-chain, print what every node learned, and stop everything.",
+    )
+    demo_cmd.add_argument("--nodes", type=int, default=5)
+    demo_cmd.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
+    common(demo_cmd)
+    demo_cmd.set_defaults(handler=_devnet_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.set_defaults(handler=_demo)
     _add_node_commands(commands)
+    _add_devnet_commands(commands)
     return parser
 
 

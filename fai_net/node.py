@@ -18,6 +18,7 @@ time (`_lib`); the batch store and the reputation book are touched only on the e
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -854,6 +855,36 @@ class Node:
         async def info(args: dict):
             return {"node_id": str(self.peer_id), "addrs": self.addrs, "domains": self.domains}
 
+        async def export(args: dict):
+            domain = args.get("domain")
+            offset, limit = args.get("offset", 0), args.get("limit", 500)
+            if domain is not None and domain_problem(domain):
+                raise ControlError("bad_request", domain_problem(domain))
+            for name, value, top in (("offset", offset, 1 << 62), ("limit", limit, 1000)):
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+                    raise ControlError("bad_request", f"{name} must be an integer in 0..{top}")
+
+            def page() -> list[dict]:
+                rows = itertools.islice(self.library.entries(domain), offset, offset + limit)
+                return [_entry_json(e) for e in rows]
+
+            items = await trio.to_thread.run_sync(page, limiter=self._lib_limiter)
+            return {"items": items, "next": offset + len(items) if len(items) == limit else None}
+
+        async def publish_raw(args: dict):
+            # Devnet demonstrations only (--allow-raw-publish): publishes bytes unchecked,
+            # e.g. a conflicting batch to show equivocation being caught and slashed.
+            if not self.config.allow_raw_publish:
+                raise ControlError("forbidden", "start the node with --allow-raw-publish")
+            try:
+                data = bytes.fromhex(str(args.get("envelope_hex")))
+                domain = str(args.get("domain"))
+                topic = topic_for(domain)
+            except ValueError as exc:
+                raise ControlError("bad_request", str(exc)) from None
+            await self._publish(topic, data)
+            return {"published": len(data)}
+
         async def batches(args: dict):
             domain = args.get("domain")
             cids = self.store.cids(domain) if domain is None else self.store.cids(str(domain))
@@ -874,6 +905,8 @@ class Node:
             info=info,
             stop=stop,
             batches=batches,
+            export=export,
+            publish_raw=publish_raw,
         )
         return actions
 
@@ -916,6 +949,21 @@ def _item_problem(item: object, domains: list[str]) -> str | None:
     if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration < 256:
         return "iteration must be an integer in 0..255"
     return None
+
+
+def _entry_json(entry) -> dict:
+    e = entry.experience
+    return {
+        "id": e.id.hex(),
+        "text": e.text,
+        "domain": e.domain,
+        "quality": e.quality,
+        "iteration": e.iteration,
+        "origin": entry.origin,
+        "source": e.source.hex(),
+        "received_from": entry.received_from.hex() if entry.received_from else None,
+        "created_ms": e.created_ms,
+    }
 
 
 def _hit_json(hit) -> dict:

@@ -50,6 +50,8 @@ class NodeConfig:
     library_capacity: int | None = None
     #: JSON lines of batch events (publishing, accepted, merged) for benchmarks and audits.
     event_log: Path | None = None
+    #: Devnet demonstrations only: the control socket may publish unchecked bytes.
+    allow_raw_publish: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,784 @@
+"""`fai node status|peers|subscribe|unsubscribe` and `fai experiences ...`: the command line
+of a running node.
+
+Every command here is a client of the node's control socket (`fai_net.control`): it never
+opens the library or the batch store itself, so it works while the node runs and cannot
+race it. The socket is `--socket`, else `<--data-dir>/control.sock`, resolved like every
+other setting (flag, then FAI_SOCKET / FAI_DATA_DIR, then fai.toml; `fai_net.settings`).
+
+Exit codes: 0 done; 1 no node answers, or the node failed; 2 the request was refused (bad
+text, unsubscribed domain, bad flag). Only stdlib modules are imported at module level:
+the parser is built on every `fai` invocation, and `fai --help` must stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+#: Experiences per `add` call during an import (the node takes at most 1000 per call).
+IMPORT_CHUNK = 200
+#: Entries per `export` page (the node serves at most 1000).
+EXPORT_PAGE = 500
+_FILE_KEYS = frozenset({"text", "domain", "quality", "iteration"})
+
+
+class _Refused(Exception):
+    """A user-level refusal already worded for people; exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# wiring
+# --------------------------------------------------------------------------------------------
+
+
+def add_node_client_commands(node_subparsers, commands) -> None:
+    """Add status/peers/subscribe/unsubscribe to `fai node` and the `fai experiences` group.
+
+    `node_subparsers` is the subparsers object of `fai node`; `commands` the top-level one.
+    """
+    conn = argparse.ArgumentParser(add_help=False)
+    where = conn.add_argument_group("which node")
+    where.add_argument(
+        "--socket", metavar="PATH", help="the node's control socket (env FAI_SOCKET)"
+    )
+    where.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the node's data directory: uses DIR/control.sock (env FAI_DATA_DIR)",
+    )
+    where.add_argument(
+        "--timeout", type=_positive_float, default=60.0, metavar="S", help="seconds per call"
+    )
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    common = [conn, out]
+
+    p = node_subparsers.add_parser(
+        "status",
+        parents=common,
+        help="summary of a running node",
+        description="Peers, library size per domain, stored batches, outbox, last sync, "
+        "traffic, refused batches by reason, evidence files and membership mode.",
+    )
+    p.set_defaults(handler=_guarded(_status))
+
+    p = node_subparsers.add_parser(
+        "peers",
+        parents=common,
+        help="the node's peers",
+        description="Peers the node is connected to or has seen: connection, repair "
+        "round-trip latency, reputation, last contact. --json gives full node ids.",
+    )
+    p.set_defaults(handler=_guarded(_peers))
+
+    for name, verb in (("subscribe", "start"), ("unsubscribe", "stop")):
+        p = node_subparsers.add_parser(
+            name,
+            parents=common,
+            help=f"{verb} following a domain's topic",
+            description=f"{name.capitalize()} the running node to/from a domain's gossip "
+            "topic. Subscribing also fetches the domain's history from peers by repair.",
+        )
+        p.add_argument("domain", metavar="DOMAIN", help="domain tag, e.g. coding")
+        p.set_defaults(handler=_guarded(_subscribe if name == "subscribe" else _unsubscribe))
+
+    group = commands.add_parser(
+        "experiences",
+        help="add, search, import and export a running node's experiences",
+        description="Experiences in a running node's library, through its control socket.",
+    )
+    sub = group.add_subparsers(dest="experiences_command", metavar="SUBCOMMAND")
+    group.set_defaults(handler=lambda _args: _usage(group))
+
+    p = sub.add_parser(
+        "add",
+        parents=common,
+        help="add experiences (the node embeds, stores and publishes them)",
+        description="Add experiences given as --text flags (all in --domain) or as a "
+        "JSONL file of {text, domain?, quality?, iteration?} objects. The node refuses "
+        "domains it is not subscribed to. Adding the same (domain, text) again is harmless: "
+        "experience ids are content addresses.",
+    )
+    p.add_argument("--domain", help="domain of the --text items (default for --file lines)")
+    p.add_argument("--text", action="append", default=[], help="pattern text (repeat)")
+    p.add_argument("--quality", type=float, help="quality in (0, 1) (node default 0.5)")
+    p.add_argument("--file", help="JSONL file of experiences ('-' = stdin)")
+    p.set_defaults(handler=_guarded(_add))
+
+    p = sub.add_parser(
+        "search",
+        parents=common,
+        help="nearest experiences to a query",
+        description="The node embeds QUERY and returns the k nearest experiences by "
+        "cosine distance.",
+    )
+    p.add_argument("query", metavar="QUERY")
+    p.add_argument("--domain", help="only this domain")
+    p.add_argument("-k", type=_int_in(1, 100), default=10, help="results, 1..100 (default 10)")
+    p.set_defaults(handler=_guarded(_search))
+
+    p = sub.add_parser(
+        "import-telemetry",
+        parents=common,
+        help="extract experiences from tool telemetry and add them",
+        description="Read tool-call telemetry (JSONL, docs/telemetry.md; bad lines are "
+        "skipped and counted), extract experiences locally with GRPO groups and the "
+        "deterministic introspector (LocalDSOptimizer), and add them to the node. Only "
+        "pattern texts, domains, qualities and iterations leave this process. Experiences "
+        "of domains the node does not follow are skipped and counted unless --subscribe.",
+    )
+    p.add_argument("file", metavar="FILE", help="telemetry JSONL")
+    p.add_argument("--source-name", help="label for this telemetry in messages (default: file)")
+    p.add_argument(
+        "--subscribe", action="store_true", help="subscribe the node to missing domains first"
+    )
+    p.add_argument(
+        "--progress", action="store_true", help="progress on stderr even when it is not a TTY"
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=_int_in(1, IMPORT_CHUNK),
+        default=IMPORT_CHUNK,
+        metavar="N",
+        help=f"experiences per add call, 1..{IMPORT_CHUNK} (default {IMPORT_CHUNK})",
+    )
+    p.set_defaults(handler=_guarded(_import_telemetry))
+
+    p = sub.add_parser(
+        "export",
+        parents=common,
+        help="write the node's library as JSONL",
+        description="Stream every library entry (or one domain's) as JSON lines of {id, "
+        "text, domain, quality, iteration, origin, source, received_from, created_ms}.",
+    )
+    p.add_argument("--domain", help="only this domain")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument(
+        "--progress", action="store_true", help="progress on stderr even when it is not a TTY"
+    )
+    p.set_defaults(handler=_guarded(_export))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+# --------------------------------------------------------------------------------------------
+# connection and error handling
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_socket(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(control socket path, data dir or None) from flags, environment or fai.toml.
+
+    A flag beats the environment, which beats fai.toml; at the same level --socket beats
+    --data-dir. Raises SettingsError when nothing names a node.
+    """
+    from fai_net.settings import SettingsError, resolve
+
+    flags = {"socket": getattr(args, "socket", None), "data_dir": getattr(args, "data_dir", None)}
+    settings = resolve(flags, config=getattr(args, "config", None))
+    rank = {"flag": 0, "environment": 1}
+    found = [
+        (rank.get(settings.sources[name], 2), order, name)
+        for order, name in enumerate(("socket", "data_dir"))
+        if settings.get(name) not in (None, "")
+    ]
+    if not found:
+        raise SettingsError(
+            "which node? give --data-dir DIR (uses DIR/control.sock) or --socket PATH, set "
+            "FAI_DATA_DIR or FAI_SOCKET, or put `data_dir = ...` in fai.toml"
+        )
+    _, _, name = min(found)
+    data_dir = settings.get("data_dir")
+    if name == "socket":
+        return str(Path(settings.get("socket")).expanduser()), data_dir
+    return str(Path(data_dir).expanduser() / "control.sock"), data_dir
+
+
+class _Node:
+    """The control client of one command, with the socket it resolved."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from fai_net.control import ControlClient
+
+        self.path, self.data_dir = resolve_socket(args)
+        self.client = ControlClient(self.path, timeout=args.timeout)
+
+    def call(self, action: str, **args: Any) -> dict[str, Any]:
+        return self.client.call(action, **args)
+
+
+def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the node's refusals and absence into one-line messages and exit codes."""
+
+    def run(args: argparse.Namespace) -> int:
+        from fai_net.control import Code, ControlError, NodeNotRunning
+
+        try:
+            return handler(args)
+        except NodeNotRunning as exc:
+            where = f"--data-dir {exc.path.removesuffix('/control.sock')}"
+            _err(
+                f"no node is running at {exc.path} "
+                f"(start one with `fai node run {where} --domain ...`)"
+            )
+            return 1
+        except ControlError as exc:
+            if exc.code == Code.BAD_REQUEST:
+                _err(exc.message)
+                return 2
+            if exc.code == Code.UNKNOWN_ACTION:
+                _err(f"the node does not support this command ({exc.message}); upgrade the node")
+                return 1
+            _err(f"{exc.message} ({exc.code})")
+            return 1
+        except _Refused as exc:
+            _err(str(exc))
+            return 2
+        except BrokenPipeError:
+            # `fai experiences export | head`: the reader left; say nothing more.
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), sys.stdout.fileno())
+            return 0
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _err(message: str) -> None:
+    print(f"fai: error: {message}", file=sys.stderr)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+# --------------------------------------------------------------------------------------------
+
+
+def _ago(ms: int | None, now_ms: int | None = None) -> str:
+    """'12s ago' for a unix-ms time; 'never' for None."""
+    if ms is None:
+        return "never"
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    seconds = max(0, (now - int(ms)) // 1000)
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    if seconds < 172_800:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def _bytes(n: int | None) -> str:
+    value = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _counts(counts: dict[str, int] | None) -> str:
+    """'duplicate 3, stale 1' (largest first) or 'none'."""
+    items = sorted(((k, int(v)) for k, v in (counts or {}).items() if v), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {v}" for k, v in items) or "none"
+
+
+def _short_id(node_id: str) -> str:
+    """Ed25519 peer ids all start with 12D3KooW; the tail is what tells them apart."""
+    return node_id if len(node_id) <= 16 else f"{node_id[:4]}…{node_id[-10:]}"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]], right=()) -> str:
+    """Plain aligned columns; column indexes in `right` are right-aligned. Last column is
+    never padded (it is usually free text)."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = []
+        for i, cell in enumerate(row):
+            last = i == len(row) - 1
+            if i in right:
+                parts.append(cell.rjust(widths[i]))
+            else:
+                parts.append(cell if last else cell.ljust(widths[i]))
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+class _Progress:
+    """'imported 400/734 experiences' on stderr: rewritten in place on a TTY, one line per
+    step when forced with --progress on a pipe, silent otherwise."""
+
+    def __init__(self, forced: bool) -> None:
+        self.tty = sys.stderr.isatty()
+        self.enabled = self.tty or forced
+        self.shown = False
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            sys.stderr.write("\r\x1b[K" + message)
+        else:
+            sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.enabled and self.tty and self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# fai node ...
+# --------------------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    node = _Node(args)
+    status = node.call("status")
+    if args.json:
+        _print_json(status)
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(s: dict[str, Any]) -> str:
+    sizes = s.get("library_by_domain") or {}
+    domains = s.get("domains") or []
+    lines = [
+        ("node", s.get("node_id", "?")),
+        ("membership", s.get("membership", "?")),
+        ("domains", ", ".join(domains) or "none"),
+        ("peers", f"{s.get('peers', 0)} connected"),
+        ("library", f"{s.get('library_size', 0)} experiences"),
+    ]
+    for domain in sorted(set(sizes) | set(domains)):
+        mark = "" if domain in domains else " (not subscribed)"
+        lines.append((f"  {domain}", f"{sizes.get(domain, 0)}{mark}"))
+    lines += [
+        ("batches", f"{s.get('batches_stored', 0)} stored, {s.get('pending', 0)} awaiting merge"),
+        ("outbox", f"{s.get('outbox', 0)} experiences waiting to be published"),
+        ("last sync", _ago(s.get("last_sync"))),
+        (
+            "traffic",
+            f"{_bytes(s.get('bytes_received'))} in, {_bytes(s.get('bytes_sent'))} out",
+        ),
+        ("rejections", _counts(s.get("rejections"))),
+        ("drops", _counts(s.get("drops"))),
+        ("evidence", f"{s.get('evidence', 0)} equivocation files"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+
+
+def _peers(args: argparse.Namespace) -> int:
+    node = _Node(args)
+    peers = node.call("peers").get("peers", [])
+    if args.json:
+        _print_json({"peers": peers})
+        return 0
+    if not peers:
+        print("no peers yet")
+        return 0
+    peers = sorted(peers, key=lambda p: (not p.get("connected"), p.get("node_id", "")))
+    rows = [
+        (
+            _short_id(p.get("node_id", "?")),
+            "yes" if p.get("connected") else "no",
+            _num(p.get("latency_ms"), 1),
+            _num(p.get("reputation"), 3),
+            _ago(p.get("last_seen")) if p.get("last_seen") else "never",
+        )
+        for p in peers
+    ]
+    print(
+        format_table(
+            ("NODE", "CONNECTED", "LATENCY MS", "REPUTATION", "LAST SEEN"), rows, right=(2, 3)
+        )
+    )
+    connected = sum(1 for p in peers if p.get("connected"))
+    print(f"\n{connected} connected, {len(peers)} known")
+    return 0
+
+
+def _check_domain(domain: str) -> None:
+    from fai_core.experience import domain_problem
+
+    problem = domain_problem(domain)
+    if problem:
+        raise _Refused(problem)
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    _check_domain(args.domain)
+    result = _Node(args).call("subscribe", domain=args.domain)
+    changed = bool(result.get("subscribed"))
+    if args.json:
+        _print_json({"domain": args.domain, "subscribed": changed})
+    elif changed:
+        print(f"subscribed to {args.domain} (its history is fetched from peers)")
+    else:
+        print(f"already subscribed to {args.domain}")
+    return 0
+
+
+def _unsubscribe(args: argparse.Namespace) -> int:
+    _check_domain(args.domain)
+    result = _Node(args).call("unsubscribe", domain=args.domain)
+    changed = bool(result.get("unsubscribed"))
+    if args.json:
+        _print_json({"domain": args.domain, "unsubscribed": changed})
+    elif changed:
+        print(f"unsubscribed from {args.domain} (its experiences stay in the library)")
+    else:
+        print(f"was not subscribed to {args.domain}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# fai experiences add / search
+# --------------------------------------------------------------------------------------------
+
+
+def _items_from_file(path: str, default_domain: str | None) -> list[dict[str, Any]]:
+    """{text, domain, quality?, iteration?} per non-blank line; a bad line is refused with
+    its number before anything is sent."""
+    name = "<stdin>" if path == "-" else path
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise _Refused(f"cannot read {name}: {exc.strerror}") from None
+    items = []
+    try:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            where = f"{name} line {number}"
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise _Refused(f"{where}: not JSON ({exc})") from None
+            if not isinstance(obj, dict) or "text" not in obj:
+                raise _Refused(f"{where}: expected an object with a text field")
+            unknown = sorted(set(obj) - _FILE_KEYS)
+            if unknown:
+                raise _Refused(f"{where}: unknown field(s) {unknown}")
+            item = {k: v for k, v in obj.items() if v is not None}
+            item.setdefault("domain", default_domain)
+            if item["domain"] is None:
+                raise _Refused(f"{where}: no domain (give one in the line or --domain)")
+            _check_text(item["text"], where)
+            items.append(item)
+    except UnicodeDecodeError as exc:
+        raise _Refused(f"{name} is not UTF-8: {exc.reason}") from None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    return items
+
+
+def _check_text(text: object, where: str) -> None:
+    """The node's own text rule (`fai_core.experience.text_problem`), checked here too so a
+    long file is refused with the offending line number before any of it is sent."""
+    from fai_core.experience import text_problem
+
+    problem = text_problem(text)
+    if problem:
+        raise _Refused(f"{where}: {problem[1]}")
+
+
+def _chunks(items: Sequence[dict], size: int) -> Iterator[Sequence[dict]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _send(node: _Node, items: Sequence[dict], size: int, progress=None) -> dict[str, int]:
+    """`add` the items in chunks; returns {added, inserted}. On a refusal mid-way, the
+    message says how many were already added (re-sending them later is harmless)."""
+    from fai_net.control import ControlError
+
+    added = inserted = 0
+    for chunk in _chunks(items, size):
+        try:
+            result = node.call("add", experiences=list(chunk))
+        except ControlError as exc:
+            if added:
+                exc.message += f" ({added} of {len(items)} experiences were added before this)"
+            raise
+        added += int(result.get("added", len(chunk)))
+        inserted += int(result.get("inserted", 0))
+        if progress is not None:
+            progress(added, len(items))
+    return {"added": added, "inserted": inserted}
+
+
+def _add(args: argparse.Namespace) -> int:
+    if not args.text and not args.file:
+        raise _Refused("nothing to add: give --text T (with --domain) or --file F.jsonl")
+    if args.text and not args.domain:
+        raise _Refused("--text needs --domain")
+    items: list[dict[str, Any]] = []
+    for text in args.text:  # the node checks these; a refusal names the rule broken
+        item: dict[str, Any] = {"text": text, "domain": args.domain}
+        if args.quality is not None:
+            item["quality"] = args.quality
+        items.append(item)
+    if args.file:
+        items += _items_from_file(args.file, args.domain)
+    if not items:
+        raise _Refused(f"{args.file} holds no experiences")
+    node = _Node(args)
+    result = _send(node, items, IMPORT_CHUNK)
+    by_domain = dict(Counter(item["domain"] for item in items))
+    if args.json:
+        _print_json({**result, "by_domain": by_domain})
+    else:
+        per = ", ".join(f"{d} {n}" for d, n in sorted(by_domain.items()))
+        print(
+            f"added {result['added']} experiences ({result['inserted']} new to the library): {per}"
+        )
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    if args.domain is not None:
+        _check_domain(args.domain)
+    call: dict[str, Any] = {"query": args.query, "k": args.k}
+    if args.domain is not None:
+        call["domain"] = args.domain
+    hits = _Node(args).call("search", **call).get("hits", [])
+    if args.json:
+        _print_json({"hits": hits})
+        return 0
+    if not hits:
+        print("no experiences found")
+        return 0
+    rows = [
+        (
+            f"{h.get('distance', 0):.3f}",
+            f"{h.get('quality', 0):.2f}",
+            h.get("domain", "?"),
+            h.get("origin", "?"),
+            h.get("text", ""),
+        )
+        for h in hits
+    ]
+    print(format_table(("DISTANCE", "QUALITY", "DOMAIN", "ORIGIN", "TEXT"), rows, right=(0, 1)))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# fai experiences import-telemetry
+# --------------------------------------------------------------------------------------------
+
+
+def extract_items(records) -> tuple[list[dict[str, Any]], Any]:
+    """Experiences as `add` items ({text, domain, quality, iteration}) plus ExtractionStats.
+
+    LocalDSOptimizer always embeds what it extracts. The node embeds again on `add` with the
+    fleet's model, so the optimizer here gets the cheap deterministic HashingEmbedder (8
+    dimensions) and a placeholder source key, and only text, domain, quality and iteration
+    of its output are kept: no model load, the same patterns and qualities.
+    """
+    from fai_core.embedding import HashingEmbedder
+    from fai_core.extraction import LocalDSOptimizer
+
+    optimizer = LocalDSOptimizer(HashingEmbedder(8), bytes(32))
+    extraction = optimizer.extract(records)
+    items = [
+        {
+            "text": e.text,
+            "domain": e.domain,
+            "quality": float(e.quality),
+            "iteration": int(e.iteration),
+        }
+        for e in extraction.experiences
+    ]
+    return items, extraction.stats
+
+
+def _import_telemetry(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from fai_core.telemetry import read_jsonl
+
+    label = args.source_name or args.file
+    progress = _Progress(args.progress)
+    try:
+        report = read_jsonl(args.file, skip_bad=True)
+    except OSError as exc:
+        raise _Refused(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    if report.skipped:
+        first = f" (first: {report.errors[0]})" if report.errors else ""
+        print(
+            f"fai: skipped {report.skipped} bad telemetry line(s) in {label}{first}",
+            file=sys.stderr,
+        )
+    progress(f"extracting experiences from {len(report.records)} records of {label} ...")
+    items, stats = extract_items(report.records)
+
+    node = _Node(args)
+    subscribed = list(node.call("info").get("domains", []))
+    newly: list[str] = []
+    wanted = sorted({item["domain"] for item in items})
+    missing = [d for d in wanted if d not in subscribed]
+    if args.subscribe:
+        for domain in missing:
+            if node.call("subscribe", domain=domain).get("subscribed"):
+                newly.append(domain)
+        subscribed += missing
+        missing = []
+    sendable = [item for item in items if item["domain"] in subscribed]
+    skipped = dict(Counter(item["domain"] for item in items if item["domain"] not in subscribed))
+
+    def step(done: int, total: int) -> None:
+        progress(f"imported {done}/{total} experiences from {label} ...")
+
+    result = _send(node, sendable, args.chunk_size, step) if sendable else {"added": 0}
+    result.setdefault("inserted", 0)
+    progress.done()
+    imported = dict(sorted(Counter(item["domain"] for item in sendable).items()))
+    summary = {
+        "source": label,
+        "records": len(report.records),
+        "bad_lines": report.skipped,
+        "experiences": len(items),
+        "imported": imported,
+        "added": result["added"],
+        "inserted": result["inserted"],
+        "skipped_unsubscribed": dict(sorted(skipped.items())),
+        "subscribed": newly,
+        "extraction": asdict(stats),
+    }
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(
+        f"{label}: {len(report.records)} records ({report.skipped} bad lines skipped), "
+        f"{stats.tasks} tasks, {stats.groups} groups -> {len(items)} experiences"
+    )
+    if newly:
+        print(f"subscribed to {', '.join(newly)}")
+    rows = [(d, n) for d, n in imported.items()]
+    rows += [(d, f"0 (skipped {n}: not subscribed)") for d, n in sorted(skipped.items())]
+    if rows:
+        print(format_table(("DOMAIN", "IMPORTED"), rows))
+    print(f"imported {result['added']} experiences ({result['inserted']} new to the library)")
+    if skipped:
+        print(
+            f"skipped {sum(skipped.values())} experiences of unsubscribed domains "
+            f"({', '.join(sorted(skipped))}); use --subscribe to import them"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# fai experiences export
+# --------------------------------------------------------------------------------------------
+
+
+def iter_export(node: _Node, domain: str | None, page: int = EXPORT_PAGE) -> Iterator[dict]:
+    """Every library entry, paged through the node's `export` action.
+
+    Offset paging over a live library can repeat an entry when a merge or an eviction lands
+    between two pages; repeats are dropped here by id. (An entry can also be missed in that
+    window; re-run the export for an exact snapshot of a quiet node.)
+    """
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        call: dict[str, Any] = {"offset": offset, "limit": page}
+        if domain is not None:
+            call["domain"] = domain
+        reply = node.call("export", **call)
+        items = reply.get("items") or []
+        for item in items:
+            ident = item.get("id")
+            if ident in seen:
+                continue
+            seen.add(ident)
+            yield item
+        nxt = reply.get("next")
+        if nxt is None or not items or nxt <= offset:
+            return
+        offset = int(nxt)
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.domain is not None:
+        _check_domain(args.domain)
+    node = _Node(args)
+    progress = _Progress(args.progress and bool(args.output))
+    if not args.output:
+        for entry in iter_export(node, args.domain):
+            sys.stdout.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return 0
+    target = Path(args.output)
+    partial = target.with_name(target.name + ".partial")
+    by_domain: Counter[str] = Counter()
+    try:
+        with open(partial, "w", encoding="utf-8", newline="\n") as out:
+            for entry in iter_export(node, args.domain):
+                out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                by_domain[entry.get("domain", "?")] += 1
+                total = sum(by_domain.values())
+                if total % EXPORT_PAGE == 0:
+                    progress(f"exported {total} experiences ...")
+        os.replace(partial, target)
+    except OSError as exc:
+        raise _Refused(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    progress.done()
+    total = sum(by_domain.values())
+    if args.json:
+        _print_json({"exported": total, "file": str(target), "by_domain": dict(by_domain)})
+    else:
+        per = ", ".join(f"{d} {n}" for d, n in sorted(by_domain.items())) or "nothing"
+        print(f"exported {total} experiences to {target}: {per}")
+    return 0

@@ -1,0 +1,332 @@
+"""A local devnet: Anvil on loopback, the token and registry, and N registered node processes.
+
+Everything `up` starts runs in its own session (detached from the terminal), and everything
+it starts is written to `<state_dir>/devnet.json`: other commands find the chain and the
+nodes there, and `down` stops exactly those processes by pid (after checking each pid still
+runs what we started, since pids are reused). Keys are generated per devnet and written to
+files of mode 0600 under the state directory; they hold only devnet funds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fai_core.errors import FaiError
+from fai_core.reputation import atomic_write_json
+from fai_net.settings import REPO_ROOT
+
+DEFAULT_STATE_DIR = REPO_ROOT / "devnet" / "state"
+STATE_FILE = "devnet.json"
+CHAIN_ID = 31337
+#: Tokens each operator gets; each bonds the registry minimum and keeps the rest.
+OPERATOR_TOKENS = 1_000
+
+Progress = Callable[[str], None]
+
+
+class DevnetError(FaiError):
+    """The devnet cannot do what was asked (already up, not up, a step failed)."""
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def state_path(state_dir: Path) -> Path:
+    return Path(state_dir) / STATE_FILE
+
+
+def load_state(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
+    path = state_path(state_dir)
+    if not path.exists():
+        raise DevnetError(f"no devnet is up (no {path}); start one with `fai devnet up`")
+    return json.loads(path.read_text())
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int | None, marker: str) -> bool:
+    """True if `pid` runs and its command line contains `marker` (pids are reused)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def up(
+    nodes: int = 3,
+    domains: list[tuple[str, ...]] | None = None,
+    *,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    embedder: str = "minilm",
+    allow_raw_publish: bool = False,
+    progress: Progress = _quiet,
+    node_args: list[str] | None = None,
+) -> dict[str, Any]:
+    """Start Anvil, deploy, fund/stake/advertise `nodes` operators, start their nodes."""
+    from eth_account import Account
+    from web3 import Web3
+
+    from fai_net.chain.anvil import Anvil
+    from fai_net.node_identity import KEY_FILE, NodeIdentity
+    from fai_net.registry import deploy_registry
+    from fai_net.registry.deploy import TOKEN
+
+    state_dir = Path(state_dir)
+    if state_path(state_dir).exists():
+        old = load_state(state_dir)
+        if _alive(old.get("anvil_pid"), "anvil") or any(
+            _alive(n.get("pid"), "fai_net") for n in old.get("nodes", [])
+        ):
+            raise DevnetError(
+                f"a devnet is already up ({state_path(state_dir)}); `fai devnet down`"
+            )
+    if not 1 <= nodes <= 20:
+        raise DevnetError("a devnet has 1..20 nodes")
+    domains = domains or [("coding", "writing")]
+    state_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = state_dir / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir.mkdir()
+    state: dict[str, Any] = {"state_dir": str(state_dir), "run_dir": str(run_dir), "nodes": []}
+    started: list[int] = []
+    try:
+        progress("starting anvil on 127.0.0.1")
+        anvil = Anvil(chain_id=CHAIN_ID).start()
+        started.append(anvil.process.pid)
+        state.update(rpc_url=anvil.url, chain_id=CHAIN_ID, anvil_pid=anvil.process.pid)
+        w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 30}))
+        owner = Account.from_key(secrets.token_bytes(32))
+        _write_secret(run_dir / "owner.key", owner.key.hex())
+        w3.provider.make_request("anvil_setBalance", [owner.address, hex(10**22)])
+        progress("deploying the token and the DSO registry")
+        reg = deploy_registry(w3, owner)
+        state.update(
+            registry=reg.address,
+            token=reg.token_address,
+            owner=owner.address,
+            owner_key_file=str(run_dir / "owner.key"),
+        )
+        atomic_write_json(state_path(state_dir), state)
+        launched = []
+        for i in range(nodes):
+            name = f"node{i}"
+            node_domains = tuple(domains[i % len(domains)])
+            data_dir = run_dir / name
+            data_dir.mkdir()
+            seed = secrets.token_bytes(32)
+            _write_secret(data_dir / KEY_FILE, "")  # create 0600 first, then the bytes
+            (data_dir / KEY_FILE).write_bytes(seed)
+            identity = NodeIdentity.from_seed(seed)
+            operator = Account.from_key(secrets.token_bytes(32))
+            op_file = run_dir / f"{name}.operator.key"
+            _write_secret(op_file, operator.key.hex())
+            w3.provider.make_request("anvil_setBalance", [operator.address, hex(10**21)])
+            reg.tx.send(
+                owner, reg.token.functions.transfer(operator.address, OPERATOR_TOKENS * TOKEN)
+            )
+            port = _free_port()
+            addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
+            progress(f"{name}: staking and advertising {addr}")
+            reg.register(operator)
+            reg.advertise(operator, identity.public_key, [addr])
+            args = [
+                *("--data-dir", str(data_dir), "--listen", f"/ip4/127.0.0.1/tcp/{port}"),
+                *("--rpc", anvil.url, "--registry", reg.address),
+                *("--operator-key-file", str(op_file), "--embedder", embedder),
+                *[x for d in node_domains for x in ("--domain", d)],
+                *(["--allow-raw-publish"] if allow_raw_publish else []),
+                *(node_args or []),
+            ]
+            log_path = run_dir / f"{name}.log"
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "fai_net.cli", "node", "run", *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=REPO_ROOT,
+                )
+            started.append(proc.pid)
+            node = {
+                "name": name,
+                "data_dir": str(data_dir),
+                "domains": list(node_domains),
+                "operator": operator.address,
+                "operator_key_file": str(op_file),
+                "peer_id": str(identity.peer_id),
+                "public_key": identity.public_key.hex(),
+                "addr": addr,
+                "pid": proc.pid,
+                "control_socket": str(data_dir / "control.sock"),
+                "log": str(log_path),
+            }
+            state["nodes"].append(node)
+            launched.append((node, proc))
+        atomic_write_json(state_path(state_dir), state)
+        progress(f"waiting for {nodes} node(s) to start (embedder: {embedder})")
+        for node, proc in launched:
+            info = _wait_ready(Path(node["data_dir"]), proc, Path(node["log"]))
+            node["metrics_port"] = info.get("metrics_port")
+            progress(f"{node['name']} up: {node['peer_id'][:16]}… domains {node['domains']}")
+        atomic_write_json(state_path(state_dir), state)
+        return state
+    except BaseException:
+        for pid in reversed(started):
+            _terminate(pid)
+        state_path(state_dir).unlink(missing_ok=True)
+        raise
+
+
+def _wait_ready(data_dir: Path, proc: subprocess.Popen, log: Path, timeout: float = 180.0):
+    ready = data_dir / "node.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            raise DevnetError(f"{data_dir.name} exited {proc.returncode}:\n" + "\n".join(tail))
+        if ready.exists():
+            try:
+                return json.loads(ready.read_text())
+            except ValueError:
+                pass
+        time.sleep(0.2)
+    raise DevnetError(f"{data_dir.name} did not start within {timeout:.0f} s (log: {log})")
+
+
+def _terminate(pid: int, timeout: float = 20.0) -> bool:
+    """SIGTERM the process group, then SIGKILL; True if it had to be killed."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return False
+        _reap(pid)
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def down(state_dir: Path = DEFAULT_STATE_DIR, progress: Progress = _quiet) -> dict[str, Any]:
+    """Stop every process the devnet started (nodes first, then the chain)."""
+    state = load_state(state_dir)
+    stopped, killed = [], []
+    for node in state.get("nodes", []):
+        if _alive(node.get("pid"), "fai_net"):
+            progress(f"stopping {node['name']} (pid {node['pid']})")
+            (killed if _terminate(node["pid"]) else stopped).append(node["name"])
+    if _alive(state.get("anvil_pid"), "anvil"):
+        progress(f"stopping anvil (pid {state['anvil_pid']})")
+        _terminate(state["anvil_pid"])
+        stopped.append("anvil")
+    state_path(state_dir).unlink(missing_ok=True)
+    return {"stopped": stopped, "killed": killed, "run_dir": state.get("run_dir")}
+
+
+def node_client(node: dict[str, Any], timeout: float = 60.0):
+    from fai_net.control import ControlClient
+
+    return ControlClient(node["control_socket"], timeout=timeout)
+
+
+def status(state: dict[str, Any]) -> dict[str, Any]:
+    """Each node as its own status reports it, plus its stake and how its peers rate it."""
+    from fai_net.control import ControlError, NodeNotRunning
+
+    rows = []
+    seen_by: dict[str, list[float]] = {}
+    reports = {}
+    for node in state["nodes"]:
+        try:
+            client = node_client(node, timeout=20)
+            reports[node["name"]] = (client.call("status"), client.call("peers")["peers"])
+        except (NodeNotRunning, ControlError, OSError):
+            reports[node["name"]] = None
+    for report in reports.values():
+        if report is None:
+            continue
+        for peer in report[1]:
+            if peer.get("reputation") is not None:
+                seen_by.setdefault(peer["node_id"], []).append(peer["reputation"])
+    registry = _registry_rows(state)
+    for node in state["nodes"]:
+        report = reports[node["name"]]
+        chain = registry.get(node["operator"], {})
+        scores = seen_by.get(node["peer_id"], [])
+        rows.append(
+            {
+                "name": node["name"],
+                "peer_id": node["peer_id"],
+                "running": report is not None,
+                "domains": report[0]["domains"] if report else node["domains"],
+                "peers": report[0]["peers"] if report else None,
+                "library": report[0]["library_by_domain"] if report else None,
+                "batches": report[0]["batches_stored"] if report else None,
+                "rejections": report[0]["rejections"] if report else None,
+                "evidence": report[0]["evidence"] if report else None,
+                "reputation": round(sum(scores) / len(scores), 3) if scores else None,
+                **chain,
+            }
+        )
+    return {"rpc_url": state["rpc_url"], "registry": state["registry"], "nodes": rows}
+
+
+def _registry_rows(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from web3 import Web3
+
+    from fai_net.registry import RegistryClient
+    from fai_net.registry.deploy import TOKEN
+
+    try:
+        w3 = Web3(Web3.HTTPProvider(state["rpc_url"], request_kwargs={"timeout": 5}))
+        reg = RegistryClient(w3, state["registry"])
+        now = reg.block_timestamp()
+    except Exception as exc:  # the chain is down: report the nodes anyway
+        return {n["operator"]: {"chain_error": str(exc)[:120]} for n in state["nodes"]}
+    out = {}
+    for node in state["nodes"]:
+        info = reg.operator(node["operator"])
+        out[node["operator"]] = {
+            "stake": info.stake / TOKEN,
+            "live": reg.is_live(node["operator"]),
+            "jailed": info.jailed,
+            "ad_expires_in_s": max(0, info.ad_expiry - now) if info.ad_expiry else None,
+        }
+    return out
