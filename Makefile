@@ -9,9 +9,10 @@ DEVNET_STAMP := devnet/node_modules/.installed
 
 .PHONY: demo test lint bench contracts clean
 
-# The main job.
+# The main job: a devnet of 5 staked nodes shares experiences, catches an equivocating
+# node and slashes it on-chain, prints what each node learned, and stops everything.
 demo: $(STAMP) $(DEVNET_STAMP)
-	$(VENV)/bin/fai demo
+	$(VENV)/bin/fai devnet demo
 
 # The whole test suite: lint, then pytest.
 test: $(STAMP) $(DEVNET_STAMP)
