@@ -4,7 +4,10 @@
         [--nodes N] [--duration S] [--interval S] [--grace S] [--no-bare] [--keep]
 
 Defaults: 10 nodes, the real embedder (all-MiniLM-L6-v2), 120 s; `--quick` = 4 nodes, 30 s;
-`--embedder hashing` for a fast functional check (its re-embedding costs nothing).
+`--embedder hashing` for a fast functional check (its re-embedding costs nothing). With
+hashing, DeltaSoup drops ~45% of these rows as semantic_mismatch, batches fail, and
+after ~12 batches per sender reputations fall below the gate's threshold: a long hashing
+run reports lost batches (the fleet stops accepting from anyone); use it with --quick.
 
 What runs. N `fai node run` processes (`--open`, one domain, `--broadcast-threshold 20`,
 `--round-interval 0.5`, `--repair-interval 10`, `--event-log`), node 0 first, node 1
@@ -1100,6 +1103,18 @@ def summarise(s: Settings, fai: dict, bare: dict | None, replay: dict | None) ->
     }
     fai["experiences_merged"] = sum(n["metrics"]["fai_experiences_merged_total"] for n in nodes)
     fai["experiences_received"] = recv_texts
+
+    def fleet_sum(key: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for n in nodes:
+            for k, v in n["metrics"][key].items():
+                out[k] = out.get(k, 0.0) + v
+        return {k: v for k, v in sorted(out.items()) if v}
+
+    # Experiences DeltaSoup dropped and batches the gate refused, in the window, fleet-wide
+    # (a refusal is counted per copy that reached a validator, not per batch).
+    fai["experiences_dropped"] = fleet_sum("dropped")
+    fai["gate_rejections"] = fleet_sum("rejected")
     out = {"fai": fai, "replay": replay, "bare": bare}
     targets: dict = {"fai_lost_batches": fai["lost_batches"], "zero_lost": fai["lost_batches"] == 0}
     if bare is not None:
@@ -1176,13 +1191,20 @@ def print_table(report: dict) -> None:
         f"batches: fai published {fai['published_batches']}/{fai['expected_batches']}, "
         f"pairs delivered {fai['delivered_pairs']}/{fai['expected_pairs']} "
         f"{fai['delivered_by']}, not merged {fai['not_merged_pairs']}, "
-        f"lost {fai['lost_batches']}"
+        f"lost {fai['lost_batches']}; dropped experiences {fai['experiences_dropped']}, "
+        f"gate rejections {fai['gate_rejections']}"
         + (
             f"; bare published {bare['published_batches']}, pairs "
             f"{bare['delivered_pairs']}/{bare['expected_pairs']}, lost {bare['lost_batches']}"
             if bare
             else ""
         )
+    )
+    sch = fai["schedule"]
+    print(
+        f"schedule: {sch['add_calls']} adds, {sch['skipped_slots']} slots skipped (node busy), "
+        f"add call p50/p95 {sch['add_call_s']['p50']}/{sch['add_call_s']['p95']} s; FAI "
+        f"window {fai['window_s']} s, bare window {bare['window_s'] if bare else None} s"
     )
     print("cpu (fleet totals / received batches)")
     for k, v in fai["cpu"].items():
@@ -1232,7 +1254,9 @@ def main(argv=None) -> int:
     def on_term(signum, frame):
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell that starts the bench in the background leaves SIGINT ignored.
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     root = Path(tempfile.mkdtemp(prefix="faib-", dir="/tmp"))
     procs: list[Proc] = []
     load0 = os.getloadavg()

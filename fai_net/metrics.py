@@ -96,7 +96,8 @@ class NodeMetrics:
         self.stage_seconds = Counter(
             "fai_stage_seconds",
             "Time spent per receive stage: validate (gate CPU on the event loop), "
-            "round (merge-thread CPU), embed (wall time re-embedding received texts)",
+            "round (merge-thread CPU), embed (wall time re-embedding received texts), "
+            "embed_local (wall time embedding the node's own new experiences)",
             ["stage"],
             registry=r,
         )

@@ -401,7 +401,8 @@ class Node:
             # backlog: their batch stays unmerged in the store until they are merged, so a
             # restart re-queues it (merging is idempotent by experience id).
             self.store.mark_merged(report.done)
-            self._event("merged", cids=[p.batch.cid_text for p in taken])
+            # Only batches DeltaSoup finished: rows deferred to its backlog merge later.
+            self._event("merged", cids=[dagcbor.cid_text(c) for c in report.done])
             self.reputation.save()
             return report
 
@@ -457,7 +458,7 @@ class Node:
                 raise ControlError("bad_request", problem)
         texts = [item["text"] for item in items]
         vectors = await trio.to_thread.run_sync(
-            self.embedder.embed, texts, limiter=self._lib_limiter
+            self.embedder.embed_as, "embed_local", texts, limiter=self._lib_limiter
         )
         key = self.identity.public_key
         created = now_ms()
@@ -920,13 +921,18 @@ class _TimedEmbedder:
         self.model_id, self.dimension = inner.model_id, inner.dimension
 
     def embed(self, texts):
+        """Called by DeltaSoup for received texts (stage `embed`)."""
+        return self.embed_as("embed", texts)
+
+    def embed_as(self, stage: str, texts):
+        """Wall time: torch may use intra-op threads that thread_time would not see."""
         started = time.perf_counter()
         try:
             return self.inner.embed(texts)
         finally:
             metrics = getattr(self.node, "metrics", None)
             if metrics is not None:
-                metrics.spent("embed", time.perf_counter() - started)
+                metrics.spent(stage, time.perf_counter() - started)
 
 
 def _item_problem(item: object, domains: list[str]) -> str | None:
