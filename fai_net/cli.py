@@ -106,6 +106,10 @@ def _add_node_commands(commands) -> None:
     run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_node_run)
+    from fai_net.cli_node import add_node_client_commands
+
+    add_node_client_commands(sub, commands)
+    node.set_defaults(handler=lambda _args: node.print_help() or 2)
     mcp = commands.add_parser(
         "mcp",
         help="serve the dso_network tool over MCP (stdio) for a running node",

@@ -109,7 +109,11 @@ def add_node_client_commands(node_subparsers, commands) -> None:
     )
     p.add_argument("--domain", help="domain of the --text items (default for --file lines)")
     p.add_argument("--text", action="append", default=[], help="pattern text (repeat)")
-    p.add_argument("--quality", type=float, help="quality in (0, 1) (node default 0.5)")
+    p.add_argument(
+        "--quality",
+        type=float,
+        help="quality in (0, 1) of the --text items, default for --file lines (node: 0.5)",
+    )
     p.add_argument("--file", help="JSONL file of experiences ('-' = stdin)")
     p.set_defaults(handler=_guarded(_add))
 
@@ -161,6 +165,13 @@ def add_node_client_commands(node_subparsers, commands) -> None:
     )
     p.add_argument("--domain", help="only this domain")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument(
+        "--page-size",
+        type=_int_in(1, 1000),
+        default=EXPORT_PAGE,
+        metavar="N",
+        help=f"entries per export call, 1..1000 (default {EXPORT_PAGE})",
+    )
     p.add_argument(
         "--progress", action="store_true", help="progress on stderr even when it is not a TTY"
     )
@@ -484,7 +495,9 @@ def _unsubscribe(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _items_from_file(path: str, default_domain: str | None) -> list[dict[str, Any]]:
+def _items_from_file(
+    path: str, default_domain: str | None, default_quality: float | None
+) -> list[dict[str, Any]]:
     """{text, domain, quality?, iteration?} per non-blank line; a bad line is refused with
     its number before anything is sent."""
     name = "<stdin>" if path == "-" else path
@@ -509,6 +522,8 @@ def _items_from_file(path: str, default_domain: str | None) -> list[dict[str, An
                 raise _Refused(f"{where}: unknown field(s) {unknown}")
             item = {k: v for k, v in obj.items() if v is not None}
             item.setdefault("domain", default_domain)
+            if default_quality is not None:
+                item.setdefault("quality", default_quality)
             if item["domain"] is None:
                 raise _Refused(f"{where}: no domain (give one in the line or --domain)")
             _check_text(item["text"], where)
@@ -568,7 +583,7 @@ def _add(args: argparse.Namespace) -> int:
             item["quality"] = args.quality
         items.append(item)
     if args.file:
-        items += _items_from_file(args.file, args.domain)
+        items += _items_from_file(args.file, args.domain, args.quality)
     if not items:
         raise _Refused(f"{args.file} holds no experiences")
     node = _Node(args)
@@ -754,7 +769,7 @@ def _export(args: argparse.Namespace) -> int:
     node = _Node(args)
     progress = _Progress(args.progress and bool(args.output))
     if not args.output:
-        for entry in iter_export(node, args.domain):
+        for entry in iter_export(node, args.domain, args.page_size):
             sys.stdout.write(json.dumps(entry, ensure_ascii=False) + "\n")
         sys.stdout.flush()
         return 0
@@ -763,7 +778,7 @@ def _export(args: argparse.Namespace) -> int:
     by_domain: Counter[str] = Counter()
     try:
         with open(partial, "w", encoding="utf-8", newline="\n") as out:
-            for entry in iter_export(node, args.domain):
+            for entry in iter_export(node, args.domain, args.page_size):
                 out.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 by_domain[entry.get("domain", "?")] += 1
                 total = sum(by_domain.values())

@@ -829,6 +829,8 @@ class Node:
                 raise ControlError("bad_request", "experiences: a list of 1..1000 items")
             try:
                 return await self.add_experiences(items)
+            except ControlError:
+                raise
             except (KeyError, TypeError, ValueError, FaiError) as exc:
                 raise ControlError("bad_request", f"bad experience: {exc}") from None
 
