@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     _add_node_commands(commands)
     _add_devnet_commands(commands)
+    from fai_net.cli_registry import add_registry_commands
+
+    add_registry_commands(commands)
     return parser
 
 
