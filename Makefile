@@ -25,6 +25,7 @@ bench: $(STAMP) $(DEVNET_STAMP)
 	$(PY) bench/fidelity.py --json
 	$(PY) bench/library.py --json
 	$(PY) bench/gas.py --json
+	$(PY) bench/fleet.py --json
 
 # Recompile the Solidity sources into contracts/artifacts (commit the result).
 contracts: $(DEVNET_STAMP)
