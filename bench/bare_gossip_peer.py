@@ -29,14 +29,12 @@ import os
 import secrets
 import signal
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.tools.anyio_service import background_trio_service
 
-from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs
+from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs, running
 from fai_net.node_identity import NodeIdentity
 
 
@@ -69,13 +67,7 @@ async def main(directory: Path, topic: str, seeds: list[str]) -> None:
         events.write(json.dumps({"ev": kind, "id": msg_id, "t": t}) + "\n")
 
     try:
-        async with AsyncExitStack() as stack:
-            await stack.enter_async_context(background_trio_service(pubsub))
-            await stack.enter_async_context(background_trio_service(router))
-            await stack.enter_async_context(
-                host.run(listen_addrs=parse_multiaddrs(["/ip4/127.0.0.1/tcp/0"]))
-            )
-            await pubsub.wait_until_ready()
+        async with running(host, pubsub, router, ["/ip4/127.0.0.1/tcp/0"]):
             subscription = await pubsub.subscribe(topic)
             addrs = [str(a) for a in host.get_addrs()]
             _write_json(

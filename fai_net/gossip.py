@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import multiaddr
@@ -30,7 +31,9 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.tools.anyio_service import background_trio_service
 
+from fai_core.errors import FaiError
 from fai_core.wire import MAX_ENVELOPE_BYTES
 
 GOSSIPSUB_PROTOCOLS = (TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0"))
@@ -95,6 +98,25 @@ def build_host(key_pair: KeyPair, settings: GossipSettings) -> tuple[IHost, Pubs
         max_inbound_rpc_size=settings.max_inbound_rpc_size,
     )
     return host, pubsub, router
+
+
+@asynccontextmanager
+async def running(host: IHost, pubsub: Pubsub, router: GossipSub, listen: Sequence[str]):
+    """Start the pubsub services, then the host (the other order crashes py-libp2p on the
+    first peer), and wait until pubsub is ready. Refuses a host that got no address: a
+    failed bind is only logged by py-libp2p, which then runs unreachable."""
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(background_trio_service(pubsub))
+        await stack.enter_async_context(background_trio_service(router))
+        await stack.enter_async_context(host.run(listen_addrs=parse_multiaddrs(listen)))
+        if not host.get_addrs():
+            raise ListenError(f"could not listen on {', '.join(listen)}")
+        await pubsub.wait_until_ready()
+        yield host
+
+
+class ListenError(FaiError):
+    """No listen address could be bound."""
 
 
 def parse_multiaddrs(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:

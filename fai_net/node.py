@@ -26,14 +26,12 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.tools.anyio_service import background_trio_service
 
 from fai_core import bitdelta, dagcbor
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop
@@ -45,7 +43,7 @@ from fai_core.wire import Batch, decode_envelope, encode_batch
 from fai_net import evidence, repair
 from fai_net.batch_store import BatchStore
 from fai_net.control import ControlError, UnknownAction, serve_control, validate_dso_args
-from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs
+from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs, running
 from fai_net.membership import Membership, OpenMembership, RegistryMembership
 from fai_net.metrics import NodeMetrics, serve_metrics
 from fai_net.node_config import NodeConfig
@@ -66,10 +64,6 @@ TEMPORARY_REFUSALS = frozenset({"not_member", "future", "low_reputation", "inter
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class NodeStartError(FaiError):
-    """The node cannot start as configured (address in use, data dir locked, ...)."""
 
 
 @dataclass
@@ -174,17 +168,7 @@ class Node:
                 metrics_server, self.metrics_port = serve_metrics(self.metrics, cfg.metrics_port)
             else:
                 self.metrics_port = None
-            async with AsyncExitStack() as stack:
-                # Pubsub before host.run: py-libp2p otherwise fails on the first peer.
-                await stack.enter_async_context(background_trio_service(self.pubsub))
-                await stack.enter_async_context(background_trio_service(self.router))
-                await stack.enter_async_context(
-                    self.host.run(listen_addrs=parse_multiaddrs(cfg.listen))
-                )
-                if not self.host.get_addrs():
-                    # py-libp2p logs a failed bind and carries on with no address.
-                    raise NodeStartError(f"could not listen on {', '.join(cfg.listen)}")
-                await self.pubsub.wait_until_ready()
+            async with running(self.host, self.pubsub, self.router, cfg.listen):
                 self.host.set_stream_handler(
                     repair.PROTOCOL_ID, repair.make_handler(lambda: self.store)
                 )

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.tools.anyio_service import background_trio_service
 
-from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs
+from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs, running
 from fai_net.node_identity import NodeIdentity
 
 
@@ -32,13 +30,7 @@ async def main(seed_hex: str, target: str, plan_path: str) -> None:
     # Honest nodes use content-addressed message ids, so their own seen cache would stop a
     # replay of the same bytes at the source; a rogue numbers its messages instead.
     pubsub._msg_id_constructor = lambda msg: msg.from_id + msg.seqno
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(background_trio_service(pubsub))
-        await stack.enter_async_context(background_trio_service(router))
-        await stack.enter_async_context(
-            host.run(listen_addrs=parse_multiaddrs(["/ip4/127.0.0.1/tcp/0"]))
-        )
-        await pubsub.wait_until_ready()
+    async with running(host, pubsub, router, ["/ip4/127.0.0.1/tcp/0"]):
         await host.connect(info_from_p2p_addr(parse_multiaddrs([target])[0]))
         topic = plan["topic"]
         subscription = await pubsub.subscribe(topic)
