@@ -28,17 +28,26 @@ def _node_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fai_net.node_config import NodeConfig
+    from fai_net.settings import resolve
 
+    # Flags, then FAI_* variables, then fai.toml (`data_dir`, `rpc`, `registry`, `key_file`,
+    # `domains = [...]`); the devnet state is not consulted: a node joins a chain explicitly.
+    flags = {"data_dir": args.data_dir, "key_file": args.operator_key_file}
+    if not args.open:
+        flags.update(rpc=args.rpc, registry=args.registry)
+    settings = resolve(flags, config=args.config, devnet_state="/nonexistent")
+    toml_domains = settings.toml.get("domains", []) if settings.toml else []
+    key_file = settings.get("key_file")
     config = NodeConfig(
-        data_dir=Path(args.data_dir),
-        domains=tuple(args.domain),
+        data_dir=Path(settings.require("data_dir")),
+        domains=tuple(args.domain or toml_domains),
         listen=tuple(args.listen or ["/ip4/127.0.0.1/tcp/0"]),
         seeds=tuple(args.seed or []),
         embedder=args.embedder,
         open_membership=args.open,
-        rpc_url=args.rpc,
-        registry=args.registry,
-        operator_key_file=Path(args.operator_key_file) if args.operator_key_file else None,
+        rpc_url=None if args.open else settings.get("rpc"),
+        registry=None if args.open else settings.get("registry"),
+        operator_key_file=Path(key_file) if key_file else None,
         broadcast_interval_s=args.broadcast_interval,
         broadcast_threshold=args.broadcast_threshold,
         round_interval_s=args.round_interval,
@@ -80,8 +89,9 @@ def _add_node_commands(commands) -> None:
         description="Run an FAI node: a libp2p host on loopback gossiping experience "
         "batches on one topic per domain, with repair, discovery and a control socket.",
     )
-    run.add_argument("--data-dir", required=True, help="node state: key, library, batches")
-    run.add_argument("--domain", action="append", required=True, help="domain tag (repeat)")
+    run.add_argument("--data-dir", help="node state: key, library, batches (or FAI_DATA_DIR)")
+    run.add_argument("--domain", action="append", help="domain tag (repeat; or fai.toml)")
+    run.add_argument("--config", help="a fai.toml with data_dir, rpc, registry, domains, ...")
     run.add_argument("--listen", action="append", help="multiaddr (default 127.0.0.1, any port)")
     run.add_argument("--seed", action="append", help="peer multiaddr with /p2p/ id (repeat)")
     run.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")

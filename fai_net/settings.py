@@ -43,6 +43,7 @@ class Settings:
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     devnet: dict[str, Any] | None = None
+    toml: dict[str, Any] | None = None
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.values.get(name, default)
@@ -98,6 +99,7 @@ def resolve(
         toml = load_toml(Path(toml_path))
     state_path = Path(devnet_state or env.get("FAI_DEVNET_STATE") or DEFAULT_DEVNET_STATE)
     settings.devnet = load_devnet_state(state_path)
+    settings.toml = toml
     devnet_values = {}
     if settings.devnet:
         devnet_values = {
