@@ -335,7 +335,39 @@ def _too_large() -> bytes:
     return _error(None, Code.TOO_LARGE, f"request line exceeds {MAX_LINE} bytes")
 
 
+#: Deepest JSON nesting a request may have. Importing web3 raises the interpreter's
+#: recursion limit to 100,000 (py_ecc does it), and the C JSON decoder then overflows the
+#: C stack, a segfault, on a line of a few thousand brackets, before any RecursionError.
+MAX_NESTING = 32
+
+
+def _too_deep(line: bytes, limit: int = MAX_NESTING) -> bool:
+    """True if the JSON text nests deeper than `limit`; brackets inside strings don't count."""
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False  # the common case: no scan needed
+    depth, in_string, escaped = 0, False, False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
 async def _answer(line: bytes, handler: Handler) -> bytes:
+    if _too_deep(line):
+        return _error(None, Code.BAD_REQUEST, f"request nests deeper than {MAX_NESTING} levels")
     try:
         request = json.loads(line)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

@@ -451,3 +451,19 @@ def test_validate_dso_args_refuses(action, args, code, needle):
         validate_dso_args(action, args)
     assert info.value.code == code
     assert needle in info.value.message
+
+
+def test_deep_nesting_is_refused_before_parsing_even_with_web3s_recursion_limit():
+    """web3 (py_ecc) raises the recursion limit to 100,000; json.loads of a few thousand
+    brackets then segfaulted the process. The nesting guard refuses such lines unparsed."""
+    import sys
+
+    from fai_net.control import MAX_NESTING, _too_deep
+
+    assert sys.getrecursionlimit() >= 1000
+    assert _too_deep(b"[" * 5000 + b"]" * 5000)
+    assert _too_deep(b'{"a":' * (MAX_NESTING + 1) + b"1" + b"}" * (MAX_NESTING + 1))
+    assert not _too_deep(b'{"a":' * MAX_NESTING + b"1" + b"}" * MAX_NESTING)
+    # Brackets inside strings, and many siblings, are not nesting.
+    assert not _too_deep(b'{"t": "' + b"[" * 500 + b'", "x": [' + b"{}," * 999 + b"{}]}")
+    assert not _too_deep(b'{"t": "\\"[[[[' + b"[" * 100 + b'"}')
