@@ -8,6 +8,12 @@ threshold is deprioritised: DeltaSoup skips its batches and the gossip layer pre
 Only outcomes that are provably the peer's doing may be recorded: a batch whose signature
 did not verify could claim any sender, so it must not cost that sender anything.
 
+Optionally a score recovers toward `initial` with time (`recovery_half_life_ms`, with an
+explicit clock, so the core stays deterministic): a peer below the threshold is refused
+before any of its batches is evaluated, so without recovery one bad spell (or a bug, or a
+badly calibrated check) would exclude an honest peer for good. A Byzantine peer recovers
+too, but at half the distance per half-life, and loses 0.1 per failure again at once.
+
 The scores survive restarts in a small JSON file, replaced atomically (temp file, fsync,
 rename, fsync of the directory), so a crash leaves either the old or the new file, never a
 torn one; without that a Byzantine peer would be forgiven by every restart.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_GAMMA = 0.9
@@ -36,6 +43,8 @@ class ReputationBook:
         gamma: float = DEFAULT_GAMMA,
         initial: float = DEFAULT_INITIAL,
         threshold: float = DEFAULT_THRESHOLD,
+        recovery_half_life_ms: int | None = None,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         if not 0.0 < gamma < 1.0:
             raise ValueError("gamma must lie in (0, 1)")
@@ -44,13 +53,26 @@ class ReputationBook:
         self.gamma = gamma
         self.initial = initial
         self.threshold = threshold
+        if recovery_half_life_ms is not None and (recovery_half_life_ms <= 0 or clock_ms is None):
+            raise ValueError("recovery needs a positive half-life and a clock")
+        self.recovery_half_life_ms = recovery_half_life_ms
+        self.clock_ms = clock_ms
         self.path = Path(path) if path is not None else None
         self._scores: dict[bytes, float] = {}
+        self._stamps: dict[bytes, int] = {}  # when each score was last recorded (recovery)
         if self.path is not None and self.path.exists():
             self._load(self.path)
 
     def score(self, peer: bytes) -> float:
-        return self._scores.get(peer, self.initial)
+        stored = self._scores.get(peer)
+        if stored is None:
+            return self.initial
+        if self.recovery_half_life_ms is None or peer not in self._stamps:
+            return stored
+        elapsed = max(0, self.clock_ms() - self._stamps[peer])
+        return self.initial - (self.initial - stored) * 0.5 ** (
+            elapsed / self.recovery_half_life_ms
+        )
 
     def deprioritised(self, peer: bytes) -> bool:
         return self.score(peer) < self.threshold
@@ -59,10 +81,12 @@ class ReputationBook:
         """Fold one outcome into the peer's score and return the new score (not saved yet)."""
         new = self.gamma * self.score(peer) + (1.0 - self.gamma) * (1.0 if passed else 0.0)
         self._scores[peer] = new
+        if self.clock_ms is not None:
+            self._stamps[peer] = self.clock_ms()
         return new
 
     def peers(self) -> dict[bytes, float]:
-        return dict(self._scores)
+        return {peer: self.score(peer) for peer in list(self._scores)}
 
     def save(self) -> None:
         """Write all scores atomically to `path` (no-op for an in-memory book)."""
@@ -73,6 +97,8 @@ class ReputationBook:
             "gamma": self.gamma,
             "peers": {peer.hex(): score for peer, score in sorted(self._scores.items())},
         }
+        if self._stamps:
+            data["stamps"] = {peer.hex(): t for peer, t in sorted(self._stamps.items())}
         atomic_write_json(self.path, data)
 
     def _load(self, path: Path) -> None:
@@ -84,6 +110,10 @@ class ReputationBook:
             if len(peer) != 32 or not isinstance(score, float | int) or not 0 <= score <= 1:
                 raise ValueError(f"{path}: bad entry {hex_key!r}: {score!r}")
             self._scores[peer] = float(score)
+        for hex_key, stamp in data.get("stamps", {}).items():
+            peer = bytes.fromhex(hex_key)
+            if peer in self._scores and isinstance(stamp, int) and stamp >= 0:
+                self._stamps[peer] = stamp
 
 
 def atomic_write_json(path: Path, data: object) -> None:

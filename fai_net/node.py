@@ -136,7 +136,11 @@ class Node:
         own_newest = self.store.newest_seq(self.identity.public_key)
         if own_newest is not None:
             self.store.ensure_seq_above(own_newest)
-        self.reputation = ReputationBook(cfg.data_dir / "reputation.json")
+        self.reputation = ReputationBook(
+            cfg.data_dir / "reputation.json",
+            recovery_half_life_ms=cfg.reputation_half_life_ms,
+            clock_ms=now_ms,
+        )
         self.soup = DeltaSoup(
             embedder,
             reputation=self.reputation,

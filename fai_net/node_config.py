@@ -50,6 +50,9 @@ class NodeConfig:
     library_capacity: int | None = None
     #: JSON lines of batch events (publishing, accepted, merged) for benchmarks and audits.
     event_log: Path | None = None
+    #: A peer's reputation recovers halfway to 1.0 per this long without new outcomes: a
+    #: peer below the floor is never evaluated, so it could not recover otherwise.
+    reputation_half_life_ms: int = 3_600_000
     #: Devnet demonstrations only: the control socket may publish unchecked bytes.
     allow_raw_publish: bool = False
     extra: dict = field(default_factory=dict)

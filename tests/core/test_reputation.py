@@ -39,3 +39,37 @@ def test_corrupt_file_refused(tmp_path):
     path.write_text(json.dumps({"format": 1, "peers": {PEER.hex(): 7}}))
     with pytest.raises(ValueError):
         ReputationBook(path)
+
+
+def test_scores_recover_toward_initial_with_the_given_clock(tmp_path):
+    """Without recovery a peer below the floor is never evaluated again: excluded for good."""
+    now = [1_000_000]
+    hour = 3_600_000
+    book = ReputationBook(
+        tmp_path / "rep.json", recovery_half_life_ms=hour, clock_ms=lambda: now[0]
+    )
+    for _ in range(12):
+        book.record(PEER, passed=False)
+    low = book.score(PEER)
+    assert low < book.threshold and book.deprioritised(PEER)
+    now[0] += hour  # one half-life: half the distance back to 1.0
+    assert book.score(PEER) == pytest.approx(1.0 - (1.0 - low) / 2)
+    assert not book.deprioritised(PEER)
+    # A failure after recovery costs the usual 10% of the recovered score at once.
+    recovered = book.score(PEER)
+    assert book.record(PEER, passed=False) == pytest.approx(0.9 * recovered)
+    book.save()
+    reopened = ReputationBook(
+        tmp_path / "rep.json", recovery_half_life_ms=hour, clock_ms=lambda: now[0]
+    )
+    assert reopened.score(PEER) == pytest.approx(book.score(PEER))
+    now[0] += 10 * hour
+    assert reopened.score(PEER) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError):
+        ReputationBook(recovery_half_life_ms=hour)  # a half-life without a clock
+
+
+def test_without_recovery_a_score_stays_put():
+    book = ReputationBook()
+    book.record(PEER, passed=False)
+    assert book.score(PEER) == pytest.approx(0.9)

@@ -162,3 +162,20 @@ def test_registry_membership_check_never_calls_the_chain():
     assert m.check(b) == "no_operator_sig"
     forged = type(b)(b.envelope, b.batch, b.signature, bytes(np.arange(65, dtype=np.uint8)))
     assert m.check(forged) == "bad_operator_sig"
+
+
+def test_a_deprioritised_sender_is_admitted_again_after_recovery(tmp_path):
+    """The node's book recovers with time, so an honest peer that fell below the floor is
+    evaluated again instead of being refused for good."""
+    now = [now_ms()]
+    book = ReputationBook(recovery_half_life_ms=3_600_000, clock_ms=lambda: now[0])
+    store = BatchStore.open(tmp_path / "s")
+    gate = BatchGate(store, OpenMembership(), book, GatePolicy(EMB.model_id, EMB.dimension))
+    gate.domains = {"coding"}
+    for _ in range(12):
+        book.record(SENDER.public_key, passed=False)
+    b = batch(0)
+    assert gate.admit(b.envelope, now[0], origin="repair").reason == "low_reputation"
+    now[0] += 3_600_000
+    assert gate.admit(b.envelope, now[0], origin="repair").verdict is Verdict.ACCEPT
+    store.close()
