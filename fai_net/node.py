@@ -18,6 +18,7 @@ time (`_lib`); the batch store and the reputation book are touched only on the e
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -49,7 +50,7 @@ from fai_net.metrics import NodeMetrics, serve_metrics
 from fai_net.node_config import NodeConfig
 from fai_net.node_identity import NodeIdentity, load_or_create, public_key_of
 from fai_net.topics import domain_of, topic_for
-from fai_net.validation import BatchGate, GatePolicy, GateResult, Verdict
+from fai_net.validation import BatchGate, GatePolicy, GateResult, RefusalCache, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class Node:
         self._broadcast_wakeup = trio.Event()
         self._round_wakeup = trio.Event()
         self._recent: deque[dict] = deque(maxlen=1000)  # newest merged experiences
+        self._refused = RefusalCache(ttl_s=config.seen_ttl_s)
         self._nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
         self._events = None
@@ -307,6 +309,10 @@ class Node:
         now = now_ms()
         state = self.peers.setdefault(forwarder, PeerState())
         state.last_seen_ms = now
+        key = hashlib.sha256(topic.encode() + b"\0" + msg.data).digest()
+        if self._refused.seen(key, now / 1000):
+            self.metrics.reject("refused_again")
+            return False
         cpu = time.thread_time()
         result = self.gate.admit(
             msg.data,
@@ -316,6 +322,8 @@ class Node:
             forwarder=public_key_of(forwarder),
         )
         self.metrics.spent("validate", time.thread_time() - cpu)
+        if result.verdict is not Verdict.ACCEPT:
+            self._refused.add(key, now / 1000)
         return self._after_admit(result, len(msg.data), "gossip")
 
     def _after_admit(self, result: GateResult, size: int, origin: str) -> bool:

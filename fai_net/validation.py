@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -173,6 +174,40 @@ class BatchGate:
         self.on_reject(reason)
         log.info("rejected batch: %s: %s", reason, detail)
         return GateResult(Verdict.REJECT, reason, signed)
+
+
+class RefusalCache:
+    """Message keys the gate refused or ignored recently, so their copies skip the gate.
+
+    py-libp2p marks a message as seen only once it passes validation, so every copy of a
+    refused message (one per mesh peer, and again whenever a peer re-sends it) would be
+    decoded and signature-checked anew: measured ~10 gate runs per refused batch, and a
+    cheap amplifier for anyone flooding junk. Accepted messages never enter; a refusal for
+    a reason that may pass later is retried by repair, which does not use this cache.
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = 8192) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def seen(self, key: bytes, now_s: float) -> bool:
+        stamp = self._entries.get(key)
+        if stamp is None:
+            return False
+        if now_s - stamp > self.ttl_s:
+            del self._entries[key]
+            return False
+        return True
+
+    def add(self, key: bytes, now_s: float) -> None:
+        self._entries[key] = now_s
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
 
 
 def _short(key: bytes | None) -> str:

@@ -179,3 +179,14 @@ def test_a_deprioritised_sender_is_admitted_again_after_recovery(tmp_path):
     now[0] += 3_600_000
     assert gate.admit(b.envelope, now[0], origin="repair").verdict is Verdict.ACCEPT
     store.close()
+
+
+def test_refusal_cache_expires_and_stays_bounded():
+    from fai_net.validation import RefusalCache
+
+    cache = RefusalCache(ttl_s=2.0, max_entries=3)
+    cache.add(b"a", 100.0)
+    assert cache.seen(b"a", 101.5) and not cache.seen(b"a", 102.5)
+    for i, key in enumerate((b"1", b"2", b"3", b"4")):
+        cache.add(key, 200.0 + i)
+    assert len(cache) == 3 and not cache.seen(b"1", 203.0) and cache.seen(b"4", 203.0)

@@ -179,3 +179,38 @@ def test_a_failing_round_is_counted_and_the_node_keeps_running():
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_copies_of_a_refused_message_skip_the_gate():
+    """py-libp2p re-validates every copy of a refused message; the node answers copies from
+    its refusal cache, so junk costs one decode, not one per copy."""
+
+    class Msg:
+        def __init__(self, data: bytes, topic: str) -> None:
+            self.data, self.topicIDs = data, [topic]
+
+    async def main():
+        async with trio.open_nursery() as n:
+            node = await start(n, config("refuser"))
+            other = await start(n, config("sender"))
+            junk = Msg(b"\xa1\x61x\xff", "/fai/exp/1/coding")
+            calls = {"n": 0}
+            real = node.gate.admit
+
+            def counting(*args, **kwargs):
+                calls["n"] += 1
+                return real(*args, **kwargs)
+
+            node.gate.admit = counting
+            assert node._validator(other.peer_id, junk) is False
+            for _ in range(5):
+                assert node._validator(other.peer_id, junk) is False
+            assert calls["n"] == 1
+            counts = node.metrics.rejections()
+            assert counts["malformed_cbor"] == 1 and counts["refused_again"] == 5
+            # The same bytes on another topic are another message: judged afresh.
+            assert node._validator(other.peer_id, Msg(junk.data, "/fai/exp/1/writing")) is False
+            assert calls["n"] == 2
+            n.cancel_scope.cancel()
+
+    trio.run(main)
