@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 from fai_core.errors import FaiError
 from fai_core.reputation import atomic_write_json
+from fai_net.chain.anvil import free_port
 from fai_net.settings import REPO_ROOT
 
 DEFAULT_STATE_DIR = REPO_ROOT / "devnet" / "state"
@@ -58,12 +58,6 @@ def _write_secret(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid: int | None, marker: str) -> bool:
@@ -148,7 +142,7 @@ def up(
             reg.tx.send(
                 owner, reg.token.functions.transfer(operator.address, OPERATOR_TOKENS * TOKEN)
             )
-            port = _free_port()
+            port = free_port()
             addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
             progress(f"{name}: staking and advertising {addr}")
             reg.register(operator)

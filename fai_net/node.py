@@ -484,6 +484,7 @@ class Node:
         return {"added": len(exps), "inserted": result.inserted, "ids": [e.id.hex() for e in exps]}
 
     async def _broadcast_loop(self) -> None:
+        started = trio.current_time()
         while True:
             with trio.move_on_after(1.0):
                 await self._broadcast_wakeup.wait()
@@ -491,18 +492,13 @@ class Node:
             clock = trio.current_time()
             for domain in self.store.outbox_domains():
                 count = self.store.outbox_count(domain)
-                last = self._last_broadcast.get(domain, self._started_clock())
+                last = self._last_broadcast.get(domain, started)
                 due = clock - last >= self.config.broadcast_interval_s
                 if count >= self.config.broadcast_threshold or (count and due):
                     try:
                         await self.broadcast(domain)
                     except Exception:  # one bad domain must not stop the rest
                         log.exception("broadcast of %s failed", domain)
-
-    def _started_clock(self) -> float:
-        if not hasattr(self, "_clock0"):
-            self._clock0 = trio.current_time()
-        return self._clock0
 
     async def broadcast(self, domain: str) -> dict:
         """Publish the domain's outbox now, in batches of at most `max_batch`."""
@@ -886,7 +882,7 @@ class Node:
 
         async def batches(args: dict):
             domain = args.get("domain")
-            cids = self.store.cids(domain) if domain is None else self.store.cids(str(domain))
+            cids = self.store.cids(None if domain is None else str(domain))
             return {"count": len(cids), "cids": sorted(dagcbor.cid_text(c) for c in cids)}
 
         async def stop(args: dict):

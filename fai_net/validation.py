@@ -8,10 +8,11 @@ node accepts. Order matters and is cheapest-first, with attribution in mind:
    to nobody (the sender field could be forged); failures after it are charged to the
    sender. The forwarding peer is charged for any decode failure, because an honest
    node's validator would not have relayed it.
-2. duplicate (CID already stored): ignored, not counted as a rejection, never forwarded
-   twice. Gossip redelivers after its seen-cache expires, and repair overlaps gossip.
-3. topic/domain consistency, model, freshness (T_max for gossip; the longer repair window
-   for batches the fleet already accepted).
+2. a repair reply the node did not ask for (charged to that peer); then duplicate (CID
+   already stored): ignored, no fault, never forwarded twice. Gossip redelivers after its
+   seen cache expires, and repair overlaps gossip.
+3. topic/domain consistency (charged to the relay), model and group size, freshness (T_max
+   for gossip; the longer repair window for batches the fleet already accepted).
 4. membership (registry snapshot, or the explicit open mode).
 5. per-sender sequence: a second CID for a stored (sender, seq) is equivocation: both
    signed envelopes are kept as evidence and the batch refused. A seq far behind the

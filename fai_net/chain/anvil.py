@@ -37,7 +37,8 @@ def anvil_binary() -> Path:
     return ANVIL_BIN
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the caller binds it soon)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -79,7 +80,7 @@ class Anvil:
         binary = anvil_binary()
         last_error = ""
         for _ in range(attempts):
-            self.port = _free_port()
+            self.port = free_port()
             # Closed by stop(), which every path out of start() (or the caller) reaches.
             self._log = tempfile.TemporaryFile(prefix="anvil-", suffix=".log")  # noqa: SIM115
             try:

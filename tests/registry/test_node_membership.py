@@ -8,13 +8,13 @@ operator is slashed, the other nodes stop accepting its node and hang up on it.
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from pathlib import Path
 
 from eth_account import Account
 
+from fai_net.chain.anvil import free_port
 from fai_net.node_identity import KEY_FILE, NodeIdentity
 from fai_net.registry.client import SignedBatchHeader
 
@@ -26,12 +26,6 @@ from _fleet import Fleet, corpus_by_domain, wait_for
 TEXTS = corpus_by_domain()["coding"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _prepare(fleet: Fleet, env: Env, name: str, op, seed_byte: int, *, advertise: bool):
     """Give the node a known identity, an operator key file and (optionally) an ad."""
     data_dir = fleet.root / name
@@ -41,7 +35,7 @@ def _prepare(fleet: Fleet, env: Env, name: str, op, seed_byte: int, *, advertise
     key_file.write_bytes(seed)
     key_file.chmod(0o600)
     identity = NodeIdentity.from_seed(seed)
-    port = _free_port()
+    port = free_port()
     addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
     if advertise:
         env.reg.register(op)
