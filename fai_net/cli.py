@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fai_net.cli_registry import add_registry_commands
 
     add_registry_commands(commands)
+    from fai_net.cli_sim import add_sim_command
+
+    add_sim_command(commands)
     return parser
 
 
