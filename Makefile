@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVNET_STAMP := devnet/node_modules/.installed
 
-.PHONY: demo test lint bench contracts clean
+.PHONY: demo test lint bench evaluate contracts clean
 
 # The main job: a devnet of 5 staked nodes shares experiences, catches an equivocating
 # node and slashes it on-chain, prints what each node learned, and stops everything.
@@ -26,6 +26,12 @@ bench: $(STAMP) $(DEVNET_STAMP)
 	$(PY) bench/library.py --json
 	$(PY) bench/gas.py --json
 	$(PY) bench/fleet.py --json
+	$(PY) bench/sim.py --json
+
+# The evaluation report: the simulator grid behind docs/evaluation.md and docs/img/
+# (about 45 minutes on 2 cores; finished runs are cached in bench/.evaluation-cache/).
+evaluate: $(STAMP)
+	$(PY) bench/evaluate.py --jobs 2
 
 # Recompile the Solidity sources into contracts/artifacts (commit the result).
 contracts: $(DEVNET_STAMP)
