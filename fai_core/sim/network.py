@@ -1,16 +1,20 @@
 """Gossip on a simulated network: who receives each batch, when, and at what byte cost.
 
 One mesh per domain topic, over the topic's subscribers: every subscriber grafts `k / 2`
-random others, so the undirected mesh has mean degree k (gossipsub's D; the paper's fanout
-k = 8), and a topic of at most k + 1 members is a full mesh. A published batch is pushed
-eagerly along the mesh: each live node that receives it for the first time forwards it to
-its other live mesh peers. Every hop takes U(10, 100) ms and is lost with probability
-1%, independently per (batch, hop), so a node's first arrival time is the shortest path
-through the surviving hops. Paths are relaxed for all of a topic's batches of a round at
-once (Bellman-Ford over the edge list, vectorised over batches), which gives exactly the
-per-hop event order of a discrete-event run without one Python event per hop.
+random others, so every member has at least k / 2 mesh peers and the mean degree tends to k
+(gossipsub's D; the paper's fanout k = 8) as the topic grows (about 7.5 at 40 members,
+where two nodes often graft each other); a topic of at most k + 1 members is a full mesh.
+A published batch is pushed eagerly along the mesh: each live node that receives it for
+the first time forwards it to its other live mesh peers. Every hop takes U(10, 100) ms
+and is lost with probability 1%, independently per (batch, hop), so a node's first
+arrival time is the shortest path through the surviving hops. Paths are relaxed for all of
+a topic's batches of a round at once (Bellman-Ford over the edge list, vectorised over
+batches), which gives exactly the per-hop event order of a discrete-event run without one
+Python event per hop.
 
-What is not modelled: gossipsub's lazy IHAVE/IWANT gossip (a node the eager push missed is
+Latency decides only the reported delivery percentiles: every batch is delivered in the
+round it was published, and receivers aggregate at the end of each round. What is not
+modelled: gossipsub's lazy IHAVE/IWANT gossip (a node the eager push missed is
 recovered by FAI's repair protocol in the next round instead) and mesh maintenance (the
 mesh is drawn once; dead members simply stop forwarding).
 """

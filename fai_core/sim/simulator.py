@@ -1,11 +1,16 @@
 """The fleet simulator: N agent nodes, four ways of sharing, one simulated network.
 
-Everything but the sockets is FAI's real code. Honest nodes encode their new experiences
-with `wire.encode_batch` (BitDelta against their library mean, DAG-CBOR, CID, Ed25519
-signature); every envelope is decoded and verified with `wire.decode_envelope`; receivers
-run `DeltaSoup.aggregate` (with its reputation book, on the simulated clock) and merge the
-result under the library's own record order (`library.record_key`). The network, the
-workload and the adversary are simulated: see network.py, workload.py and adversary.py.
+FAI's real code does the work that decides outcomes. Honest nodes encode their new
+experiences with `wire.encode_batch` (BitDelta against their library mean, DAG-CBOR, CID,
+Ed25519 signature) and, like the node's outbox, withhold an id whose library record a peer's
+better one has replaced; every envelope is decoded and verified with `wire.decode_envelope`;
+receivers run `DeltaSoup.aggregate` (with its reputation book, on the simulated clock) and
+merge the result under the library's own record order (`library.record_key`). Stand-ins:
+the receiver's re-embedding of texts looks up the shipped all-MiniLM-L6-v2 vectors of the
+corpus (`TableEmbedder`, the same model's output, not its cost), and a library is a dict
+under that record order (a test replays a node's writes into a real LanceDB library). The
+network, the workload and the adversary are simulated: see network.py, workload.py and
+adversary.py.
 
 One run computes four methods on the same workload and the same network:
 
@@ -136,6 +141,7 @@ class _Node:
     receiver: _Receiver | None = None
     repair: list[bytes] = field(default_factory=list)  # CIDs to fetch next round
     repair_due: list[bytes] = field(default_factory=list)  # CIDs fetched this round
+    published: list[bytes] = field(default_factory=list)  # CIDs of the node's own batches
 
 
 def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
@@ -370,19 +376,25 @@ class Simulation:
                 if not node.byzantine and _wins(e, self.central.get(e.id)):
                     self.central[e.id] = e
                 self._fai_put(node, e)
-                if not self.cfg.share:  # shared receivers average the node's own batch
-                    acc = node.naive_own.setdefault(
-                        e.id, [np.zeros(e.dimension), 0.0, 0, e.text, dom]
-                    )
-                    acc[0] += e.embedding
-                    acc[1] += e.quality
-                    acc[2] += 1
+                acc = node.naive_own.setdefault(e.id, [np.zeros(e.dimension), 0.0, 0, e.text, dom])
+                acc[0] += e.embedding
+                acc[1] += e.quality
+                acc[2] += 1
+            # As the node's outbox does: publish the library's record of each id, and only
+            # while it is the node's own (a peer's better record of the same pattern has
+            # already reached the fleet).
+            mine = node.key.public_key
+            send = [node.fai[i] for i in sorted(exps) if node.fai[i].source == mine]
+            self.stats["withheld"] += len(exps) - len(send)
+            if not send:
+                continue
             node.seq += 1
             baseline = node.fai_sum / len(node.fai)
             sb = wire.encode_batch(
-                sorted(exps.values(), key=lambda e: e.id), key=node.key, seq=node.seq,
-                timestamp_ms=ts, model=DEFAULT_MODEL, baseline=baseline,
+                send, key=node.key, seq=node.seq, timestamp_ms=ts, model=DEFAULT_MODEL,
+                baseline=baseline,
             )  # fmt: skip
+            node.published.append(sb.cid)
             out.append((node, dom, sb))
         return out
 
@@ -638,6 +650,17 @@ class Simulation:
         extra = [i for i in node.naive_own if i not in where]
         if node.naive_own:
             sums, q, c = sums.copy(), q.copy(), c.copy()
+            if self.cfg.share:
+                # A shared receiver averaged the node's own batches as received copies; a
+                # node holds its own originals instead (naive_own, added below).
+                for cid in node.published:
+                    b = self.batches[cid][3]
+                    emb = b.embeddings()
+                    for j, ident in enumerate(b.ids):
+                        k = where[ident]
+                        sums[k] -= emb[j]
+                        q[k] -= float(b.quality[j])
+                        c[k] -= 1
             for i, acc in node.naive_own.items():
                 j = where.get(i)
                 if j is not None:
@@ -751,6 +774,7 @@ class Simulation:
                 "repair_bytes_per_node_per_round": float(
                     np.mean([x.get("repair_bytes_per_node", 0.0) for x in rounds])
                 ),
+                "withheld_experiences": int(s["withheld"]),
                 "failures": int(s["failures"]),
                 "rejoins": int(s["rejoins"]),
             },
