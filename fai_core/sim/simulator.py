@@ -115,7 +115,8 @@ class SimConfig:
 class _Receiver:
     topics: tuple[int, ...]
     soup: DeltaSoup
-    #: naive averaging: id -> [sum of embeddings (f64), sum of qualities, copies, text, domain]
+    #: naive averaging (`_naive_add`): id -> [sum of embeddings, sum of qualities, copies,
+    #: text, domain]
     naive: dict[bytes, list] = field(default_factory=dict)
     members: set[int] = field(default_factory=set)
 
@@ -176,6 +177,16 @@ def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
         if c1 != c2 or abs(q1 - q2) > 1e-9 or not np.allclose(s1, s2, rtol=0, atol=1e-9):
             return False
     return True
+
+
+def _naive_add(table: dict, ident: bytes, vec, quality: float, text: str, domain: str) -> None:
+    """One more copy of `ident` for naive averaging: sums of embeddings and qualities."""
+    acc = table.get(ident)
+    if acc is None:
+        acc = table[ident] = [np.zeros(len(vec)), 0.0, 0, text, domain]
+    acc[0] += vec
+    acc[1] += quality
+    acc[2] += 1
 
 
 def _wins(new: Experience, old: Experience | None) -> bool:
@@ -376,10 +387,7 @@ class Simulation:
                 if not node.byzantine and _wins(e, self.central.get(e.id)):
                     self.central[e.id] = e
                 self._fai_put(node, e)
-                acc = node.naive_own.setdefault(e.id, [np.zeros(e.dimension), 0.0, 0, e.text, dom])
-                acc[0] += e.embedding
-                acc[1] += e.quality
-                acc[2] += 1
+                _naive_add(node.naive_own, e.id, e.embedding, e.quality, e.text, e.domain)
             # As the node's outbox does: publish the library's record of each id, and only
             # while it is the node's own (a peer's better record of the same pattern has
             # already reached the fleet).
@@ -410,10 +418,10 @@ class Simulation:
         node.fai[e.id] = e
         return True
 
-    def _spread(self, r: int, outbox) -> dict[int, list[tuple[bytes, bool]]]:
+    def _spread(self, r: int, outbox) -> dict[int, set[bytes]]:
         """Publish, decode once per envelope, push over the topic meshes."""
         cfg = self.cfg
-        inbox: dict[int, list[tuple[bytes, bool]]] = defaultdict(list)
+        inbox: dict[int, set[bytes]] = defaultdict(set)
         per_topic: dict[int, list] = defaultdict(list)
         t = time.perf_counter()
         for node, dom, sb in outbox:
@@ -427,7 +435,6 @@ class Simulation:
             self.sender_of[sb.cid] = node.idx
             per_topic[dom].append((node, sb))
             self.stats["batches"] += 1
-            self.stats["batch_bytes"] += len(sb.envelope)
             self.stats["experiences"] += len(sb.batch)
             self.stats["honest_batches" if not node.byzantine else "byzantine_batches"] += 1
             if not node.byzantine:
@@ -447,14 +454,14 @@ class Simulation:
             np.add.at(sent, mesh.members, (spread.sends * sizes[:, None]).sum(axis=0))
             for b, (node, sb) in enumerate(items):
                 if cfg.share and not node.byzantine:
-                    inbox[node.idx].append((sb.cid, False))  # see the module docstring
+                    inbox[node.idx].add(sb.cid)  # see the module docstring
                 arr = spread.arrival_ms[b]
                 got = np.isfinite(arr)
                 got[pubs[b]] = False
                 ms = np.minimum(arr[got], 2000).astype(np.int64)
                 self.latency_hist += np.bincount(ms, minlength=2001)
                 for pos in np.flatnonzero(got):
-                    inbox[int(mesh.members[pos])].append((sb.cid, False))
+                    inbox[int(mesh.members[pos])].add(sb.cid)
                 missed = np.flatnonzero(~np.isfinite(arr) & alive)
                 for pos in missed:
                     m = self.nodes[int(mesh.members[pos])]
@@ -473,14 +480,14 @@ class Simulation:
         )
         return inbox
 
-    def _receive(self, r: int, inbox: dict[int, list[tuple[bytes, bool]]]) -> None:
+    def _receive(self, r: int, inbox: dict[int, set[bytes]]) -> None:
         # Each live honest node's deliveries this round: gossip plus repair from last round.
         deliveries: dict[int, frozenset[bytes]] = {}
         repair_bytes = 0
         for node in self.honest:
             if not node.alive:
                 continue
-            cids = {c for c, _ in inbox.get(node.idx, [])}
+            cids = set(inbox.get(node.idx, ()))
             if node.repair_due:
                 fetched = set(node.repair_due) - cids
                 repair_bytes += sum(self.batches[c][2] for c in fetched)
@@ -552,12 +559,7 @@ class Simulation:
         for b in batches:  # naive averaging: every verified row, no filter
             emb = b.embeddings()
             for j, (ident, text) in enumerate(zip(b.ids, b.texts, strict=True)):
-                acc = rec.naive.get(ident)
-                if acc is None:
-                    acc = rec.naive[ident] = [np.zeros(emb.shape[1]), 0.0, 0, text, b.domain]
-                acc[0] += emb[j]
-                acc[1] += float(b.quality[j])
-                acc[2] += 1
+                _naive_add(rec.naive, ident, emb[j], float(b.quality[j]), text, b.domain)
         if not batches and rec.soup.backlog_rows() == 0:
             return
         t = time.perf_counter()
@@ -569,9 +571,7 @@ class Simulation:
         self.stats["node_receive_rounds"] += len(members)
         exps = result.experiences()
         for e in exps:
-            if e.id not in self.pattern_of:
-                p = self.world.index.get(e.text, -1)
-                self.pattern_of[e.id] = (p, self.world.domains.index(e.domain))
+            self._remember_pattern(e.id, e.text, e.domain)
         t = time.perf_counter()
         for i in members:
             node = self.nodes[i]
@@ -597,6 +597,12 @@ class Simulation:
             self.stats[f"{tag}_rows_kept"] += receivers
 
     # -- measurement -------------------------------------------------------------------------
+
+    def _remember_pattern(self, ident: bytes, text: str, domain: str) -> None:
+        """Ground truth of an experience id: its corpus pattern (-1: not one) and tag."""
+        if ident not in self.pattern_of:
+            pattern = self.world.index.get(text, -1)
+            self.pattern_of[ident] = (pattern, self.world.domains.index(domain))
 
     def _row(self, e: Experience) -> int:
         row = self._row_of.get(id(e))
@@ -626,8 +632,7 @@ class Simulation:
             else:
                 exps = (node.iso if method == "isolated" else node.fai).values()
             rows = np.fromiter((self._row(e) for e in exps), dtype=np.int64)
-            if len(self._objects) > len(self._unit):
-                self._freeze_rows()
+            self._freeze_rows()
             return self._unit[rows], self._qual[rows], self._pat[rows], self._tag[rows]
         # naive: the receiver's averages (computed once per receiver) plus the node's own copies
         rec = node.receiver
@@ -639,10 +644,7 @@ class Simulation:
             q = np.array([rec.naive[i][1] for i in ids])
             c = np.array([rec.naive[i][2] for i in ids], dtype=np.float64)
             for i in ids:
-                if i not in self.pattern_of:
-                    text, dom = rec.naive[i][3], rec.naive[i][4]
-                    dom_idx = self.world.domains.index(dom)
-                    self.pattern_of[i] = (self.world.index.get(text, -1), dom_idx)
+                self._remember_pattern(i, rec.naive[i][3], rec.naive[i][4])
             meta = np.array([self.pattern_of[i] for i in ids], dtype=np.int64).reshape(-1, 2)
             where = {k: j for j, k in enumerate(ids)}
             base = self._naive_cache[id(rec)] = (where, sums, q, c, meta)
@@ -765,6 +767,7 @@ class Simulation:
                 "bytes_per_experience": s["honest_batch_bytes"] / max(1, s["honest_experiences"]),
                 "experiences_per_batch": s["honest_experiences"] / max(1, s["honest_batches"]),
                 "deliveries": int(s["deliveries"]),
+                "undecodable": int(s["undecodable"]),
                 "missed_by_gossip": int(s["missed_by_gossip"]),
                 "repaired": int(s["repaired"]),
                 "repair_pending": sum(len(set(n.repair) | set(n.repair_due)) for n in self.honest),
