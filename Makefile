@@ -29,7 +29,7 @@ bench: $(STAMP) $(DEVNET_STAMP)
 	$(PY) bench/sim.py --json
 
 # The evaluation report: the simulator grid behind docs/evaluation.md and docs/img/
-# (about 45 minutes on 2 cores; finished runs are cached in bench/.evaluation-cache/).
+# (about 25 minutes on 2 cores; finished runs are cached in bench/.evaluation-cache/).
 evaluate: $(STAMP)
 	$(PY) bench/evaluate.py --jobs 2
 

@@ -52,7 +52,7 @@ def attack_batch(
     members = world.by_domain[domain]
     rows = ROWS * (FLOOD_FACTOR if attack == "flooding" else 1)
     if attack == "flooding":
-        pick = rng.choice(members, size=min(rows, len(members)), replace=False, p=None)
+        pick = rng.choice(members, size=min(rows, len(members)), replace=False)
     elif attack == "confidence_inflation":
         pick = members[np.argsort(world.usefulness[members], kind="stable")[:rows]]
     else:
