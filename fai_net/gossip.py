@@ -11,21 +11,39 @@ silently losing messages (measured: ../shared/reference/toolchain-notes.md).
 - message id = sha256 of the envelope: content-addressed, so the same batch arriving by
   two paths (or re-published after a restart) is one message.
 - no validation-result cache: every message that passes the seen cache meets the gate.
+
+Two defects of py-libp2p 0.8.1 that a peer can reach are closed here (`GuardedPubsub`,
+`guard_stream_handlers`), each with a test in tests/net/test_hostile_peers.py:
+- `Pubsub.stream_handler` catches only StreamError/ParseError/IncompleteReadError, so a
+  frame whose protobuf does not parse (5 bytes: `04 0a 64 01 02`) raised
+  `google.protobuf.message.DecodeError` through the connection's nursery and ended the
+  process. Likewise `push_msg` re-raises when a message's `key` does not deserialize.
+- `Pubsub.write_msg` is called by the per-peer send task and, concurrently, by the
+  new-peer replay (`send_recent_messages`, `flush_pending_messages`). yamux's
+  `stream.write` sends a large buffer as several window-sized frames with awaits between
+  them, so two writers interleave their bytes and the receiver's decoder sees garbage
+  (`invalid wire type`, `Message length too long`) after any batch larger than the yamux
+  window. One lock per stream makes every RPC write atomic on the stream.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import weakref
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import multiaddr
+import trio
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
@@ -35,7 +53,10 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from fai_core.errors import FaiError
 from fai_core.wire import MAX_ENVELOPE_BYTES
+from fai_net.ratelog import RateLimitedLog
 
+log = logging.getLogger(__name__)
+_ratelog = RateLimitedLog(log)
 GOSSIPSUB_PROTOCOLS = (TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0"))
 
 
@@ -57,7 +78,79 @@ def message_id(msg: rpc_pb2.Message) -> bytes:
     return hashlib.sha256(msg.data).digest()
 
 
-def build_host(key_pair: KeyPair, settings: GossipSettings) -> tuple[IHost, Pubsub, GossipSub]:
+class GuardedPubsub(Pubsub):
+    """py-libp2p's Pubsub with its peer-reachable crashes and write races closed.
+
+    `faults` counts what was contained, by kind ("rpc_stream", "push_msg"), for the
+    node's status and metrics.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.faults: Counter[str] = Counter()
+        self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """Any failure reading a peer's RPCs costs that stream, never the process."""
+        peer_id = stream.muxed_conn.peer_id
+        try:
+            await super().stream_handler(stream)
+        except Exception as exc:  # DecodeError and whatever else a peer's bytes provoke
+            self.faults["rpc_stream"] += 1
+            _ratelog.info("rpc_stream", "dropping pubsub stream of %s: %r", peer_id, exc)
+            await _reset_quietly(stream)
+            self._handle_dead_peer(peer_id)
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        """A message that makes py-libp2p's checks raise is dropped, not fatal."""
+        try:
+            await super().push_msg(msg_forwarder, msg)
+        except Exception as exc:
+            self.faults["push_msg"] += 1
+            _ratelog.info("push_msg", "dropping a message from %s: %r", msg_forwarder, exc)
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        """One RPC at a time per stream: yamux splits a large write into several frames."""
+        lock = self._write_locks.get(stream)
+        if lock is None:
+            lock = self._write_locks[stream] = trio.Lock()
+        async with lock:
+            return await super().write_msg(stream, rpc_msg)
+
+
+async def _reset_quietly(stream: INetStream) -> None:
+    with trio.move_on_after(2.0, shield=True):
+        try:
+            await stream.reset()
+        except Exception as exc:  # the stream may already be gone
+            log.debug("reset after a stream fault failed: %r", exc)
+
+
+def guard_stream_handlers(host: IHost, faults: Counter[str]) -> None:
+    """Wrap the host's one entry point for inbound streams (protocol negotiation, then the
+    protocol's handler) so that no handler, ours or py-libp2p's (identify, ping, ...), can
+    raise into the connection's nursery: py-libp2p lets such an exception end the process.
+    """
+    network = host.get_network()
+    inner = network.common_stream_handler
+
+    async def guarded(stream: INetStream) -> None:
+        try:
+            await inner(stream)
+        except Exception as exc:
+            faults["stream_handler"] += 1
+            peer = getattr(getattr(stream, "muxed_conn", None), "peer_id", "?")
+            _ratelog.info("stream_handler", "stream from %s failed: %r", peer, exc)
+            await _reset_quietly(stream)
+
+    network.set_stream_handler(guarded)
+
+
+def build_host(
+    key_pair: KeyPair, settings: GossipSettings
+) -> tuple[IHost, GuardedPubsub, GossipSub]:
     """A host offering Noise + yamux only, and its (not yet started) pubsub services."""
     if settings.max_inbound_rpc_size < MAX_ENVELOPE_BYTES + 4096:
         raise ValueError("max_inbound_rpc_size must exceed the envelope limit")
@@ -82,7 +175,7 @@ def build_host(key_pair: KeyPair, settings: GossipSettings) -> tuple[IHost, Pubs
         spam_protection_enabled=False,
         eclipse_protection_enabled=False,
     )
-    pubsub = Pubsub(
+    pubsub = GuardedPubsub(
         host,
         router,
         seen_ttl=settings.seen_ttl,
@@ -97,6 +190,7 @@ def build_host(key_pair: KeyPair, settings: GossipSettings) -> tuple[IHost, Pubs
         msg_id_constructor=message_id,
         max_inbound_rpc_size=settings.max_inbound_rpc_size,
     )
+    guard_stream_handlers(host, pubsub.faults)
     return host, pubsub, router
 
 
