@@ -106,6 +106,10 @@ class DeltaSoupConfig:
     seq_window: int = 4096
     cap_factor: float = 1.0
     min_cap: int = 8
+    #: Absolute ceiling on the cap (None: none). The median-relative cap does not bind a
+    #: sender that is alone (or the majority) in a round; this bounds the rows, hence the
+    #: re-embeddings, any one sender costs per round.
+    max_cap: int | None = None
     #: Rows over a round's cap wait in a per-sender backlog of at most this many rows (taken
     #: first, oldest first, in later rounds); rows beyond it are dropped as over_cap.
     max_backlog_rows: int = 4096
@@ -493,6 +497,8 @@ def _filter_rows(
     # raise the cap, and a round without new traffic drains at `min_cap` per sender.
     counts = np.bincount(node[fresh], minlength=len(senders))
     cap = max(cfg.min_cap, math.floor(cfg.cap_factor * float(np.median(counts))))
+    if cfg.max_cap is not None:
+        cap = min(cap, cfg.max_cap)
     seqs = np.repeat(np.array([b.seq for b in batches]), sizes)
     id_rank = _id_rank(ids)
     # lexsort: last key is the primary one.

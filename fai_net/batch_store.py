@@ -29,6 +29,7 @@ after another, never concurrently.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator
@@ -179,10 +180,13 @@ class BatchStore:
         code does not know: silently reading a future layout could lose seq bookkeeping.
         """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / STORE_FILE
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # Batches, evidence and the outbox are the operator's: owner-only, whatever the
+            # umask (SQLite gives its -wal and -shm files the database file's mode).
+            os.chmod(path, 0o600)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
         try:
@@ -406,11 +410,15 @@ class BatchStore:
         """Delete batches whose timestamp is below `older_than_ms`; returns how many.
 
         Senders' newest seqs are kept (they live in their own table), so a replay of a
-        pruned old seq is still recognisable as old.
+        pruned old seq is still recognisable as old. Batches not yet merged are kept.
         """
         with self._tx() as conn:
             bound = _to_sql(_clamp_u64(older_than_ms))
-            return conn.execute("DELETE FROM batches WHERE timestamp_ms < ?", (bound,)).rowcount
+            return conn.execute(
+                "DELETE FROM batches WHERE timestamp_ms < ? "
+                "AND cid NOT IN (SELECT cid FROM unmerged)",
+                (bound,),
+            ).rowcount
 
     # -- own sequence numbers --------------------------------------------------------------
 

@@ -44,6 +44,9 @@ class Membership(Protocol):
     def operator_signer(self) -> Callable[[BatchHeader], bytes] | None:
         """Signs this node's batch headers for the registry, when it has an operator key."""
 
+    def stake_weight(self, peer_key: bytes) -> float:
+        """The factor on this peer's receive budget (fai_net/admission.py)."""
+
 
 @dataclass
 class OpenMembership:
@@ -66,6 +69,14 @@ class OpenMembership:
     def operator_signer(self) -> Callable[[BatchHeader], bytes] | None:
         return None
 
+    def stake_weight(self, peer_key: bytes) -> float:
+        return 1.0  # no stake in open mode: the forwarder budget does the work
+
+
+#: Stake weights are the stake over the median live stake, clamped to this range: more
+#: stake buys more bandwidth, but no operator's budget falls to nothing or grows unbounded.
+STAKE_WEIGHT_RANGE = (0.5, 4.0)
+
 
 @dataclass
 class RegistryMembership:
@@ -78,6 +89,7 @@ class RegistryMembership:
     _ever_seen: set[bytes] = field(default_factory=set)
     _signer_operator: dict[str, str] = field(default_factory=dict)
     _scanned_block: int = -1
+    _median_stake: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     refreshed: bool = False
 
@@ -95,8 +107,10 @@ class RegistryMembership:
             ):
                 signer = to_checksum_address(entry.args.signer)
                 signers.setdefault(signer, to_checksum_address(entry.args.operator))
+        stakes = sorted(p.stake for p in live.values())
         with self._lock:
             self._live = live
+            self._median_stake = stakes[len(stakes) // 2] if stakes else 0
             self._ever_seen |= set(live)
             for signer, operator in signers.items():
                 self._signer_operator.setdefault(signer, operator)  # the first binding is final
@@ -110,6 +124,15 @@ class RegistryMembership:
     def is_dropped(self, peer_key: bytes) -> bool:
         with self._lock:
             return peer_key in self._ever_seen and peer_key not in self._live
+
+    def stake_weight(self, peer_key: bytes) -> float:
+        with self._lock:
+            peer = self._live.get(peer_key)
+            median = self._median_stake
+        if peer is None or median <= 0:
+            return 1.0
+        low, high = STAKE_WEIGHT_RANGE
+        return min(high, max(low, peer.stake / median))
 
     def operator_of(self, peer_key: bytes) -> str | None:
         with self._lock:

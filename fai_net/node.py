@@ -4,8 +4,9 @@ Tasks (one nursery, one idea each):
 - one drain task per subscribed domain: the gossip validator has already decided on and
   stored each message; the drain only empties py-libp2p's 32-slot subscription channel,
   which would otherwise drop messages when full;
-- the round loop: accepted batches -> DeltaSoup -> library merge, in a worker thread (the
-  re-embedding of received texts is CPU-bound), then marks the batches merged;
+- the round loop: at most `round_rows` rows from the fair pending queue -> DeltaSoup (its
+  re-embedding of received texts is CPU-bound, in a worker thread) -> library merge, then
+  marks the batches merged;
 - the broadcast loop: a domain's outbox is published every `broadcast_interval_s` or as
   soon as it holds `broadcast_threshold` experiences, paced so no publish is dropped;
 - the repair loop: anti-entropy with every connected peer over `/fai/repair/1.0.0`;
@@ -13,7 +14,10 @@ Tasks (one nursery, one idea each):
 - membership refresh (a chain read, in a worker thread), metrics, the control socket.
 
 The library is not thread-safe, so every library call goes through one worker thread at a
-time (`_lib`); the batch store and the reputation book are touched only on the event loop.
+time (`_lib_limiter`); the batch store and the reputation book are touched only on the event
+loop. The control plane never waits on merging: DeltaSoup's re-embedding runs outside the
+library limiter, a round holds it only to insert at most `round_rows` rows, `add` embeds
+outside it, and `status` answers from memory.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from fai_core.library import ExperienceLibrary
 from fai_core.reputation import ReputationBook
 from fai_core.wire import Batch, decode_envelope, encode_batch
 from fai_net import evidence, repair
+from fai_net.admission import ReceiveBudget
 from fai_net.batch_store import BatchStore
 from fai_net.control import ControlError, UnknownAction, serve_control, validate_dso_args
 from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs, running
@@ -49,8 +54,16 @@ from fai_net.membership import Membership, OpenMembership, RegistryMembership
 from fai_net.metrics import NodeMetrics, serve_metrics
 from fai_net.node_config import NodeConfig
 from fai_net.node_identity import NodeIdentity, load_or_create, public_key_of
+from fai_net.pending import FairQueue
 from fai_net.topics import domain_of, topic_for
-from fai_net.validation import BatchGate, GatePolicy, GateResult, RefusalCache, Verdict
+from fai_net.validation import (
+    TEMPORARY_REFUSALS,
+    BatchGate,
+    GatePolicy,
+    GateResult,
+    RefusalCache,
+    Verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +72,9 @@ REPAIR_FETCH = 64
 #: Pages per peer per pass, and seconds per peer per pass: bounds what a peer can cost us.
 REPAIR_MAX_PAGES = 64
 REPAIR_PEER_BUDGET_S = 60
-#: Refusals that may pass later: a repair cursor does not move past such an item.
-TEMPORARY_REFUSALS = frozenset({"not_member", "future", "low_reputation", "internal"})
+#: Stored batches are kept this long beyond the repair window, so that an equivocation
+#: on a batch repair may still deliver is always caught against the stored first one.
+PRUNE_MARGIN_MS = 24 * 3_600_000
 
 
 def now_ms() -> int:
@@ -97,7 +111,11 @@ class Node:
         self._membership = membership
         self.identity: NodeIdentity | None = None
         self.domains: list[str] = []
-        self.pending: deque[Pending] = deque()
+        self.pending: FairQueue[Pending] = FairQueue(config.queue)
+        #: Batches left unmerged in the store that did not fit the queue at start.
+        self._refill_from_store = False
+        #: Library size by domain, refreshed after every merge and add: `status` reads it.
+        self._library_sizes: dict[str, int] = {}
         self.peers: dict[ID, PeerState] = {}
         self.last_sync_ms: int | None = None
         self.started_ms = now_ms()
@@ -122,7 +140,7 @@ class Node:
 
     async def run(self, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED):
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(cfg.data_dir)
         self.identity = load_or_create(cfg.data_dir)
         embedder = _TimedEmbedder(self._embedder or _make_embedder(cfg.embedder), self)
         self.embedder = embedder
@@ -146,11 +164,12 @@ class Node:
         self.soup = DeltaSoup(
             embedder,
             reputation=self.reputation,
-            config=soup_config(embedder.model_id, cfg.max_age_ms),
+            config=soup_config(embedder.model_id, cfg.max_age_ms, max_cap=cfg.max_cap_rows),
         )
         self.metrics = NodeMetrics()
         self.membership = self._membership or await trio.to_thread.run_sync(_make_membership, cfg)
         await trio.to_thread.run_sync(self.membership.refresh)
+        self.budget = ReceiveBudget(cfg.budgets, forwarders=self.membership.mode == "open")
         self.gate = BatchGate(
             self.store,
             self.membership,
@@ -164,6 +183,7 @@ class Node:
             ),
             on_reject=self.metrics.reject,
             on_equivocation=self._on_equivocation,
+            admission=self._admission,
         )
         self.host, self.pubsub, self.router = build_host(
             self.identity.key_pair, GossipSettings(mdns=cfg.mdns, seen_ttl=cfg.seen_ttl_s)
@@ -191,6 +211,7 @@ class Node:
                         self._discovery_loop,
                         self._membership_loop,
                         self._metrics_loop,
+                        self._prune_loop,
                     ):
                         nursery.start_soon(loop)
                     if handle_signals:
@@ -313,20 +334,53 @@ class Node:
         if self._refused.seen(key, now / 1000):
             self.metrics.reject("refused_again")
             return False
+        over = self.budget.before_decode(str(forwarder), len(msg.data), now / 1000)
+        if over is not None:
+            # Not cached as refused: the same batch from another forwarder may pass.
+            self.metrics.reject(over)
+            return False
         cpu = time.thread_time()
+        sender_forwarder = public_key_of(forwarder)
         result = self.gate.admit(
             msg.data,
             now,
             origin="gossip",
             topic_domain=domain_of(topic) or "",
-            forwarder=public_key_of(forwarder),
+            forwarder=sender_forwarder,
         )
         self.metrics.spent("validate", time.thread_time() - cpu)
-        if result.verdict is not Verdict.ACCEPT:
+        if result.verdict is not Verdict.ACCEPT and result.reason != "forwarder_budget":
             self._refused.add(key, now / 1000)
-        return self._after_admit(result, len(msg.data), "gossip")
+        return self._after_admit(result, len(msg.data), "gossip", sender_forwarder)
 
-    def _after_admit(self, result: GateResult, size: int, origin: str) -> bool:
+    def _principal(self, sender: bytes, forwarder: bytes | None, origin: str) -> object:
+        """Whose turn a pending batch waits for (fai_net/pending.py): the sender in registry
+        mode; in open mode, where keys are free, the peer that handed it to us."""
+        if self.membership.mode != "open":
+            return sender
+        return (origin, forwarder) if forwarder is not None else (origin, sender)
+
+    def _admission(self, signed, forwarder: bytes | None, origin: str, size: int) -> str | None:
+        """The gate's last check before storing: queue room, then budgets (see the doc of
+        fai_net/admission.py). Our own batches, back from peers, are always stored."""
+        batch = signed.batch
+        if batch.sender == self.identity.public_key:
+            return None
+        rows = len(batch)
+        if not self.pending.fits(self._principal(batch.sender, forwarder, origin), rows):
+            return "busy"
+        return self.budget.admit(
+            batch.sender,
+            forwarder if origin == "gossip" else None,
+            rows,
+            size,
+            now_ms() / 1000,
+            self.membership.stake_weight(batch.sender),
+        )
+
+    def _after_admit(
+        self, result: GateResult, size: int, origin: str, forwarder: bytes | None = None
+    ) -> bool:
         accepted = result.verdict is Verdict.ACCEPT
         self.metrics.received(size, origin, batches=int(accepted))
         if accepted and result.signed.batch.sender == self.identity.public_key:
@@ -335,10 +389,12 @@ class Node:
             self.store.mark_merged([result.signed.batch.cid])
             return True
         if accepted:
-            self._event("accepted", cid=result.signed.batch.cid_text, origin=origin)
-            self.pending.append(Pending(result.signed.batch, origin))
+            batch = result.signed.batch
+            self._event("accepted", cid=batch.cid_text, origin=origin)
+            principal = self._principal(batch.sender, forwarder, origin)
+            self.pending.put(principal, Pending(batch, origin), len(batch))
             self.last_sync_ms = now_ms()
-            if len(self.pending) >= 64:
+            if self.pending.rows >= self.config.round_rows:
                 self._round_wakeup.set()
             return True
         if result.verdict is Verdict.IGNORE and result.reason == "duplicate":
@@ -358,21 +414,41 @@ class Node:
     # -- the receive path ------------------------------------------------------------------
 
     def _requeue_unmerged(self) -> None:
-        """Batches stored but not merged when the node last stopped go into the first round."""
-        for envelope in self.store.unmerged():
+        """Batches stored but not merged (when the node last stopped, or that did not fit the
+        queue since) go into the pending queue, as many as fit; the rest wait in the store
+        until the queue and DeltaSoup's backlog are empty again (`_round_loop`)."""
+        limits = self.pending.limits
+        room = limits.max_batches - len(self.pending)
+        self._refill_from_store = False
+        if room <= 0:
+            return
+        envelopes = self.store.unmerged(limit=room)
+        for envelope in envelopes:
             try:
                 signed = decode_envelope(envelope)
             except Exception:  # a stored batch decoded once; log, don't die
                 log.exception("stored batch no longer decodes")
                 continue
-            if signed.batch.sender != self.identity.public_key:
-                self.pending.append(Pending(signed.batch, "restart"))
+            batch = signed.batch
+            if batch.sender == self.identity.public_key:
+                self.store.mark_merged([batch.cid])
+                continue
+            if self.pending.rows + len(batch) > limits.max_rows:
+                self._refill_from_store = True
+                return
+            # Restarted batches take turns by sender: the forwarder is not known any more.
+            self.pending.put(("restart", batch.sender), Pending(batch, "restart"), len(batch))
+        self._refill_from_store = len(envelopes) == room
 
     async def _round_loop(self) -> None:
         while True:
             with trio.move_on_after(self.config.round_interval_s):
                 await self._round_wakeup.wait()
             self._round_wakeup = trio.Event()
+            if self._refill_from_store and not self.pending and not self.soup.backlog_rows():
+                # Nothing is queued or deferred, so every unmerged batch in the store is
+                # one that did not fit: safe to load without feeding any batch twice.
+                self._requeue_unmerged()
             try:
                 await self.run_round()
             except Exception:
@@ -382,15 +458,20 @@ class Node:
                 self.metrics.reject("round_error")
 
     async def run_round(self) -> RoundReport:
-        """Merge everything pending now; returns what the library gained."""
+        """Merge up to `round_rows` pending rows, fairly across principals; returns what the
+        library gained. DeltaSoup (and its re-embedding) runs outside the library limiter:
+        the library is held only for the insert."""
         async with self._round_lock:
-            taken = list(self.pending)
-            self.pending.clear()
-            if not taken and not self.soup.backlog_rows():
+            backlog = self.soup.backlog_rows()
+            # At least half the round for new rows, so a deferred backlog cannot starve them.
+            budget = self.config.round_rows - min(backlog, self.config.round_rows // 2)
+            taken = self.pending.take(budget)
+            if not taken and not backlog:
                 return RoundReport()
             started = time.perf_counter()
+            result = await trio.to_thread.run_sync(self._aggregate_in_thread, taken, now_ms())
             report = await trio.to_thread.run_sync(
-                self._merge_in_thread, taken, now_ms(), limiter=self._lib_limiter
+                self._merge_in_thread, len(taken), result, limiter=self._lib_limiter
             )
             self.metrics.observe_round(time.perf_counter() - started)
             # Rows DeltaSoup deferred (over a sender's per-round cap) live in its in-memory
@@ -402,46 +483,55 @@ class Node:
             self.reputation.save()
             return report
 
-    def _merge_in_thread(self, taken: list[Pending], now: int) -> RoundReport:
+    def _aggregate_in_thread(self, taken: list[Pending], now: int):
+        """DeltaSoup over the taken batches (the round lock keeps the soup to one thread).
+
+        The gate decided freshness at admission; re-checking it here would refuse (and
+        charge) batches that merely waited for this round."""
         cpu = time.thread_time()
         try:
-            return self._merge(taken, now)
+            batches = [p.batch for p in taken]
+            return self.soup.aggregate(batches, now, max_age_ms=self.config.repair_max_age_ms)
         finally:
             self.metrics.spent("round", time.thread_time() - cpu)
 
-    def _merge(self, taken: list[Pending], now: int) -> RoundReport:
-        report = RoundReport(batches=len(taken))
-        # The gate decided freshness at admission; re-checking it here would refuse (and
-        # charge) batches that merely waited for this round.
-        batches = [p.batch for p in taken]
-        if batches or self.soup.backlog_rows():
-            result = self.soup.aggregate(batches, now, max_age_ms=self.config.repair_max_age_ms)
-            waiting = {o.cid for o in result.outcomes if o.deferred_rows}
-            report.done |= {o.cid for o in result.outcomes} - waiting
-            for drop in result.row_drop:
-                if drop is not None and drop is not Drop.DEFERRED:
-                    self.metrics.drop(drop.value)
-            for outcome in result.outcomes:
-                if outcome.drop is not None:
-                    self.metrics.drop(outcome.drop.value, outcome.rows)
-            by_source: dict[bytes, list[Experience]] = {}
-            for exp in result.experiences():
-                by_source.setdefault(exp.source, []).append(exp)
-            for source, exps in by_source.items():
-                merged = self.library.merge(exps, received_from=source)
-                report.inserted += merged.inserted
-                report.merged += len(exps)
-                for exp in exps:
-                    report.by_domain[exp.domain] = report.by_domain.get(exp.domain, 0) + 1
-                    self._recent.append(
-                        {
-                            "text": exp.text,
-                            "domain": exp.domain,
-                            "quality": round(exp.quality, 4),
-                            "source": exp.source.hex(),
-                        }
-                    )
-            self.metrics.merged(len(result))
+    def _merge_in_thread(self, n_taken: int, result) -> RoundReport:
+        cpu = time.thread_time()
+        try:
+            report = self._merge(n_taken, result)
+            self._library_sizes = self._read_library_sizes()
+            return report
+        finally:
+            self.metrics.spent("round", time.thread_time() - cpu)
+
+    def _merge(self, n_taken: int, result) -> RoundReport:
+        report = RoundReport(batches=n_taken)
+        waiting = {o.cid for o in result.outcomes if o.deferred_rows}
+        report.done |= {o.cid for o in result.outcomes} - waiting
+        for drop in result.row_drop:
+            if drop is not None and drop is not Drop.DEFERRED:
+                self.metrics.drop(drop.value)
+        for outcome in result.outcomes:
+            if outcome.drop is not None:
+                self.metrics.drop(outcome.drop.value, outcome.rows)
+        by_source: dict[bytes, list[Experience]] = {}
+        for exp in result.experiences():
+            by_source.setdefault(exp.source, []).append(exp)
+        for source, exps in by_source.items():
+            merged = self.library.merge(exps, received_from=source)
+            report.inserted += merged.inserted
+            report.merged += len(exps)
+            for exp in exps:
+                report.by_domain[exp.domain] = report.by_domain.get(exp.domain, 0) + 1
+                self._recent.append(
+                    {
+                        "text": exp.text,
+                        "domain": exp.domain,
+                        "quality": round(exp.quality, 4),
+                        "source": exp.source.hex(),
+                    }
+                )
+        self.metrics.merged(len(result))
         return report
 
     # -- local experiences and broadcast ---------------------------------------------------
@@ -453,9 +543,8 @@ class Node:
             if problem:
                 raise ControlError("bad_request", problem)
         texts = [item["text"] for item in items]
-        vectors = await trio.to_thread.run_sync(
-            self.embedder.embed_as, "embed_local", texts, limiter=self._lib_limiter
-        )
+        # Outside the library limiter: a merge round's insert must not delay the embedding.
+        vectors = await trio.to_thread.run_sync(self.embedder.embed_as, "embed_local", texts)
         key = self.identity.public_key
         created = now_ms()
         exps = []
@@ -471,9 +560,13 @@ class Node:
                     iteration=int(item.get("iteration", 0)),
                 )
             )
-        result = await trio.to_thread.run_sync(
-            self.library.add_local, exps, limiter=self._lib_limiter
-        )
+
+        def add_local():
+            added = self.library.add_local(exps)
+            self._library_sizes = self._read_library_sizes()
+            return added
+
+        result = await trio.to_thread.run_sync(add_local, limiter=self._lib_limiter)
         by_domain: dict[str, list[bytes]] = {}
         for exp in exps:
             by_domain.setdefault(exp.domain, []).append(exp.id)
@@ -645,7 +738,7 @@ class Node:
                             if result.reason in TEMPORARY_REFUSALS:
                                 pos = chunk.get(result.signed.cid, cursor + 1) - 1
                                 retry_from = pos if retry_from is None else min(retry_from, pos)
-                        if self._after_admit(result, len(envelope), "repair"):
+                        if self._after_admit(result, len(envelope), "repair", public_key_of(peer)):
                             accepted += 1
                     rest = [c for c in want if c not in seen]
                     if len(rest) == len(want):
@@ -727,19 +820,41 @@ class Node:
             except Exception as exc:  # a chain hiccup must not stop the node
                 log.warning("membership refresh failed: %s", exc)
 
+    async def _prune_loop(self) -> None:
+        """Delete stored batches older than anything the gate may still accept (the repair
+        window) plus a margin, so an equivocation is always caught against the first batch
+        while repair can deliver the second. Unmerged batches are kept."""
+        keep_ms = self.config.repair_max_age_ms + self.config.max_age_ms + PRUNE_MARGIN_MS
+        while True:
+            await trio.sleep(self.config.prune_interval_s)
+            try:
+                removed = self.store.prune(now_ms() - keep_ms)
+            except Exception:  # a store hiccup must not stop the node
+                log.exception("prune failed")
+                continue
+            if removed:
+                log.info("pruned %d stored batches older than %d h", removed, keep_ms // 3_600_000)
+
     # -- status, metrics, control ----------------------------------------------------------
 
     async def _metrics_loop(self) -> None:
         while True:
+            self._library_sizes = await trio.to_thread.run_sync(
+                self._read_library_sizes, limiter=self._lib_limiter
+            )
             await self.refresh_metrics()
             self.reputation.save()  # the gate's penalties must survive a SIGKILL too
             await trio.sleep(10.0)
 
+    def _read_library_sizes(self) -> dict[str, int]:
+        """Library size by domain (call in a thread holding the library limiter)."""
+        sizes = self.library.stats()["domains"]
+        return {d: int(v["count"]) if isinstance(v, dict) else int(v) for d, v in sizes.items()}
+
     async def refresh_metrics(self) -> dict[str, int]:
-        sizes = await trio.to_thread.run_sync(
-            lambda: self.library.stats()["domains"], limiter=self._lib_limiter
-        )
-        sizes = {d: int(v["count"]) if isinstance(v, dict) else int(v) for d, v in sizes.items()}
+        """Metrics from memory: library sizes are the ones the last merge or add left, so
+        a status call never waits for the library (a round may be inserting)."""
+        sizes = dict(self._library_sizes)
         self.metrics.set_library_sizes(sizes)
         self.metrics.set_peers_connected(len(self.connected_peers()))
         self.metrics.set_reputations({k.hex()[:16]: v for k, v in self.reputation.peers().items()})
@@ -758,6 +873,8 @@ class Node:
             "batches_stored": self.store.count(),
             "outbox": self.store.outbox_count(),
             "pending": len(self.pending),
+            "pending_rows": self.pending.rows,
+            "contained_faults": dict(self.pubsub.faults),
             "rejections": self.metrics.rejections(),
             "drops": self.metrics.drops(),
             "evidence": self.store.evidence_count(),
@@ -984,7 +1101,7 @@ def _ed25519_public(key: bytes):
     return Ed25519PublicKey.from_bytes(key)
 
 
-def soup_config(model_id: str, max_age_ms: int) -> DeltaSoupConfig:
+def soup_config(model_id: str, max_age_ms: int, *, max_cap: int | None = None) -> DeltaSoupConfig:
     """DeltaSoup's thresholds for the fleet's model.
 
     `direct_min_cos` bounds cos(BitDelta reconstruction, receiver's own embedding of the
@@ -997,8 +1114,16 @@ def soup_config(model_id: str, max_age_ms: int) -> DeltaSoupConfig:
     # repair legitimately delivers late, so it is opened wide here.
     wide = 1 << 62
     if model_id.startswith("fai-hashing-"):
-        return DeltaSoupConfig(max_age_ms=max_age_ms, direct_min_cos=0.45, seq_window=wide)
-    return DeltaSoupConfig(max_age_ms=max_age_ms, seq_window=wide)
+        return DeltaSoupConfig(
+            max_age_ms=max_age_ms, direct_min_cos=0.45, seq_window=wide, max_cap=max_cap
+        )
+    return DeltaSoupConfig(max_age_ms=max_age_ms, seq_window=wide, max_cap=max_cap)
+
+
+def _private_dir(path) -> None:
+    """The data directory holds keys, batches, evidence and the library: owner only."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def _make_embedder(name: str):
@@ -1026,6 +1151,7 @@ def _make_membership(cfg: NodeConfig) -> Membership:
 
 def run_node(config: NodeConfig) -> None:
     """Blocking entry point for `fai node run`: runs until SIGINT/SIGTERM or `stop`."""
+    os.umask(0o077)  # every file the node creates is the owner's alone (0600)
     try:
         trio.run(Node(config).run)
     except BaseExceptionGroup as group:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fai_core.experience import domain_problem
+from fai_net.admission import BudgetPolicy
+from fai_net.pending import QueueLimits
 
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -53,6 +55,16 @@ class NodeConfig:
     #: A peer's reputation recovers halfway to 1.0 per this long without new outcomes: a
     #: peer below the floor is never evaluated, so it could not recover otherwise.
     reputation_half_life_ms: int = 3_600_000
+    #: Rows a merge round takes from the pending queue (about 1 s of MiniLM re-embedding
+    #: on 2 cores): bounds how long a round holds the CPU and the library.
+    round_rows: int = 256
+    #: Rows one sender may have evaluated per round, however alone it is (DeltaSoup max_cap).
+    max_cap_rows: int = 128
+    #: Receive budgets and the pending queue's bounds (fai_net/admission.py, pending.py).
+    budgets: BudgetPolicy = field(default_factory=BudgetPolicy)
+    queue: QueueLimits = field(default_factory=QueueLimits)
+    #: How often stored batches older than the repair window (plus T_max) are deleted.
+    prune_interval_s: float = 600.0
     #: Devnet demonstrations only: the control socket may publish unchecked bytes.
     allow_raw_publish: bool = False
     extra: dict = field(default_factory=dict)
@@ -73,7 +85,14 @@ class NodeConfig:
             raise ValueError("--open and a registry are exclusive")
         if self.broadcast_threshold < 1 or not 1 <= self.max_batch <= 1000:
             raise ValueError("broadcast threshold >= 1 and max batch in 1..1000")
-        for name in ("broadcast_interval_s", "round_interval_s", "repair_interval_s"):
+        if self.round_rows < 1 or self.max_cap_rows < 1:
+            raise ValueError("round_rows and max_cap_rows must be positive")
+        for name in (
+            "broadcast_interval_s",
+            "round_interval_s",
+            "repair_interval_s",
+            "prune_interval_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for addr in self.listen:

@@ -18,6 +18,8 @@ node accepts. Order matters and is cheapest-first, with attribution in mind:
    signed envelopes are kept as evidence and the batch refused. A seq far behind the
    sender's newest is an old batch replayed.
 6. reputation floor.
+7. receive budgets and queue room (`admission`, the node's: fai_net/admission.py and
+   fai_net/pending.py): refused with a temporary reason, charged to nobody.
 Then the batch is stored durably *before* the validator returns True, so a batch this node
 forwarded is one it can also serve to repair requests after a crash.
 """
@@ -36,8 +38,29 @@ from fai_core.reputation import ReputationBook
 from fai_core.wire import SignedBatch, decode_envelope
 from fai_net.batch_store import BatchStore
 from fai_net.membership import Membership
+from fai_net.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
+#: A peer chooses how many refusals we log: one line per reason per 10 s, with a count.
+_ratelog = RateLimitedLog(log)
+
+#: Refusals that may pass later: not charged to anyone, not cached as refused, and a
+#: repair cursor does not move past them.
+TEMPORARY_REFUSALS = frozenset(
+    {
+        "not_member",
+        "future",
+        "low_reputation",
+        "internal",
+        "sender_budget",
+        "forwarder_budget",
+        "busy",
+    }
+)
+
+#: The node's last word before a batch is stored: (batch, forwarder, origin, envelope
+#: size) -> None to store it, or a temporary refusal reason.
+Admission = Callable[[SignedBatch, bytes | None, str, int], str | None]
 
 
 class Verdict(enum.Enum):
@@ -77,6 +100,7 @@ class BatchGate:
         *,
         on_reject: Callable[[str], None] = lambda reason: None,
         on_equivocation: Callable[[GateResult], None] = lambda result: None,
+        admission: Admission | None = None,
     ) -> None:
         self.store = store
         self.membership = membership
@@ -84,6 +108,7 @@ class BatchGate:
         self.policy = policy
         self.on_reject = on_reject
         self.on_equivocation = on_equivocation
+        self.admission = admission
         self.domains: set[str] = set()
 
     def admit(
@@ -168,12 +193,16 @@ class BatchGate:
             return self._reject("old_seq", f"seq {batch.seq}, newest {newest}", signed)
         if self.reputation.deprioritised(batch.sender):
             return self._reject("low_reputation", _short(batch.sender), signed)
+        if self.admission is not None:
+            refusal = self.admission(signed, forwarder, origin, len(data))
+            if refusal is not None:
+                return self._reject(refusal, _short(batch.sender), signed)
         self.store.put(signed, received_ms=now_ms, origin=origin)
         return GateResult(Verdict.ACCEPT, None, signed)
 
     def _reject(self, reason: str, detail: str, signed: SignedBatch | None = None) -> GateResult:
         self.on_reject(reason)
-        log.info("rejected batch: %s: %s", reason, detail)
+        _ratelog.info(reason, "rejected batch: %s: %s", reason, detail)
         return GateResult(Verdict.REJECT, reason, signed)
 
 

@@ -85,6 +85,32 @@ def test_one_node_influence_bounded(scenario, embedder, honest):
     assert kept <= scenario.per_node
 
 
+def test_a_sender_alone_is_held_to_the_absolute_cap(scenario, embedder):
+    """The median cap does not bind a sender that is alone in a round; max_cap does, and
+    only capped rows are re-embedded (the rest wait in the backlog, not dropped)."""
+    key = NodeKey(b"\x98" * 32)
+    alone = scenario._node(0, scenario.honest_idx[:400], key)
+    batches = [b.batch for b in alone.batches(ts=NOW_MS, seq0=1)]
+    offered = sum(len(b) for b in batches)
+    calls: list[int] = []
+
+    class Counting:
+        model_id, dimension = embedder.model_id, embedder.dimension
+
+        def embed(self, texts):
+            calls.append(len(texts))
+            return embedder.embed(texts)
+
+    soup = DeltaSoup(Counting(), config=DeltaSoupConfig(max_cap=32))
+    result = soup.aggregate(batches, NOW_MS)
+    evaluated = sum(1 for d in result.row_drop if d is not Drop.DEFERRED)
+    assert offered > 32 and evaluated == 32
+    assert sum(calls) <= 32
+    assert soup.backlog_rows(key.public_key) == offered - 32
+    unbounded = DeltaSoup(embedder).aggregate(batches, NOW_MS)
+    assert sum(1 for d in unbounded.row_drop if d is not Drop.DEFERRED) == offered
+
+
 def test_dedup_and_eq19(embedder):
     x = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
     x = np.vstack([x, x[:5] + 1e-3])

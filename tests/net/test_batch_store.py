@@ -170,7 +170,20 @@ def test_full_u64_seq_and_timestamp_range_is_stored_in_order(store):
     items, _ = store.since(0, limit=10)
     assert {it.seq for it in items} == set(seqs)
     assert {it.timestamp_ms for it in items} == {U64_MAX - 1}
+    assert store.prune(U64_MAX) == 0  # none merged yet: prune keeps them
+    store.mark_merged(it.cid for it in items)
     assert store.prune(U64_MAX) == 4
+
+
+def test_prune_keeps_unmerged_batches_and_senders_newest_seq(store):
+    old, new = batch(1, timestamp_ms=1_000), batch(2, timestamp_ms=5_000)
+    waiting = batch(3, key=OTHER_KEY, timestamp_ms=1_000)
+    for b in (old, new, waiting):
+        store.put(b, received_ms=0, origin="gossip")
+    store.mark_merged([old.cid, new.cid])
+    assert store.prune(2_000) == 1
+    assert not store.has(old.cid) and store.has(new.cid) and store.has(waiting.cid)
+    assert store.newest_seq(KEY.public_key) == 2
 
 
 def test_range_is_inclusive_ordered_limited_and_per_sender(store):
@@ -226,6 +239,7 @@ def _page_all(store: BatchStore, domains, limit: int) -> tuple[list[InventoryIte
 def test_since_paging_returns_each_item_exactly_once_in_order(store, domains, limit):
     by_cid = _fill(store, 60)
     # Gaps in the cursor sequence: pruned rows must not break paging.
+    store.mark_merged(store.cids())  # prune keeps unmerged batches
     store.prune(T0 + 3)
     survivors = {cid for cid in store.cids()}
     seen, _ = _page_all(store, domains, limit)
@@ -266,6 +280,7 @@ def test_cursors_are_never_reused_after_pruning(store):
     for seq in range(3):
         store.put(batch(seq), received_ms=0, origin="gossip")
     _, last = store.since(0, limit=10)
+    store.mark_merged(store.cids())  # prune keeps unmerged batches
     assert store.prune(U64_MAX) == 3
     store.put(batch(7), received_ms=0, origin="gossip")
     items, _ = store.since(0, limit=10)
@@ -276,6 +291,7 @@ def test_prune_deletes_old_batches_but_keeps_newest_seq(store):
     for seq in range(10):
         store.put(batch(seq, timestamp_ms=T0 + seq * 1000), received_ms=0, origin="gossip")
     store.put(batch(0, key=OTHER_KEY, timestamp_ms=T0), received_ms=0, origin="gossip")
+    store.mark_merged(store.cids())  # prune keeps unmerged batches
     assert store.prune(T0 + 5000) == 6  # seqs 0..4 of KEY and OTHER_KEY's only batch
     assert store.count() == 5
     assert not store.has(batch(0, timestamp_ms=T0).cid)

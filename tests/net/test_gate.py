@@ -190,3 +190,27 @@ def test_refusal_cache_expires_and_stays_bounded():
     for i, key in enumerate((b"1", b"2", b"3", b"4")):
         cache.add(key, 200.0 + i)
     assert len(cache) == 3 and not cache.seen(b"1", 203.0) and cache.seen(b"4", 203.0)
+
+
+def test_an_over_budget_batch_is_refused_temporarily_uncharged_and_not_stored(gate):
+    """The admission hook runs last: after every check that can charge someone, and its
+    refusal charges nobody, so a budget can never cost an honest sender reputation."""
+    from fai_net.admission import BudgetPolicy, Rate, ReceiveBudget
+    from fai_net.validation import TEMPORARY_REFUSALS
+
+    budget = ReceiveBudget(BudgetPolicy(sender_rows=Rate(1.0, 2.0)), forwarders=False)
+    gate.admission = lambda signed, fwd, origin, size: budget.admit(
+        signed.batch.sender, fwd, len(signed.batch), size, now_s=0.0
+    )
+    texts = ("retry flaky calls with backoff", "pin the toolchain version")
+    first, second = batch(1, texts=texts), batch(2, texts=texts)
+    assert gate.admit(first.envelope, now_ms(), origin="gossip").verdict is Verdict.ACCEPT
+    result = gate.admit(second.envelope, now_ms(), origin="gossip", forwarder=RELAY)
+    assert (result.verdict, result.reason) == (Verdict.REJECT, "sender_budget")
+    assert result.reason in TEMPORARY_REFUSALS
+    assert not gate.store.has(second.batch.cid)
+    assert gate.reputation.score(SENDER.public_key) == 1.0
+    assert gate.reputation.score(RELAY) == 1.0
+    # Once the budget allows it (here: a fresh budget), the same batch is accepted.
+    gate.admission = None
+    assert gate.admit(second.envelope, now_ms(), origin="gossip").verdict is Verdict.ACCEPT
