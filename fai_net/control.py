@@ -17,6 +17,24 @@ server itself produces are the `Code` members below; a handler may add its own (
 by raising `ControlError`. The client adds a few codes of its own for failures that happen
 on its side of the socket (timeout, disconnect, a garbled answer).
 
+Limits (parameters of `serve_control`), so that no client, buggy or hostile, can hold the
+node's memory or its control plane:
+
+- at most `max_connections` (64) connections are served at once; one more is answered with
+  a single `busy` error line (id null) and closed, which ControlClient raises as
+  ControlError("busy", ...), so the caller can retry;
+- a request line must be complete `line_timeout` (10 s) after the server began waiting for
+  the rest of it, and a response must be taken within as long; otherwise the connection
+  gets a `timeout` error line (if it can still be sent) and is closed;
+- a connection with no partial request is closed after `idle_timeout` (300 s, or never);
+- request bytes buffered across all connections stay within `max_buffered` (16 MiB, plus
+  the one read of at most 64 KiB each connection may have in hand); the connection whose
+  bytes would pass it is answered `busy` and closed. Without this budget
+  the bound would be max_connections x (MAX_LINE + one read) = 68 MiB, which is what a
+  flood of half-sent 1 MiB lines costs until the line timeout cuts them.
+
+`ControlStats` counts live connections, buffered bytes (and their peak) and refusals.
+
 The dso_network tool of the paper (section 7.2) maps onto control actions of the same name;
 `validate_dso_args` is the one definition of their arguments, applied by the MCP server
 before it forwards a call and by the node before it acts on one.
@@ -34,6 +52,7 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, NoReturn, get_args
 
@@ -53,6 +72,11 @@ MAX_SOCKET_PATH = 107
 _CHUNK = 64 << 10
 #: How long the stale-socket probe waits for a listener that is alive but not accepting.
 _PROBE_SECONDS = 1.0
+#: Defaults of serve_control's limits (see the module docstring).
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_LINE_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_MAX_BUFFERED = 16 << 20
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -67,8 +91,13 @@ class Code(StrEnum):
     UNKNOWN_ACTION = "unknown_action"
     #: The handler crashed; the node logged the traceback and keeps serving.
     INTERNAL = "internal"
-    # Produced by ControlClient, never sent by the server:
+    #: The server is at its connection or buffer limit and closed the connection; the
+    #: request was not carried out, and trying again later is the remedy (unlike too_large).
+    BUSY = "busy"
+    #: Sent by the server for a request line not finished in time or an idle connection
+    #: (then closed), and produced by ControlClient when the node does not answer in time.
     TIMEOUT = "timeout"
+    # Produced by ControlClient, never sent by the server:
     DISCONNECTED = "disconnected"
     BAD_RESPONSE = "bad_response"
     FORBIDDEN = "forbidden"
@@ -248,10 +277,56 @@ async def _bind(sock: trio.socket.SocketType, path: str) -> None:
     await sock.bind(path)
 
 
+@dataclass
+class ControlStats:
+    """Live counters of one serve_control, updated as it runs.
+
+    Pass one in to watch the limits at work: tests assert on it instead of on the process's
+    RSS (which the allocator does not hand back promptly), and a node may report it.
+    """
+
+    #: Connections being served now (refused ones are not counted).
+    connections: int = 0
+    #: Request bytes read from all connections and not yet consumed as a line.
+    buffered_bytes: int = 0
+    #: The most `buffered_bytes` has been.
+    peak_buffered_bytes: int = 0
+    #: Connections turned away with `busy` (connection limit or buffer budget).
+    refused: int = 0
+    #: Connections closed for a late request line, a response not taken, or idling.
+    timed_out: int = 0
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """serve_control's limits, checked once so a typo fails at start, not under load."""
+
+    max_connections: int
+    line_timeout: float
+    idle_timeout: float | None
+    max_buffered: int
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
+        if not self.line_timeout > 0:
+            raise ValueError(f"line_timeout must be positive, got {self.line_timeout!r}")
+        if self.idle_timeout is not None and not self.idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be positive or None, got {self.idle_timeout!r}")
+        if self.max_buffered < MAX_LINE + _CHUNK:
+            # Below this a lone client could not send a line of MAX_LINE bytes.
+            raise ValueError(f"max_buffered must be at least {MAX_LINE + _CHUNK} bytes")
+
+
 async def serve_control(
     path: str | os.PathLike[str],
     handler: Handler,
     *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    line_timeout: float = DEFAULT_LINE_TIMEOUT,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    max_buffered: int = DEFAULT_MAX_BUFFERED,
+    stats: ControlStats | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve control requests on a Unix socket at `path` until cancelled.
@@ -263,11 +338,21 @@ async def serve_control(
     node down. The socket file is removed again on the way out, unless another process
     has replaced it meanwhile.
 
+    The limits are explained in the module docstring. `idle_timeout` defaults to 300 s
+    rather than none because an idle connection, though it buffers nothing, holds one of
+    the `max_connections` slots: leaked ones would otherwise lock the CLI out for good.
+    It is long because idling is harmless until the slots run out, and ControlClient never
+    idles (it sends its request as soon as it connects). `handler` runs without a time
+    limit: slow actions are the node's business, not the client's. `stats`, if given, is
+    kept up to date.
+
     Raises ControlSocketInUse if a live process answers on `path` (or `path` is not a
-    socket), ValueError if the path is too long for a Unix socket.
+    socket), ValueError if the path is too long for a Unix socket or a limit is invalid.
     """
     path = os.fspath(path)
     _check_path(path)
+    limits = _Limits(max_connections, line_timeout, idle_timeout, max_buffered)
+    stats = ControlStats() if stats is None else stats
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await _bind(sock, path)
@@ -281,7 +366,7 @@ async def serve_control(
         listener = trio.SocketListener(sock)
 
         async def connection(stream: trio.SocketStream) -> None:
-            await _serve_connection(stream, handler)
+            await _admit(stream, handler, limits, stats)
 
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, connection, [listener])
@@ -298,37 +383,159 @@ async def serve_control(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
-    """Answer one connection's requests in order until it closes or breaks the rules."""
-    buffer = bytearray()
-    scanned = 0  # bytes of `buffer` already known to hold no newline
+async def _admit(
+    stream: trio.SocketStream, handler: Handler, limits: _Limits, stats: ControlStats
+) -> None:
+    """Serve a connection if a slot is free, else tell it `busy` and let it close.
+
+    Refusing with a line (rather than not accepting) gives the client an answer it can
+    show at once instead of a connect that hangs in a full backlog until its timeout.
+    """
+    if stats.connections >= limits.max_connections:
+        stats.refused += 1
+        logger.debug("control connection refused: %d already open", stats.connections)
+        message = (
+            f"the node is already serving {limits.max_connections} control connections; "
+            "try again shortly"
+        )
+        await _farewell(stream, _error(None, Code.BUSY, message), limits.line_timeout)
+        return
+    stats.connections += 1
     try:
-        while True:
-            newline = buffer.find(b"\n", scanned)
-            if newline < 0:
-                scanned = len(buffer)
-                if len(buffer) > MAX_LINE:
-                    await stream.send_all(_too_large())
-                    return
-                chunk = await stream.receive_some(_CHUNK)
-                if not chunk:
-                    return  # EOF; an unterminated last line is not a request
-                buffer += chunk
-                continue
-            line = bytes(buffer[:newline])
-            del buffer[: newline + 1]
-            scanned = 0
+        await _serve_connection(stream, handler, limits, stats)
+    finally:
+        stats.connections -= 1
+
+
+async def _send_within(stream: trio.SocketStream, data: bytes, seconds: float) -> bool:
+    """Send `data`, giving up after `seconds`: a client that stops reading can't hold us."""
+    with trio.move_on_after(seconds):
+        await stream.send_all(data)
+        return True
+    return False
+
+
+async def _farewell(stream: trio.SocketStream, line: bytes, seconds: float) -> None:
+    """Tell a connection about to be closed why, if it still listens."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await _send_within(stream, line, seconds)
+
+
+class _Hangup(Exception):
+    """Ends a connection; `farewell` is the error line to send first, if any."""
+
+    def __init__(self, farewell: bytes | None = None) -> None:
+        super().__init__()
+        self.farewell = farewell
+
+
+async def _serve_connection(
+    stream: trio.SocketStream, handler: Handler, limits: _Limits, stats: ControlStats
+) -> None:
+    """Answer one connection's requests in order until it closes or breaks the rules."""
+    reader = _LineReader(stream, limits, stats)
+    farewell: bytes | None = None
+    try:
+        while (line := await reader.next_line()) is not None:
             if len(line) > MAX_LINE:
-                await stream.send_all(_too_large())
-                return
+                raise _Hangup(_too_large())
             if not line.strip():
                 continue
-            await stream.send_all(await _answer(line, handler))
+            if not await _send_within(stream, await _answer(line, handler), limits.line_timeout):
+                stats.timed_out += 1  # the client does not read its answers
+                return
+    except _Hangup as hangup:
+        farewell = hangup.farewell
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return  # the client went away; nothing to answer
     except Exception:
         # A bug here must cost one connection, not the node.
         logger.exception("control connection failed")
+    finally:
+        reader.release()  # before the farewell: a slow goodbye must not hold the bytes
+    if farewell is not None:
+        await _farewell(stream, farewell, limits.line_timeout)
+
+
+class _LineReader:
+    """Splits one connection's bytes into lines within the limits, and accounts for them.
+
+    Every byte held in `buffer` is counted in `stats.buffered_bytes`, so the budget bounds
+    what all connections together hold between reads; a chunk just read is checked against
+    it before it is kept.
+    """
+
+    def __init__(self, stream: trio.SocketStream, limits: _Limits, stats: ControlStats) -> None:
+        self.stream, self.limits, self.stats = stream, limits, stats
+        self.buffer = bytearray()
+        self.scanned = 0  # bytes of `buffer` already known to hold no newline
+        self.started: float | None = None  # when we began waiting for the rest of a line
+
+    async def next_line(self) -> bytes | None:
+        """The next line (without its newline, possibly over MAX_LINE), or None at EOF.
+
+        Raises _Hangup when the connection has to go: a line growing past MAX_LINE, the
+        line timeout, the idle timeout, or the buffer budget.
+        """
+        while True:
+            newline = self.buffer.find(b"\n", self.scanned)
+            if newline >= 0:
+                return self._take(newline)
+            self.scanned = len(self.buffer)
+            if len(self.buffer) > MAX_LINE:
+                raise _Hangup(_too_large())
+            chunk = await self._receive()
+            if not chunk:
+                return None  # EOF; an unterminated last line is not a request
+            self._hold(chunk)
+
+    async def _receive(self) -> bytes:
+        """One read, bounded by the line timeout (mid-line) or the idle timeout."""
+        now = trio.current_time()
+        if self.buffer:
+            # The clock starts when we wait, not when the bytes came: a partial line
+            # pipelined behind a slow request is not charged for the handler's time.
+            if self.started is None:
+                self.started = now
+            deadline = self.started + self.limits.line_timeout
+            why = f"request line not finished within {self.limits.line_timeout:g}s"
+        elif self.limits.idle_timeout is not None:
+            deadline = now + self.limits.idle_timeout
+            why = f"connection idle for {self.limits.idle_timeout:g}s"
+        else:
+            return await self.stream.receive_some(_CHUNK)
+        with trio.move_on_at(deadline):
+            return await self.stream.receive_some(_CHUNK)
+        self.stats.timed_out += 1
+        raise _Hangup(_error(None, Code.TIMEOUT, f"{why}; closing the connection"))
+
+    def _hold(self, chunk: bytes) -> None:
+        stats = self.stats
+        if stats.buffered_bytes + len(chunk) > self.limits.max_buffered:
+            stats.refused += 1
+            raise _Hangup(
+                _error(
+                    None,
+                    Code.BUSY,
+                    "the node holds too many unfinished control requests; try again shortly",
+                )
+            )
+        self.buffer += chunk
+        stats.buffered_bytes += len(chunk)
+        stats.peak_buffered_bytes = max(stats.peak_buffered_bytes, stats.buffered_bytes)
+
+    def _take(self, newline: int) -> bytes:
+        line = bytes(self.buffer[:newline])
+        del self.buffer[: newline + 1]
+        self.stats.buffered_bytes -= newline + 1
+        self.scanned = 0
+        self.started = None
+        return line
+
+    def release(self) -> None:
+        """Give the connection's bytes back to the budget; call once, when it ends."""
+        self.stats.buffered_bytes -= len(self.buffer)
+        self.buffer = bytearray()
 
 
 def _too_large() -> bytes:
@@ -423,8 +630,9 @@ class ControlClient:
         """Run `action` on the node and return its result object.
 
         Raises NodeNotRunning when nothing listens on the socket, ControlError when the
-        node refuses the request (its code) or the exchange fails (`timeout`,
-        `disconnected`, `bad_response`, `forbidden`, `unreachable`, `too_large`).
+        node refuses the request (its code; `busy` when it is at a connection or buffer
+        limit, worth retrying) or the exchange fails (`timeout`, `disconnected`,
+        `bad_response`, `forbidden`, `unreachable`, `too_large`).
         """
         request_id = next(self._ids)
         try:
@@ -455,8 +663,7 @@ class ControlClient:
                     Code.UNREACHABLE, f"cannot connect to {self.path}: {exc}"
                 ) from None
             try:
-                sock.sendall(line)
-                raw = _read_line(sock, deadline)
+                raw = _exchange(sock, line, deadline)
             except TimeoutError:
                 raise ControlError(
                     Code.TIMEOUT, f"the node did not answer {action!r} within {self.timeout}s"
@@ -470,6 +677,26 @@ class ControlClient:
                 Code.DISCONNECTED, f"the node closed the connection before answering {action!r}"
             )
         return _parse_response(raw, request_id)
+
+
+def _exchange(sock: socket.socket, line: bytes, deadline: float) -> bytes | None:
+    """Send the request line and read the answer line (None if the node just closed).
+
+    A node at its connection limit answers `busy` and closes without reading, possibly
+    before the request is sent. The send then fails, but the node's line is already
+    waiting to be read, and it says why far better than "broken pipe".
+    """
+    try:
+        sock.sendall(line)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        try:
+            raw = _read_line(sock, deadline)
+        except OSError:
+            raw = None
+        if raw is None:
+            raise exc from None
+        return raw
+    return _read_line(sock, deadline)
 
 
 def _read_line(sock: socket.socket, deadline: float) -> bytes | None:

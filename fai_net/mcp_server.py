@@ -22,8 +22,10 @@ from typing import Annotated, Any
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from fai_net.control import (
     DEFAULT_RECEIVE_LIMIT,
@@ -60,10 +62,48 @@ def _tool_args(action: str, domain: str | None, limit: int) -> dict[str, Any]:
     return args
 
 
+def _refuse_unknown_arguments(tool: Tool) -> Tool:
+    """`tool`, changed so that an argument it does not declare is an error, not ignored.
+
+    The SDK's generated argument model ignores extra fields, so a misspelt or invented
+    argument (`{"action": "status", "bogus": 1}`) would silently do something other than
+    the agent meant. A subclass of that model forbids extras, which also puts
+    ``additionalProperties: false`` in the advertised inputSchema, and its validator names
+    the strays and the accepted arguments, so the agent can fix the call from the error
+    text alone. Raised as a validation error, it reaches the agent as an error result like
+    any other bad argument (pydantic's wording around it, the call's arguments included).
+    """
+    base = tool.fn_metadata.arg_model
+    accepted = tuple(field.alias or name for name, field in base.model_fields.items())
+
+    class StrictArguments(base):
+        model_config = ConfigDict(extra="forbid", title=base.__name__)
+
+        @model_validator(mode="before")
+        @classmethod
+        def refuse_unknown(cls, data: Any) -> Any:
+            if isinstance(data, dict):
+                unknown = sorted(str(key) for key in data if key not in accepted)
+                if unknown:
+                    raise PydanticCustomError(
+                        "unknown_argument",
+                        "{tool} does not take {unknown}; it accepts {accepted}",
+                        {
+                            "tool": tool.name,
+                            "unknown": ", ".join(unknown),
+                            "accepted": ", ".join(accepted),
+                        },
+                    )
+            return data
+
+    metadata = tool.fn_metadata.model_copy(update={"arg_model": StrictArguments})
+    schema = StrictArguments.model_json_schema(by_alias=True)
+    return tool.model_copy(update={"fn_metadata": metadata, "parameters": schema})
+
+
 def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
     """An MCPServer whose dso_network tool forwards to the node at `socket_path`."""
     client = ControlClient(socket_path, timeout=timeout)
-    server: MCPServer = MCPServer(name="fai", instructions=INSTRUCTIONS, log_level="WARNING")
 
     async def dso_network(
         action: Annotated[
@@ -115,7 +155,7 @@ def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
         except ControlError as exc:
             raise ToolError(f"{action} failed ({exc.code}): {exc.message}") from exc
 
-    server.add_tool(
+    tool = Tool.from_function(
         dso_network,
         name=TOOL_NAME,
         # Python 3.11 keeps a docstring's indentation; agents should not see it.
@@ -129,7 +169,12 @@ def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
         ),
         structured_output=True,
     )
-    return server
+    return MCPServer(
+        name="fai",
+        instructions=INSTRUCTIONS,
+        log_level="WARNING",
+        tools=[_refuse_unknown_arguments(tool)],
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -16,11 +18,13 @@ import pytest
 import trio
 
 from fai_net.control import (
+    DEFAULT_MAX_CONNECTIONS,
     MAX_LINE,
     Code,
     ControlClient,
     ControlError,
     ControlSocketInUse,
+    ControlStats,
     NodeNotRunning,
     UnknownAction,
     serve_control,
@@ -60,6 +64,8 @@ class Recorder:
             return {"released": True}
         if action == "hang":
             await trio.sleep_forever()
+        if action == "big":
+            return {"blob": "x" * (8 << 20)}
         raise UnknownAction(action)
 
 
@@ -67,13 +73,18 @@ def run_server(
     path: str,
     handler: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]],
     body: Callable[[str], Awaitable[None]],
+    **options: Any,
 ) -> None:
-    """Serve `handler` on `path` while `body(path)` runs, then shut the server down."""
+    """Serve `handler` on `path` while `body(path)` runs, then shut the server down.
+
+    `options` are serve_control's keyword arguments (limits, stats).
+    """
+    serve = functools.partial(serve_control, **options)
 
     async def main() -> None:
         with trio.fail_after(15):
             async with trio.open_nursery() as nursery:
-                started = await nursery.start(serve_control, path, handler)
+                started = await nursery.start(serve, path, handler)
                 assert started == path
                 await body(path)
                 nursery.cancel_scope.cancel()
@@ -117,6 +128,44 @@ def raw(path: str, payload: bytes, replies: int) -> Awaitable[tuple[list[dict[st
 
 def request(request_id: object, action: str, **args: Any) -> bytes:
     return json.dumps({"id": request_id, "action": action, "args": args}).encode() + b"\n"
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait for the server side to reach `condition` (it runs in the same trio loop)."""
+    with trio.fail_after(seconds):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def _receive(stream: trio.SocketStream) -> bytes:
+    try:
+        return await stream.receive_some(65536)
+    except trio.BrokenResourceError:  # ECONNRESET: the server closed with our bytes unread
+        return b""
+
+
+async def read_reply(stream: trio.SocketStream) -> dict[str, Any]:
+    """The next line the server sends on `stream` (one at a time: tests send one request)."""
+    buffer = b""
+    with trio.fail_after(5):
+        while not buffer.endswith(b"\n"):
+            chunk = await _receive(stream)
+            assert chunk, f"connection closed after {buffer!r}"
+            buffer += chunk
+    return json.loads(buffer)
+
+
+async def assert_closed(stream: trio.SocketStream) -> None:
+    with trio.fail_after(5):
+        assert await _receive(stream) == b""
+    await stream.aclose()
+
+
+async def connect(path: str, first: bytes = b"") -> trio.SocketStream:
+    stream = await trio.open_unix_socket(path)
+    if first:
+        await stream.send_all(first)
+    return stream
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,6 +445,158 @@ def test_base_exceptions_from_a_handler_propagate(sock_path):
     with pytest.raises(BaseExceptionGroup) as info:
         trio.run(main)
     assert info.value.subgroup(Fatal) is not None
+    assert not os.path.exists(sock_path)
+
+
+# --------------------------------------------------------------------------------------------
+# limits: connections, line and idle timeouts, buffered bytes
+# --------------------------------------------------------------------------------------------
+
+
+def test_connections_beyond_the_limit_are_refused_busy_until_a_slot_frees(sock_path):
+    stats = ControlStats()
+    limit = DEFAULT_MAX_CONNECTIONS
+    partial = b'{"id": 1, "act'
+
+    async def body(path: str) -> None:
+        holders = [await connect(path, partial) for _ in range(limit)]
+        await until(lambda: stats.connections == limit)
+        await until(lambda: stats.buffered_bytes == limit * len(partial))
+        for _ in range(10):
+            extra = await connect(path, partial)
+            reply = await read_reply(extra)
+            assert reply["id"] is None and reply["error"]["code"] == "busy"
+            assert f"already serving {limit} control connections" in reply["error"]["message"]
+            await assert_closed(extra)
+        # The CLI's client turns the refusal into a ControlError, also when the node closed
+        # before a request too big for the socket buffer could be sent (a broken pipe).
+        for blob in ("", "b" * 900_000):
+            with pytest.raises(ControlError) as info:
+                await call(path, "echo", blob=blob)
+            assert info.value.code == Code.BUSY == "busy"
+            assert "try again shortly" in info.value.message
+        assert stats.refused == 12 and stats.connections == limit
+        await holders.pop().aclose()
+        await until(lambda: stats.connections < limit)
+        assert await call(path, "echo") == {"action": "echo", "args": {}}
+        for holder in holders:
+            await holder.aclose()
+        await until(lambda: stats.connections == 0)
+        assert stats.buffered_bytes == 0
+
+    run_server(sock_path, Recorder(), body, stats=stats)
+
+
+def test_a_request_line_is_cut_at_the_line_timeout_even_if_it_trickles(sock_path):
+    stats = ControlStats()
+
+    async def body(path: str) -> None:
+        stream = await connect(path)
+        began = trio.current_time()
+
+        async def trickle() -> None:  # a byte every 50 ms, never a newline
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                for byte in b'{"id": 1, "action": "echo", "args": {}' * 10:
+                    await stream.send_all(bytes([byte]))
+                    await trio.sleep(0.05)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            reply = await read_reply(stream)
+            nursery.cancel_scope.cancel()
+        assert 0.5 <= trio.current_time() - began < 3
+        assert reply["id"] is None and reply["error"]["code"] == "timeout"
+        assert "not finished within 0.5s" in reply["error"]["message"]
+        await assert_closed(stream)
+        await until(lambda: stats.connections == 0)
+        assert stats.timed_out == 1 and stats.buffered_bytes == 0
+        assert await call(path, "echo") == {"action": "echo", "args": {}}
+
+    run_server(sock_path, Recorder(), body, stats=stats, line_timeout=0.5)
+
+
+def test_idle_time_and_handler_time_do_not_count_against_the_line_timeout(sock_path):
+    handler = Recorder()
+
+    async def body(path: str) -> None:
+        stream = await connect(path)
+        await trio.sleep(0.5)  # idle longer than the line timeout: fine
+        await stream.send_all(request(1, "echo"))
+        assert (await read_reply(stream))["ok"] is True
+        # A partial line pipelined behind a slow request: its clock starts only when the
+        # server is done with the request and waits for the rest.
+        await stream.send_all(request(2, "block") + b'{"id": 3, "action": "echo"')
+        await trio.sleep(0.5)
+        handler.release.set()
+        assert (await read_reply(stream))["result"] == {"released": True}
+        await stream.send_all(b"}\n")
+        assert (await read_reply(stream))["id"] == 3
+        # Left idle, the connection is closed at the idle timeout, with a word why.
+        began = trio.current_time()
+        reply = await read_reply(stream)
+        assert trio.current_time() - began >= 0.9
+        assert reply["error"]["code"] == "timeout" and "idle for 1s" in reply["error"]["message"]
+        await assert_closed(stream)
+
+    run_server(sock_path, handler, body, line_timeout=0.3, idle_timeout=1.0)
+
+
+def test_a_client_that_does_not_read_its_answer_is_dropped(sock_path):
+    stats = ControlStats()
+
+    async def body(path: str) -> None:
+        stream = await connect(path, request(1, "big"))  # 8 MiB answer, never read
+        await until(lambda: stats.timed_out == 1 and stats.connections == 0)
+        assert await call(path, "echo") == {"action": "echo", "args": {}}
+        await stream.aclose()
+
+    run_server(sock_path, Recorder(), body, stats=stats, line_timeout=0.3)
+
+
+def test_buffered_bytes_stay_within_the_budget(sock_path):
+    stats = ControlStats()
+    budget = 3 << 20
+    part = 900 << 10  # three fit in the budget, a fourth does not
+
+    async def body(path: str) -> None:
+        holders = []
+        for held in range(1, 4):
+            holders.append(await connect(path, b"x" * part))
+            await until(lambda n=held: stats.buffered_bytes == n * part)
+        fourth = await connect(path)
+        with contextlib.suppress(trio.BrokenResourceError):
+            await fourth.send_all(b"x" * part)  # the node hangs up partway
+        reply = await read_reply(fourth)
+        assert reply["error"]["code"] == "busy" and "unfinished" in reply["error"]["message"]
+        await assert_closed(fourth)
+        await until(lambda: stats.connections == 3)
+        assert stats.buffered_bytes == 3 * part and stats.refused == 1
+        assert 3 * part < stats.peak_buffered_bytes <= budget
+        # Small requests still fit in what is left.
+        assert await call(path, "echo") == {"action": "echo", "args": {}}
+        for holder in holders:
+            await holder.aclose()
+        await until(lambda: stats.connections == 0)
+        assert stats.buffered_bytes == 0
+
+    run_server(sock_path, Recorder(), body, stats=stats, max_buffered=budget)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_connections": 0},
+        {"line_timeout": 0},
+        {"idle_timeout": -1.0},
+        {"max_buffered": MAX_LINE},
+    ],
+)
+def test_invalid_limits_are_refused_before_binding(sock_path, limits):
+    async def main() -> None:
+        await serve_control(sock_path, Recorder(), **limits)
+
+    with pytest.raises(ValueError, match=next(iter(limits))):
+        trio.run(main)
     assert not os.path.exists(sock_path)
 
 

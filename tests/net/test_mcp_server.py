@@ -158,6 +158,7 @@ def test_lists_dso_network_with_its_schema(sock_path, server_log):
                 tool = tools[0]
                 schema = tool.input_schema
                 assert schema["required"] == ["action"]
+                assert schema["additionalProperties"] is False
                 props = schema["properties"]
                 assert props["action"]["enum"] == ["status", "broadcast", "receive", "peers"]
                 assert {"type": "string"} in props["domain"]["anyOf"]
@@ -244,6 +245,37 @@ def test_bad_calls_are_readable_tool_errors(node, sock_path, server_log):
     assert results["after"].structured_content == CANNED["status"]
     # Only the node's own refusal and the final status got past the MCP server's checks.
     assert node.requests == [("broadcast", {"domain": "lonely"}), ("status", {})]
+    assert_no_crash(server_log)
+
+
+def test_unknown_arguments_are_refused_by_name_with_the_accepted_ones(node, sock_path, server_log):
+    calls = {
+        "one": {"action": "status", "bogus": 1},
+        "two": {"action": "receive", "domain": "coding", "zeta": None, "alpha": "x"},
+        "misspelt": {"action": "receive", "domian": "coding"},
+    }
+
+    async def main() -> dict[str, CallToolResult]:
+        with anyio.fail_after(60):
+            async with mcp_session(sock_path, server_log) as session:
+                out = {
+                    name: await session.call_tool("dso_network", args)
+                    for name, args in calls.items()
+                }
+                out["after"] = await session.call_tool("dso_network", {"action": "status"})
+                return out
+
+    results = anyio.run(main)
+    accepts = "it accepts action, domain, limit"
+    for name in calls:
+        assert results[name].is_error, name
+        assert results[name].structured_content is None, name
+        assert accepts in text_of(results[name]), name
+    assert "dso_network does not take bogus;" in text_of(results["one"])
+    assert "dso_network does not take alpha, zeta;" in text_of(results["two"])
+    assert "dso_network does not take domian;" in text_of(results["misspelt"])
+    assert results["after"].structured_content == CANNED["status"]
+    assert node.requests == [("status", {})]  # none of the refused calls reached the node
     assert_no_crash(server_log)
 
 
