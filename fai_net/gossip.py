@@ -1,5 +1,5 @@
 """The libp2p host and gossipsub router, with the settings that keep py-libp2p from
-silently losing messages (measured: ../shared/reference/toolchain-notes.md).
+silently losing messages (each measured against py-libp2p 0.8.1; docs/node.md).
 
 - Noise is the only security transport offered: py-libp2p's default also offers
   plaintext, and a plaintext-only peer would be accepted.
