@@ -422,20 +422,28 @@ class BatchStore:
 
     # -- own sequence numbers --------------------------------------------------------------
 
-    def reserve_seq(self) -> int:
-        """The next unused own seq, durably recorded (fsynced) before it is returned.
+    def reserve_seq(self, floor: int = 0) -> int:
+        """The next unused own seq, at least `floor`, durably recorded (fsynced) before it
+        is returned.
 
         The commit runs with synchronous=FULL: after a crash or power loss the counter is
-        never behind a seq that was handed out, so a seq is never published twice.
+        never behind a seq that was handed out, so a seq is never published twice. The node
+        passes a floor that carries the time (fai_net/seq_clock.py), so that a lost or
+        rolled-back counter cannot hand out an old seq either.
         """
         self._conn.execute("PRAGMA synchronous = FULL")
         try:
             with self._tx() as conn:
                 (seq,) = conn.execute("SELECT next_seq FROM own_seq WHERE id = 0").fetchone()
+                seq = max(seq, floor)
                 conn.execute("UPDATE own_seq SET next_seq = ? WHERE id = 0", (seq + 1,))
         finally:
             self._conn.execute("PRAGMA synchronous = NORMAL")
         return seq
+
+    def next_seq(self) -> int:
+        """The counter's value: the next seq `reserve_seq` would hand out without a floor."""
+        return self._conn.execute("SELECT next_seq FROM own_seq WHERE id = 0").fetchone()[0]
 
     def ensure_seq_above(self, seq: int) -> None:
         """Never hand out `seq` or below again: used at start with the newest own seq the

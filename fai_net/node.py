@@ -45,7 +45,7 @@ from fai_core.experience import Experience, domain_problem
 from fai_core.library import ExperienceLibrary
 from fai_core.reputation import ReputationBook
 from fai_core.wire import Batch, decode_envelope, encode_batch
-from fai_net import evidence, repair
+from fai_net import evidence, repair, seq_clock
 from fai_net.admission import ReceiveBudget
 from fai_net.batch_store import BatchStore
 from fai_net.control import ControlError, UnknownAction, serve_control, validate_dso_args
@@ -55,6 +55,7 @@ from fai_net.metrics import NodeMetrics, serve_metrics
 from fai_net.node_config import NodeConfig
 from fai_net.node_identity import NodeIdentity, load_or_create, public_key_of
 from fai_net.pending import FairQueue
+from fai_net.ratelog import RateLimitedLog
 from fai_net.topics import domain_of, topic_for
 from fai_net.validation import (
     TEMPORARY_REFUSALS,
@@ -66,6 +67,7 @@ from fai_net.validation import (
 )
 
 log = logging.getLogger(__name__)
+_clock_log = RateLimitedLog(log, interval_s=60.0)
 
 REPAIR_PAGE = 512
 REPAIR_FETCH = 64
@@ -629,12 +631,21 @@ class Node:
             baseline = await trio.to_thread.run_sync(
                 self.library.baseline, limiter=self._lib_limiter
             )
-            seq = self.store.reserve_seq()  # durable before anything is signed with it
+            now = now_ms()
+            if not seq_clock.usable(self.store.next_seq(), now):
+                # Our counter is ahead of the wall clock: the clock stepped back. Signing
+                # now could break the invariant that keeps a lost store from reusing a seq.
+                _clock_log.warning(
+                    "clock", "clock behind our last seq: holding the %s outbox", domain
+                )
+                break
+            # Durable before anything is signed with it; never below the time floor.
+            seq = self.store.reserve_seq(seq_clock.floor(now))
             signed = encode_batch(
                 exps,
                 key=self.identity.key,
                 seq=seq,
-                timestamp_ms=now_ms(),
+                timestamp_ms=now,
                 model=self.embedder.model_id,
                 baseline=baseline,
                 operator_signer=self.membership.operator_signer(),

@@ -445,3 +445,10 @@ def test_commit_local_is_atomic_on_conflict(store):
     assert store.outbox_count() == len(clash.batch.ids)  # rolled back with the batch
     assert not store.has(clash.cid)
     assert store.commit_local(batch(1), [], received_ms=2) is True  # no transaction left open
+
+
+def test_reserve_seq_never_goes_below_its_floor_and_counts_on_from_it(store):
+    assert store.reserve_seq() == 0
+    assert store.reserve_seq(floor=1_000) == 1_000
+    assert store.reserve_seq(floor=10) == 1_001  # a lower floor never moves the counter back
+    assert store.next_seq() == 1_002

@@ -131,12 +131,14 @@ def test_a_peer_record_replacing_ours_does_not_block_the_outbox():
             vec = node.embedder.embed(texts[:1])[0]
             better = Experience.create(texts[0], vec, 0.95, "coding", other, now_ms())
             await trio.to_thread.run_sync(node.library.merge, [better], other)
-            seq_before = node.store.reserve_seq()
             result = await node.broadcast("coding")
             assert result["experiences_sent"] == 1 and node.store.outbox_count() == 0
+            after_one = node.store.next_seq()
             again = await node.broadcast("coding")
             assert again["experiences_sent"] == 0
-            assert node.store.reserve_seq() == seq_before + 2  # exactly one seq was used
+            # Exactly one seq was used: the published batch's, and the empty broadcast none.
+            assert node.store.newest_seq(node.identity.public_key) == after_one - 1
+            assert node.store.next_seq() == after_one
             n.cancel_scope.cancel()
 
     trio.run(main)
