@@ -44,6 +44,14 @@ spread. docs/deltasoup.md has the measurements behind every threshold below.
    cos = theta_dup); Eq. 19 confidence-weighted mean, q = max of the cluster, text and
    provenance of the cluster's best member (highest q, then smallest id).
 
+Reputation (ReputationBook) records only what this node can verify itself (`CHARGED`):
+a phase-1 wrong_model or equivocation, and per evaluated batch whether more than
+`batch_fail_fraction` of its evaluated rows failed (b), the checks against the receiver's
+own re-embedding. The relative checks (c-e) compare a sender with the round's other
+senders, whose statistics Sybils choose: they drop rows (filtering stays Byzantine-robust)
+and never cost reputation. Nor do replay, stale, future or old_seq, since anyone can
+re-publish a signed batch late or twice.
+
 The result does not depend on the order batches arrived in: a round is processed in
 (sender, seq, cid) order (backlog first) and every choice above is a function of the set
 of rows and of the backlog, itself a function of earlier rounds' sets.
@@ -87,6 +95,19 @@ class Drop(StrEnum):
     #: Not a refusal: over the round's cap, held in the sender's backlog for a later round.
     DEFERRED = "deferred"
 
+
+#: Refusals this node proves from the signed batch alone, against its own model and rules:
+#: the only ones that cost the sender reputation (docs/deltasoup.md, "What costs
+#: reputation"). The sender signed the batch, and the receiver re-embeds the texts itself.
+CHARGED = frozenset(
+    {Drop.WRONG_MODEL, Drop.EQUIVOCATION, Drop.SEMANTIC_MISMATCH, Drop.SCALE_MISMATCH}
+)
+#: Refusals that cost nobody anything. Relative ones (scale_outlier, quality_outlier,
+#: domain_mismatch) compare a sender with the round's other senders, whose statistics
+#: Sybils choose; stale, future, replay and old_seq depend on delivery and clocks, and
+#: anyone can re-publish a signed batch late or twice; low_reputation, over_cap and
+#: deferred are consequences of budgets, not findings. Rows are still dropped.
+UNCHARGED = frozenset(Drop) - CHARGED
 
 #: Row reason codes: 0 = kept, i + 1 = the i-th Drop.
 _DROPS = tuple(Drop)
@@ -176,7 +197,12 @@ class BatchOutcome:
     rows: int
     drop: Drop | None = None  # phase-1 refusal of the whole batch
     dropped_rows: dict[Drop, int] = field(default_factory=dict)  # without DEFERRED
+    #: False for a phase-1 refusal other than low_reputation, or when more than
+    #: `batch_fail_fraction` of the rows evaluated this round failed a CHARGED check. Only
+    #: a False from a CHARGED reason costs reputation (`charged`).
     passed: bool = True
+    #: The outcome was recorded in the sender's reputation (as `passed`).
+    charged: bool = False
     #: Rows over this round's cap held in the sender's backlog (not dropped, not penalised).
     deferred_rows: int = 0
     #: True for rows of an earlier round's batch taken from the backlog (`rows` = taken).
@@ -376,9 +402,11 @@ class DeltaSoup:
                 if counts[c] and c != deferred_code
             }
             over = outcome.dropped_rows.get(Drop.OVER_CAP, 0)
-            filtered = sum(n for d, n in outcome.dropped_rows.items() if d is not Drop.OVER_CAP)
+            # Every evaluated row went through the CHARGED checks (b) before the relative
+            # ones (c-e): a row dropped only by a relative check passed all provable ones.
+            failed = sum(n for d, n in outcome.dropped_rows.items() if d in CHARGED)
             evaluated = outcome.rows - over - outcome.deferred_rows
-            outcome.passed = filtered <= cfg.batch_fail_fraction * evaluated
+            outcome.passed = failed <= cfg.batch_fail_fraction * evaluated
             if evaluated > 0:
                 judged.add(id(outcome))
             if outcome.deferred_rows:
@@ -387,10 +415,12 @@ class DeltaSoup:
                 self._backlog.setdefault(part.sender, []).append(part)
         for outcome in outcomes:
             # Deferral is neither pass nor fail: a batch none of whose rows were evaluated
-            # this round (all deferred or over the cap) leaves reputation alone.
+            # this round (all deferred or over the cap) leaves reputation alone; so does a
+            # phase-1 refusal nobody can be charged for (replay, stale, future, old_seq).
             if outcome.drop is None and id(outcome) not in judged:
                 continue
-            if outcome.drop is not Drop.LOW_REPUTATION:
+            if outcome.drop is None or outcome.drop in CHARGED:
+                outcome.charged = True
                 self.reputation.record(outcome.sender, outcome.passed)
         result = _merge(accepted, rows, outcomes, cfg)
         result.row_backlog = rows.batch < n_backlog
