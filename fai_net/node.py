@@ -132,6 +132,7 @@ class Node:
         self._round_wakeup = trio.Event()
         self._recent: deque[dict] = deque(maxlen=1000)  # newest merged experiences
         self._refused = RefusalCache(ttl_s=config.seen_ttl_s)
+        self._repair_backoff = repair.RepairBackoff()
         self._nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
         self._events = None
@@ -688,17 +689,30 @@ class Node:
         return [p for p in self.host.get_connected_peers() if p != self.peer_id]
 
     async def sync_all(self, domains: list[str] | None = None) -> int:
+        """One repair pass over the connected peers. A peer whose last pass failed is asked
+        again only after its back-off (repair.RepairBackoff): a peer that does not speak
+        the protocol costs one try (and one log line) per back-off step, not one per pass."""
         accepted = 0
         for peer in self.connected_peers():
+            key, now = str(peer), trio.current_time()
+            if not self._repair_backoff.should_try(key, now):
+                continue
+            failure: Exception | None = None
             # A slow or hostile peer gets a bounded share of each pass, never all of it.
             with trio.move_on_after(REPAIR_PEER_BUDGET_S) as budget:
                 try:
                     accepted += await self.sync_with(peer, domains)
                 except Exception as exc:
-                    self.peers.setdefault(peer, PeerState()).sync_failures += 1
-                    log.info("repair with %s failed: %s", peer, exc)
+                    failure = exc
             if budget.cancelled_caught:
-                log.info("repair with %s hit its %d s budget", peer, REPAIR_PEER_BUDGET_S)
+                failure = TimeoutError(f"hit its {REPAIR_PEER_BUDGET_S} s budget")
+            if failure is None:
+                self._repair_backoff.succeeded(key)
+                continue
+            self.peers.setdefault(peer, PeerState()).sync_failures += 1
+            unsupported = getattr(failure, "code", None) == repair.UNSUPPORTED
+            wait = self._repair_backoff.failed(key, now, unsupported=unsupported)
+            log.info("repair with %s failed: %s; next try in %.0f s", peer, failure, wait)
         return accepted
 
     async def sync_with(self, peer: ID, domains: list[str] | None = None) -> int:

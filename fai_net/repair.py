@@ -16,9 +16,32 @@ Requests (`op`): `since` {cursor, limit <= 1024, domains?} -> {items, next};
 {envelopes}. Envelope lists are cut before the response frame would exceed its limit; the
 requester asks again for the rest. Failures are {"error": code}.
 
+Limits (`RepairLimits`), because one request of ~240 bytes can cost the server a 4 MiB
+answer, and a peer that opens many streams and never reads them would otherwise make it
+hold hundreds of such answers:
+
+- per peer, at most `per_peer_streams` exchanges run at once; a stream beyond that is
+  answered {"error": "busy"} at once, before its request is read or anything is built;
+- node-wide, the encoded responses in flight are capped by `response_budget_bytes`, and one
+  peer's share by `per_peer_budget_bytes` (so one peer alone cannot starve the others). An
+  upper bound of the answer's size is reserved before the store is read (for `get` and
+  `range` it follows from the request: cids or span times the envelope limit), settled to
+  the real size once encoded, and released when the write finished, failed or timed out
+  (`STREAM_TIMEOUT` covers the whole exchange, writing included, so a peer that never
+  reads holds its share for at most that long). A request that does not fit waits at most
+  `budget_wait_s`, then is answered "busy".
+
+A stream carries one request: after its answer the server closes and waits for the
+requester to close too (by the exchange's deadline), resetting the stream otherwise, and
+closing the connection of a peer that keeps writing (see `_end_exchange` for why).
+
+"busy" is a remote refusal like the others: the requester should try that peer later.
+`RepairBackoff` spaces those later tries (and the ones to peers that do not speak the
+protocol at all, code `unsupported`).
+
 The code is split so each part is testable alone: `validate_request` and `handle_request`
 are pure (store in, dict out), `read_frame`/`write_frame` do the framing, `make_handler` is
-the server side and `request` the client side.
+the server side (`RepairServer`, with its `ResponseBudget`) and `request` the client side.
 """
 
 from __future__ import annotations
@@ -26,6 +49,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -34,6 +58,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
+from libp2p.protocol_muxer.exceptions import MultiselectClientError, ProtocolNotSupportedError
 
 from fai_core import dagcbor
 from fai_core.errors import FaiError, WireError
@@ -65,19 +90,29 @@ BAD_REQUEST = "bad_request"
 TOO_LARGE = "too_large"
 UNKNOWN_OP = "unknown_op"
 INTERNAL = "internal"
-SERVER_CODES = frozenset({BAD_REQUEST, TOO_LARGE, UNKNOWN_OP, INTERNAL})
+#: The server is at its per-peer stream limit or out of response budget: try again later.
+BUSY = "busy"
+SERVER_CODES = frozenset({BAD_REQUEST, TOO_LARGE, UNKNOWN_OP, INTERNAL, BUSY})
 #: Error codes raised locally (framing, transport, bad responses).
 TRUNCATED = "truncated"
 MALFORMED = "malformed"
 BAD_RESPONSE = "bad_response"
 TIMEOUT = "timeout"
 UNREACHABLE = "unreachable"
+#: The peer is connected but does not speak PROTOCOL_ID (multistream-select answered "na").
+UNSUPPORTED = "unsupported"
 STREAM_ERROR = "stream_error"
 
 # Encoded size of one byte string inside a CBOR array is len + at most 9 header bytes; the
 # response map around the list ({"envelopes": [...]}) costs at most 16.
 _ITEM_OVERHEAD = 9
 _RESPONSE_OVERHEAD = 16
+# A `since` item is at most 134 bytes encoded (u64s in 9 bytes, a 32-character domain); the
+# map around the list ({"items": [...], "next": n}) at most 24.
+_SINCE_ITEM_MAX = 134
+_SINCE_OVERHEAD = 32
+#: The largest frame (length prefix included) a server may send.
+MAX_RESPONSE_FRAME = MAX_RESPONSE_BYTES + _LENGTH_BYTES
 
 
 class RepairError(FaiError):
@@ -205,6 +240,23 @@ def handle_request(store: BatchStore, request: Any) -> dict[str, Any]:
     return {"envelopes": _envelopes_within_limit(envelopes)}
 
 
+def response_bound(request: dict[str, Any]) -> int:
+    """An upper bound of the frame (length prefix included) answering a valid `request`.
+
+    Known before the store is read, so the server reserves response budget before it
+    loads envelopes or builds the frame: a `get` or `range` answer holds at most one
+    envelope per cid or seq, each at most MAX_ENVELOPE_BYTES, and never more than the
+    frame limit.
+    """
+    op = request["op"]
+    if op == "since":
+        body = _SINCE_OVERHEAD + request["limit"] * _SINCE_ITEM_MAX
+    else:
+        count = len(set(request["cids"])) if op == "get" else request["last"] - request["first"] + 1
+        body = _RESPONSE_OVERHEAD + count * (MAX_ENVELOPE_BYTES + _ITEM_OVERHEAD)
+    return min(body, MAX_RESPONSE_BYTES) + _LENGTH_BYTES
+
+
 # -- responses (client side, pure) --------------------------------------------------------
 
 
@@ -315,7 +367,10 @@ def encode_frame(obj: Any) -> bytes:
 
 async def write_frame(stream: INetStream, obj: Any, max_bytes: int = MAX_RESPONSE_BYTES) -> None:
     """Write one frame (one write call: the muxer chunks it itself)."""
-    frame = encode_frame(obj)
+    await _write_encoded(stream, encode_frame(obj), max_bytes)
+
+
+async def _write_encoded(stream: INetStream, frame: bytes, max_bytes: int) -> None:
     if len(frame) - _LENGTH_BYTES > max_bytes:
         raise RepairError(TOO_LARGE, f"refusing to send a {len(frame)}-byte frame")
     try:
@@ -336,64 +391,279 @@ async def _finish(stream: INetStream, ok: bool) -> None:
             log.debug("repair: closing stream failed: %r", exc)
 
 
+#: How an answered exchange ended (see `_end_exchange`).
+CLEAN, UNCLOSED, VIOLATION = "clean", "unclosed", "violation"
+
+
+async def _end_exchange(stream: INetStream, ok: bool, deadline: float) -> str:
+    """Server side: after an answer, close and wait (until `deadline`) for the peer's end.
+
+    In py-libp2p 0.8.1's yamux a stream we closed stays in the muxer, with everything the
+    peer sends into it, until the peer closes its side too (the receive window grows to
+    MiBs on the few bytes the handshake reads, and is not enforced on receipt). So a peer
+    keeping answered streams open could park megabytes in each, for the connection's life.
+    The requester closes right after reading the answer; until then at most one unread
+    request may still arrive (the body of a refused one). No end by the deadline: reset
+    (UNCLOSED). More bytes than that: reset and close the connection (VIOLATION), because
+    yamux keeps buffering data that arrives for a stream after its reset and, if the
+    stream's buffer was empty at the reset (as it is after draining), never frees it.
+    Returns CLEAN, UNCLOSED or VIOLATION ("failed" when there was no answer to end).
+    """
+    outcome = "failed"
+    try:
+        if ok:
+            outcome = UNCLOSED
+            with trio.move_on_at(deadline):
+                await stream.close()
+                clean = await _drained(stream, MAX_REQUEST_BYTES + _LENGTH_BYTES)
+                outcome = CLEAN if clean else VIOLATION
+    except BaseLibp2pError as exc:
+        log.debug("repair: closing stream failed: %r", exc)
+    finally:
+        if outcome != CLEAN:
+            await _finish(stream, False)
+        if outcome == VIOLATION:
+            await _drop_connection(stream)
+    return outcome
+
+
+async def _drained(stream: INetStream, allowed: int) -> bool:
+    """Read and drop what the peer still sends: True at its end, False once more than
+    `allowed` bytes came. Stream failures propagate."""
+    while True:
+        try:
+            chunk = await stream.read(min(allowed + 1, 64 * 1024))
+        except StreamEOF:
+            return True
+        if not chunk:
+            return True
+        allowed -= len(chunk)
+        if allowed < 0:
+            return False
+
+
+async def _drop_connection(stream: INetStream) -> None:
+    """Close the connection `stream` belongs to; never hang or raise."""
+    conn = getattr(stream, "swarm_conn", None)
+    if conn is None:
+        return
+    with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+        try:
+            await conn.close()
+        except Exception as exc:  # a failing close must not take the handler down
+            log.debug("repair: closing connection failed: %r", exc)
+
+
 # -- server -------------------------------------------------------------------------------
 
 StreamHandler = Callable[[INetStream], Awaitable[None]]
 
 
-def make_handler(
-    store_getter: Callable[[], BatchStore], *, counts: Counter[str] | None = None
-) -> StreamHandler:
-    """The stream handler for `host.set_stream_handler(PROTOCOL_ID, handler)`.
+@dataclass(frozen=True)
+class RepairLimits:
+    """What one node spends serving repair; see the module docstring for why.
 
-    `store_getter` is called per request so the node can swap or reopen its store. The
-    handler never raises (a peer must not be able to crash the host): every outcome is
-    logged and counted in `counts` under "served:<op>", "refused:<code>", "timeout",
-    "stream:<code>" or "internal".
+    The budgets must hold at least one largest frame, or large answers could never be sent.
     """
-    tally: Counter[str] = counts if counts is not None else Counter()
 
-    async def handler(stream: INetStream) -> None:
-        ok = False
+    #: Exchanges one peer may run at once; more are answered "busy" unread.
+    per_peer_streams: int = 4
+    #: Encoded response bytes in flight, all peers together.
+    response_budget_bytes: int = 16 << 20
+    #: One peer's share of that budget.
+    per_peer_budget_bytes: int = 8 << 20
+    #: How long a request waits for budget before it is answered "busy".
+    budget_wait_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.per_peer_streams < 1:
+            raise ValueError("per_peer_streams must be at least 1")
+        if min(self.response_budget_bytes, self.per_peer_budget_bytes) < MAX_RESPONSE_FRAME:
+            raise ValueError(f"response budgets must hold one {MAX_RESPONSE_FRAME}-byte frame")
+        if self.per_peer_budget_bytes > self.response_budget_bytes:
+            raise ValueError("per_peer_budget_bytes exceeds response_budget_bytes")
+        if not self.budget_wait_s >= 0:
+            raise ValueError("budget_wait_s must be >= 0")
+
+
+class ResponseBudget:
+    """Bytes of encoded responses in flight, node-wide and per peer.
+
+    `in_flight` is the gauge, `high_water` its peak since creation (what tests and metrics
+    read). Reservations are plain integers the caller gives back exactly once. Only the
+    encoded frames are counted: the envelope list a frame is built from lives only while
+    it is encoded.
+    """
+
+    def __init__(self, capacity: int, per_peer: int) -> None:
+        self.capacity = capacity
+        self.per_peer = per_peer
+        self.in_flight = 0
+        self.high_water = 0
+        self._by_peer: Counter[str] = Counter()
+        self._released = trio.Event()
+
+    def held_by(self, peer: str) -> int:
+        return self._by_peer[peer]
+
+    def _fits(self, peer: str, n: int) -> bool:
+        return self.in_flight + n <= self.capacity and self._by_peer[peer] + n <= self.per_peer
+
+    async def reserve(self, peer: str, n: int, wait_s: float) -> bool:
+        """Take `n` bytes for `peer`, waiting at most `wait_s` for others to release.
+
+        False if they did not fit in time (the caller answers "busy"). No checkpoint
+        between the check and the take, so a cancelled waiter never holds anything.
+        """
+        with trio.move_on_after(wait_s):
+            while not self._fits(peer, n):
+                await self._released.wait()
+        if not self._fits(peer, n):
+            return False
+        self.resize(peer, 0, n)
+        return True
+
+    def resize(self, peer: str, old: int, new: int) -> None:
+        """Change a reservation of `old` bytes to `new` (0 releases it).
+
+        Growing does not wait or check: it only happens if a response outgrew its bound
+        (a bug, logged by the caller), and refusing then would not free anything.
+        """
+        self.in_flight += new - old
+        self._by_peer[peer] += new - old
+        if self._by_peer[peer] <= 0:
+            del self._by_peer[peer]
+        self.high_water = max(self.high_water, self.in_flight)
+        if new < old:
+            self._released.set()
+            self._released = trio.Event()
+
+
+class RepairServer:
+    """The stream handler: `host.set_stream_handler(PROTOCOL_ID, server)`.
+
+    It never raises (a peer must not be able to crash the host): every outcome is logged
+    and counted in `counts` under "served:<op>", "refused:<code>", "timeout",
+    "stream:<code>" or "internal"; a "busy" refusal also under "busy:streams" or
+    "busy:budget" (which limit refused it). An answered stream the peer did not close in
+    time is counted "unclosed" and reset; one it kept writing into, "violation", and its
+    connection is closed. `active` maps peer ids to their running exchanges (refused
+    streams not included), `running` counts all streams being handled, `budget` is the
+    response budget.
+    """
+
+    def __init__(
+        self,
+        store_getter: Callable[[], BatchStore],
+        counts: Counter[str],
+        limits: RepairLimits,
+    ) -> None:
+        self.store_getter = store_getter
+        self.counts = counts
+        self.limits = limits
+        self.budget = ResponseBudget(limits.response_budget_bytes, limits.per_peer_budget_bytes)
+        self.active: Counter[str] = Counter()
+        self.running = 0
+
+    async def __call__(self, stream: INetStream) -> None:
+        peer = _peer_of(stream)
+        over = self.active[peer] >= self.limits.per_peer_streams
+        if not over:
+            self.active[peer] += 1  # no checkpoint since the check: the limit is exact
+        self.running += 1
         try:
-            with trio.fail_after(STREAM_TIMEOUT):
-                await _serve(stream, store_getter, tally)
+            await self._handle(stream, peer, over)
+        finally:
+            self.running -= 1
+            if not over:
+                self.active[peer] -= 1
+                if self.active[peer] <= 0:
+                    del self.active[peer]
+
+    async def _handle(self, stream: INetStream, peer: str, over: bool) -> None:
+        ok = False
+        deadline = trio.current_time() + STREAM_TIMEOUT
+        try:
+            with trio.fail_at(deadline):
+                if over:
+                    await self._refuse(stream, BUSY, "streams")
+                else:
+                    await self._serve(stream, peer)
             ok = True
         except trio.TooSlowError:
-            tally["timeout"] += 1
-            log.info("repair: request from %s timed out", _peer_of(stream))
+            self.counts["timeout"] += 1
+            log.info("repair: request from %s timed out", peer)
         except RepairError as exc:
-            tally[f"stream:{exc.code}"] += 1
-            log.info("repair: exchange with %s failed: %s", _peer_of(stream), exc)
+            self.counts[f"stream:{exc.code}"] += 1
+            log.info("repair: exchange with %s failed: %s", peer, exc)
         except Exception:
-            tally[INTERNAL] += 1
-            log.exception("repair: handler failed for %s", _peer_of(stream))
+            self.counts[INTERNAL] += 1
+            log.exception("repair: handler failed for %s", peer)
         finally:
-            await _finish(stream, ok)
+            # The requester has until the exchange's deadline to read the answer and close.
+            end = max(deadline, trio.current_time() + _CLOSE_TIMEOUT)
+            outcome = await _end_exchange(stream, ok, end)
+            if outcome in (UNCLOSED, VIOLATION):
+                self.counts[outcome] += 1
+                log.info("repair: %s after answering %s", outcome, peer)
 
-    return handler
+    async def _refuse(self, stream: INetStream, code: str, busy: str = "") -> None:
+        """Answer {"error": code}: a few bytes, outside the budget, so refusing always works."""
+        self.counts[f"refused:{code}"] += 1
+        if busy:
+            self.counts[f"busy:{busy}"] += 1
+        await write_frame(stream, {"error": code})
 
-
-async def _serve(
-    stream: INetStream, store_getter: Callable[[], BatchStore], tally: Counter[str]
-) -> None:
-    try:
-        request = await read_frame(stream, MAX_REQUEST_BYTES)
-    except RepairError as exc:
-        if exc.code not in (TOO_LARGE, MALFORMED):
-            raise  # truncated or broken stream: nobody to answer
-        response: dict[str, Any] = {"error": TOO_LARGE if exc.code == TOO_LARGE else BAD_REQUEST}
-    else:
+    async def _serve(self, stream: INetStream, peer: str) -> None:
         try:
-            response = handle_request(store_getter(), request)
+            req = validate_request(await read_frame(stream, MAX_REQUEST_BYTES))
+        except RepairError as exc:
+            if exc.code not in (TOO_LARGE, MALFORMED, BAD_REQUEST, UNKNOWN_OP):
+                raise  # truncated or broken stream: nobody to answer
+            await self._refuse(stream, BAD_REQUEST if exc.code == MALFORMED else exc.code)
+            return
+        held = response_bound(req)
+        if not await self.budget.reserve(peer, held, self.limits.budget_wait_s):
+            await self._refuse(stream, BUSY, "budget")
+            return
+        try:
+            frame = self._answer(req, peer)
+            if len(frame) > held:
+                log.error("repair: %d-byte answer exceeds its bound %d", len(frame), held)
+            self.budget.resize(peer, held, len(frame))
+            held = len(frame)
+            await _write_encoded(stream, frame, MAX_RESPONSE_BYTES)
+        finally:
+            self.budget.resize(peer, held, 0)
+
+    def _answer(self, req: dict[str, Any], peer: str) -> bytes:
+        """The encoded answer; the envelope list it is built from is dropped on return."""
+        try:
+            response = handle_request(self.store_getter(), req)
         except Exception:
-            log.exception("repair: store failed answering %s", _peer_of(stream))
+            log.exception("repair: store failed answering %s", peer)
             response = {"error": INTERNAL}
-    if "error" in response:
-        tally[f"refused:{response['error']}"] += 1
-    else:
-        tally[f"served:{request['op']}"] += 1
-    await write_frame(stream, response)
+        if "error" in response:
+            self.counts[f"refused:{response['error']}"] += 1
+        else:
+            self.counts[f"served:{req['op']}"] += 1
+        return encode_frame(response)
+
+
+def make_handler(
+    store_getter: Callable[[], BatchStore],
+    *,
+    counts: Counter[str] | None = None,
+    limits: RepairLimits | None = None,
+) -> RepairServer:
+    """The stream handler for `host.set_stream_handler(PROTOCOL_ID, handler)`.
+
+    `store_getter` is called per request so the node can swap or reopen its store.
+    `limits` defaults to `RepairLimits()`; the returned `RepairServer` exposes `counts`,
+    `active` and `budget` for metrics.
+    """
+    tally: Counter[str] = counts if counts is not None else Counter()
+    return RepairServer(store_getter, tally, limits if limits is not None else RepairLimits())
 
 
 def _peer_of(stream: INetStream) -> str:
@@ -410,8 +680,9 @@ async def request(
     """Send one request to `peer_id` and return its structurally checked response.
 
     Raises RepairError: the request itself is invalid (same codes a server would send),
-    UNREACHABLE, TIMEOUT, TRUNCATED, TOO_LARGE, MALFORMED, BAD_RESPONSE, STREAM_ERROR, or
-    the peer's own code with `remote=True`.
+    UNREACHABLE, UNSUPPORTED (connected, but the peer does not speak PROTOCOL_ID), TIMEOUT,
+    TRUNCATED, TOO_LARGE, MALFORMED, BAD_RESPONSE, STREAM_ERROR, or the peer's own code
+    with `remote=True` (BUSY among them: try later).
     """
     req = validate_request(obj)
     try:
@@ -419,7 +690,8 @@ async def request(
             try:
                 stream = await host.new_stream(peer_id, [PROTOCOL_ID])
             except BaseLibp2pError as exc:
-                raise RepairError(UNREACHABLE, f"{type(exc).__name__}: {exc}") from exc
+                code = UNSUPPORTED if _unsupported(exc) else UNREACHABLE
+                raise RepairError(code, f"{type(exc).__name__}: {exc}") from exc
             ok = False
             try:
                 await write_frame(stream, req, MAX_REQUEST_BYTES)
@@ -430,3 +702,103 @@ async def request(
     except trio.TooSlowError:
         raise RepairError(TIMEOUT, f"no answer from {peer_id} within {timeout} s") from None
     return validate_response(req, response)
+
+
+def _unsupported(exc: BaseException) -> bool:
+    """Did stream negotiation fail because the peer answered "na" to PROTOCOL_ID?
+
+    py-libp2p 0.8.1 raises ProtocolNotSupportedError on "na" but catches it in
+    `select_one_of`, which raises a plain MultiselectClientError("protocols not supported:
+    ..."); `new_stream` wraps that in StreamFailure. So the type is checked (for versions
+    that keep it) and, failing that, the message of the cause chain.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ProtocolNotSupportedError):
+            return True
+        if isinstance(cause, MultiselectClientError) and str(cause).startswith(
+            "protocols not supported"
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+@dataclass
+class _Step:
+    delay: float
+    next_try: float
+    failures: int
+
+
+class RepairBackoff:
+    """When to ask a peer again after a failed repair, so failing peers cost little.
+
+    The repair loop runs every few seconds; without this, a connected peer that does not
+    speak the protocol (or is busy, or broken) is asked, and logged, on every pass. After
+    each failure the wait doubles from `initial_s`, up to `max_s` for peers that do not
+    speak the protocol (UNSUPPORTED: unlikely to change soon) and `transient_max_s` for
+    other failures (BUSY, timeouts, bad answers). A success forgets the peer. Times are
+    caller-supplied monotonic seconds (`trio.current_time()`), so tests inject them.
+
+    Use in the node's pass over its peers (`failed` returns the wait before the next try,
+    so a log line per failure is one line per back-off step, not one per pass)::
+
+        key = str(peer)
+        now = trio.current_time()
+        if not backoff.should_try(key, now):
+            continue
+        try:
+            await self.sync_with(peer)
+        except repair.RepairError as exc:
+            wait = backoff.failed(key, now, unsupported=exc.code == repair.UNSUPPORTED)
+            log.info("repair with %s failed: %s; next try in %.0f s", peer, exc, wait)
+        else:
+            backoff.succeeded(key)
+
+    (A pass cut short by the per-peer time budget is a failure too: unsupported=False.)
+    At most `max_peers` peers are remembered; the least recently failed is forgotten first.
+    """
+
+    def __init__(
+        self,
+        *,
+        initial_s: float = 10.0,
+        max_s: float = 600.0,
+        transient_max_s: float = 60.0,
+        max_peers: int = 4096,
+    ) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.transient_max_s = transient_max_s
+        self.max_peers = max_peers
+        self._steps: dict[str, _Step] = {}
+
+    def should_try(self, peer_key: str, now: float) -> bool:
+        step = self._steps.get(peer_key)
+        return step is None or now >= step.next_try
+
+    def failed(self, peer_key: str, now: float, unsupported: bool) -> float:
+        """Record a failure at `now`; return the wait before the peer is tried again."""
+        step = self._steps.pop(peer_key, None)
+        cap = self.max_s if unsupported else self.transient_max_s
+        delay = self.initial_s if step is None else step.delay * 2
+        delay = min(delay, cap)
+        failures = 1 if step is None else step.failures + 1
+        self._steps[peer_key] = _Step(delay, now + delay, failures)
+        while len(self._steps) > self.max_peers:
+            del self._steps[next(iter(self._steps))]
+        return delay
+
+    def succeeded(self, peer_key: str) -> None:
+        self._steps.pop(peer_key, None)
+
+    def failures(self, peer_key: str) -> int:
+        """Failures in a row (0 for a peer in good standing)."""
+        step = self._steps.get(peer_key)
+        return 0 if step is None else step.failures
+
+    def __len__(self) -> int:
+        return len(self._steps)

@@ -216,3 +216,29 @@ def test_copies_of_a_refused_message_skip_the_gate():
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_peer_without_repair_is_asked_once_per_back_off_step():
+    """A connected peer that does not speak /fai/repair/1.0.0 used to be asked (and logged,
+    ~8 lines) on every pass, every 10 s. Now each failure sets a back-off."""
+    from fai_net.gossip import GossipSettings, build_host, running
+    from fai_net.node_identity import NodeIdentity
+
+    async def main():
+        async with trio.open_nursery() as n:
+            node = await start(n, config("backoff"))
+            identity = NodeIdentity.from_seed(bytes([42]) * 32)
+            host, pubsub, router = build_host(identity.key_pair, GossipSettings())
+            async with running(host, pubsub, router, ["/ip4/127.0.0.1/tcp/0"]):
+                addr = f"{node.addrs[0].split('/p2p/')[0]}/p2p/{node.peer_id}"
+                await host.connect(info_from_p2p_addr(parse_multiaddrs([addr])[0]))
+                with trio.fail_after(10):
+                    while host.get_id() not in node.connected_peers():
+                        await trio.sleep(0.05)
+                for _ in range(5):
+                    await node.sync_all()
+                assert node.peers[host.get_id()].sync_failures == 1
+                assert node._repair_backoff.failures(str(host.get_id())) == 1
+            n.cancel_scope.cancel()
+
+    trio.run(main)

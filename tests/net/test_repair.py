@@ -211,7 +211,7 @@ def test_malformed_responses_raise_bad_response(req, resp):
     assert info.value.code == "bad_response" and not info.value.remote
 
 
-@pytest.mark.parametrize("code", ["bad_request", "too_large", "unknown_op", "internal"])
+@pytest.mark.parametrize("code", ["bad_request", "too_large", "unknown_op", "internal", "busy"])
 def test_error_answers_raise_the_peers_code(code):
     with pytest.raises(RepairError) as info:
         repair.validate_response(GET, {"error": code})
