@@ -6,8 +6,12 @@ node accepts. Order matters and is cheapest-first, with attribution in mind:
 
 1. decode + Ed25519 signature (fai_core.wire): failures before the signature are charged
    to nobody (the sender field could be forged); failures after it are charged to the
-   sender. The forwarding peer is charged for any decode failure, because an honest
-   node's validator would not have relayed it.
+   sender. The forwarding peer is charged for a decode failure only because an honest
+   relay, running this same gate before it forwards, would have refused the batch: that
+   holds for rules docs/wire-format.md pins exactly. The signature rule is pinned (strict
+   Ed25519, fai_core/identity.py, with edge-case vectors in tests/core); text
+   normalisation is not (NFC and whitespace depend on the Unicode version of the relay's
+   Python), so `bad_text` is not charged to the forwarder (`FORWARDER_UNCHARGED`).
 2. a repair reply the node did not ask for (charged to that peer); then duplicate (CID
    already stored): ignored, no fault, never forwarded twice. Gossip redelivers after its
    seen cache expires, and repair overlaps gossip.
@@ -33,7 +37,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from fai_core import bitdelta
-from fai_core.errors import WireError
+from fai_core.errors import Reject, WireError
 from fai_core.reputation import ReputationBook
 from fai_core.wire import SignedBatch, decode_envelope
 from fai_net.batch_store import BatchStore
@@ -57,6 +61,11 @@ TEMPORARY_REFUSALS = frozenset(
         "busy",
     }
 )
+
+#: Decode failures an honest relay could miss under the spec's rules (the NFC and
+#: whitespace tests of pattern texts follow the relay's Unicode version, which the spec
+#: does not pin): never charged to the forwarder. The signer is still charged.
+FORWARDER_UNCHARGED = frozenset({Reject.BAD_TEXT})
 
 #: The node's last word before a batch is stored: (batch, forwarder, origin, envelope
 #: size) -> None to store it, or a temporary refusal reason.
@@ -139,7 +148,11 @@ class BatchGate:
         except WireError as exc:
             if exc.sender is not None:
                 self.reputation.record(exc.sender, passed=False)
-            if forwarder is not None and forwarder != exc.sender:
+            if (
+                forwarder is not None
+                and forwarder != exc.sender
+                and exc.reason not in FORWARDER_UNCHARGED
+            ):
                 self.reputation.record(forwarder, passed=False)
             return self._reject(exc.reason.value, f"{exc.detail} (from {_short(forwarder)})")
         batch = signed.batch
