@@ -4,7 +4,9 @@
 
 Targets from issue 5: register+stake <= 150k, advertisement renewal <= 80k, equivocation
 slash <= 150k. Cold and warm figures differ (first writes to a zero slot cost 20k more), so
-the first and a later operator are both reported where it matters.
+the first and a later operator are both reported where it matters. An equivocation report is
+two transactions: `equivocation_commit` (commitEquivocation) and `slash_equivocation` (the
+reveal, which slashes; the target applies to it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eth_account import Account
 from web3 import Web3
 
+from fai_core.identity import NodeKey
 from fai_net.chain.anvil import Anvil
 from fai_net.registry import deploy_registry, deploy_token
 from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY, TOKEN
@@ -41,6 +44,14 @@ def _last_tx_gas(w3: Web3) -> int:
     return w3.eth.get_transaction_receipt(tx_hash)["gasUsed"]
 
 
+def _equivocation(reg, reporter, a, b, operator: str) -> tuple[int, int]:
+    """Gas of the commit and of the reveal (the slash), sent as two transactions."""
+    commit = reg.commit_equivocation(reporter, reg.equivocation_commitment(a, b, reporter.address))
+    fn = reg.reveal_equivocation_function(a, b, operator, reporter.address)
+    reveal = reg.tx.send(reporter, fn, estimate_block="pending")
+    return commit["gasUsed"], reveal["gasUsed"]
+
+
 def measure(w3: Web3) -> dict[str, int]:
     deployer, *ops = (Account.from_key((0xB000 + i).to_bytes(32, "big")) for i in range(6))
     reporter = Account.from_key((0xBEEF).to_bytes(32, "big"))
@@ -61,11 +72,12 @@ def measure(w3: Web3) -> dict[str, int]:
     gas["register_stake"] = reg.register(ops[1], 20 * TOKEN)["gasUsed"]
     gas["add_stake"] = reg.add_stake(ops[1], 5 * TOKEN)["gasUsed"]
 
-    key = b"\x01" * 32
-    gas["ad_post_first"] = reg.advertise(ops[0], key, ADDRS)["gasUsed"]
-    relayed = reg.sign_advertisement(ops[0], key, ADDRS)
+    node = NodeKey(b"\x01" * 32)
+    key = node.public_key
+    gas["ad_post_first"] = reg.advertise(ops[0], node, ADDRS)["gasUsed"]
+    relayed = reg.sign_advertisement(ops[0], node, ADDRS)
     gas["ad_renew_relayed"] = reg.post_advertisement(relayed, reporter)["gasUsed"]
-    gas["ad_renew"] = reg.advertise(ops[0], key, ADDRS)["gasUsed"]
+    gas["ad_renew"] = reg.advertise(ops[0], node, ADDRS)["gasUsed"]
 
     gas["request_unbond"] = reg.request_unbond(ops[1], 5 * TOKEN)["gasUsed"]
     w3.provider.make_request("evm_increaseTime", [DEFAULT_UNBONDING_DELAY])
@@ -74,23 +86,25 @@ def measure(w3: Web3) -> dict[str, int]:
 
     a = reg.sign_batch_header(ops[0], key, 9, b"\xaa" * 32, 1)
     b = reg.sign_batch_header(ops[0], key, 9, b"\xbb" * 32, 1)
-    gas["slash_equivocation"] = reg.slash_equivocation(reporter, a, b)["gasUsed"]
+    commit, reveal = _equivocation(reg, reporter, a, b, ops[0].address)
+    gas["equivocation_commit"], gas["slash_equivocation"] = commit, reveal
 
     # A separate hot signer (setSigner) for ops[4]: renewals and headers signed by it.
     hot = Account.from_key((0xB0B).to_bytes(32, "big"))
     reg.register(ops[4], 20 * TOKEN)
-    key4 = b"\x44" * 32
-    reg.advertise(ops[4], key4, ADDRS)
+    node4 = NodeKey(b"\x44" * 32)
+    key4 = node4.public_key
+    reg.advertise(ops[4], node4, ADDRS)
     gas["set_signer"] = reg.set_signer(ops[4], hot.address)["gasUsed"]
-    by_signer = reg.sign_advertisement(hot, key4, ADDRS, operator=ops[4].address)
+    by_signer = reg.sign_advertisement(hot, node4, ADDRS, operator=ops[4].address)
     gas["ad_renew_by_signer"] = reg.post_advertisement(by_signer, reporter)["gasUsed"]
 
     # Fraud: four live operators besides the target; the third report crosses 2/3.
     for i, op in enumerate(ops[1:4], start=2):
         if i > 2:
             reg.register(op, 20 * TOKEN)
-        reg.advertise(op, bytes([i]) * 32, ADDRS)
-    # Live: ops[1..4], 20 tokens each, the target's included: the third report crosses 2/3.
+        reg.advertise(op, NodeKey(bytes([i]) * 32), ADDRS)
+    # Bonded: ops[1..4], 20 tokens each, the target's included: the third report crosses 2/3.
     target, r1, r2, r3 = ops[1], ops[2], ops[3], ops[4]
     evidence = b"\xee" * 32
     gas["fraud_report_open"] = reg.report_fraud(r1, target.address, evidence)["gasUsed"]
@@ -102,7 +116,8 @@ def measure(w3: Web3) -> dict[str, int]:
     # Equivocation proven with headers signed by the hot signer (one extra lookup).
     a = reg.sign_batch_header(hot, key4, 9, b"\xaa" * 32, 1)
     b = reg.sign_batch_header(hot, key4, 9, b"\xbb" * 32, 1)
-    gas["slash_equivocation_by_signer"] = reg.slash_equivocation(reporter, a, b)["gasUsed"]
+    commit, reveal = _equivocation(reg, reporter, a, b, ops[4].address)
+    gas["equivocation_commit_by_signer"], gas["slash_equivocation_by_signer"] = commit, reveal
 
     # Leaving for good: the last withdrawal also removes the operator from the list.
     reg.request_unbond(ops[3], 20 * TOKEN)

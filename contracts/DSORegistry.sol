@@ -16,7 +16,9 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 /// @dev Multiaddrs are not stored: they are emitted in `AdvertisementPosted` and only their
 /// hash is kept, so renewals stay cheap. Clients read the latest event whose hash matches
 /// `operatorInfo(op).multiaddrsHash`. The Ed25519 peer key cannot be checked on-chain (no
-/// precompile); peers check possession off-chain against a challenge bound to this domain.
+/// precompile): a peer key is never bound here. Every advertisement carries an Ed25519
+/// possession proof (`keyProof`) that clients verify when they read it; an advertisement
+/// whose proof does not verify is ignored, so nobody can block or take over another key.
 contract DSORegistry is Ownable2Step, Pausable, EIP712 {
     using SafeERC20 for IERC20;
 
@@ -35,6 +37,7 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         uint64 adNonce; // next advertisement nonce expected (never reset)
         uint40 adBlock; // block of the current advertisement's AdvertisementPosted event
         uint40 unbondReadyAt; // when `unbonding` may be withdrawn
+        uint40 fraudCooldownUntil; // no fraud report against this operator before this time
         // slots 2, 3
         bytes32 peerKey; // Ed25519 public key of the node (libp2p identity)
         bytes32 multiaddrsHash; // keccak256(abi.encode(string[] multiaddrs)) of the current ad
@@ -53,7 +56,7 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         uint40 openedAt;
         uint40 openedBlock; // block of FraudCaseOpened, which carries the snapshot
         bool executed;
-        uint112 snapshotLiveStake; // live stake of every operator (target included) at opening
+        uint112 snapshotBondedStake; // bonded stake of every operator (target included) at opening
         uint112 reportedStake; // sum of reporter weights
         uint32 reporters;
         bytes32 evidenceHash;
@@ -63,7 +66,7 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
     // ------------------------------------------------------------ constants
 
     bytes32 public constant ADVERTISEMENT_TYPEHASH = keccak256(
-        "PeerAdvertisement(address operator,bytes32 peerKey,bytes32 multiaddrsHash,uint64 expiry,uint64 nonce)"
+        "PeerAdvertisement(address operator,bytes32 peerKey,bytes32 multiaddrsHash,bytes32 keyProofHash,uint64 expiry,uint64 nonce)"
     );
     bytes32 public constant BATCH_HEADER_TYPEHASH =
         keccak256("BatchHeader(bytes32 peerKey,uint64 seq,bytes32 cidDigest,uint64 timestampMs)");
@@ -78,6 +81,8 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
     uint256 public constant BPS = 10_000;
     /// @notice Reporter reward can never exceed half of what is slashed.
     uint256 public constant MAX_REWARD_BPS = 5_000;
+    /// @notice Length of an Ed25519 signature: the peer-key possession proof.
+    uint256 public constant KEY_PROOF_LENGTH = 64;
 
     // ------------------------------------------------------------ immutables
 
@@ -91,16 +96,19 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
 
     mapping(address => Operator) private _operators;
     address[] private _operatorList;
-    /// @notice A peer key is bound to the first operator that advertises it, for good.
-    mapping(bytes32 => address) public peerKeyOwner;
     /// @notice The operator's current header/advertisement signer (zero: the operator key).
     mapping(address => address) public signerOf;
     /// @notice Operator a signer was ever authorised for; never deleted, so headers signed by
     /// a rotated-out signer stay slashable.
     mapping(address => address) public signerOperator;
     mapping(address => mapping(bytes32 => mapping(uint64 => bool))) private _equivocationSlashed;
+    /// @dev Peer keys each operator ever advertised (set by its first `AdvertisementPosted`
+    /// naming the key): an operator is slashable only for headers of its own keys.
+    mapping(address => mapping(bytes32 => bool)) private _advertisedKey;
     mapping(bytes32 => FraudCase) private _cases;
     mapping(bytes32 => mapping(address => bool)) private _reported;
+    /// @notice Block of each equivocation commitment (`commitEquivocation`); 0 when none.
+    mapping(bytes32 => uint256) public equivocationCommitBlock;
     /// @notice Slashed tokens not paid out as rewards; only the owner can sweep them.
     uint256 public slashedPot;
 
@@ -114,7 +122,6 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
     );
     event Withdrawn(address indexed operator, uint256 amount);
     event SignerSet(address indexed operator, address indexed signer, address previous);
-    event PeerKeyBound(bytes32 indexed peerKey, address indexed operator);
     event AdvertisementPosted(
         address indexed operator,
         bytes32 indexed peerKey,
@@ -122,30 +129,39 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         uint64 nonce,
         bytes32 multiaddrsHash,
         string[] multiaddrs,
+        bytes keyProof,
         address relayer
     );
     event Slashed(address indexed operator, uint256 amount, uint256 reward, address indexed rewardee);
+    /// @notice A slash moved bonded stake into unbonding (jailing, or a remainder below
+    /// minBond): `amount` moved, `unbonding` now, withdrawable from `readyAt`.
+    event UnbondForced(address indexed operator, uint256 amount, uint256 unbonding, uint256 readyAt);
+    /// @notice Permanent; also clears the advertisement (adExpiry = 0).
     event Jailed(address indexed operator);
+    event EquivocationCommitted(bytes32 indexed commitment, address indexed committer);
     event EquivocationProven(
         address indexed operator,
         bytes32 indexed peerKey,
         uint64 indexed seq,
         bytes32 cidDigestA,
         bytes32 cidDigestB,
-        address reporter
+        address reporter,
+        bytes32 commitment
     );
     event FraudCaseOpened(
         bytes32 indexed caseId,
         address indexed target,
         bytes32 evidenceHash,
-        uint256 snapshotLiveStake,
+        uint256 snapshotBondedStake,
         address[] snapshotOperators,
         uint256[] snapshotWeights
     );
     event FraudReported(
         bytes32 indexed caseId, address indexed reporter, uint256 weight, uint256 reportedStake
     );
-    event FraudCaseExecuted(bytes32 indexed caseId, address indexed target, uint256 slashed);
+    event FraudCaseExecuted(
+        bytes32 indexed caseId, address indexed target, uint256 slashed, uint256 cooldownUntil
+    );
     event SlashedPotSwept(address indexed to, uint256 amount);
 
     // --------------------------------------------------------------- errors
@@ -165,15 +181,18 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
     error InvalidNonce(uint256 expected, uint256 given);
     error InvalidSignature(address expectedSigner, address recovered);
     error ZeroPeerKey();
-    error PeerKeyTaken(bytes32 peerKey, address owner);
-    error StakeTooLowToBindKey(uint256 stake, uint256 minimum);
+    error BadKeyProofLength(uint256 length, uint256 expected);
     error BadMultiaddrCount(uint256 count, uint256 maximum);
     error BadMultiaddrLength(uint256 index, uint256 length, uint256 maximum);
     error SignerTaken(address signer, address operator);
     error NotEquivocation();
-    error UnknownPeerKey(bytes32 peerKey);
     error AlreadySlashed(address operator, bytes32 peerKey, uint64 seq);
-    error ReporterNotLive(address reporter);
+    error KeyNotAdvertised(address operator, bytes32 peerKey);
+    error AlreadyCommitted(bytes32 commitment);
+    error NotCommitted(bytes32 commitment);
+    error CommitTooRecent(bytes32 commitment, uint256 commitBlock);
+    error ReporterNotBonded(address reporter);
+    error FraudCooldown(address target, uint256 until);
     error SelfReport();
     error TargetJailed(address target);
     error FraudCaseClosed(bytes32 caseId);
@@ -322,20 +341,28 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
 
     /// @notice Posts or renews an advertisement signed by `operator` (or its current signer);
     /// anyone may relay it. Not stopped by the pause: renewals keep operators live.
+    /// `keyProof` is the node's Ed25519 signature proving it holds `peerKey` for `operator`
+    /// (see docs/registry.md); the chain cannot check it, so it only travels in the event and
+    /// clients ignore advertisements whose proof does not verify. No key is ever reserved here.
     /// @dev The nonce must equal the operator's next nonce, so each signature is usable once;
-    /// the EIP-712 domain binds it to this chain id and this contract.
+    /// the EIP-712 domain binds it to this chain id and this contract. The signature covers
+    /// keccak256(keyProof), so a relayer cannot swap the proof.
     function postAdvertisement(
         address operator,
         bytes32 peerKey,
         string[] calldata multiaddrs,
         uint64 expiry,
         uint64 nonce,
+        bytes calldata keyProof,
         bytes calldata signature
     ) external {
         Operator storage op = _operators[operator];
         if (!op.registered) revert NotRegistered(operator);
         if (op.jailed) revert OperatorIsJailed(operator);
         if (peerKey == bytes32(0)) revert ZeroPeerKey();
+        if (keyProof.length != KEY_PROOF_LENGTH) {
+            revert BadKeyProofLength(keyProof.length, KEY_PROOF_LENGTH);
+        }
         _checkMultiaddrs(multiaddrs);
         if (expiry <= block.timestamp) revert ExpiryNotInFuture(expiry, block.timestamp);
         if (expiry > block.timestamp + MAX_AD_TTL) {
@@ -344,60 +371,83 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         if (nonce != op.adNonce) revert InvalidNonce(op.adNonce, nonce);
 
         bytes32 maHash = keccak256(abi.encode(multiaddrs));
-        _requireAdSigner(hashAdvertisement(operator, peerKey, maHash, expiry, nonce), signature, operator);
-
-        address keyOwner = peerKeyOwner[peerKey];
-        if (keyOwner == address(0)) {
-            // Binding is for good: only a bonded operator may claim a key (no free squatting).
-            if (op.stake < minBond) revert StakeTooLowToBindKey(op.stake, minBond);
-            peerKeyOwner[peerKey] = operator;
-            emit PeerKeyBound(peerKey, operator);
-        } else if (keyOwner != operator) {
-            revert PeerKeyTaken(peerKey, keyOwner);
-        }
+        _requireAdSigner(
+            hashAdvertisement(operator, peerKey, maHash, keccak256(keyProof), expiry, nonce),
+            signature,
+            operator
+        );
 
         op.adExpiry = uint40(expiry);
         op.adNonce = nonce + 1;
         op.adBlock = uint40(block.number);
-        op.peerKey = peerKey;
+        if (op.peerKey != peerKey) {
+            op.peerKey = peerKey;
+            if (!_advertisedKey[operator][peerKey]) _advertisedKey[operator][peerKey] = true;
+        }
         op.multiaddrsHash = maHash;
-        emit AdvertisementPosted(operator, peerKey, expiry, nonce, maHash, multiaddrs, msg.sender);
+        emit AdvertisementPosted(operator, peerKey, expiry, nonce, maHash, multiaddrs, keyProof, msg.sender);
     }
 
     // ------------------------------------------------------------- slashing
 
-    /// @notice Anyone proves equivocation with two headers for one (peerKey, seq) whose
-    /// cid digests differ, each signed by the operator owning the peer key or by a signer
-    /// that operator ever authorised. Slashes, rewards the caller, jails the operator.
+    /// @notice Step one of an equivocation report: commit to the evidence and to who gets the
+    /// reward, `commitment = equivocationCommitment(a, b, beneficiary)`. The evidence can be
+    /// revealed (`slashEquivocation`) from the next block on, by anyone; the reward always
+    /// goes to the committed beneficiary, so copying a pending reveal cannot redirect it.
+    function commitEquivocation(bytes32 commitment) external {
+        if (equivocationCommitBlock[commitment] != 0) revert AlreadyCommitted(commitment);
+        equivocationCommitBlock[commitment] = block.number;
+        emit EquivocationCommitted(commitment, msg.sender);
+    }
+
+    /// @notice Step two: proves equivocation by `operator` with two headers for one
+    /// (peerKey, seq) whose cid digests differ, each signed by the operator or by a signer it
+    /// ever authorised, for a peer key the operator has advertised (ever). Slashes, pays the reward to `beneficiary`, jails the operator. Needs
+    /// `commitEquivocation(equivocationCommitment(a, b, beneficiary))` in an earlier block;
+    /// the commitment is consumed.
     function slashEquivocation(
+        address operator,
         BatchHeader calldata a,
         bytes calldata sigA,
         BatchHeader calldata b,
-        bytes calldata sigB
+        bytes calldata sigB,
+        address beneficiary
     ) external {
         if (a.peerKey != b.peerKey || a.seq != b.seq || a.cidDigest == b.cidDigest) {
             revert NotEquivocation();
         }
-        address operator = peerKeyOwner[a.peerKey];
-        if (operator == address(0)) revert UnknownPeerKey(a.peerKey);
+        if (!_operators[operator].registered) revert NotRegistered(operator);
+        if (!_advertisedKey[operator][a.peerKey]) revert KeyNotAdvertised(operator, a.peerKey);
         if (_equivocationSlashed[operator][a.peerKey][a.seq]) {
             revert AlreadySlashed(operator, a.peerKey, a.seq);
         }
-        _requireHeaderSigner(hashBatchHeader(a), sigA, operator);
-        _requireHeaderSigner(hashBatchHeader(b), sigB, operator);
+        bytes32 digestA = hashBatchHeader(a);
+        bytes32 digestB = hashBatchHeader(b);
+        _requireHeaderSigner(digestA, sigA, operator);
+        _requireHeaderSigner(digestB, sigB, operator);
+        if (beneficiary == address(0)) revert ZeroAddress();
+        bytes32 commitment = keccak256(abi.encode(digestA, digestB, beneficiary));
+        uint256 committed = equivocationCommitBlock[commitment];
+        if (committed == 0) revert NotCommitted(commitment);
+        if (committed >= block.number) revert CommitTooRecent(commitment, committed);
+        delete equivocationCommitBlock[commitment];
 
         _equivocationSlashed[operator][a.peerKey][a.seq] = true;
-        emit EquivocationProven(operator, a.peerKey, a.seq, a.cidDigest, b.cidDigest, msg.sender);
-        (, uint256 reward) = _slash(operator, reporterRewardBps, msg.sender, true);
-        if (reward != 0) stakeToken.safeTransfer(msg.sender, reward);
+        emit EquivocationProven(
+            operator, a.peerKey, a.seq, a.cidDigest, b.cidDigest, beneficiary, commitment
+        );
+        (, uint256 reward) = _slash(operator, reporterRewardBps, beneficiary, true);
+        if (reward != 0) stakeToken.safeTransfer(beneficiary, reward);
     }
 
-    /// @notice A live operator reports `target` for the fraud described by `evidenceHash`.
-    /// The first report opens a case and snapshots every live operator's stake (the target's
-    /// included) into `FraudCaseOpened`; later reporters pass that snapshot back
-    /// (`snapshotOperators`, `snapshotWeights`; the opener passes empty arrays) and count
-    /// min(snapshot weight, current stake). Once reported weight exceeds two thirds of the
-    /// snapshotted live stake, the target is slashed once, without jailing.
+    /// @notice A bonded operator reports `target` for the fraud described by `evidenceHash`.
+    /// The first report opens a case and snapshots the bonded stake of every operator holding
+    /// any (the target's included, jailed operators hold none) into `FraudCaseOpened`; later
+    /// reporters pass that snapshot back (`snapshotOperators`, `snapshotWeights`; the opener
+    /// passes empty arrays) and count min(snapshot weight, current bonded stake). Once
+    /// reported weight exceeds two thirds of the snapshotted bonded stake, the target is
+    /// slashed once, without jailing, and no report against it is accepted for
+    /// `unbondingDelay` (`FraudCooldown`), whatever the evidence.
     /// @dev Reports close `unbondingDelay` after opening: stake counted in a report cannot be
     /// withdrawn and re-staked elsewhere before the case closes, so no token counts twice.
     function reportFraud(
@@ -407,13 +457,15 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         uint256[] calldata snapshotWeights
     ) external {
         if (target == msg.sender) revert SelfReport();
-        if (!isLive(msg.sender)) revert ReporterNotLive(msg.sender);
+        uint256 current = _operators[msg.sender].stake; // zero when jailed
+        if (current == 0) revert ReporterNotBonded(msg.sender);
         bytes32 caseId = fraudCaseId(target, evidenceHash);
         FraudCase storage c = _cases[caseId];
         if (c.executed) revert FraudCaseClosed(caseId);
         Operator storage t = _operators[target];
         if (!t.registered) revert NotRegistered(target);
         if (t.jailed) revert TargetJailed(target);
+        if (block.timestamp < t.fraudCooldownUntil) revert FraudCooldown(target, t.fraudCooldownUntil);
         uint256 weight;
         if (c.openedAt == 0) {
             weight = _openCase(c, caseId, target, evidenceHash);
@@ -422,7 +474,6 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
             if (block.timestamp >= deadline) revert FraudCaseExpired(caseId, deadline);
             if (_reported[caseId][msg.sender]) revert AlreadyReported(caseId, msg.sender);
             weight = _snapshotWeight(c.snapshotHash, caseId, snapshotOperators, snapshotWeights);
-            uint256 current = _operators[msg.sender].stake;
             if (current < weight) weight = current;
         }
         _reported[caseId][msg.sender] = true;
@@ -431,10 +482,12 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         c.reporters += 1;
         emit FraudReported(caseId, msg.sender, weight, reported);
 
-        if (3 * reported > 2 * uint256(c.snapshotLiveStake)) {
+        if (3 * reported > 2 * uint256(c.snapshotBondedStake)) {
             c.executed = true;
+            uint256 until = block.timestamp + unbondingDelay;
+            t.fraudCooldownUntil = uint40(until);
             (uint256 slashed,) = _slash(target, 0, address(0), false);
-            emit FraudCaseExecuted(caseId, target, slashed);
+            emit FraudCaseExecuted(caseId, target, slashed, until);
         }
     }
 
@@ -483,6 +536,11 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         return _equivocationSlashed[operator][peerKey][seq];
     }
 
+    /// @notice True once `operator` has posted an advertisement naming `peerKey` (ever).
+    function hasAdvertisedKey(address operator, bytes32 peerKey) external view returns (bool) {
+        return _advertisedKey[operator][peerKey];
+    }
+
     function fraudCaseId(address target, bytes32 evidenceHash) public pure returns (bytes32) {
         return keccak256(abi.encode(target, evidenceHash));
     }
@@ -503,12 +561,26 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         address operator,
         bytes32 peerKey,
         bytes32 multiaddrsHash,
+        bytes32 keyProofHash,
         uint64 expiry,
         uint64 nonce
     ) public view returns (bytes32) {
         return _hashTypedDataV4(
-            keccak256(abi.encode(ADVERTISEMENT_TYPEHASH, operator, peerKey, multiaddrsHash, expiry, nonce))
+            keccak256(
+                abi.encode(
+                    ADVERTISEMENT_TYPEHASH, operator, peerKey, multiaddrsHash, keyProofHash, expiry, nonce
+                )
+            )
         );
+    }
+
+    /// @notice What `commitEquivocation` takes: binds the two headers and the beneficiary.
+    function equivocationCommitment(
+        BatchHeader calldata a,
+        BatchHeader calldata b,
+        address beneficiary
+    ) external view returns (bytes32) {
+        return keccak256(abi.encode(hashBatchHeader(a), hashBatchHeader(b), beneficiary));
     }
 
     function hashBatchHeader(BatchHeader calldata h) public view returns (bytes32) {
@@ -559,8 +631,9 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         }
     }
 
-    /// @dev Snapshots every live operator's stake (bounded by MAX_OPERATORS) into an event and
-    /// stores only its hash; returns the opener's weight.
+    /// @dev Snapshots every operator's bonded stake (bounded by MAX_OPERATORS; operators
+    /// with none, the jailed included, are left out) into an event and stores only its hash;
+    /// returns the opener's weight.
     function _openCase(FraudCase storage c, bytes32 caseId, address target, bytes32 evidenceHash)
         private
         returns (uint256)
@@ -568,26 +641,26 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         uint256 n = _operatorList.length;
         address[] memory ops = new address[](n);
         uint256[] memory weights = new uint256[](n);
-        uint256 live;
+        uint256 bonded;
         uint256 total;
         for (uint256 i = 0; i < n; ++i) {
             address a = _operatorList[i];
-            if (isLive(a)) {
-                uint256 s = _operators[a].stake;
-                ops[live] = a;
-                weights[live] = s;
+            uint256 s = _operators[a].stake;
+            if (s != 0) {
+                ops[bonded] = a;
+                weights[bonded] = s;
                 total += s;
-                ++live;
+                ++bonded;
             }
         }
         assembly ("memory-safe") {
-            mstore(ops, live)
-            mstore(weights, live)
+            mstore(ops, bonded)
+            mstore(weights, bonded)
         }
         c.target = target;
         c.openedAt = uint40(block.timestamp);
         c.openedBlock = uint40(block.number);
-        c.snapshotLiveStake = uint112(total); // 256 x uint96 < 2^112
+        c.snapshotBondedStake = uint112(total); // 256 x uint96 < 2^112
         c.evidenceHash = evidenceHash;
         c.snapshotHash = keccak256(abi.encode(ops, weights));
         emit FraudCaseOpened(caseId, target, evidenceHash, total, ops, weights);
@@ -633,10 +706,12 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         slashedPot += slashed - reward;
 
         if (stake != 0 && (jail || stake < minBond)) {
-            unbonding += stake;
+            uint256 moved = stake;
+            unbonding += moved;
             stake = 0;
             uint256 readyAt = block.timestamp + unbondingDelay;
             if (readyAt > op.unbondReadyAt) op.unbondReadyAt = uint40(readyAt);
+            emit UnbondForced(operator, moved, unbonding, op.unbondReadyAt);
         }
         op.stake = uint96(stake); // never more than before
         op.unbonding = SafeCast.toUint96(unbonding);
@@ -651,8 +726,8 @@ contract DSORegistry is Ownable2Step, Pausable, EIP712 {
         if (stake == 0 && unbonding == 0) _removeOperator(operator);
     }
 
-    /// @dev Swap-and-pop; keeps the advertisement nonce and key bindings (no replay, keys
-    /// stay bound), clears the advertisement so a re-registration starts not live.
+    /// @dev Swap-and-pop; keeps the advertisement nonce (no replay), clears the advertisement
+    /// so a re-registration starts not live (`Deregistered` says so).
     function _removeOperator(address operator) private {
         Operator storage op = _operators[operator];
         if (!op.registered) return;

@@ -152,6 +152,17 @@ def parse_bytes32(text: str, what: str) -> bytes:
     return bytes.fromhex(text.removeprefix("0x").removeprefix("0X"))
 
 
+def _parse_hex(text: str, length: int, what: str) -> bytes:
+    raw = text[2:] if text.lower().startswith("0x") else text
+    try:
+        data = bytes.fromhex(raw)
+    except ValueError:
+        raise ValueError(f"{what} must be hex") from None
+    if len(data) != length:
+        raise ValueError(f"{what} must be {length} bytes, got {len(data)}")
+    return data
+
+
 def short_hex(data: bytes) -> str:
     h = data.hex()
     return f"{h[:8]}…{h[-4:]}"
@@ -476,7 +487,7 @@ def _stake(args: argparse.Namespace) -> int:
 
 
 def _node_key_and_addrs(data_dir: str, multiaddrs: list[str]) -> tuple[Any, list[str]]:
-    """The node's peer key (never created here) and, if none given, its listen addresses."""
+    """The node's identity (never created here) and, if none given, its listen addresses."""
     directory = Path(data_dir).expanduser()
     key_path = directory / "node.key"
     if not key_path.is_file():
@@ -504,7 +515,7 @@ def _node_key_and_addrs(data_dir: str, multiaddrs: list[str]) -> tuple[Any, list
     from fai_net.node_identity import load_or_create
 
     identity = load_or_create(directory)  # the file exists: this only loads and checks it
-    return identity.public_key, multiaddrs
+    return identity, multiaddrs
 
 
 @_handler
@@ -515,18 +526,29 @@ def _advertise(args: argparse.Namespace) -> int:
     if not MIN_TTL <= args.ttl <= MAX_TTL:
         raise ValueError(f"--ttl must be {MIN_TTL}..{MAX_TTL} seconds (at most 24 h)")
     multiaddrs = list(dict.fromkeys(args.multiaddr or []))
+    key_proof = None
     if args.peer_key:
         peer_key = parse_bytes32(args.peer_key, "--peer-key")
         if not multiaddrs:
             raise ValueError("give --multiaddr (at least one) with --peer-key")
+        if not args.key_proof:
+            raise ValueError(
+                "give --key-proof HEX with --peer-key (the node's 64-byte Ed25519 binding proof "
+                "for your operator address), or --data-dir DIR to make it from the node key"
+            )
+        key_proof = _parse_hex(args.key_proof, 64, "--key-proof")
+        node = peer_key
     else:
+        if args.key_proof:
+            raise ValueError("--key-proof goes with --peer-key (with --data-dir it is made here)")
         data_dir = session.settings.get("data_dir")
         if not data_dir:
             raise ValueError("give --peer-key HEX or --data-dir DIR (or set FAI_DATA_DIR)")
-        peer_key, multiaddrs = _node_key_and_addrs(str(data_dir), multiaddrs)
+        node, multiaddrs = _node_key_and_addrs(str(data_dir), multiaddrs)
+        peer_key = node.public_key
     client = session.client(address)
     account = _account(private_key)
-    receipt = client.advertise(account, peer_key, multiaddrs, ttl=args.ttl)
+    receipt = client.advertise(account, node, multiaddrs, ttl=args.ttl, key_proof=key_proof)
     info = client.operator(account.address)
     now = client.block_timestamp()
     live = client.is_live(account.address)
@@ -657,18 +679,22 @@ def _slash_equivocation(args: argparse.Namespace) -> int:
             "signed by the operator (or its signer)"
         ) from None
     client = session.client(address)
-    owner = client.peer_key_owner(proof.sender)
+    owner = client.header_signer_operator(headers[0])
     for n, header in enumerate(headers, 1):
-        if client.header_signer_operator(header) is None:
-            whose = f"its owner {owner}" if owner else "no operator (the key is not advertised)"
+        if owner is None or client.header_signer_operator(header, owner) is None:
+            attributed = client.peer_key_operator(proof.sender)
+            whose = f"operator {attributed}" if attributed else "no live operator"
             raise CliError(
                 f"{args.evidence} cannot be submitted: the operator signature of batch {n} "
                 f"(peer key {proof.sender.hex()}, seq {proof.seq}) is not attributable: it does "
-                f"not recover to the key's owner or a signer it authorised on this registry "
-                f"(peer key owned by {whose}); signed for another chain or registry?"
+                "not recover to an operator that advertised this peer key, or to a signer such "
+                "an operator authorised on this registry (both batches must be signed for the "
+                f"same operator; the key is attributed to {whose}); signed for another chain "
+                "or registry?"
             )
     reporter = _account(private_key)
-    receipt = client.slash_equivocation(reporter, *headers)
+    # Commit (reward bound to the reporter), then reveal in a later block.
+    receipt = client.slash_equivocation(reporter, *headers, operator=owner)
     slashes = client.events(receipt, "Slashed")
     jailed = bool(client.events(receipt, "Jailed"))
     slashed = slashes[0].args if slashes else None
@@ -718,7 +744,7 @@ def _slash_report(args: argparse.Namespace) -> int:
         "opened": opened,
         "weight": weight,
         "reported_stake": case.reported_stake,
-        "snapshot_live_stake": case.snapshot_live_stake,
+        "snapshot_bonded_stake": case.snapshot_bonded_stake,
         "reporters": case.reporters,
         "executed": bool(executed),
         "slashed": executed[0].args.slashed if executed else 0,
@@ -727,7 +753,7 @@ def _slash_report(args: argparse.Namespace) -> int:
     lines = [
         f"{'opened' if opened else 'voted on'} fraud case {data['case_id']} against {target}",
         f"your weight {format_tokens(weight)} tokens; reported {format_tokens(case.reported_stake)}"
-        f" of {format_tokens(case.snapshot_live_stake)} snapshotted live stake "
+        f" of {format_tokens(case.snapshot_bonded_stake)} snapshotted bonded stake "
         f"({case.reporters} reporter(s); the slash needs more than 2/3)",
     ]
     if executed:
@@ -887,7 +913,8 @@ def add_registry_commands(commands) -> None:
         _peers,
         "list the live peers (operator, peer key, stake, expiry, multiaddrs)",
         "List every live operator (bonded >= minimum, not jailed, advertisement unexpired) "
-        "with the multiaddrs of its current advertisement, read at one block.",
+        "whose advertisement carries a valid Ed25519 proof for its peer key, with the "
+        "multiaddrs of its current advertisement, read at one block.",
     )
     status = _leaf(
         reg_sub,
@@ -922,7 +949,11 @@ def add_registry_commands(commands) -> None:
         "peer key and multiaddrs, valid for --ttl (at most 24 h); run it again to renew.",
     )
     source = advertise.add_mutually_exclusive_group()
-    source.add_argument("--peer-key", metavar="HEX", help="the node's 32-byte Ed25519 public key")
+    source.add_argument(
+        "--peer-key",
+        metavar="HEX",
+        help="the node's 32-byte Ed25519 public key (with --key-proof)",
+    )
     source.add_argument(
         "--data-dir",
         metavar="DIR",
@@ -931,6 +962,13 @@ def add_registry_commands(commands) -> None:
     )
     advertise.add_argument(
         "--multiaddr", action="append", metavar="M", help="address to advertise (repeat, 1..8)"
+    )
+    advertise.add_argument(
+        "--key-proof",
+        metavar="HEX",
+        help="with --peer-key: the node's 64-byte Ed25519 signature binding its key to your "
+        "operator address (fai_net.registry.possession.prove_binding); nodes ignore "
+        "advertisements without a valid one",
     )
     advertise.add_argument(
         "--ttl", type=int, default=MAX_TTL, metavar="S", help="lifetime (default/max 86400)"
@@ -960,7 +998,7 @@ def add_registry_commands(commands) -> None:
         "slash",
         help="submit equivocation evidence or a fraud report",
         description="Slashing: prove equivocation with an evidence file, or report fraud "
-        "(live operators vote; more than 2/3 of the snapshotted live stake slashes).",
+        "(bonded operators vote; more than 2/3 of the snapshotted bonded stake slashes).",
     )
     slash.set_defaults(handler=_print_group_help(slash))
     slash_sub = slash.add_subparsers(dest="slash_command", metavar="SUBCOMMAND")
@@ -970,8 +1008,8 @@ def add_registry_commands(commands) -> None:
         _slash_equivocation,
         "slash an operator with an equivocation evidence file",
         "Re-verify an fai/equivocation/v1 evidence file (two batches, one seq, two CIDs), "
-        "check both headers are attributable to the peer key's operator on-chain, then "
-        "submit them; the reporter (your key) receives the reward.",
+        "check both headers are attributable to one operator on-chain, then commit to them "
+        "and reveal them in the next block; the reporter (your key) receives the reward.",
     )
     equivocation.add_argument("--evidence", required=True, metavar="FILE", help="evidence file")
     report = _leaf(
@@ -980,7 +1018,8 @@ def add_registry_commands(commands) -> None:
         _slash_report,
         "open or vote on a fraud case against an operator",
         "Report fraud by TARGET under an evidence hash: the first report opens the case, "
-        "later reports by live operators vote. Your key must be a live operator.",
+        "later reports by operators bonded when it opened vote. Your key must be a bonded "
+        "operator.",
     )
     report.add_argument("--target", required=True, metavar="ADDR", help="the accused operator")
     report.add_argument(

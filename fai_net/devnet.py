@@ -146,7 +146,7 @@ def up(
             addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
             progress(f"{name}: staking and advertising {addr}")
             reg.register(operator)
-            reg.advertise(operator, identity.public_key, [addr])
+            reg.advertise(operator, identity, [addr])
             args = [
                 *("--data-dir", str(data_dir), "--listen", f"/ip4/127.0.0.1/tcp/{port}"),
                 *("--rpc", anvil.url, "--registry", reg.address),

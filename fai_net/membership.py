@@ -7,10 +7,15 @@ random operator signatures, which lie outside the CID. Membership is therefore a
 Authorised hot signers come from `SignerSet` events, scanned incrementally by `refresh()`;
 a binding never changes once made (client.set_signer docs).
 
+A peer key belongs to the operator whose live advertisement carries the key's Ed25519
+binding proof (`RegistryClient.live_peers` verifies it and drops unproven advertisements):
+the chain reserves no keys, so an operator advertising somebody else's key (a squatter) is
+never attributed it and blocks nobody.
+
 A batch is attributable on-chain only with the operator's EIP-712 signature over its
 header; without it an equivocation could not be slashed, so registry mode refuses batches
-that lack it (`no_operator_sig`) or whose signer is not the key's owner or an authorised
-signer of that owner (`bad_operator_sig`).
+that lack it (`no_operator_sig`) or whose signer is not the key's operator or an authorised
+signer of that operator (`bad_operator_sig`).
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ class RegistryMembership:
 
         client = self.client
         block = client.w3.eth.block_number
+        # Proven advertisements only, one operator per key (see the module docstring).
         live = {bytes(p.peer_key): p for p in client.live_peers(block)}
         signers: dict[str, str] = {}
         start = max(self._scanned_block + 1, client.from_block)

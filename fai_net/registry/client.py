@@ -21,6 +21,7 @@ from fai_net.registry import eip712, possession
 from fai_net.registry.artifacts import registry_artifact, token_artifact
 from fai_net.registry.errors import (
     ErrorDecoder,
+    NotCommitted,
     RegistryError,
     SnapshotMismatch,
     TransactionFailed,
@@ -45,12 +46,13 @@ class OperatorInfo:
     ad_nonce: int
     ad_block: int
     unbond_ready_at: int
+    fraud_cooldown_until: int
     peer_key: bytes
     multiaddrs_hash: bytes
 
     @classmethod
     def from_raw(cls, raw) -> OperatorInfo:
-        return cls(*raw[:9], bytes(raw[9]), bytes(raw[10]))
+        return cls(*raw[:10], bytes(raw[10]), bytes(raw[11]))
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class FraudCase:
     opened_at: int
     opened_block: int
     executed: bool
-    snapshot_live_stake: int
+    snapshot_bonded_stake: int
     reported_stake: int
     reporters: int
     evidence_hash: bytes
@@ -74,7 +76,7 @@ class FraudCase:
 
 @dataclass(frozen=True)
 class FraudSnapshot:
-    """Live operators and their stakes when a case opened (from `FraudCaseOpened`)."""
+    """Bonded operators and their stakes when a case opened (from `FraudCaseOpened`)."""
 
     operators: tuple[str, ...]
     weights: tuple[int, ...]
@@ -86,13 +88,20 @@ class FraudSnapshot:
 
 @dataclass(frozen=True)
 class LivePeer:
-    """What a peer needs to dial a node and check its identity."""
+    """What a peer needs to dial a node and check its identity.
+
+    `proven`: the advertisement's `keyProof` verifies (the node holding `peer_key` bound it
+    to `operator`). `live_peers` returns only proven ones unless asked otherwise.
+    """
 
     operator: str
     peer_key: bytes
     multiaddrs: tuple[str, ...]
     expiry: int
     stake: int
+    key_proof: bytes = b""
+    proven: bool = True
+    ad_block: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,7 @@ class SignedAdvertisement:
     expiry: int
     nonce: int
     signature: bytes
+    key_proof: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,11 @@ class SignedBatchHeader:
 
     def as_struct(self) -> tuple:
         return (self.peer_key, self.seq, self.cid_digest, self.timestamp_ms)
+
+    def digest(self, chain_id: int, registry_address: str) -> bytes:
+        return eip712.batch_header_digest(
+            chain_id, registry_address, self.peer_key, self.seq, self.cid_digest, self.timestamp_ms
+        )
 
 
 class Transactor:
@@ -132,11 +147,14 @@ class Transactor:
         gas: int | None = None,
         *,
         extra_gas: int = 0,
+        estimate_block: str | None = None,
     ) -> TxReceipt:
         """Estimate (unless `gas` is given), sign, send, wait; reverts become typed errors.
 
         The margin is 20 % + 10k over the estimate, plus `extra_gas` for calls whose cost can
         grow between estimate and inclusion (a fraud vote that turns out to execute).
+        `estimate_block="pending"` estimates in the next block's context (an equivocation
+        reveal must run in a later block than its commitment).
         """
         params = {
             "from": sender.address,
@@ -146,7 +164,7 @@ class Transactor:
         try:
             if gas is None:
                 # Estimating runs the call first, so a revert surfaces here with its data.
-                gas = fn.estimate_gas({"from": sender.address})
+                gas = fn.estimate_gas({"from": sender.address}, block_identifier=estimate_block)
                 gas = gas + max(gas // 5 + 10_000, extra_gas)
             tx = fn.build_transaction({**params, "gas": gas})
         except ContractLogicError as exc:
@@ -250,23 +268,43 @@ class RegistryClient:
         return self.tx.send(account, self.contract.functions.setSigner(to_checksum_address(signer)))
 
     # -- advertisements ------------------------------------------------------------------
+    def binding_proof(self, node_key, operator: str) -> bytes:
+        """The `keyProof` for `node_key` (an Ed25519 SigningKey, NodeKey or NodeIdentity)
+        advertised by `operator` on this chain and registry."""
+        return possession.prove_binding(node_key, self.chain_id, self.address, operator)
+
     def sign_advertisement(
         self,
         account: LocalAccount,
-        peer_key: bytes,
+        peer_key,
         multiaddrs: Iterable[str],
         ttl: int = MAX_AD_TTL,
         *,
         expiry: int | None = None,
         nonce: int | None = None,
         operator: str | None = None,
+        key_proof: bytes | None = None,
     ) -> SignedAdvertisement:
         """Sign the operator's next advertisement; give it to any relayer or post it.
 
         `account` is the operator itself, or its current signer with `operator` set.
+        `peer_key` is the node's Ed25519 key (SigningKey, NodeKey or NodeIdentity: the
+        binding proof is made here) or its 32-byte public key with `key_proof` given (made
+        by the node with `possession.prove_binding`). Nodes ignore an advertisement whose
+        proof does not verify.
         """
         multiaddrs = tuple(multiaddrs)
         operator = to_checksum_address(operator or account.address)
+        if not isinstance(peer_key, bytes | bytearray):
+            node_key = peer_key
+            peer_key = possession.public_key_of(node_key)
+            if key_proof is None:
+                key_proof = self.binding_proof(node_key, operator)
+        if key_proof is None:
+            raise ValueError(
+                "an advertisement needs the node key's binding proof: pass the node's Ed25519 "
+                "key as peer_key, or key_proof=possession.prove_binding(...) made by the node"
+            )
         if expiry is None:
             expiry = self.block_timestamp() + ttl
         if nonce is None:
@@ -279,31 +317,48 @@ class RegistryClient:
             list(multiaddrs),
             expiry,
             nonce,
+            key_proof=bytes(key_proof),
             operator=operator,
         )
-        return SignedAdvertisement(operator, bytes(peer_key), multiaddrs, expiry, nonce, signature)
+        return SignedAdvertisement(
+            operator, bytes(peer_key), multiaddrs, expiry, nonce, signature, bytes(key_proof)
+        )
 
     def post_advertisement(self, ad: SignedAdvertisement, sender: LocalAccount) -> TxReceipt:
         """Post a signed advertisement: `sender` is the operator itself or any relayer."""
         fn = self.contract.functions.postAdvertisement(
-            ad.operator, ad.peer_key, list(ad.multiaddrs), ad.expiry, ad.nonce, ad.signature
+            ad.operator,
+            ad.peer_key,
+            list(ad.multiaddrs),
+            ad.expiry,
+            ad.nonce,
+            ad.key_proof,
+            ad.signature,
         )
         return self.tx.send(sender, fn)
 
     def advertise(
         self,
         account: LocalAccount,
-        peer_key: bytes,
+        peer_key,
         multiaddrs: Iterable[str],
         ttl: int = MAX_AD_TTL,
         *,
         operator: str | None = None,
+        key_proof: bytes | None = None,
     ) -> TxReceipt:
-        """Post or renew the operator's own advertisement in one step (`account` pays)."""
+        """Post or renew the operator's own advertisement in one step (`account` pays).
+
+        `peer_key`/`key_proof` as in `sign_advertisement`."""
         # The expiry is checked against the including block's time, which is later than the
         # latest block we read: keep a minute of margin below the 24 h ceiling.
         ad = self.sign_advertisement(
-            account, peer_key, multiaddrs, ttl=min(ttl, MAX_AD_TTL - 60), operator=operator
+            account,
+            peer_key,
+            multiaddrs,
+            ttl=min(ttl, MAX_AD_TTL - 60),
+            operator=operator,
+            key_proof=key_proof,
         )
         return self.post_advertisement(ad, account)
 
@@ -322,12 +377,17 @@ class RegistryClient:
         )
         return SignedBatchHeader(bytes(peer_key), seq, bytes(cid_digest), timestamp_ms, signature)
 
-    def header_signer_operator(self, header: SignedBatchHeader) -> str | None:
+    def header_signer_operator(
+        self, header: SignedBatchHeader, operator: str | None = None
+    ) -> str | None:
         """The operator a received header is attributable to on-chain, or None.
 
-        What a node must check before accepting a header from a peer: the recovered signer is
-        the owner of the header's peer key, or a signer that owner authorised (ever). Headers
-        that fail this check cannot be used as equivocation evidence, so must be dropped.
+        The registry slashes an operator for headers of a peer key it has advertised (ever),
+        signed by its own key or by a signer it ever authorised (`setSigner`). With
+        `operator` given: that operator if the header is attributable to it, else None (what a
+        node checks against the operator its peer key is attributed to). Without: the
+        recovered signer if it is (or was) an operator, else the operator that authorised it
+        as a signer; None if that operator never advertised the header's peer key.
         """
         signer = eip712.recover_batch_header_signer(
             header.signature,
@@ -338,21 +398,96 @@ class RegistryClient:
             header.cid_digest,
             header.timestamp_ms,
         )
-        owner = self.peer_key_owner(header.peer_key)
-        if owner is None:
-            return None
-        if signer == owner:
-            return owner
-        bound = self.contract.functions.signerOperator(signer).call()
-        return owner if to_checksum_address(bound) == owner else None
+        f = self.contract.functions
+        if operator is not None:
+            operator = to_checksum_address(operator)
+            if signer != operator and to_checksum_address(f.signerOperator(signer).call()) != (
+                operator
+            ):
+                return None
+        else:
+            info = self.operator(signer)
+            if info.registered or info.jailed:
+                operator = signer
+            else:
+                bound = f.signerOperator(signer).call()
+                if int(bound, 16) == 0:
+                    return None
+                operator = to_checksum_address(bound)
+        return operator if f.hasAdvertisedKey(operator, header.peer_key).call() else None
+
+    def equivocation_commitment(
+        self, a: SignedBatchHeader, b: SignedBatchHeader, beneficiary: str
+    ) -> bytes:
+        """What `commitEquivocation` takes (computed locally, same as the contract's view)."""
+        return eip712.equivocation_commitment(
+            a.digest(self.chain_id, self.address),
+            b.digest(self.chain_id, self.address),
+            to_checksum_address(beneficiary),
+        )
+
+    def commit_equivocation(self, sender: LocalAccount, commitment: bytes) -> TxReceipt:
+        """Step one of an equivocation report (the evidence stays hidden until the reveal)."""
+        return self.tx.send(sender, self.contract.functions.commitEquivocation(commitment))
+
+    def reveal_equivocation_function(
+        self,
+        a: SignedBatchHeader,
+        b: SignedBatchHeader,
+        operator: str,
+        beneficiary: str,
+    ) -> ContractFunction:
+        return self.contract.functions.slashEquivocation(
+            to_checksum_address(operator),
+            a.as_struct(),
+            a.signature,
+            b.as_struct(),
+            b.signature,
+            to_checksum_address(beneficiary),
+        )
 
     def slash_equivocation(
-        self, reporter: LocalAccount, a: SignedBatchHeader, b: SignedBatchHeader
+        self,
+        reporter: LocalAccount,
+        a: SignedBatchHeader,
+        b: SignedBatchHeader,
+        *,
+        operator: str | None = None,
+        beneficiary: str | None = None,
     ) -> TxReceipt:
-        fn = self.contract.functions.slashEquivocation(
-            a.as_struct(), a.signature, b.as_struct(), b.signature
-        )
-        return self.tx.send(reporter, fn)
+        """Commit, then reveal, two conflicting headers; returns the reveal's receipt.
+
+        The reward goes to `beneficiary` (default: the reporter), which is inside the
+        commitment: a copy of the pending reveal pays the same beneficiary. `operator`
+        defaults to `header_signer_operator(a)`. The reveal is checked with `eth_call` before
+        anything is committed, so invalid evidence raises its typed error (e.g.
+        `NotEquivocation`, `InvalidSignature`, `AlreadySlashed`) without spending a commit.
+        A commitment already on-chain (an earlier interrupted attempt) is reused.
+        """
+        beneficiary = to_checksum_address(beneficiary or reporter.address)
+        if operator is None:
+            # Unattributable headers: name the key's operator, so the registry's error says
+            # whose signature was expected (InvalidSignature) rather than NotRegistered.
+            operator = (
+                self.header_signer_operator(a)
+                or self.peer_key_operator(a.peer_key)
+                or eip712.recover_batch_header_signer(
+                    a.signature, self.chain_id, self.address, *a.as_struct()
+                )
+            )
+        fn = self.reveal_equivocation_function(a, b, operator, beneficiary)
+        commitment = self.equivocation_commitment(a, b, beneficiary)
+        if self.contract.functions.equivocationCommitBlock(commitment).call() == 0:
+            try:
+                fn.call({"from": reporter.address})
+            except ContractLogicError as exc:
+                err = self.tx.decoder.translate(exc)
+                if not isinstance(err, NotCommitted):
+                    raise err from exc
+            self.commit_equivocation(reporter, commitment)
+        # Sent after the commit's receipt: it lands in a later block, as the contract requires
+        # (and is estimated in the next block's context for the same reason).
+        return self.tx.send(reporter, fn, estimate_block="pending")
 
     def fraud_case_id(self, target: str, evidence_hash: bytes) -> bytes:
         return bytes(
@@ -450,11 +585,14 @@ class RegistryClient:
             block_identifier=block_identifier
         )
 
-    def peer_key_owner(self, peer_key: bytes, block_identifier="latest") -> str | None:
-        owner = self.contract.functions.peerKeyOwner(peer_key).call(
-            block_identifier=block_identifier
-        )
-        return None if int(owner, 16) == 0 else to_checksum_address(owner)
+    def peer_key_operator(self, peer_key: bytes, block_identifier=None) -> str | None:
+        """The live operator `peer_key` is attributed to (proven advertisements only), or None.
+
+        The chain reserves no keys: this reads every live advertisement (`live_peers`)."""
+        for peer in self.live_peers(block_identifier):
+            if peer.peer_key == bytes(peer_key):
+                return peer.operator
+        return None
 
     def operators(self, block_identifier="latest", page: int = 256) -> list[str]:
         """Registered operators, all pages read at one block (leaving reorders the list)."""
@@ -468,13 +606,22 @@ class RegistryClient:
     def token_balance(self, address: str) -> int:
         return self.token.functions.balanceOf(to_checksum_address(address)).call()
 
-    def live_peers(self, block_identifier: int | None = None) -> list[LivePeer]:
+    def live_peers(
+        self, block_identifier: int | None = None, *, proven_only: bool = True
+    ) -> list[LivePeer]:
         """Live operators with the multiaddrs of their current advertisement.
 
         All reads are pinned to one block (default: the latest). Multiaddrs live only in
         `AdvertisementPosted` events; the registry stores the block of each operator's current
         advertisement, so only those blocks are queried (no scan from the deployment block),
         and the event must carry the current nonce and a multiaddrs hash matching storage.
+
+        Attribution: an advertisement counts only if its `keyProof` is the peer key's Ed25519
+        signature binding the key to this operator (`possession.verify_binding`); anyone may
+        post any key, so unproven advertisements (a squatter's) are dropped. Should two
+        operators hold valid proofs for one key (the node signed both), the latest
+        advertisement wins, so each key maps to one operator. `proven_only=False` returns
+        every live advertisement, `proven` telling which ones count (for display).
         """
         block = self.w3.eth.block_number if block_identifier is None else block_identifier
         live: dict[str, OperatorInfo] = {}
@@ -484,7 +631,7 @@ class RegistryClient:
         by_block: dict[int, list[str]] = {}
         for address, info in live.items():
             by_block.setdefault(info.ad_block, []).append(address)
-        peers = []
+        found: list[tuple[tuple[int, int], LivePeer]] = []
         for ad_block, addresses in sorted(by_block.items()):
             logs = self.contract.events.AdvertisementPosted.get_logs(
                 from_block=ad_block, to_block=ad_block, argument_filters={"operator": addresses}
@@ -497,26 +644,41 @@ class RegistryClient:
                     and bytes(log.args.multiaddrsHash) == info.multiaddrs_hash
                     and eip712.multiaddrs_hash(list(log.args.multiaddrs)) == info.multiaddrs_hash
                 ):
-                    peers.append(
-                        LivePeer(
-                            log.args.operator,
-                            info.peer_key,
-                            tuple(log.args.multiaddrs),
-                            info.ad_expiry,
-                            info.stake,
-                        )
+                    proof = bytes(log.args.keyProof)
+                    proven = possession.verify_binding(
+                        info.peer_key, proof, self.chain_id, self.address, log.args.operator
                     )
-        return peers
+                    peer = LivePeer(
+                        log.args.operator,
+                        info.peer_key,
+                        tuple(log.args.multiaddrs),
+                        info.ad_expiry,
+                        info.stake,
+                        proof,
+                        proven,
+                        ad_block,
+                    )
+                    found.append(((ad_block, log.logIndex), peer))
+        if not proven_only:
+            return [peer for _, peer in found]
+        latest: dict[bytes, tuple[tuple[int, int], LivePeer]] = {}
+        for position, peer in found:
+            if peer.proven:
+                kept = latest.get(peer.peer_key)
+                if kept is None or position > kept[0]:
+                    latest[peer.peer_key] = (position, peer)
+        return [peer for _, peer in sorted(latest.values(), key=lambda item: item[0])]
 
     def verify_peer_possession(
         self, operator: str, peer_key: bytes, signature: bytes, nonce: bytes
     ) -> bool:
-        """Off-chain possession proof plus the on-chain half: `operator` owns `peer_key`."""
+        """Off-chain possession proof plus the on-chain half: `peer_key` is attributed to
+        `operator` (its proven, live advertisement; `peer_key_operator`)."""
         if not isinstance(peer_key, bytes | bytearray) or len(peer_key) != 32:
             return False
         try:
-            owner = self.peer_key_owner(bytes(peer_key))
-            if owner is None or owner != to_checksum_address(operator):
+            attributed = self.peer_key_operator(bytes(peer_key))
+            if attributed is None or attributed != to_checksum_address(operator):
                 return False
         except (ValueError, TypeError):
             return False

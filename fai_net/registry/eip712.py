@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from eth_abi import encode as abi_encode
 from eth_account import Account
-from eth_account.messages import encode_typed_data
-from eth_utils import keccak, to_checksum_address
+from eth_account.messages import SignableMessage, encode_typed_data
+from eth_utils import keccak, to_canonical_address, to_checksum_address
 
 DOMAIN_NAME = "FAI DSORegistry"
 DOMAIN_VERSION = "1"
@@ -30,6 +30,7 @@ ADVERTISEMENT_TYPES = {
         {"name": "operator", "type": "address"},
         {"name": "peerKey", "type": "bytes32"},
         {"name": "multiaddrsHash", "type": "bytes32"},
+        {"name": "keyProofHash", "type": "bytes32"},
         {"name": "expiry", "type": "uint64"},
         {"name": "nonce", "type": "uint64"},
     ]
@@ -89,6 +90,42 @@ def sign_batch_header(
     return bytes(signed.signature)
 
 
+def _digest(message: SignableMessage) -> bytes:
+    return keccak(b"\x19" + message.version + message.header + message.body)
+
+
+def batch_header_digest(
+    chain_id: int,
+    registry_address: str,
+    peer_key: bytes,
+    seq: int,
+    cid_digest: bytes,
+    timestamp_ms: int,
+) -> bytes:
+    """The EIP-712 digest the contract computes (`hashBatchHeader`)."""
+    return _digest(
+        encode_typed_data(
+            domain(chain_id, registry_address),
+            BATCH_HEADER_TYPES,
+            batch_header_message(peer_key, seq, cid_digest, timestamp_ms),
+        )
+    )
+
+
+def equivocation_commitment(digest_a: bytes, digest_b: bytes, beneficiary: str) -> bytes:
+    """Same as the contract's keccak256(abi.encode(digestA, digestB, beneficiary))."""
+    return keccak(
+        abi_encode(
+            ["bytes32", "bytes32", "address"],
+            [
+                _bytes32(digest_a, "digest_a"),
+                _bytes32(digest_b, "digest_b"),
+                to_canonical_address(beneficiary),
+            ],
+        )
+    )
+
+
 def recover_batch_header_signer(
     signature: bytes,
     chain_id: int,
@@ -113,12 +150,18 @@ def multiaddrs_hash(multiaddrs: list[str]) -> bytes:
 
 
 def advertisement_message(
-    operator: str, peer_key: bytes, multiaddrs: list[str], expiry: int, nonce: int
+    operator: str,
+    peer_key: bytes,
+    multiaddrs: list[str],
+    expiry: int,
+    nonce: int,
+    key_proof: bytes,
 ) -> dict:
     return {
         "operator": to_checksum_address(operator),
         "peerKey": _bytes32(peer_key, "peer_key"),
         "multiaddrsHash": multiaddrs_hash(multiaddrs),
+        "keyProofHash": keccak(bytes(key_proof)),
         "expiry": _uint64(expiry, "expiry"),
         "nonce": _uint64(nonce, "nonce"),
     }
@@ -133,12 +176,14 @@ def sign_advertisement(
     expiry: int,
     nonce: int,
     *,
+    key_proof: bytes,
     operator: str | None = None,
 ) -> bytes:
     """Signature over an advertisement; anyone holding it can relay it once.
 
     Signed by the operator key, or by the operator's current signer (`setSigner`) with
-    `operator` naming the operator it advertises for.
+    `operator` naming the operator it advertises for. `key_proof` is the node's binding
+    proof (`possession.prove_binding`); the signature covers its hash.
     """
     key = _private_key(account_or_key)
     operator = operator or Account.from_key(key).address
@@ -146,7 +191,7 @@ def sign_advertisement(
         key,
         domain(chain_id, registry_address),
         ADVERTISEMENT_TYPES,
-        advertisement_message(operator, peer_key, multiaddrs, expiry, nonce),
+        advertisement_message(operator, peer_key, multiaddrs, expiry, nonce, key_proof),
     )
     return bytes(signed.signature)
 

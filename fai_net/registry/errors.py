@@ -1,6 +1,6 @@
 """Typed Python exceptions for registry reverts.
 
-Callers should branch on what went wrong (`except PeerKeyTaken:`), not parse hex revert data,
+Callers should branch on what went wrong (`except FraudCooldown:`), not parse hex revert data,
 and a person reading a log should see "stake 5 is below the minimum bond 10", not a selector.
 Each Solidity custom error (the registry's, and the OpenZeppelin ones it can bubble up) has
 one class here with the same name; its decoded arguments are in `.args_by_name`.
@@ -114,8 +114,11 @@ class ZeroPeerKey(AdvertisementError):
     template = "the peer key must not be zero"
 
 
-class PeerKeyTaken(AdvertisementError):
-    template = "peer key {peerKey} already belongs to operator {owner}"
+class BadKeyProofLength(AdvertisementError):
+    template = (
+        "the peer-key possession proof is {length} bytes; it must be the node's {expected}-byte "
+        "Ed25519 binding signature"
+    )
 
 
 class BadMultiaddrCount(AdvertisementError):
@@ -124,13 +127,6 @@ class BadMultiaddrCount(AdvertisementError):
 
 class BadMultiaddrLength(AdvertisementError):
     template = "multiaddr #{index} is {length} bytes; each must be 1..{maximum} bytes"
-
-
-class StakeTooLowToBindKey(AdvertisementError):
-    template = (
-        "binding a new peer key needs a bonded stake of at least {minimum}; the operator has "
-        "{stake}"
-    )
 
 
 class SignerTaken(AdvertisementError):
@@ -154,16 +150,43 @@ class NotEquivocation(SlashingError):
     template = "the two headers are not an equivocation (need same peer key and seq, other cid)"
 
 
-class UnknownPeerKey(SlashingError):
-    template = "no operator has advertised this peer key"
+class KeyNotAdvertised(SlashingError):
+    template = (
+        "operator {operator} never advertised peer key {peerKey}: headers for it are not its "
+        "equivocation"
+    )
+
+
+class AlreadyCommitted(SlashingError):
+    template = "equivocation commitment {commitment} was already made"
+
+
+class NotCommitted(SlashingError):
+    template = (
+        "equivocation commitment {commitment} was never made: call commitEquivocation first "
+        "(the reward goes to the beneficiary named in the commitment)"
+    )
+
+
+class CommitTooRecent(SlashingError):
+    template = (
+        "equivocation commitment {commitment} was made in block {commitBlock}: reveal it in a "
+        "later block"
+    )
 
 
 class AlreadySlashed(SlashingError):
     template = "operator {operator} was already slashed for seq {seq} of peer key {peerKey}"
 
 
-class ReporterNotLive(SlashingError):
-    template = "reporter {reporter} is not a live operator"
+class ReporterNotBonded(SlashingError):
+    template = "reporter {reporter} has no bonded stake (or is jailed): it has no vote"
+
+
+class FraudCooldown(SlashingError):
+    template = (
+        "target {target} was fraud-slashed recently: no fraud report against it before {until}"
+    )
 
 
 class SelfReport(SlashingError):
@@ -191,7 +214,7 @@ class SnapshotMismatch(SlashingError):
 
 
 class NotInSnapshot(SlashingError):
-    template = "reporter {reporter} was not live when this fraud case opened: it has no vote"
+    template = "reporter {reporter} had no bonded stake when this fraud case opened: no vote"
 
 
 # -- configuration and access ------------------------------------------------------------

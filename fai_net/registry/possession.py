@@ -6,13 +6,25 @@ The challenge binds operator, chain id and registry address so a proof for one o
 deployment cannot be replayed for another; the caller adds a fresh nonce against replay
 in time.
 
+Two proofs exist:
+
+* the *binding proof* travels in every advertisement (`postAdvertisement(..., keyProof, ...)`):
+  an Ed25519 signature by the peer key over (tag, chain id, registry, operator, peer key).
+  Clients verify it when they read advertisements (`RegistryClient.live_peers`) and ignore
+  advertisements whose proof fails, so an operator that advertises somebody else's key
+  (a squatter) is never attributed that key and blocks nobody: the chain reserves no keys.
+  It names the operator, so copying an honest operator's proof into another operator's
+  advertisement does not verify;
+* the *challenge proof* (`prove_possession`) answers a verifier's fresh nonce, for a live
+  check that the node on the other end of a connection holds the key right now.
+
 Two rules close the relay attack (operator M advertises honest node H's peer key, then
-forwards a verifier's challenge "prove K for M" to H):
+forwards a verifier's challenge "prove K for M", or asks for a binding proof for M, to H):
 
 * the node answers through `PossessionResponder`, which only ever signs for the operator it
   advertises under (configured once); a challenge naming any other operator is refused;
-* the verifier checks that the operator named in the proof is the on-chain owner of the key
-  (`RegistryClient.verify_peer_possession` does both halves).
+* the verifier checks that the operator named in the proof is the operator whose current
+  advertisement carries the key (`RegistryClient.verify_peer_possession` does both halves).
 """
 
 from __future__ import annotations
@@ -24,6 +36,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 CHALLENGE_TAG = b"FAI peer-key possession v1\x00"
+BINDING_TAG = b"FAI peer-key binding v1\x00"
+BINDING_PROOF_LENGTH = 64
 
 
 class PossessionRefused(ValueError):
@@ -63,6 +77,63 @@ def prove_possession(
     return signing_key.sign(challenge).signature
 
 
+def binding_message(chain_id: int, registry_address: str, operator: str, peer_key: bytes) -> bytes:
+    """What the peer key signs to be attributed to `operator` on this chain and registry."""
+    if len(peer_key) != 32:
+        raise ValueError("peer_key must be a 32-byte Ed25519 public key")
+    return b"".join(
+        [
+            BINDING_TAG,
+            chain_id.to_bytes(32, "big"),
+            to_canonical_address(registry_address),
+            to_canonical_address(operator),
+            bytes(peer_key),
+        ]
+    )
+
+
+def _signing_key(node_key) -> SigningKey:
+    """A nacl SigningKey from a SigningKey, a fai_core NodeKey or a NodeIdentity."""
+    if isinstance(node_key, SigningKey):
+        return node_key
+    inner = getattr(node_key, "key", None)  # NodeIdentity -> NodeKey
+    if inner is not None and hasattr(inner, "seed"):
+        node_key = inner
+    seed = getattr(node_key, "seed", None)
+    if isinstance(seed, bytes) and len(seed) == 32:
+        return SigningKey(seed)
+    raise TypeError(f"not an Ed25519 node key: {type(node_key).__name__}")
+
+
+def public_key_of(node_key) -> bytes:
+    return bytes(_signing_key(node_key).verify_key)
+
+
+def prove_binding(node_key, chain_id: int, registry_address: str, operator: str) -> bytes:
+    """The 64-byte `keyProof` an advertisement of this node's key by `operator` carries.
+
+    Low level, like `prove_possession`: only ever pass the node's own operator (a node that
+    signs a binding for another operator lets that operator take its key's attribution).
+    """
+    key = _signing_key(node_key)
+    message = binding_message(chain_id, registry_address, operator, bytes(key.verify_key))
+    return key.sign(message).signature
+
+
+def verify_binding(
+    peer_key: bytes, proof: bytes, chain_id: int, registry_address: str, operator: str
+) -> bool:
+    """True only if `peer_key` signed the binding to `operator`; False on malformed input."""
+    try:
+        if len(proof) != BINDING_PROOF_LENGTH:
+            return False
+        message = binding_message(chain_id, registry_address, operator, peer_key)
+        VerifyKey(bytes(peer_key)).verify(message, bytes(proof))
+    except (BadSignatureError, ValueError, TypeError, OverflowError, AttributeError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class PossessionResponder:
     """A node's answer to possession challenges, bound to the operator it advertises under."""
@@ -95,6 +166,10 @@ class PossessionResponder:
         )
         return self.operator, signature
 
+    def binding_proof(self) -> bytes:
+        """The advertisement's `keyProof`, for the configured operator only."""
+        return prove_binding(self.signing_key, self.chain_id, self.registry_address, self.operator)
+
 
 def verify_possession(
     peer_key: bytes,
@@ -106,8 +181,8 @@ def verify_possession(
 ) -> bool:
     """True only if `peer_key` signed this exact challenge; False on any malformed input.
 
-    This is the off-chain half only: the verifier must also check that `operator` is the
-    on-chain owner of `peer_key` (`RegistryClient.verify_peer_possession`).
+    This is the off-chain half only: the verifier must also check that `operator` currently
+    advertises `peer_key` (`RegistryClient.verify_peer_possession`).
     """
     try:
         challenge = possession_challenge(chain_id, registry_address, operator, peer_key, nonce)

@@ -13,6 +13,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from fai_core.identity import NodeKey
 from fai_net.chain.anvil import ANVIL_BIN, SETUP_HINT, Anvil
 from fai_net.registry import RegistryClient, deploy_registry
 from fai_net.registry.deploy import TOKEN
@@ -98,8 +99,13 @@ def env(base_env: Env):
     assert base_env.rpc("evm_revert", [snapshot]) is True
 
 
+def node_key(n: int) -> NodeKey:
+    """A node's Ed25519 key: advertisements need it for the binding proof."""
+    return NodeKey(bytes([n]) * 32)
+
+
 def peer_key(n: int) -> bytes:
-    return bytes([n]) * 32
+    return node_key(n).public_key
 
 
 def digest(n: int) -> bytes:

@@ -8,7 +8,7 @@ from fai_net.registry import RegistryParams, deploy_registry, errors
 from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY as DELAY
 
-from .conftest import Env, digest, peer_key
+from .conftest import Env, digest, node_key, peer_key
 
 EVIDENCE = b"\xee" * 32
 
@@ -17,7 +17,7 @@ def test_pause_stops_only_registration(env: Env):
     a, b, c = env.ops[:3]
     for op in (a, b, c):
         env.reg.register(op, 2 * MIN)
-    env.reg.advertise(a, peer_key(1), ["/ip4/127.0.0.1/tcp/1"])
+    env.reg.advertise(a, node_key(1), ["/ip4/127.0.0.1/tcp/1"])
     env.reg.request_unbond(b, MIN)
     env.reg.pause(env.owner)
     assert env.reg.contract.functions.paused().call()
@@ -26,8 +26,8 @@ def test_pause_stops_only_registration(env: Env):
         env.reg.register(env.ops[3])
     # Everything an existing operator does keeps working: top-ups, first ads, renewals.
     env.reg.add_stake(a, MIN)
-    env.reg.advertise(c, peer_key(3), ["/ip4/127.0.0.3/tcp/1"])
-    env.reg.advertise(a, peer_key(1), ["/ip4/127.0.0.1/tcp/2"])
+    env.reg.advertise(c, node_key(3), ["/ip4/127.0.0.3/tcp/1"])
+    env.reg.advertise(a, node_key(1), ["/ip4/127.0.0.1/tcp/2"])
     env.reg.set_signer(c, env.outsider.address)
 
     env.travel(DELAY)
@@ -48,12 +48,12 @@ def test_fraud_reports_keep_working_during_a_long_pause(env: Env):
     target, a, b = env.ops[:3]
     for i, (op, stake) in enumerate(((target, MIN), (a, 2 * MIN), (b, 2 * MIN))):
         env.reg.register(op, stake)
-        env.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
+        env.reg.advertise(op, node_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
     env.reg.pause(env.owner)
     env.travel(25 * 3600)
     assert not env.reg.is_live(a.address)
     for i, op in enumerate((target, a, b)):  # renewals work while paused
-        env.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
+        env.reg.advertise(op, node_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
         assert env.reg.is_live(op.address)
     env.reg.report_fraud(a, target.address, EVIDENCE)  # 20 of 50
     receipt = env.reg.report_fraud(b, target.address, EVIDENCE)  # 40 of 50 > 2/3
@@ -101,7 +101,7 @@ def test_sweep_slashed(env: Env):
         env.reg.sweep_slashed(env.owner, env.outsider.address)
     op = env.ops[0]
     env.reg.register(op, 100 * MIN)
-    env.reg.advertise(op, peer_key(1), ["/dns4/a/tcp/1"])
+    env.reg.advertise(op, node_key(1), ["/dns4/a/tcp/1"])
     h1 = env.reg.sign_batch_header(op, peer_key(1), 7, digest(1), 0)
     h2 = env.reg.sign_batch_header(op, peer_key(1), 7, digest(2), 0)
     env.reg.slash_equivocation(env.ops[1], h1, h2)
@@ -154,4 +154,4 @@ def test_views_never_revert(env: Env):
     assert not f.isEquivocationSlashed(nobody, peer_key(1), 2**64 - 1).call()
     assert f.signerOf(nobody).call() == "0x" + "00" * 20
     assert f.signerOperator(nobody).call() == "0x" + "00" * 20
-    assert f.peerKeyOwner(peer_key(9)).call() == "0x" + "00" * 20
+    assert f.equivocationCommitBlock(b"\x00" * 32).call() == 0

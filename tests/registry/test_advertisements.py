@@ -10,8 +10,9 @@ from web3 import Web3
 
 from fai_net.registry import deploy_registry, errors
 from fai_net.registry.client import MAX_AD_TTL
+from fai_net.registry.possession import verify_binding
 
-from .conftest import Env, fund_eth, peer_key
+from .conftest import Env, fund_eth, node_key, peer_key
 
 ADDRS = ["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/udp/4001/quic-v1"]
 
@@ -19,16 +20,18 @@ ADDRS = ["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/udp/4001/quic-v1"]
 def test_post_direct_makes_operator_live_and_discoverable(env: Env):
     op = env.ops[0]
     env.reg.register(op)
-    receipt = env.reg.advertise(op, peer_key(1), ADDRS)
+    receipt = env.reg.advertise(op, node_key(1), ADDRS)
     info = env.reg.operator(op.address)
     assert info.peer_key == peer_key(1)
     assert info.ad_nonce == 1
     assert env.now() < info.ad_expiry <= env.now() + MAX_AD_TTL
     assert env.reg.is_live(op.address)
-    assert env.reg.contract.functions.peerKeyOwner(peer_key(1)).call() == op.address
-    (bound,) = env.reg.events(receipt, "PeerKeyBound")
-    assert bound.args.operator == op.address
+    (posted,) = env.reg.events(receipt, "AdvertisementPosted")
+    assert verify_binding(
+        peer_key(1), bytes(posted.args.keyProof), env.reg.chain_id, env.reg.address, op.address
+    )
     (peer,) = env.reg.live_peers()
+    assert peer.proven
     assert (peer.operator, peer.peer_key, peer.multiaddrs) == (
         op.address,
         peer_key(1),
@@ -40,7 +43,7 @@ def test_post_direct_makes_operator_live_and_discoverable(env: Env):
 def test_relayed_advertisement_records_relayer(env: Env):
     op = env.ops[0]
     env.reg.register(op)
-    ad = env.reg.sign_advertisement(op, peer_key(1), ADDRS, ttl=3600)
+    ad = env.reg.sign_advertisement(op, node_key(1), ADDRS, ttl=3600)
     receipt = env.reg.post_advertisement(ad, env.outsider)
     (event,) = env.reg.events(receipt, "AdvertisementPosted")
     assert event.args.relayer == env.outsider.address
@@ -51,11 +54,10 @@ def test_relayed_advertisement_records_relayer(env: Env):
 def test_renewal_replaces_multiaddrs_and_extends_expiry(env: Env):
     op = env.ops[0]
     env.reg.register(op)
-    env.reg.advertise(op, peer_key(1), ADDRS, ttl=3600)
+    env.reg.advertise(op, node_key(1), ADDRS, ttl=3600)
     first_expiry = env.reg.operator(op.address).ad_expiry
     env.travel(1800)
-    receipt = env.reg.advertise(op, peer_key(1), ["/dns4/node.example/tcp/4001"])
-    assert env.reg.events(receipt, "PeerKeyBound") == []  # key already bound
+    env.reg.advertise(op, node_key(1), ["/dns4/node.example/tcp/4001"])
     info = env.reg.operator(op.address)
     assert info.ad_expiry > first_expiry
     assert info.ad_nonce == 2
@@ -66,7 +68,7 @@ def test_renewal_replaces_multiaddrs_and_extends_expiry(env: Env):
 def test_advertisement_expires(env: Env):
     op = env.ops[0]
     env.reg.register(op)
-    env.reg.advertise(op, peer_key(1), ADDRS, ttl=1000)
+    env.reg.advertise(op, node_key(1), ADDRS, ttl=1000)
     expiry = env.reg.operator(op.address).ad_expiry
     env.travel(expiry - env.now() - 5)
     assert env.reg.is_live(op.address)
@@ -78,7 +80,7 @@ def test_advertisement_expires(env: Env):
 def test_liveness_needs_minimum_stake(env: Env):
     op = env.ops[0]
     env.reg.register(op)
-    env.reg.advertise(op, peer_key(1), ADDRS)
+    env.reg.advertise(op, node_key(1), ADDRS)
     env.reg.request_unbond(op, env.reg.min_bond)
     assert not env.reg.is_live(op.address)
     env.reg.add_stake(op, env.reg.min_bond)
@@ -89,7 +91,7 @@ def test_live_peers_lists_only_live_operators(env: Env):
     a, b, c = env.ops[:3]
     for i, op in enumerate((a, b, c)):
         env.reg.register(op)
-        env.reg.advertise(op, peer_key(i + 1), [f"/ip4/127.0.0.{i}/tcp/1"])
+        env.reg.advertise(op, node_key(i + 1), [f"/ip4/127.0.0.{i}/tcp/1"])
     env.reg.request_unbond(b, env.reg.min_bond)
     peers = {p.operator: p for p in env.reg.live_peers()}
     assert set(peers) == {a.address, c.address}
@@ -100,10 +102,10 @@ def test_expiry_bounds(env: Env):
     op = env.ops[0]
     env.reg.register(op)
     now = env.now()
-    too_far = env.reg.sign_advertisement(op, peer_key(1), ADDRS, expiry=now + MAX_AD_TTL + 100)
+    too_far = env.reg.sign_advertisement(op, node_key(1), ADDRS, expiry=now + MAX_AD_TTL + 100)
     with pytest.raises(errors.ExpiryTooFar, match="24 h"):
         env.reg.post_advertisement(too_far, op)
-    past = env.reg.sign_advertisement(op, peer_key(1), ADDRS, expiry=now)
+    past = env.reg.sign_advertisement(op, node_key(1), ADDRS, expiry=now)
     with pytest.raises(errors.ExpiryNotInFuture):
         env.reg.post_advertisement(past, op)
 
@@ -111,11 +113,11 @@ def test_expiry_bounds(env: Env):
 def test_signature_cannot_be_used_twice(env: Env):
     op = env.ops[0]
     env.reg.register(op)
-    ad = env.reg.sign_advertisement(op, peer_key(1), ADDRS, ttl=3600)
+    ad = env.reg.sign_advertisement(op, node_key(1), ADDRS, ttl=3600)
     env.reg.post_advertisement(ad, env.outsider)
     with pytest.raises(errors.InvalidNonce, match="expects 1"):
         env.reg.post_advertisement(ad, env.outsider)
-    early = env.reg.sign_advertisement(op, peer_key(1), ADDRS, ttl=3600, nonce=5)
+    early = env.reg.sign_advertisement(op, node_key(1), ADDRS, ttl=3600, nonce=5)
     with pytest.raises(errors.InvalidNonce):
         env.reg.post_advertisement(early, op)
 
@@ -123,7 +125,7 @@ def test_signature_cannot_be_used_twice(env: Env):
 def test_tampered_or_foreign_signature_rejected(env: Env):
     op, other = env.ops[:2]
     env.reg.register(op)
-    ad = env.reg.sign_advertisement(op, peer_key(1), ADDRS, ttl=3600)
+    ad = env.reg.sign_advertisement(op, node_key(1), ADDRS, ttl=3600)
     for bad in (
         replace(ad, multiaddrs=("/ip4/127.6.6.6/tcp/1",)),
         replace(ad, peer_key=peer_key(2)),
@@ -133,39 +135,36 @@ def test_tampered_or_foreign_signature_rejected(env: Env):
     ):
         with pytest.raises(errors.InvalidSignature, match=op.address):
             env.reg.post_advertisement(bad, env.outsider)
-    by_other = env.reg.sign_advertisement(other, peer_key(1), ADDRS, ttl=3600)
+    by_other = env.reg.sign_advertisement(other, node_key(1), ADDRS, ttl=3600)
     with pytest.raises(errors.InvalidSignature):
         env.reg.post_advertisement(replace(by_other, operator=op.address), env.outsider)
 
 
-def test_peer_key_belongs_to_first_operator_for_good(env: Env):
-    a, b = env.ops[:2]
-    env.reg.register(a)
-    env.reg.register(b)
-    env.reg.advertise(a, peer_key(1), ADDRS)
-    with pytest.raises(errors.PeerKeyTaken, match=a.address):
-        env.reg.advertise(b, peer_key(1), ADDRS)
-    env.reg.advertise(a, peer_key(2), ADDRS)  # a rotates to a new key...
-    with pytest.raises(errors.PeerKeyTaken) as taken:
-        env.reg.advertise(b, peer_key(1), ADDRS)  # ...but the old one stays a's
-    assert f"peer key 0x{peer_key(1).hex()} already belongs to" in str(taken.value)
-    env.reg.advertise(a, peer_key(1), ADDRS)  # and a may return to it
-
-
-def test_binding_a_new_key_needs_a_bond(env: Env):
-    """No squatting: a key is bound for good, so only a bonded, unjailed operator binds one."""
+def test_an_advertisement_needs_a_64_byte_key_proof(env: Env):
     op = env.ops[0]
     env.reg.register(op)
-    env.reg.advertise(op, peer_key(1), ADDRS)
-    env.reg.request_unbond(op, env.reg.min_bond)  # registered, but nothing bonded
-    with pytest.raises(errors.StakeTooLowToBindKey, match="at least"):
-        env.reg.advertise(op, peer_key(2), ADDRS)
-    assert env.reg.peer_key_owner(peer_key(2)) is None
-    env.reg.advertise(op, peer_key(1), ADDRS)  # its own key can still be renewed...
-    assert not env.reg.is_live(op.address)  # ...which does not make it live
-    env.reg.add_stake(op, env.reg.min_bond)
-    env.reg.advertise(op, peer_key(2), ADDRS)
-    assert env.reg.peer_key_owner(peer_key(2)) == op.address
+    with pytest.raises(ValueError, match="binding proof"):  # the client refuses to guess
+        env.reg.advertise(op, peer_key(1), ADDRS)
+    for bad in (b"", bytes(63), bytes(65)):
+        with pytest.raises(errors.BadKeyProofLength, match="64-byte"):
+            env.reg.advertise(op, peer_key(1), ADDRS, key_proof=bad)
+    # The chain cannot check Ed25519: a wrong 64-byte proof is posted, but nodes ignore it.
+    env.reg.advertise(op, peer_key(1), ADDRS, key_proof=bytes(64))
+    assert env.reg.is_live(op.address)
+    assert env.reg.live_peers() == []
+    (unproven,) = env.reg.live_peers(proven_only=False)
+    assert (unproven.operator, unproven.proven) == (op.address, False)
+
+
+def test_a_relayer_cannot_swap_the_key_proof(env: Env):
+    """The operator's signature covers keccak256(keyProof)."""
+    op = env.ops[0]
+    env.reg.register(op)
+    ad = env.reg.sign_advertisement(op, node_key(1), ADDRS, ttl=3600)
+    with pytest.raises(errors.InvalidSignature):
+        env.reg.post_advertisement(replace(ad, key_proof=bytes(64)), env.outsider)
+    env.reg.post_advertisement(ad, env.outsider)
+    assert env.reg.live_peers()[0].operator == op.address
 
 
 def test_multiaddr_length_is_bounded(env: Env):
@@ -173,11 +172,11 @@ def test_multiaddr_length_is_bounded(env: Env):
     env.reg.register(op)
     longest = "/dns4/" + "a" * 250
     assert len(longest) == 256
-    env.reg.advertise(op, peer_key(1), [longest] * 8)
+    env.reg.advertise(op, node_key(1), [longest] * 8)
     with pytest.raises(errors.BadMultiaddrLength, match="#1 is 257 bytes"):
-        env.reg.advertise(op, peer_key(1), [longest, longest + "b"])
+        env.reg.advertise(op, node_key(1), [longest, longest + "b"])
     with pytest.raises(errors.BadMultiaddrLength, match="#0 is 0 bytes"):
-        env.reg.advertise(op, peer_key(1), [""])
+        env.reg.advertise(op, node_key(1), [""])
     (peer,) = env.reg.live_peers()
     assert peer.multiaddrs == (longest,) * 8
 
@@ -189,16 +188,16 @@ def test_current_signer_can_advertise_but_not_a_replaced_one(env: Env):
     receipt = env.reg.set_signer(op, hot.address)
     (event,) = env.reg.events(receipt, "SignerSet")
     assert (event.args.signer, event.args.previous) == (hot.address, "0x" + "00" * 20)
-    ad = env.reg.sign_advertisement(hot, peer_key(1), ADDRS, ttl=3600, operator=op.address)
+    ad = env.reg.sign_advertisement(hot, node_key(1), ADDRS, ttl=3600, operator=op.address)
     env.reg.post_advertisement(ad, env.outsider)
     assert env.reg.is_live(op.address)
     env.reg.set_signer(op, newer.address)
-    stale = env.reg.sign_advertisement(hot, peer_key(1), ADDRS, ttl=3600, operator=op.address)
+    stale = env.reg.sign_advertisement(hot, node_key(1), ADDRS, ttl=3600, operator=op.address)
     with pytest.raises(errors.InvalidSignature):
         env.reg.post_advertisement(stale, env.outsider)
-    fresh = env.reg.sign_advertisement(newer, peer_key(1), ADDRS, ttl=3600, operator=op.address)
+    fresh = env.reg.sign_advertisement(newer, node_key(1), ADDRS, ttl=3600, operator=op.address)
     env.reg.post_advertisement(fresh, env.outsider)
-    env.reg.advertise(op, peer_key(1), ADDRS)  # the operator key itself always works
+    env.reg.advertise(op, node_key(1), ADDRS)  # the operator key itself always works
 
 
 def test_signer_belongs_to_one_operator(env: Env):
@@ -224,9 +223,9 @@ def test_live_peers_reads_only_the_advertisement_blocks(env: Env):
     a, b = env.ops[:2]
     env.reg.register(a)
     env.reg.register(b)
-    first = env.reg.advertise(a, peer_key(1), ["/ip4/127.0.0.1/tcp/1"])
-    env.reg.advertise(b, peer_key(2), ["/ip4/127.0.0.2/tcp/1"])
-    second = env.reg.advertise(a, peer_key(1), ["/ip4/127.0.0.1/tcp/2"])
+    first = env.reg.advertise(a, node_key(1), ["/ip4/127.0.0.1/tcp/1"])
+    env.reg.advertise(b, node_key(2), ["/ip4/127.0.0.2/tcp/1"])
+    second = env.reg.advertise(a, node_key(1), ["/ip4/127.0.0.1/tcp/2"])
     assert env.reg.operator(a.address).ad_block == second["blockNumber"]
     env.reg.from_block = 10**9  # not used any more: no scan from the deployment block
     peers = {p.operator: p.multiaddrs for p in env.reg.live_peers()}
@@ -239,26 +238,26 @@ def test_live_peers_reads_only_the_advertisement_blocks(env: Env):
 def test_advertisement_input_reverts(env: Env):
     op = env.ops[0]
     with pytest.raises(errors.NotRegistered):
-        env.reg.advertise(op, peer_key(1), ADDRS)
+        env.reg.advertise(op, node_key(1), ADDRS)
     env.reg.register(op)
     with pytest.raises(errors.ZeroPeerKey):
-        env.reg.advertise(op, b"\x00" * 32, ADDRS)
+        env.reg.advertise(op, b"\x00" * 32, ADDRS, key_proof=bytes(64))
     with pytest.raises(errors.BadMultiaddrCount, match=r"1\.\.8"):
-        env.reg.advertise(op, peer_key(1), [])
+        env.reg.advertise(op, node_key(1), [])
     with pytest.raises(errors.BadMultiaddrCount, match="got 9"):
-        env.reg.advertise(op, peer_key(1), [f"/ip4/127.0.0.{i}/tcp/1" for i in range(9)])
+        env.reg.advertise(op, node_key(1), [f"/ip4/127.0.0.{i}/tcp/1" for i in range(9)])
 
 
 def test_jailed_operator_cannot_advertise(env: Env):
     op = env.ops[0]
     env.reg.register(op)
-    env.reg.advertise(op, peer_key(1), ADDRS)
+    env.reg.advertise(op, node_key(1), ADDRS)
     h1 = env.reg.sign_batch_header(op, peer_key(1), 1, b"\x01" * 32, 0)
     h2 = env.reg.sign_batch_header(op, peer_key(1), 1, b"\x02" * 32, 0)
     env.reg.slash_equivocation(env.outsider, h1, h2)
     assert not env.reg.is_live(op.address)
     with pytest.raises(errors.OperatorIsJailed):
-        env.reg.advertise(op, peer_key(1), ADDRS)
+        env.reg.advertise(op, node_key(1), ADDRS)
 
 
 def test_signature_from_another_deployment_rejected(env: Env):
@@ -266,13 +265,13 @@ def test_signature_from_another_deployment_rejected(env: Env):
     env.reg.register(op)
     second = deploy_registry(env.w3, env.owner, env.reg.token_address)
     second.register(op)
-    ad_for_second = second.sign_advertisement(op, peer_key(1), ADDRS, ttl=3600)
+    ad_for_second = second.sign_advertisement(op, node_key(1), ADDRS, ttl=3600)
     with pytest.raises(errors.InvalidSignature):
         env.reg.post_advertisement(ad_for_second, op)
     second.post_advertisement(ad_for_second, op)  # valid where it was meant to go
     h1 = second.sign_batch_header(op, peer_key(1), 1, b"\x01" * 32, 0)
     h2 = second.sign_batch_header(op, peer_key(1), 1, b"\x02" * 32, 0)
-    env.reg.advertise(op, peer_key(1), ADDRS)
+    env.reg.advertise(op, node_key(1), ADDRS)
     with pytest.raises(errors.InvalidSignature):
         env.reg.slash_equivocation(env.outsider, h1, h2)
 
@@ -295,7 +294,7 @@ def test_signature_from_another_chain_rejected(env: Env, other_anvil):
         for reg in (reg_a, reg_b):
             reg.tx.send(deployer, reg.token.functions.transfer(op.address, 100 * 10**18))
             reg.register(op)
-        ad_b = reg_b.sign_advertisement(op, peer_key(1), ADDRS, ttl=3600)
+        ad_b = reg_b.sign_advertisement(op, node_key(1), ADDRS, ttl=3600)
         with pytest.raises(errors.InvalidSignature):
             reg_a.post_advertisement(ad_b, op)
         reg_b.post_advertisement(ad_b, op)

@@ -9,7 +9,7 @@ from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY as DELAY
 from fai_net.registry.deploy import TOKEN
 
-from .conftest import Env
+from .conftest import Env, node_key
 
 
 def test_register_bonds_tokens_and_lists_operator(env: Env):
@@ -106,7 +106,7 @@ def test_partial_withdraw_keeps_the_operator_listed(env: Env):
 def test_rejoining_keeps_the_advertisement_nonce_and_starts_not_live(env: Env):
     op = env.ops[0]
     env.reg.register(op)
-    env.reg.advertise(op, b"\x01" * 32, ["/ip4/127.0.0.1/tcp/1"])
+    env.reg.advertise(op, node_key(1), ["/ip4/127.0.0.1/tcp/1"])
     env.reg.request_unbond(op, MIN)
     env.travel(DELAY)
     env.reg.withdraw(op)
@@ -115,7 +115,7 @@ def test_rejoining_keeps_the_advertisement_nonce_and_starts_not_live(env: Env):
     assert info.ad_nonce == 1 and info.ad_expiry == 0
     assert not env.reg.is_live(op.address)
     # A signature over nonce 0 (the one already used) is never valid again.
-    replay = env.reg.sign_advertisement(op, b"\x01" * 32, ["/ip4/127.0.0.1/tcp/1"], nonce=0)
+    replay = env.reg.sign_advertisement(op, node_key(1), ["/ip4/127.0.0.1/tcp/1"], nonce=0)
     with pytest.raises(errors.InvalidNonce):
         env.reg.post_advertisement(replay, env.outsider)
 

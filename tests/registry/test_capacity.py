@@ -100,13 +100,24 @@ def fleet(base_env: Env):
             _send(env, acct, tok.approve(reg.address, MIN))
             _send(env, acct, f.register(MIN))
             ad = reg.sign_advertisement(
-                acct, (i + 1).to_bytes(32, "big"), ["/ip4/127.0.0.1/tcp/1"], expiry=expiry, nonce=0
+                acct,
+                (i + 1).to_bytes(32, "big"),
+                ["/ip4/127.0.0.1/tcp/1"],
+                expiry=expiry,
+                nonce=0,
+                key_proof=bytes(64),  # attribution is not what this test is about
             )
             _send(
                 env,
                 acct,
                 f.postAdvertisement(
-                    ad.operator, ad.peer_key, list(ad.multiaddrs), ad.expiry, ad.nonce, ad.signature
+                    ad.operator,
+                    ad.peer_key,
+                    list(ad.multiaddrs),
+                    ad.expiry,
+                    ad.nonce,
+                    ad.key_proof,
+                    ad.signature,
                 ),
             )
     assert f.operatorCount().call() == CAP
@@ -130,7 +141,7 @@ def test_fraud_case_opening_fits_at_the_cap(fleet_env):
     assert len(env.reg.operators(page=100)) == CAP
     receipt = env.reg.report_fraud(accounts[0], accounts[1].address, b"\x01" * 32)
     (opened,) = env.reg.events(receipt, "FraudCaseOpened")
-    assert opened.args.snapshotLiveStake == CAP * MIN  # the target's stake included
+    assert opened.args.snapshotBondedStake == CAP * MIN  # the target's stake included
     assert len(opened.args.snapshotOperators) == CAP
     # docs/registry.md gives the measured figure; keep a generous ceiling far below 30 M.
     assert receipt["gasUsed"] < 2_500_000, receipt["gasUsed"]

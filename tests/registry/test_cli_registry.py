@@ -116,7 +116,7 @@ def equivocation_file(env: Env, directory: Path, signer, key: NodeKey, seq: int 
 def go_live(env: Env, op: LocalAccount, n: int, stake: int = 20 * MIN) -> NodeKey:
     node = NodeKey(bytes([n]) * 32)
     env.reg.register(op, stake)
-    env.reg.advertise(op, node.public_key, [f"/ip4/127.0.0.1/tcp/{4000 + n}"])
+    env.reg.advertise(op, node, [f"/ip4/127.0.0.1/tcp/{4000 + n}"])
     return node
 
 
@@ -246,7 +246,7 @@ def test_fraud_report_opens_a_case(env: Env, anvil, tmp_path: Path):
         key_file(tmp_path / "reporter.key", reporter),
     )
     assert report["opened"] and not report["executed"] and report["reporters"] == 1
-    assert report["weight"] == 20 * MIN and report["snapshot_live_stake"] == 60 * MIN
+    assert report["weight"] == 20 * MIN and report["snapshot_bonded_stake"] == 60 * MIN
     case_id = env.reg.fraud_case_id(target.address, bytes.fromhex(evidence_hash))
     assert report["case_id"] == "0x" + case_id.hex()
     assert env.reg.fraud_case(case_id).reported_stake == 20 * MIN

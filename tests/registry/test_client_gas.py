@@ -16,7 +16,7 @@ import pytest
 from fai_net.registry import errors
 from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 
-from .conftest import Env, peer_key
+from .conftest import Env, node_key
 
 EVIDENCE = b"\xee" * 32
 
@@ -25,7 +25,7 @@ def _live(env: Env, n: int):
     ops = env.ops[:n]
     for i, op in enumerate(ops):
         env.reg.register(op, MIN)
-        env.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
+        env.reg.advertise(op, node_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
     return ops
 
 
@@ -103,7 +103,7 @@ def test_mined_revert_is_replayed_into_the_typed_error(env: Env):
     target, a, x, y = env.ops[:4]
     for i, (op, stake) in enumerate(zip((target, a, x, y), (MIN, 4 * MIN, MIN, MIN), strict=True)):
         env.reg.register(op, stake)
-        env.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
+        env.reg.advertise(op, node_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
     env.reg.report_fraud(a, target.address, EVIDENCE)  # 4 of 7; either x or y executes
     outcome = _race(
         env,

@@ -8,7 +8,7 @@ from fai_net.registry import errors
 from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY as DELAY
 
-from .conftest import Env, peer_key
+from .conftest import Env, node_key
 
 EVIDENCE = b"\xee" * 32
 ADDRS = ["/ip4/127.0.0.1/tcp/1"]
@@ -18,7 +18,7 @@ def _live(env: Env, stakes):
     ops = env.ops[: len(stakes)]
     for i, (op, stake) in enumerate(zip(ops, stakes, strict=True)):
         env.reg.register(op, stake)
-        env.reg.advertise(op, peer_key(i + 1), ADDRS)
+        env.reg.advertise(op, node_key(i + 1), ADDRS)
     return ops
 
 
@@ -41,7 +41,6 @@ def test_voted_stake_cannot_leave_before_the_case_closes(env: Env):
         env.reg.withdraw(a)
     env.travel(120)
     env.reg.withdraw(a)  # possible only now, and now the case is closed:
-    env.reg.advertise(b, peer_key(3), ADDRS)
     with pytest.raises(errors.FraudCaseExpired):
         env.reg.report_fraud(b, target.address, EVIDENCE)
     assert env.reg.operator(target.address).stake == MIN  # never slashed

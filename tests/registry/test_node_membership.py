@@ -39,7 +39,7 @@ def _prepare(fleet: Fleet, env: Env, name: str, op, seed_byte: int, *, advertise
     addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
     if advertise:
         env.reg.register(op)
-        env.reg.advertise(op, identity.public_key, [addr])
+        env.reg.advertise(op, identity, [addr])
     op_file = fleet.root / f"{name}.operator"
     op_file.write_text(op.key.hex())
     op_file.chmod(0o600)

@@ -10,7 +10,7 @@ from eth_utils import keccak
 from fai_net.registry import eip712, errors
 from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 
-from .conftest import Env, digest, peer_key
+from .conftest import Env, digest, node_key, peer_key
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 ADDRS = ["/ip4/127.0.0.1/tcp/1"]
@@ -38,7 +38,7 @@ def test_python_type_strings_equal_the_contract_typehashes(env: Env):
 def test_high_s_twin_is_rejected_everywhere(env: Env):
     op = env.ops[0]
     env.reg.register(op, MIN)
-    ad = env.reg.sign_advertisement(op, peer_key(1), ADDRS, ttl=3600)
+    ad = env.reg.sign_advertisement(op, node_key(1), ADDRS, ttl=3600)
     with pytest.raises(errors.InvalidSignature):
         env.reg.post_advertisement(replace(ad, signature=_high_s(ad.signature)), env.outsider)
     env.reg.post_advertisement(ad, env.outsider)
@@ -64,7 +64,7 @@ def test_high_s_twin_is_rejected_everywhere(env: Env):
 def test_malformed_header_signatures_never_slash(env: Env, mangle):
     op = env.ops[0]
     env.reg.register(op, MIN)
-    env.reg.advertise(op, peer_key(1), ADDRS)
+    env.reg.advertise(op, node_key(1), ADDRS)
     a = env.reg.sign_batch_header(op, peer_key(1), 5, digest(1), 1)
     b = env.reg.sign_batch_header(op, peer_key(1), 5, digest(2), 1)
     with pytest.raises(errors.InvalidSignature):
@@ -76,8 +76,8 @@ def test_advertisement_signature_is_not_a_header_signature(env: Env):
     """Both types share one domain; only the typehash keeps them apart."""
     op = env.ops[0]
     env.reg.register(op, MIN)
-    env.reg.advertise(op, peer_key(1), ADDRS)
-    ad = env.reg.sign_advertisement(op, peer_key(1), ADDRS, ttl=3600)
+    env.reg.advertise(op, node_key(1), ADDRS)
+    ad = env.reg.sign_advertisement(op, node_key(1), ADDRS, ttl=3600)
     a = env.reg.sign_batch_header(op, peer_key(1), 5, digest(1), 1)
     b = env.reg.sign_batch_header(op, peer_key(1), 5, digest(2), 1)
     with pytest.raises(errors.InvalidSignature):
@@ -91,7 +91,7 @@ def test_headers_for_a_key_owned_by_someone_else_slash_nobody(env: Env):
     owner, other = env.ops[:2]
     for op in (owner, other):
         env.reg.register(op, MIN)
-    env.reg.advertise(owner, peer_key(1), ADDRS)
+    env.reg.advertise(owner, node_key(1), ADDRS)
     a = env.reg.sign_batch_header(other, peer_key(1), 5, digest(1), 1)
     b = env.reg.sign_batch_header(other, peer_key(1), 5, digest(2), 1)
     assert env.reg.header_signer_operator(a) is None

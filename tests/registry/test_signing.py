@@ -65,6 +65,7 @@ def test_batch_header_rejects_malformed_values(bad):
 def test_digests_match_the_contract(env: Env):
     """eth-account and the contract agree on the EIP-712 digest for both message types."""
     from eth_account.messages import _hash_eip191_message, encode_typed_data
+    from eth_utils import keccak
 
     from fai_net.registry import eip712
 
@@ -75,16 +76,27 @@ def test_digests_match_the_contract(env: Env):
     )
     struct = (HEADER["peer_key"], HEADER["seq"], HEADER["cid_digest"], HEADER["timestamp_ms"])
     assert reg.contract.functions.hashBatchHeader(struct).call() == ours
+    assert eip712.batch_header_digest(reg.chain_id, reg.address, *struct) == ours
+    ours_header = ours
 
     addrs = ["/ip4/127.1.2.3/tcp/1", "/dns6/x.example/udp/2/quic-v1"]
-    ad = eip712.advertisement_message(ACCOUNT.address, b"\x11" * 32, addrs, 1000, 3)
+    proof = bytes(range(64))
+    ad = eip712.advertisement_message(ACCOUNT.address, b"\x11" * 32, addrs, 1000, 3, proof)
     ours = _hash_eip191_message(
         encode_typed_data(eip712.domain(reg.chain_id, reg.address), eip712.ADVERTISEMENT_TYPES, ad)
     )
     theirs = reg.contract.functions.hashAdvertisement(
-        ACCOUNT.address, b"\x11" * 32, multiaddrs_hash(addrs), 1000, 3
+        ACCOUNT.address, b"\x11" * 32, multiaddrs_hash(addrs), keccak(proof), 1000, 3
     ).call()
     assert theirs == ours
+
+    # The equivocation commitment: header digests and the beneficiary.
+    other = (b"\x11" * 32, 7, b"\x23" * 32, 1_700_000_000_000)
+    digest_b = eip712.batch_header_digest(reg.chain_id, reg.address, *other)
+    assert reg.contract.functions.hashBatchHeader(other).call() == digest_b
+    assert reg.contract.functions.equivocationCommitment(
+        struct, other, ACCOUNT.address
+    ).call() == eip712.equivocation_commitment(ours_header, digest_b, ACCOUNT.address)
 
 
 def test_client_header_signature_recovers(env: Env):
@@ -169,12 +181,14 @@ def test_verifier_checks_the_on_chain_owner_of_the_key(env: Env):
     peer_key = bytes(h_key.verify_key)
     env.reg.register(h)
     env.reg.register(m)
-    env.reg.advertise(h, peer_key, ["/ip4/127.0.0.1/tcp/1"])
+    env.reg.advertise(h, h_key, ["/ip4/127.0.0.1/tcp/1"])
     responder = PossessionResponder(h_key, env.reg.chain_id, env.reg.address, h.address)
+    # M squats H's key, reusing H's binding proof from H's advertisement (it names H).
+    env.reg.advertise(m, peer_key, ["/ip4/127.0.0.9/tcp/1"], key_proof=responder.binding_proof())
     nonce = os.urandom(16)
     operator, sig = responder.respond(nonce)
     assert env.reg.verify_peer_possession(operator, peer_key, sig, nonce)
-    # A valid Ed25519 proof for M over H's key is not enough: M does not own the key.
+    # A valid Ed25519 proof for M over H's key is not enough: the key is attributed to H.
     forged = prove_possession(h_key, env.reg.chain_id, env.reg.address, m.address, nonce)
     assert not env.reg.verify_peer_possession(m.address, peer_key, forged, nonce)
     unbound = bytes(SigningKey(b"\x06" * 32).verify_key)

@@ -10,14 +10,14 @@ from fai_net.registry import errors
 from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY as DELAY
 
-from .conftest import Env, digest, peer_key
+from .conftest import Env, digest, node_key, peer_key
 
 KEY = peer_key(1)
 
 
-def _advertised(env: Env, op, stake: int = MIN, key: bytes = KEY):
+def _advertised(env: Env, op, stake: int = MIN, n: int = 1):
     env.reg.register(op, stake)
-    env.reg.advertise(op, key, ["/ip4/127.0.0.1/tcp/1"])
+    env.reg.advertise(op, node_key(n), ["/ip4/127.0.0.1/tcp/1"])
 
 
 def _equivocation(env: Env, op, seq: int = 3, key: bytes = KEY):
@@ -47,9 +47,19 @@ def test_equivocation_slashes_rewards_and_jails(env: Env):
     assert not env.reg.is_live(op.address)
     (proof,) = env.reg.events(receipt, "EquivocationProven")
     assert (proof.args.seq, proof.args.reporter) == (3, reporter.address)
+    commitment = env.reg.equivocation_commitment(a, b, reporter.address)
+    assert bytes(proof.args.commitment) == commitment
+    assert env.reg.contract.functions.equivocationCommitBlock(commitment).call() == 0  # consumed
     (event,) = env.reg.events(receipt, "Slashed")
     assert (event.args.amount, event.args.reward) == (slashed, reward)
     assert len(env.reg.events(receipt, "Jailed")) == 1
+    # The forced unbonding is an event of its own (amount moved, total, new ready time).
+    (forced,) = env.reg.events(receipt, "UnbondForced")
+    assert (forced.args.amount, forced.args.unbonding, forced.args.readyAt) == (
+        30 * MIN - slashed,
+        info.unbonding,
+        info.unbond_ready_at,
+    )
 
 
 def test_slash_takes_bonded_stake_before_unbonding(env: Env):
@@ -66,7 +76,7 @@ def test_same_operator_and_seq_never_slashed_twice(env: Env):
     _advertised(env, op, 50 * MIN)
     a, b = _equivocation(env, op)
     env.reg.slash_equivocation(env.outsider, a, b)
-    with pytest.raises(errors.AlreadySlashed, match="seq 3 of peer key 0x0101"):
+    with pytest.raises(errors.AlreadySlashed, match=f"seq 3 of peer key 0x{KEY.hex()}"):
         env.reg.slash_equivocation(env.ops[1], a, b)
     c = env.reg.sign_batch_header(op, KEY, 3, digest(9), 0)
     with pytest.raises(errors.AlreadySlashed):
@@ -110,11 +120,20 @@ def test_not_an_equivocation(env: Env):
             env.reg.slash_equivocation(env.outsider, x, y)
 
 
-def test_unknown_peer_key(env: Env):
+def test_only_operators_holding_stake_are_slashed(env: Env):
+    """The headers' signer names the operator, which must still hold bonded or unbonding
+    stake (after withdrawal there is nothing to slash) and must have advertised the key."""
     op = env.ops[0]
-    env.reg.register(op)
-    with pytest.raises(errors.UnknownPeerKey):
+    with pytest.raises(errors.NotRegistered):
         env.reg.slash_equivocation(env.outsider, *_equivocation(env, op))
+    env.reg.register(op)
+    with pytest.raises(errors.KeyNotAdvertised):  # only headers of keys it advertised count
+        env.reg.slash_equivocation(env.outsider, *_equivocation(env, op))
+    env.reg.advertise(op, node_key(1), ["/ip4/127.0.0.1/tcp/1"])
+    env.reg.advertise(op, node_key(2), ["/ip4/127.0.0.1/tcp/1"])  # rotating keeps KEY its own
+    assert env.reg.contract.functions.hasAdvertisedKey(op.address, KEY).call()
+    env.reg.slash_equivocation(env.outsider, *_equivocation(env, op))
+    assert env.reg.operator(op.address).jailed
 
 
 def test_headers_must_be_signed_by_the_key_owner(env: Env):
@@ -134,7 +153,7 @@ def test_each_peer_key_and_seq_is_its_own_offence(env: Env):
     """Keyed on (operator, peerKey, seq): rotating to another key does not reuse the flag."""
     op = env.ops[0]
     _advertised(env, op, 50 * MIN)
-    env.reg.advertise(op, peer_key(2), ["/ip4/127.0.0.1/tcp/1"])  # second key, same operator
+    env.reg.advertise(op, node_key(2), ["/ip4/127.0.0.1/tcp/1"])  # second key, same operator
     env.reg.slash_equivocation(env.outsider, *_equivocation(env, op, seq=3, key=KEY))
     f = env.reg.contract.functions
     assert f.isEquivocationSlashed(op.address, KEY, 3).call()
@@ -172,14 +191,21 @@ def test_headers_signed_by_an_unrelated_key_name_the_expected_operator(env: Env)
     env.reg.set_signer(other, stranger.address)  # another operator's signer is not op's
     a = env.reg.sign_batch_header(stranger, KEY, 1, digest(1), 0)
     b = env.reg.sign_batch_header(op, KEY, 1, digest(2), 0)
-    assert env.reg.header_signer_operator(a) is None  # what a receiving node checks
-    assert env.reg.header_signer_operator(b) == op.address
-    with pytest.raises(errors.InvalidSignature) as info:
-        env.reg.slash_equivocation(env.outsider, a, b)
-    assert info.value.args_by_name == {
-        "expectedSigner": op.address,
-        "recovered": stranger.address,
-    }
+    # What a receiving node checks: the header against the operator KEY is attributed to.
+    assert env.reg.header_signer_operator(a, op.address) is None
+    assert env.reg.header_signer_operator(b, op.address) == op.address
+    # other's signer signed it, but other never advertised KEY: not other's header either.
+    assert env.reg.header_signer_operator(a) is None
+    assert env.reg.header_signer_operator(a, other.address) is None
+    for operator in (op.address, None):  # None: the client names KEY's operator itself
+        with pytest.raises(errors.InvalidSignature) as info:
+            env.reg.slash_equivocation(env.outsider, a, b, operator=operator)
+        assert info.value.args_by_name == {
+            "expectedSigner": op.address,
+            "recovered": stranger.address,
+        }
+    with pytest.raises(errors.KeyNotAdvertised):
+        env.reg.slash_equivocation(env.outsider, a, b, operator=other.address)
     assert not env.reg.operator(op.address).jailed
     assert not env.reg.operator(other.address).jailed
 
@@ -192,7 +218,7 @@ def test_slash_with_zero_reward_config(env: Env):
     )
     op = env.ops[0]
     reg.register(op, 10 * MIN)
-    reg.advertise(op, KEY, ["/ip4/127.1.2.3/tcp/1"])
+    reg.advertise(op, node_key(1), ["/ip4/127.1.2.3/tcp/1"])
     a = reg.sign_batch_header(op, KEY, 1, digest(1), 0)
     b = reg.sign_batch_header(op, KEY, 1, digest(2), 0)
     before = reg.token_balance(env.outsider.address)
@@ -207,7 +233,7 @@ EVIDENCE = b"\xee" * 32
 
 def _fleet(env: Env, stakes: list[int]):
     for i, stake in enumerate(stakes):
-        _advertised(env, env.ops[i], stake, peer_key(i + 1))
+        _advertised(env, env.ops[i], stake, i + 1)
     return env.ops[: len(stakes)]
 
 
@@ -216,12 +242,12 @@ def _case(env: Env, target):
     return case_id, env.reg.fraud_case(case_id)
 
 
-def test_fraud_needs_more_than_two_thirds_of_snapshotted_live_stake(env: Env):
-    # Live stake 2 + 1 + 1 + 4 = 8 (x MIN), the target's included: need > 16/3, i.e. 6.
+def test_fraud_needs_more_than_two_thirds_of_snapshotted_bonded_stake(env: Env):
+    # Bonded stake 2 + 1 + 1 + 4 = 8 (x MIN), the target's included: need > 16/3, i.e. 6.
     target, a, b, c = _fleet(env, [2 * MIN, MIN, MIN, 4 * MIN])
     receipt = env.reg.report_fraud(a, target.address, EVIDENCE)
     case_id, case = _case(env, target)
-    assert case.snapshot_live_stake == 8 * MIN  # the target's stake is in the total
+    assert case.snapshot_bonded_stake == 8 * MIN  # the target's stake is in the total
     (opened,) = env.reg.events(receipt, "FraudCaseOpened")
     assert list(opened.args.snapshotOperators) == [target.address, a.address, b.address, c.address]
     assert list(opened.args.snapshotWeights) == [2 * MIN, MIN, MIN, 4 * MIN]
@@ -238,18 +264,24 @@ def test_fraud_needs_more_than_two_thirds_of_snapshotted_live_stake(env: Env):
     assert env.reg.events(receipt, "Jailed") == []
     assert env.reg.contract.functions.slashedPot().call() == 2 * MIN // 10
     assert env.reg.token_balance(c.address) == 1_000 * 10**18 - 4 * MIN  # no reward for votes
+    assert executed.args.cooldownUntil == env.now() + DELAY
+    assert env.reg.operator(target.address).fraud_cooldown_until == env.now() + DELAY
     with pytest.raises(errors.FraudCaseClosed):  # one slash per case
         env.reg.report_fraud(a, target.address, EVIDENCE)
-    # Reporting the target again takes a new case (new evidence), voted from scratch.
+    # ...and one per target per cooldown window, whatever the evidence.
+    with pytest.raises(errors.FraudCooldown):
+        env.reg.report_fraud(a, target.address, b"\xef" * 32)
+    env.travel(DELAY)
+    # After the cooldown the target is reported again in a new case, voted from scratch.
     env.reg.report_fraud(a, target.address, b"\xef" * 32)
     second = env.reg.fraud_case(env.reg.fraud_case_id(target.address, b"\xef" * 32))
     assert (second.reporters, second.executed) == (1, False)
-    assert second.snapshot_live_stake == 8 * MIN - 2 * MIN // 10
+    assert second.snapshot_bonded_stake == 8 * MIN - 2 * MIN // 10
 
 
 def test_exactly_two_thirds_is_not_enough(env: Env):
     """Three equal operators: two reporters hold exactly 2/3 of the live stake (the target's
-    third included), which is not more than 2/3. An operator with >= 1/3 of the live stake
+    third included), which is not more than 2/3. An operator with >= 1/3 of the bonded stake
     cannot be fraud-slashed at all (the f < N/3 assumption)."""
     target, a, b = _fleet(env, [MIN, MIN, MIN])
     env.reg.report_fraud(a, target.address, EVIDENCE)
@@ -287,14 +319,14 @@ def test_vote_weight_is_capped_by_the_snapshot(env: Env):
     assert env.reg.events(receipt, "FraudCaseExecuted")
 
 
-def test_snapshot_ignores_stake_that_goes_live_later(env: Env):
+def test_snapshot_ignores_stake_bonded_later(env: Env):
     target, a, b = _fleet(env, [MIN, 3 * MIN, 2 * MIN])
     env.reg.report_fraud(b, target.address, EVIDENCE)  # snapshot 6, reported 2
     late = env.ops[3]
-    _advertised(env, late, 100 * MIN, peer_key(9))
+    _advertised(env, late, 100 * MIN, 9)
     case_id, case = _case(env, target)
-    assert case.snapshot_live_stake == 6 * MIN
-    with pytest.raises(errors.NotInSnapshot):  # live now, but not when the case opened
+    assert case.snapshot_bonded_stake == 6 * MIN
+    with pytest.raises(errors.NotInSnapshot):  # bonded now, but not when the case opened
         env.reg.report_fraud(late, target.address, EVIDENCE)
     env.reg.report_fraud(a, target.address, EVIDENCE)  # 5 of 6
     assert env.reg.fraud_case(case_id).executed
@@ -320,7 +352,7 @@ def test_fraud_report_reverts(env: Env):
     target, a, b = _fleet(env, [MIN, MIN, MIN])
     with pytest.raises(errors.SelfReport):
         env.reg.report_fraud(a, a.address, EVIDENCE)
-    with pytest.raises(errors.ReporterNotLive):
+    with pytest.raises(errors.ReporterNotBonded):
         env.reg.report_fraud(env.ops[5], target.address, EVIDENCE)
     with pytest.raises(errors.NotRegistered):
         env.reg.report_fraud(a, env.outsider.address, EVIDENCE)
@@ -332,18 +364,26 @@ def test_fraud_report_reverts(env: Env):
         env.reg.report_fraud(b, target.address, EVIDENCE)
 
 
-def test_expired_reporter_cannot_vote(env: Env):
-    target, a = _fleet(env, [MIN, MIN])
-    env.travel(25 * 3600)
-    with pytest.raises(errors.ReporterNotLive):
-        env.reg.report_fraud(a, target.address, EVIDENCE)
+def test_lapsed_but_bonded_operators_count_on_both_sides(env: Env):
+    """Advertisements lapse, bonds do not: a lapsed operator is in the snapshot (its stake in
+    the denominator) and may vote; a fully unbonding one is on neither side."""
+    target, a, b, c = _fleet(env, [MIN, MIN, MIN, MIN])
+    env.reg.request_unbond(c, MIN)  # nothing bonded: no weight, no vote
+    env.travel(25 * 3600)  # every advertisement has lapsed
+    assert not any(env.reg.is_live(op.address) for op in (target, a, b, c))
+    env.reg.report_fraud(a, target.address, EVIDENCE)
+    _, case = _case(env, target)
+    assert case.snapshot_bonded_stake == 3 * MIN
+    with pytest.raises(errors.ReporterNotBonded):
+        env.reg.report_fraud(c, target.address, EVIDENCE)
+    receipt = env.reg.report_fraud(b, target.address, EVIDENCE)  # 2 of 3: not more than 2/3
+    assert env.reg.events(receipt, "FraudCaseExecuted") == []
 
 
 def test_fraud_case_expires_after_unbonding_delay(env: Env):
     target, a, b, _ = _fleet(env, [MIN, MIN, MIN, MIN])
     env.reg.report_fraud(a, target.address, EVIDENCE)
     env.travel(DELAY)
-    env.reg.advertise(b, peer_key(3), ["/ip4/127.0.0.1/tcp/1"])
     with pytest.raises(errors.FraudCaseExpired):
         env.reg.report_fraud(b, target.address, EVIDENCE)
     env.reg.report_fraud(b, target.address, b"\xef" * 32)  # fresh evidence opens a new case

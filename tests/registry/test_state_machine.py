@@ -5,9 +5,16 @@ Every call's outcome is predicted by the model, success or the exact custom erro
 reports included. After every step the chain must agree with the model, and the economic
 invariants must hold: the registry holds exactly the bonded + unbonding stake + the slashed
 pot, no stake is dust, slashed tokens are never paid back to the operator, an (operator,
-peer key, seq) is slashed at most once, reporter rewards stay within their bound, and the
-operator list holds exactly the operators with bonded or unbonding stake. Each example starts
-from an EVM snapshot of the same fresh deployment.
+peer key, seq) is slashed at most once, reporter rewards stay within their bound and always
+reach the committed beneficiary (whoever sends the reveal), and the operator list holds
+exactly the operators with bonded or unbonding stake.
+
+The attack rules are part of the model: operators advertise other operators' node keys
+(squatting, with a copied binding proof) and the attribution read by nodes (`live_peers`)
+must never name a squatter nor lose the real holder; fraud quorums are taken over bonded
+stake (lapsed advertisements change nothing), a case executes only with more than 2/3 of it,
+and a target is fraud-slashed at most once per cooldown window whatever the evidence. Each
+example starts from an EVM snapshot of the same fresh deployment.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from fai_net.registry.deploy import DEFAULT_REPORTER_REWARD_BPS as REWARD_BPS
 from fai_net.registry.deploy import DEFAULT_SLASH_BPS as SLASH_BPS
 from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY as DELAY
 
-from .conftest import Env, digest, peer_key
+from .conftest import Env, digest, node_key, peer_key
 
 N_OPS = 4
 MAX_REWARD_BPS = 5_000
@@ -39,8 +46,10 @@ class Bond:
     stake: int = 0
     unbonding: int = 0
     jailed: bool = False
-    key_bound: bool = False
+    advertised: set[int] = field(default_factory=set)  # node indexes it ever advertised
+    ad_key: int | None = None  # node index of the current advertisement
     ad_expiry: int = 0
+    fraud_cooldown_until: int = 0
     deposited: int = 0
     withdrawn: int = 0
     slashed: int = 0
@@ -87,8 +96,9 @@ class Case:
 @dataclass
 class Model:
     bonds: list[Bond] = field(default_factory=lambda: [Bond() for _ in range(N_OPS)])
-    slashed_seqs: set[tuple[int, int]] = field(default_factory=set)
+    slashed_seqs: set[tuple[int, int, int]] = field(default_factory=set)
     cases: dict[tuple[int, int], Case] = field(default_factory=dict)
+    fraud_slashes: dict[int, list[int]] = field(default_factory=dict)  # target -> times
 
 
 class RegistryMachine(RuleBasedStateMachine):
@@ -100,6 +110,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.reg = self.env.reg
         self.ops = self.env.ops[:N_OPS]
         self.reporter = self.env.outsider
+        self.copier = self.env.ops[N_OPS]  # sends copies of pending reveals
         self.model = Model()
 
     def teardown(self):
@@ -177,74 +188,96 @@ class RegistryMachine(RuleBasedStateMachine):
         b.unbonding = 0
         b.leave_if_empty()
 
-    @rule(i=st.integers(0, N_OPS - 1))
-    def advertise(self, i):
+    @rule(i=st.integers(0, N_OPS - 1), k=st.integers(0, N_OPS - 1))
+    def advertise(self, i, k):
+        """Operator i advertises node k's key: its own node when k == i, else squatting with
+        the copy of the binding proof node k made for its real operator."""
         b = self.model.bonds[i]
         op = self.ops[i]
+        proof = self.reg.binding_proof(node_key(k + 1), self.ops[k].address)
         expected = None
         if not b.registered:
             expected = errors.NotRegistered
         elif b.jailed:
             expected = errors.OperatorIsJailed
-        elif not b.key_bound and b.stake < MIN:
-            expected = errors.StakeTooLowToBindKey
+        addrs = [f"/ip4/127.0.0.{i + 1}/tcp/1"]
         if expected:
             with pytest.raises(expected):
-                self.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
+                self.reg.advertise(op, peer_key(k + 1), addrs, key_proof=proof)
         else:
-            self.reg.advertise(op, peer_key(i + 1), ["/ip4/127.0.0.1/tcp/1"])
-            b.key_bound = True
+            self.reg.advertise(op, peer_key(k + 1), addrs, key_proof=proof)
+            b.advertised.add(k)
+            b.ad_key = k
             b.ad_expiry = self.reg.operator(op.address).ad_expiry
 
     @rule(seconds=st.sampled_from([60, 3_600, 13 * 3_600, DELAY // 2, DELAY]))
     def travel(self, seconds):
         self.env.travel(seconds)
 
-    @rule(i=st.integers(0, N_OPS - 1), seq=st.integers(0, 2))
-    def slash_equivocation(self, i, seq):
+    @rule(
+        i=st.integers(0, N_OPS - 1),
+        k=st.integers(0, N_OPS - 1),
+        seq=st.integers(0, 2),
+        copier=st.booleans(),
+    )
+    def slash_equivocation(self, i, k, seq, copier):
+        """Operator i signed two headers for node k's key; the reporter commits and the
+        reveal is sent by the reporter or by a copier: the reward goes to the reporter."""
         b = self.model.bonds[i]
         op = self.ops[i]
-        h1 = self.reg.sign_batch_header(op, peer_key(i + 1), seq, digest(1), 0)
-        h2 = self.reg.sign_batch_header(op, peer_key(i + 1), seq, digest(2), 0)
-        if not b.key_bound:
-            with pytest.raises(errors.UnknownPeerKey):
-                self.reg.slash_equivocation(self.reporter, h1, h2)
-            return
-        if (i, seq) in self.model.slashed_seqs:
-            with pytest.raises(errors.AlreadySlashed):
-                self.reg.slash_equivocation(self.reporter, h1, h2)
+        key = peer_key(k + 1)
+        h1 = self.reg.sign_batch_header(op, key, seq, digest(1), 0)
+        h2 = self.reg.sign_batch_header(op, key, seq, digest(2), 0)
+        expected = None
+        if not b.registered:
+            expected = errors.NotRegistered
+        elif k not in b.advertised:
+            expected = errors.KeyNotAdvertised
+        elif (i, k, seq) in self.model.slashed_seqs:
+            expected = errors.AlreadySlashed
+        if expected:
+            with pytest.raises(expected):
+                self.reg.slash_equivocation(self.reporter, h1, h2, operator=op.address)
             return
         before = self.reg.token_balance(self.reporter.address)
-        receipt = self.reg.slash_equivocation(self.reporter, h1, h2)
+        if copier:
+            commitment = self.reg.equivocation_commitment(h1, h2, self.reporter.address)
+            self.reg.commit_equivocation(self.reporter, commitment)
+            fn = self.reg.reveal_equivocation_function(h1, h2, op.address, self.reporter.address)
+            receipt = self.reg.tx.send(self.copier, fn, estimate_block="pending")
+        else:
+            receipt = self.reg.slash_equivocation(self.reporter, h1, h2, operator=op.address)
         amount = b.slash(jail=True)
-        self.model.slashed_seqs.add((i, seq))
+        self.model.slashed_seqs.add((i, k, seq))
         f = self.reg.contract.functions
-        assert f.isEquivocationSlashed(op.address, peer_key(i + 1), seq).call()
+        assert f.isEquivocationSlashed(op.address, key, seq).call()
         reward = self.reg.token_balance(self.reporter.address) - before
         (event,) = self.reg.events(receipt, "Slashed")
         assert event.args.amount == amount
+        assert event.args.rewardee == self.reporter.address
         assert reward == event.args.reward == amount * REWARD_BPS // 10_000
         assert reward * 10_000 <= amount * MAX_REWARD_BPS
 
-    @rule(r=st.integers(0, N_OPS - 1), t=st.integers(0, N_OPS - 1), evidence=st.integers(0, 1))
+    @rule(r=st.integers(0, N_OPS - 1), t=st.integers(0, N_OPS - 1), evidence=st.integers(0, 2))
     def report_fraud(self, r, t, evidence):
         reporter, target = self.ops[r], self.ops[t]
         bonds, now = self.model.bonds, self.env.now()
-        live = [b.live(now) for b in bonds]
-        if None in live:
-            return  # an advertisement expires about now: the outcome depends on block time
         case = self.model.cases.get((t, evidence))
         expected = None
         if r == t:
             expected = errors.SelfReport
-        elif not live[r]:
-            expected = errors.ReporterNotLive
+        elif bonds[r].stake == 0:
+            expected = errors.ReporterNotBonded
         elif case is not None and case.executed:
             expected = errors.FraudCaseClosed
         elif not bonds[t].registered:
             expected = errors.NotRegistered
         elif bonds[t].jailed:
             expected = errors.TargetJailed
+        elif abs(now - bonds[t].fraud_cooldown_until) < MARGIN:
+            return  # the cooldown ends about now: the outcome depends on block time
+        elif now < bonds[t].fraud_cooldown_until:
+            expected = errors.FraudCooldown
         elif case is not None:
             deadline = case.opened_at + DELAY
             if abs(now - deadline) < MARGIN:
@@ -261,12 +294,15 @@ class RegistryMachine(RuleBasedStateMachine):
             return
 
         receipt = self.reg.report_fraud(reporter, target.address, digest(evidence))
+        block_time = self.env.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
         if case is None:
-            snapshot = {i: b.stake for i, b in enumerate(bonds) if live[i]}
-            case = Case(self.env.now(), snapshot, sum(snapshot.values()))
+            # Bonded stake of every operator holding any, the target's included; whether
+            # its advertisement is live plays no part.
+            snapshot = {i: b.stake for i, b in enumerate(bonds) if b.stake > 0}
+            case = Case(block_time, snapshot, sum(snapshot.values()))
             self.model.cases[(t, evidence)] = case
             (opened,) = self.reg.events(receipt, "FraudCaseOpened")
-            assert opened.args.snapshotLiveStake == case.total
+            assert opened.args.snapshotBondedStake == case.total
             assert dict(
                 zip(opened.args.snapshotOperators, opened.args.snapshotWeights, strict=True)
             ) == {self.ops[i].address: w for i, w in snapshot.items()}
@@ -282,7 +318,14 @@ class RegistryMachine(RuleBasedStateMachine):
         assert self.reg.events(receipt, "Jailed") == []
         if executed:
             case.executed = True
+            # More than 2/3 of all stake bonded at opening voted: a minority never gets here.
+            assert 2 * case.weight > case.total
             assert executed[0].args.slashed == bonds[t].slash(jail=False)
+            assert executed[0].args.cooldownUntil == block_time + DELAY
+            bonds[t].fraud_cooldown_until = block_time + DELAY
+            times = self.model.fraud_slashes.setdefault(t, [])
+            assert not times or block_time >= times[-1] + DELAY  # one per cooldown window
+            times.append(block_time)
         chain = self.reg.fraud_case(self.reg.fraud_case_id(target.address, digest(evidence)))
         assert (chain.reported_stake, chain.executed) == (case.weight, case.executed)
 
@@ -300,6 +343,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 b.unbonding,
                 b.jailed,
             )
+            assert info.fraud_cooldown_until == b.fraud_cooldown_until
             assert info.stake == 0 or info.stake >= MIN
             assert info.registered == (info.stake + info.unbonding > 0)
             # Slashed tokens never come back: what went in is out, still held, or slashed.
@@ -310,6 +354,21 @@ class RegistryMachine(RuleBasedStateMachine):
             op.address for op, b in zip(self.ops, self.model.bonds, strict=True) if b.registered
         ]
         assert sorted(self.reg.operators()) == sorted(listed)
+
+    @invariant()
+    def attribution_follows_the_key_holder(self):
+        """What registry-mode nodes read: a key is attributed only to the operator its node
+        made the binding proof for, never to a squatter, and the real holder is not blocked."""
+        now = self.env.now()
+        peers = self.reg.live_peers()
+        by_key = {p.peer_key: p.operator for p in peers}
+        assert len(by_key) == len(peers)
+        for p in peers:
+            k = next(j for j in range(N_OPS) if peer_key(j + 1) == p.peer_key)
+            assert p.operator == self.ops[k].address, "a squatter was attributed a key"
+        for i, b in enumerate(self.model.bonds):
+            if b.ad_key == i and b.live(now):  # its own key, live by a clear margin
+                assert by_key.get(peer_key(i + 1)) == self.ops[i].address
 
 
 def test_registry_state_machine(env: Env):

@@ -61,7 +61,7 @@ def test_two_wire_batches_with_one_seq_slash_their_operator(env: Env):
     op, reporter = env.ops[0], env.outsider
     node = NodeKey(bytes(range(32)))
     env.reg.register(op, 20 * MIN)
-    env.reg.advertise(op, node.public_key, ["/ip4/127.0.0.1/tcp/4001"])
+    env.reg.advertise(op, node, ["/ip4/127.0.0.1/tcp/4001"])
 
     first = _evidence(_batch(env, op, node, 9, "retry flaky network calls with backoff", 1000))
     second = _evidence(_batch(env, op, node, 9, "pin dependencies before upgrading", 1000))
@@ -81,7 +81,7 @@ def test_a_batch_republished_unchanged_is_not_equivocation(env: Env):
     op = env.ops[1]
     node = NodeKey(bytes(range(1, 33)))
     env.reg.register(op, 20 * MIN)
-    env.reg.advertise(op, node.public_key, ["/ip4/127.0.0.1/tcp/4002"])
+    env.reg.advertise(op, node, ["/ip4/127.0.0.1/tcp/4002"])
     envelope = _batch(env, op, node, 4, "read the traceback before editing", 2000)
     # Gossip redelivers the same bytes; submitted as "evidence" they prove nothing.
     with pytest.raises(errors.NotEquivocation):
