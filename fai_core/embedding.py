@@ -11,6 +11,8 @@ import, so they load on first use, never at import of this module.
 
 `HashingEmbedder` is deterministic and instant but has no semantics beyond shared words.
 It exists for tests that are not about embedding quality and must be chosen explicitly.
+Its vectors are dense, so they survive BitDelta's 1-bit compression about as well as real
+sentence embeddings do and honest rows pass DeltaSoup's checks at the default thresholds.
 """
 
 from __future__ import annotations
@@ -49,7 +51,15 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 class HashingEmbedder:
-    """Signed feature hashing of words and word bigrams. Test/offline use only."""
+    """Sum of pseudo-random sign vectors, one per word and word bigram. Test/offline use only.
+
+    Each feature's vector is the first d bits of SHAKE-128(feature) as +-1, so texts
+    sharing words are similar, and every vector is dense. v1 hashed each feature into one
+    coordinate: sparse vectors that 1-bit BitDelta reconstructs poorly, so honest rows
+    failed DeltaSoup's direct-cosine check (median cos(e_hat, e) 0.41 against a library
+    mean of ~200 corpus rows; 67% of rows below 0.45 at 100 rows). v2 measures >= 0.75 at
+    every library size (tests/core/test_embedding.py), above the MiniLM threshold of 0.6.
+    """
 
     _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -60,22 +70,24 @@ class HashingEmbedder:
 
     @property
     def model_id(self) -> str:
-        return f"fai-hashing-v1-d{self._dimension}"
+        return f"fai-hashing-v2-d{self._dimension}"
 
     @property
     def dimension(self) -> int:
         return self._dimension
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self._dimension), dtype=np.float64)
+        d = self._dimension
+        width = (d + 7) // 8
+        out = np.zeros((len(texts), d), dtype=np.float64)
         for row, text in enumerate(texts):
             words = self._TOKEN.findall(text.lower())
             features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
-            for feature in features:
-                digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
-                value = int.from_bytes(digest, "little")
-                sign = 1.0 if value & 1 else -1.0
-                out[row, (value >> 1) % self._dimension] += sign
+            if not features:
+                continue
+            raw = b"".join(hashlib.shake_128(f.encode()).digest(width) for f in features)
+            bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8)).reshape(len(features), -1)
+            out[row] = len(features) - 2.0 * bits[:, :d].sum(axis=0)
         return _unit_rows(out)
 
 

@@ -34,7 +34,7 @@ def test_hashing_embedder_is_deterministic_unit_norm_and_word_sensitive():
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-6)
     assert a[0] @ a[1] == pytest.approx(1.0)
     assert abs(float(a[0] @ a[2])) < 0.9
-    assert emb.model_id == "fai-hashing-v1-d64"
+    assert emb.model_id == "fai-hashing-v2-d64"
     assert emb.embed([]).shape == (0, 64)
 
 
@@ -60,3 +60,49 @@ def test_real_model_loads_offline_and_ranks_paraphrases_first(monkeypatch):
     paraphrase, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
     assert paraphrase > 0.6 > unrelated
     np.testing.assert_allclose(emb.embed(texts[:1])[0], vectors[0], atol=1e-5)
+
+
+def test_hashing_embedder_honest_rows_pass_deltasoup_at_default_thresholds():
+    """Honest corpus rows of a hashing fleet pass DeltaSoup at the MiniLM thresholds, so
+    tests of reputation on hashing fleets mean something. v1 (sparse, one coordinate per
+    feature) dropped 81% of these rows as semantic_mismatch even at direct_min_cos 0.45:
+    median cos(e_hat, e) 0.41 against library means of ~200 rows."""
+    from fai_core import attacks, bitdelta
+    from fai_core.corpus import load_pattern_corpus
+    from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, _rowwise_cos
+    from fai_core.identity import NodeKey
+
+    emb = HashingEmbedder(384)
+    corpus = load_pattern_corpus()
+    ts, batches = 1_700_000_000_000, []
+    for k, idx in enumerate(np.array_split(np.random.default_rng(0).permutation(len(corpus)), 6)):
+        key = NodeKey(bytes([k + 1]) * 32)
+        texts, domains = [corpus[i][1] for i in idx], [corpus[i][0] for i in idx]
+        vectors = emb.embed(texts)
+        for seq, dom in enumerate(sorted(set(domains)), 1):
+            sel = [i for i, d in enumerate(domains) if d == dom]
+            batches.append(
+                attacks.signed_batch(
+                    key,
+                    [texts[i] for i in sel],
+                    vectors[sel],
+                    domain=dom,
+                    quality=np.full(len(sel), 0.6),
+                    seq=seq,
+                    timestamp_ms=ts,
+                    model=emb.model_id,
+                    baseline=vectors.mean(axis=0),  # the sender's library mean
+                ).batch
+            )
+    result = DeltaSoup(emb, config=DeltaSoupConfig(min_cap=10_000)).aggregate(batches, ts)
+    assert len(result.row_drop) == len(corpus) and set(result.row_drop) == {None}
+    assert result.row_scores["direct_cos"].min() > 0.7
+    # Small libraries too (a fleet test's node holds a handful of rows).
+    texts = [t for _, t in corpus]
+    rng = np.random.default_rng(1)
+    for size in (2, 3, 5, 10, 30):
+        for _ in range(20):
+            v = emb.embed([texts[i] for i in rng.choice(len(texts), size, replace=False)])
+            base = v.mean(axis=0)
+            e_hat = bitdelta.decode(bitdelta.encode(v, base, 128), base)
+            assert _rowwise_cos(e_hat, v).min() > 0.7
