@@ -5,7 +5,7 @@
   the cap became permanent after churn).
 * With 256 operators a newcomer gets `RegistryFull`; jailed operators holding nothing leave
   the list too.
-* Opening a fraud case with 256 live operators (the worst case of the snapshot loop) stays
+* Opening a fraud case with 256 bonded operators (the worst case of the snapshot loop) stays
   well inside a block, and the views that loop over the list do not revert.
 
 Set-up sends ~1,000 transactions with automine off and mines them in a few blocks.
@@ -145,11 +145,11 @@ def test_fraud_case_opening_fits_at_the_cap(fleet_env):
     assert len(opened.args.snapshotOperators) == CAP
     # docs/registry.md gives the measured figure; keep a generous ceiling far below 30 M.
     assert receipt["gasUsed"] < 2_500_000, receipt["gasUsed"]
-    print(f"fraud case opening at {CAP} live operators: {receipt['gasUsed']} gas")
+    print(f"fraud case opening at {CAP} bonded operators: {receipt['gasUsed']} gas")
     # A vote at the cap passes the 256-entry snapshot back: still cheap enough.
     vote = env.reg.report_fraud(accounts[2], accounts[1].address, b"\x01" * 32)
     assert vote["gasUsed"] < 500_000, vote["gasUsed"]
-    print(f"fraud vote at {CAP} live operators: {vote['gasUsed']} gas")
+    print(f"fraud vote at {CAP} bonded operators: {vote['gasUsed']} gas")
 
 
 def test_registry_full_at_the_cap(fleet_env):
