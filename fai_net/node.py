@@ -1127,21 +1127,16 @@ def _ed25519_public(key: bytes):
 
 
 def soup_config(model_id: str, max_age_ms: int, *, max_cap: int | None = None) -> DeltaSoupConfig:
-    """DeltaSoup's thresholds for the fleet's model.
+    """DeltaSoup's thresholds for the fleet's model: the same for every model.
 
     `direct_min_cos` bounds cos(BitDelta reconstruction, receiver's own embedding of the
-    text), which depends on how well 1-bit deltas fit the model's vectors: honest MiniLM
-    rows measure >= 0.766 (docs/deltasoup.md), the sparse hashing test embedder only
-    0.54-0.60 on the shipped corpus, so that explicit test option gets 0.45.
+    text): honest MiniLM rows measure >= 0.766 (docs/deltasoup.md), the hashing test
+    embedder (v2, dense) >= 0.75 on the shipped corpus, both above the default 0.6.
     """
     # The node's gate and batch store own replay and sequence checks (durably, with the
     # repair window in mind); DeltaSoup's in-memory seq window would refuse old batches that
     # repair legitimately delivers late, so it is opened wide here.
     wide = 1 << 62
-    if model_id.startswith("fai-hashing-"):
-        return DeltaSoupConfig(
-            max_age_ms=max_age_ms, direct_min_cos=0.45, seq_window=wide, max_cap=max_cap
-        )
     return DeltaSoupConfig(max_age_ms=max_age_ms, seq_window=wide, max_cap=max_cap)
 
 
