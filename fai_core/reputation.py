@@ -5,8 +5,12 @@ failure costs a trusted peer 0.1 and twelve failures in a row take it from 1.0 b
 0.3 threshold (0.9^11 = 0.314, 0.9^12 = 0.282). A peer below the
 threshold is deprioritised: DeltaSoup skips its batches and the gossip layer prefers others.
 
-Only outcomes that are provably the peer's doing may be recorded: a batch whose signature
-did not verify could claim any sender, so it must not cost that sender anything.
+Only outcomes that are provably the peer's doing, and that this node verifies itself, may
+be recorded: a batch whose signature did not verify could claim any sender, so it must not
+cost that sender anything; a batch anyone could have re-published (replay, stale) proves
+nothing about its signer; and a verdict relative to the round's other senders (an outlier
+among them) is one Sybils can choose, so it drops rows but is never recorded
+(`deltasoup.CHARGED`, docs/deltasoup.md "What costs reputation").
 
 Optionally a score recovers toward `initial` with time (`recovery_half_life_ms`, with an
 explicit clock, so the core stays deterministic): a peer below the threshold is refused
