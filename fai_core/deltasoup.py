@@ -598,6 +598,15 @@ def _filter_rows(
     )
     drop[bad] = _CODE[Drop.SCALE_MISMATCH]
 
+    # The relative checks (c, d) compare a row with the round's other rows. Only rows that
+    # passed every check the receiver verifies itself take part: a flood of rows whose
+    # vectors do not match their texts (a Sybil's cheapest attack) must not set the median
+    # that honest rows are measured against. Sender weights are recomputed over them.
+    live = drop == 0
+    weight = np.zeros(n)
+    kept_counts = np.bincount(node[live], minlength=len(senders))
+    weight[live] = 1.0 / kept_counts[node[live]]
+
     # (c) scale distribution (sender-weighted robust z of ln scale, per group).
     log_scales = np.log(np.concatenate([b.scales for b in batches]).astype(np.float64) + cfg.eps)
     scale_z = np.zeros(n)

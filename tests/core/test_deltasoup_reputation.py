@@ -115,3 +115,43 @@ def test_provable_faults_still_charge(scenario, embedder):
     r = soup.aggregate(bad, NOW_MS)
     assert all(o.charged and not o.passed for o in r.outcomes)
     assert set(r.row_drop) == {Drop.SEMANTIC_MISMATCH}
+
+
+def test_rows_that_fail_a_verified_check_do_not_set_the_relative_statistics(scenario, embedder):
+    """The flood benchmark's finding: 2,000 fresh keys sending random vectors (every row a
+    semantic_mismatch) outvoted one honest sender in the scale distribution, and every
+    honest row became a scale_outlier. Only rows that passed the receiver's own checks
+    may set the medians the relative checks compare against."""
+    rng = np.random.default_rng(5)
+    honest = scenario.honest[:1]
+    pool = np.array_split(scenario.pool_idx, 12)
+    mine_batches = [b.batch for b in honest[0].batches(ts=NOW_MS, seq0=1)]
+    model, dim = mine_batches[0].model, mine_batches[0].dim
+    flood = []
+    for i, idx in enumerate(pool):
+        node = scenario._node(0, idx, NodeKey(bytes([150 + i]) * 32))
+        texts = list(node.texts[:16])
+        flood.append(
+            attacks.signed_batch(
+                node.key,
+                texts,
+                attacks.gaussian_embeddings(len(texts), dim, 1.0, rng),
+                domain=mine_batches[0].domain,
+                quality=np.full(len(texts), 0.6),
+                seq=1,
+                timestamp_ms=NOW_MS,
+                model=model,
+                baseline=np.zeros(dim, dtype=np.float32),
+            ).batch
+        )
+    batches = mine_batches + flood
+    result = DeltaSoup(embedder).aggregate(batches, NOW_MS)
+    key = honest[0].key.public_key
+    mine = [
+        d
+        for s, d in zip(result.row_sender, result.row_drop, strict=True)
+        if s == key and d is not Drop.DEFERRED
+    ]
+    theirs = [d for s, d in zip(result.row_sender, result.row_drop, strict=True) if s != key]
+    assert theirs and all(d in (Drop.SEMANTIC_MISMATCH, Drop.DEFERRED) for d in theirs)
+    assert mine and all(d is None for d in mine), mine
