@@ -47,7 +47,9 @@ class BudgetPolicy:
     #: Open mode only: what one connection may forward, whatever keys signed it.
     forwarder_messages: Rate = Rate(per_s=20.0, burst=200.0)
     forwarder_bytes: Rate = Rate(per_s=512_000.0, burst=4_000_000.0)
-    forwarder_rows: Rate = Rate(per_s=100.0, burst=4_000.0)
+    #: Sustained, what 2 cores re-embed of long texts under load (~25 rows/s measured);
+    #: the burst absorbs a dev fleet's catch-up.
+    forwarder_rows: Rate = Rate(per_s=25.0, burst=2_000.0)
     #: Buckets kept at most (least recently used forgotten): bounds memory under key churn.
     #: A forgotten key starts again with a full bucket, which is why open mode also budgets
     #: the forwarder, whose identity is a live connection.

@@ -55,11 +55,13 @@ class NodeConfig:
     #: A peer's reputation recovers halfway to 1.0 per this long without new outcomes: a
     #: peer below the floor is never evaluated, so it could not recover otherwise.
     reputation_half_life_ms: int = 3_600_000
-    #: Rows a merge round takes from the pending queue (about 1 s of MiniLM re-embedding
-    #: on 2 cores): bounds how long a round holds the CPU and the library.
-    round_rows: int = 256
+    #: Rows a merge round takes from the pending queue: bounds how long a round holds the
+    #: CPU and the library, hence how long an honest batch waits behind a flood. Measured
+    #: (bench/flood.py): 256 rows of 20-32-word texts took 11 s of MiniLM alone and 23 s
+    #: under a flood on 2 cores; 64 rows keep a round to a few seconds.
+    round_rows: int = 64
     #: Rows one sender may have evaluated per round, however alone it is (DeltaSoup max_cap).
-    max_cap_rows: int = 128
+    max_cap_rows: int = 64
     #: Receive budgets and the pending queue's bounds (fai_net/admission.py, pending.py).
     budgets: BudgetPolicy = field(default_factory=BudgetPolicy)
     queue: QueueLimits = field(default_factory=QueueLimits)

@@ -25,10 +25,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class QueueLimits:
-    max_batches: int = 2_048
-    max_rows: int = 65_536
-    #: Fraction of either limit one principal may hold.
-    share: float = 0.25
+    max_batches: int = 1_024
+    max_rows: int = 16_384
+    #: Fraction of either limit one principal may hold (here 128 batches, 2,048 rows: a
+    #: flooder's share drains in under two minutes at the ~25 rows/s 2 cores re-embed).
+    share: float = 0.125
 
 
 class FairQueue(Generic[T]):
