@@ -65,6 +65,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from fleet import Proc  # bench/fleet.py: the same process wrapper
 
 from fai_core.corpus import load_pattern_corpus
 from fai_net.control import ControlClient
@@ -104,12 +105,12 @@ def log(msg: str) -> None:
 
 
 @dataclass
-class NodeRun:
-    name: str
-    dir: Path
-    args: list[str]
-    popen: subprocess.Popen | None = None
-    info: dict = field(default_factory=dict)
+class NodeRun(Proc):
+    """A `fai node run` process (bench/fleet.py's Proc) with its event log and client."""
+
+    cmd: list[str] = field(default_factory=list)
+    ready_name: str = "node.json"
+    args: list[str] = field(default_factory=list)
 
     @property
     def events_path(self) -> Path:
@@ -119,63 +120,19 @@ class NodeRun:
     def log_path(self) -> Path:
         return self.dir.parent / f"{self.name}.log"
 
-    def launch(self) -> NodeRun:
+    def launch(self) -> NodeRun:  # type: ignore[override]
+        self.cmd = [sys.executable, "-m", "fai_net.cli", "node", "run", *self.args]
         self.dir.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "fai_net.cli", "node", "run", *self.args]
-        with open(self.log_path, "ab") as out:
-            self.popen = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,  # a Ctrl-C reaches the bench, which stops them
-            )
-        return self
+        return super().launch({**os.environ, "PYTHONUNBUFFERED": "1"})
 
-    def wait_ready(self, timeout: float = 180.0) -> NodeRun:
-        ready = self.dir / "node.json"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.popen.returncode}:\n{self.tail()}")
-            if ready.exists():
-                try:
-                    self.info = json.loads(ready.read_text())
-                    return self
-                except ValueError:
-                    pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.tail()}")
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def addr(self) -> str:
-        return self.info["addrs"][0]
+    def wait_ready(self, timeout: float = 180.0) -> NodeRun:  # type: ignore[override]
+        return super().wait_ready(timeout)
 
     def client(self, timeout: float) -> ControlClient:
         return ControlClient(self.dir / "control.sock", timeout=timeout)
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
-
-    def tail(self, n: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if not self.alive():
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
 
 
 def node_args(s: Settings, data_dir: Path, events: Path, seeds: list[str]) -> list[str]:
@@ -636,9 +593,9 @@ def diff_counts(before: dict, after: dict) -> dict:
 
 
 def run(s: Settings, root: Path) -> dict:
-    target = NodeRun("target", root / "target", [])
+    target = NodeRun("target", root / "target")
     target.args = node_args(s, target.dir, target.events_path, [])
-    honest = NodeRun("honest", root / "honest", [])
+    honest = NodeRun("honest", root / "honest")
     nodes = [target, honest]
     flood: FloodPeer | None = None
     monitors: list[Ticker] = []

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,6 +168,17 @@ class Fleet:
 
     def __getitem__(self, name: str) -> NodeProc:
         return self.nodes[name]
+
+
+@contextmanager
+def temporary_fleet(**defaults) -> Iterator[Fleet]:
+    """A Fleet whose nodes are stopped and whose directory is removed afterwards."""
+    fleet = Fleet(**defaults)
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
+        shutil.rmtree(fleet.root, ignore_errors=True)
 
 
 def corpus_by_domain() -> dict[str, list[str]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _fleet import ROOT, Fleet, corpus_by_domain, wait_for
+from _fleet import ROOT, corpus_by_domain, temporary_fleet, wait_for
 
 from fai_net.control import ControlClient
 from fai_net.topics import topic_for
@@ -39,12 +38,8 @@ KEYS = 2000
 
 @pytest.fixture
 def fleet():
-    f = Fleet()
-    try:
+    with temporary_fleet() as f:
         yield f
-    finally:
-        f.stop_all()
-        shutil.rmtree(f.root, ignore_errors=True)
 
 
 class Every(threading.Thread):

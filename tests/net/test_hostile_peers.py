@@ -22,13 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
-from _fleet import ROOT, Fleet, corpus_by_domain, wait_for
+from _fleet import ROOT, corpus_by_domain, temporary_fleet, wait_for
 
 from fai_core import dagcbor
 from fai_core.embedding import HashingEmbedder
@@ -44,12 +43,8 @@ TOPIC = topic_for(DOMAIN)
 
 @pytest.fixture
 def fleet():
-    f = Fleet()
-    try:
+    with temporary_fleet() as f:
         yield f
-    finally:
-        f.stop_all()
-        shutil.rmtree(f.root, ignore_errors=True)
 
 
 def run_helper(*args: str, timeout: float) -> dict:
