@@ -26,6 +26,7 @@ bench: $(STAMP) $(DEVNET_STAMP)
 	$(PY) bench/library.py --json
 	$(PY) bench/gas.py --json
 	$(PY) bench/fleet.py --json
+	$(PY) bench/flood.py --json
 	$(PY) bench/sim.py --json
 
 # The evaluation report: the simulator grid behind docs/evaluation.md and docs/img/
