@@ -242,3 +242,23 @@ def test_a_peer_without_repair_is_asked_once_per_back_off_step():
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_the_data_directory_is_the_owners_alone():
+    """Other local users must not read batches, evidence, the outbox or the library."""
+    import stat
+
+    cfg = config("modes")
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.data_dir, 0o755)  # as an older node left it
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await start(n, cfg)
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    assert stat.S_IMODE(os.stat(cfg.data_dir).st_mode) == 0o700
+    store_file = cfg.data_dir / "batches" / "store.sqlite"
+    assert stat.S_IMODE(os.stat(store_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(cfg.data_dir / "node.key").st_mode) == 0o600
