@@ -343,18 +343,18 @@ class Node:
             self.metrics.reject(over)
             return False
         cpu = time.thread_time()
-        sender_forwarder = public_key_of(forwarder)
+        forwarder_key = public_key_of(forwarder)
         result = self.gate.admit(
             msg.data,
             now,
             origin="gossip",
             topic_domain=domain_of(topic) or "",
-            forwarder=sender_forwarder,
+            forwarder=forwarder_key,
         )
         self.metrics.spent("validate", time.thread_time() - cpu)
         if result.verdict is not Verdict.ACCEPT and result.reason != "forwarder_budget":
             self._refused.add(key, now / 1000)
-        return self._after_admit(result, len(msg.data), "gossip", sender_forwarder)
+        return self._after_admit(result, len(msg.data), "gossip", forwarder_key)
 
     def _principal(self, sender: bytes, forwarder: bytes | None, origin: str) -> object:
         """Whose turn a pending batch waits for (fai_net/pending.py): the sender in registry

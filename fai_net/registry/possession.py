@@ -47,21 +47,10 @@ class PossessionRefused(ValueError):
 def possession_challenge(
     chain_id: int, registry_address: str, operator: str, peer_key: bytes, nonce: bytes
 ) -> bytes:
-    if len(peer_key) != 32:
-        raise ValueError("peer_key must be a 32-byte Ed25519 public key")
     if not 16 <= len(nonce) <= 64:
         raise ValueError("nonce must be 16..64 random bytes chosen by the verifier")
-    return b"".join(
-        [
-            CHALLENGE_TAG,
-            chain_id.to_bytes(32, "big"),
-            to_canonical_address(registry_address),
-            to_canonical_address(operator),
-            bytes(peer_key),
-            len(nonce).to_bytes(1, "big"),
-            bytes(nonce),
-        ]
-    )
+    scoped = _scoped(CHALLENGE_TAG, chain_id, registry_address, operator, peer_key)
+    return scoped + len(nonce).to_bytes(1, "big") + bytes(nonce)
 
 
 def prove_possession(
@@ -79,11 +68,16 @@ def prove_possession(
 
 def binding_message(chain_id: int, registry_address: str, operator: str, peer_key: bytes) -> bytes:
     """What the peer key signs to be attributed to `operator` on this chain and registry."""
+    return _scoped(BINDING_TAG, chain_id, registry_address, operator, peer_key)
+
+
+def _scoped(tag: bytes, chain_id: int, registry_address: str, operator: str, peer_key: bytes):
+    """`tag`, then the chain, registry, operator and key a statement is bound to."""
     if len(peer_key) != 32:
         raise ValueError("peer_key must be a 32-byte Ed25519 public key")
     return b"".join(
         [
-            BINDING_TAG,
+            tag,
             chain_id.to_bytes(32, "big"),
             to_canonical_address(registry_address),
             to_canonical_address(operator),

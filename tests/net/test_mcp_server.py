@@ -208,6 +208,23 @@ def test_all_four_actions_return_the_nodes_results(node, sock_path, server_log):
     assert_no_crash(server_log)
 
 
+def call_each_then_status(sock_path, server_log, calls: dict) -> dict[str, CallToolResult]:
+    """Each call in one MCP session, then a `status` under "after": the server is still
+    alive and well after all of them."""
+
+    async def main() -> dict[str, CallToolResult]:
+        with anyio.fail_after(60):
+            async with mcp_session(sock_path, server_log) as session:
+                out = {
+                    name: await session.call_tool("dso_network", args)
+                    for name, args in calls.items()
+                }
+                out["after"] = await session.call_tool("dso_network", {"action": "status"})
+                return out
+
+    return anyio.run(main)
+
+
 def test_bad_calls_are_readable_tool_errors(node, sock_path, server_log):
     calls = {
         "bad domain": {"action": "broadcast", "domain": "Not A Domain!"},
@@ -218,18 +235,7 @@ def test_bad_calls_are_readable_tool_errors(node, sock_path, server_log):
         "node refuses": {"action": "broadcast", "domain": "lonely"},
     }
 
-    async def main() -> dict[str, CallToolResult]:
-        with anyio.fail_after(60):
-            async with mcp_session(sock_path, server_log) as session:
-                out = {
-                    name: await session.call_tool("dso_network", args)
-                    for name, args in calls.items()
-                }
-                # The server is still alive and well after all that.
-                out["after"] = await session.call_tool("dso_network", {"action": "status"})
-                return out
-
-    results = anyio.run(main)
+    results = call_each_then_status(sock_path, server_log, calls)
     for name in calls:
         assert results[name].is_error, name
         assert results[name].structured_content is None, name
@@ -255,17 +261,7 @@ def test_unknown_arguments_are_refused_by_name_with_the_accepted_ones(node, sock
         "misspelt": {"action": "receive", "domian": "coding"},
     }
 
-    async def main() -> dict[str, CallToolResult]:
-        with anyio.fail_after(60):
-            async with mcp_session(sock_path, server_log) as session:
-                out = {
-                    name: await session.call_tool("dso_network", args)
-                    for name, args in calls.items()
-                }
-                out["after"] = await session.call_tool("dso_network", {"action": "status"})
-                return out
-
-    results = anyio.run(main)
+    results = call_each_then_status(sock_path, server_log, calls)
     accepts = "it accepts action, domain, limit"
     for name in calls:
         assert results[name].is_error, name
