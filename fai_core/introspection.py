@@ -98,6 +98,8 @@ _EXIT_KEYS = ("exit_code", "returncode", "exit_status", "exit")
 _HTTP_KEYS = ("status_code", "http_status")
 _STATUS_KEYS = ("status", "state", "result", "outcome")
 _ERROR_KEYS = ("error", "exception", "error_type", "stderr")
+#: An `output` holding this key is an outcome class already reduced by an importer.
+OUTCOME_KEY = "fai.outcome"
 
 
 class IntrospectionError(FaiError):
@@ -120,6 +122,36 @@ class Outcome:
             or (self.exit_code is not None and self.exit_code != 0)
             or (self.http_status is not None and self.http_status >= 400)
             or self.status in FAILURE_STATUSES
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The class alone, as a tool `output` that `classify_output` reads back unchanged.
+
+        Importers of foreign trace formats store this instead of the tool's real output,
+        so the telemetry spool on disk holds no user text at all.
+        """
+        fields = {
+            "exception": self.exception,
+            "exit_code": self.exit_code,
+            "http_status": self.http_status,
+            "status": self.status,
+        }
+        return {OUTCOME_KEY: {k: v for k, v in fields.items() if v is not None}}
+
+    @classmethod
+    def from_fields(cls, fields: object) -> Outcome:
+        """An Outcome from `to_json`'s inner object; values outside the classes are dropped."""
+        if not isinstance(fields, dict):
+            return cls()
+        exception = fields.get("exception")
+        if exception not in KNOWN_EXCEPTIONS and exception != "exception":
+            exception = None
+        status = fields.get("status")
+        return cls(
+            exception=exception,
+            exit_code=_small_int(fields.get("exit_code"), -128, 255),
+            http_status=_small_int(fields.get("http_status"), 100, 599),
+            status=status if status in STATUS_PRIORITY else None,
         )
 
     @property
@@ -176,6 +208,8 @@ def classify_output(output: Any) -> Outcome:
         )
     if not isinstance(output, dict):
         return Outcome()
+    if OUTCOME_KEY in output:
+        return Outcome.from_fields(output[OUTCOME_KEY])
     exit_code = next(
         (c for k in _EXIT_KEYS if (c := _small_int(output.get(k), -128, 255)) is not None), None
     )

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -140,8 +140,15 @@ class TelemetryRecord:
         return cls(**obj)
 
 
-def parse_line(line: str | bytes, line_number: int | None = None) -> TelemetryRecord:
-    """One JSONL line (without its newline) to a record; errors carry `line_number`."""
+def parse_line(
+    line: str | bytes,
+    line_number: int | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> TelemetryRecord:
+    """One JSONL line (without its newline) to a record; errors carry `line_number`.
+
+    `defaults` fills fields the line leaves out (an import's `--domain`).
+    """
     try:
         if isinstance(line, bytes):
             if len(line) > MAX_LINE_BYTES:
@@ -156,6 +163,8 @@ def parse_line(line: str | bytes, line_number: int | None = None) -> TelemetryRe
             obj = json.loads(line, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as exc:
             raise TelemetryError("line", f"not JSON: {exc}") from None
+        if defaults and isinstance(obj, dict):
+            obj = {**defaults, **obj}
         return TelemetryRecord.from_json(obj)
     except TelemetryError as exc:
         raise exc.at_line(line_number) if line_number is not None else exc from None
@@ -207,6 +216,7 @@ def iter_jsonl(
     *,
     skip_bad: bool = False,
     report: ReadReport | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Iterator[TelemetryRecord]:
     """Stream records from a JSONL file, path or stream. Blank lines are ignored.
 
@@ -216,7 +226,7 @@ def iter_jsonl(
     """
     if isinstance(source, str | os.PathLike):
         with open(source, "rb") as stream:
-            yield from iter_jsonl(stream, skip_bad=skip_bad, report=report)
+            yield from iter_jsonl(stream, skip_bad=skip_bad, report=report, defaults=defaults)
         return
     report = report if report is not None else ReadReport()
     stream: IO[bytes]
@@ -231,7 +241,7 @@ def iter_jsonl(
                 raise TelemetryError("line", f"longer than {MAX_LINE_BYTES} bytes", number)
             if not content.strip():
                 continue
-            record = parse_line(content, number)
+            record = parse_line(content, number, defaults)
         except TelemetryError as exc:
             if not skip_bad:
                 raise

@@ -59,6 +59,10 @@ def _node_run(args: argparse.Namespace) -> int:
         seen_ttl_s=args.seen_ttl,
         event_log=Path(args.event_log) if args.event_log else None,
         allow_raw_publish=args.allow_raw_publish,
+        otlp_port=args.otlp_port,
+        telemetry_domain=args.telemetry_domain,
+        telemetry_rules=tuple(args.telemetry_rule or ()),
+        telemetry_idle_s=args.telemetry_idle,
     )
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -113,12 +117,42 @@ def _add_node_commands(commands) -> None:
         action="store_true",
         help="devnet demos only: the control socket may publish unchecked bytes",
     )
+    run.add_argument(
+        "--otlp-port",
+        type=int,
+        metavar="PORT",
+        help="receive OpenTelemetry traces (OTLP/HTTP POST /v1/traces) on 127.0.0.1:PORT "
+        "and learn from their tool calls; 0 = any free port (see node.json); off by default",
+    )
+    run.add_argument(
+        "--telemetry-domain",
+        default="general",
+        metavar="D",
+        help="domain of received traces that name none (default: general)",
+    )
+    run.add_argument(
+        "--telemetry-rule",
+        action="append",
+        metavar="ATTR=VALUE:DOMAIN[/KIND]",
+        help="traces whose attribute ATTR (e.g. service.name) equals VALUE get DOMAIN "
+        "(repeat; the first match wins; a trace's own fai.domain attribute outranks rules)",
+    )
+    run.add_argument(
+        "--telemetry-idle",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="a session with no end marker closes after S seconds without a new tool call",
+    )
     run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_node_run)
     from fai_net.cli_node import add_node_client_commands
 
     add_node_client_commands(sub, commands)
+    from fai_net.cli_telemetry import add_hook_command
+
+    add_hook_command(commands)
     node.set_defaults(handler=lambda _args: node.print_help() or 2)
     mcp = commands.add_parser(
         "mcp",

@@ -44,6 +44,8 @@ def add_node_client_commands(node_subparsers, commands) -> None:
 
     `node_subparsers` is the subparsers object of `fai node`; `commands` the top-level one.
     """
+    from fai_net.cli_telemetry import add_import_arguments, import_telemetry
+
     conn = argparse.ArgumentParser(add_help=False)
     where = conn.add_argument_group("which node")
     where.add_argument(
@@ -132,14 +134,18 @@ def add_node_client_commands(node_subparsers, commands) -> None:
     p = sub.add_parser(
         "import-telemetry",
         parents=common,
-        help="extract experiences from tool telemetry and add them",
-        description="Read tool-call telemetry (JSONL, docs/telemetry.md; bad lines are "
-        "skipped and counted), extract experiences locally with GRPO groups and the "
-        "deterministic introspector (LocalDSOptimizer), and add them to the node. Only "
-        "pattern texts, domains, qualities and iterations leave this process. Experiences "
-        "of domains the node does not follow are skipped and counted unless --subscribe.",
+        help="extract experiences from agent traces or tool telemetry and add them",
+        description="Read a trace file (FAI JSON Lines, OTLP/JSON or protobuf as the "
+        "OpenTelemetry SDK and collector write them, recorded Claude Code hook events, "
+        "exported OpenAI Agents SDK traces; docs/telemetry.md), extract experiences locally "
+        "with GRPO groups (single-attempt sessions are grouped with comparable ones) and "
+        "the deterministic introspector, and add them to the node. Only pattern texts, "
+        "domains, qualities and iterations leave this process. Bad units are skipped and "
+        "reported by reason (--strict: refused whole); an input with no readable record "
+        "exits 2. Experiences of domains the node does not follow are skipped and counted "
+        "unless --subscribe.",
     )
-    p.add_argument("file", metavar="FILE", help="telemetry JSONL")
+    p.add_argument("file", metavar="FILE", help="the trace or telemetry file")
     p.add_argument("--source-name", help="label for this telemetry in messages (default: file)")
     p.add_argument(
         "--subscribe", action="store_true", help="subscribe the node to missing domains first"
@@ -154,7 +160,8 @@ def add_node_client_commands(node_subparsers, commands) -> None:
         metavar="N",
         help=f"experiences per add call, 1..{IMPORT_CHUNK} (default {IMPORT_CHUNK})",
     )
-    p.set_defaults(handler=_guarded(_import_telemetry))
+    add_import_arguments(p)
+    p.set_defaults(handler=_guarded(import_telemetry))
 
     p = sub.add_parser(
         "export",
@@ -627,108 +634,35 @@ def _search(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# fai experiences import-telemetry
+# fai experiences import-telemetry (the command itself: fai_net/cli_telemetry.py)
 # --------------------------------------------------------------------------------------------
 
 
-def extract_items(records) -> tuple[list[dict[str, Any]], Any]:
-    """Experiences as `add` items ({text, domain, quality, iteration}) plus ExtractionStats.
-
-    LocalDSOptimizer always embeds what it extracts. The node embeds again on `add` with the
-    fleet's model, so the optimizer here gets the cheap deterministic HashingEmbedder (8
-    dimensions) and a placeholder source key, and only text, domain, quality and iteration
-    of its output are kept: no model load, the same patterns and qualities.
-    """
-    from fai_core.embedding import HashingEmbedder
-    from fai_core.extraction import LocalDSOptimizer
-
-    optimizer = LocalDSOptimizer(HashingEmbedder(8), bytes(32))
-    extraction = optimizer.extract(records)
-    items = [
-        {
-            "text": e.text,
-            "domain": e.domain,
-            "quality": float(e.quality),
-            "iteration": int(e.iteration),
-        }
-        for e in extraction.experiences
-    ]
-    return items, extraction.stats
-
-
-def _import_telemetry(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from fai_core.telemetry import read_jsonl
-
-    label = args.source_name or args.file
-    progress = _Progress(args.progress)
-    try:
-        report = read_jsonl(args.file, skip_bad=True)
-    except OSError as exc:
-        raise _Refused(f"cannot read {args.file}: {exc.strerror or exc}") from None
-    if report.skipped:
-        first = f" (first: {report.errors[0]})" if report.errors else ""
-        print(
-            f"fai: skipped {report.skipped} bad telemetry line(s) in {label}{first}",
-            file=sys.stderr,
-        )
-    progress(f"extracting experiences from {len(report.records)} records of {label} ...")
-    items, stats = extract_items(report.records)
-
-    node = _Node(args)
+def send_items(node: _Node, items: list[dict], args: argparse.Namespace, progress, label: str):
+    """Add extracted items to the node (subscribing first with --subscribe); what was
+    imported per domain, what was skipped as unsubscribed, and the node's counts."""
     subscribed = list(node.call("info").get("domains", []))
     newly: list[str] = []
-    wanted = sorted({item["domain"] for item in items})
-    missing = [d for d in wanted if d not in subscribed]
+    missing = [d for d in sorted({item["domain"] for item in items}) if d not in subscribed]
     if args.subscribe:
         for domain in missing:
             if node.call("subscribe", domain=domain).get("subscribed"):
                 newly.append(domain)
         subscribed += missing
-        missing = []
     sendable = [item for item in items if item["domain"] in subscribed]
-    skipped = dict(Counter(item["domain"] for item in items if item["domain"] not in subscribed))
+    skipped = Counter(item["domain"] for item in items if item["domain"] not in subscribed)
 
     def step(done: int, total: int) -> None:
         progress(f"imported {done}/{total} experiences from {label} ...")
 
     result = _send(node, sendable, args.chunk_size, step) if sendable else {"added": 0}
-    result.setdefault("inserted", 0)
-    progress.done()
-    imported = dict(sorted(Counter(item["domain"] for item in sendable).items()))
-    summary = {
-        "source": label,
-        "records": len(report.records),
-        "bad_lines": report.skipped,
-        "experiences": len(items),
-        "imported": imported,
+    return {
+        "imported": dict(sorted(Counter(item["domain"] for item in sendable).items())),
         "added": result["added"],
-        "inserted": result["inserted"],
+        "inserted": result.get("inserted", 0),
         "skipped_unsubscribed": dict(sorted(skipped.items())),
         "subscribed": newly,
-        "extraction": asdict(stats),
     }
-    if args.json:
-        _print_json(summary)
-        return 0
-    print(
-        f"{label}: {len(report.records)} records ({report.skipped} bad lines skipped), "
-        f"{stats.tasks} tasks, {stats.groups} groups -> {len(items)} experiences"
-    )
-    if newly:
-        print(f"subscribed to {', '.join(newly)}")
-    rows = [(d, n) for d, n in imported.items()]
-    rows += [(d, f"0 (skipped {n}: not subscribed)") for d, n in sorted(skipped.items())]
-    if rows:
-        print(format_table(("DOMAIN", "IMPORTED"), rows))
-    print(f"imported {result['added']} experiences ({result['inserted']} new to the library)")
-    if skipped:
-        print(
-            f"skipped {sum(skipped.values())} experiences of unsubscribed domains "
-            f"({', '.join(sorted(skipped))}); use --subscribe to import them"
-        )
-    return 0
 
 
 # --------------------------------------------------------------------------------------------

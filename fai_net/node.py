@@ -56,6 +56,8 @@ from fai_net.node_config import NodeConfig
 from fai_net.node_identity import NodeIdentity, load_or_create, public_key_of
 from fai_net.pending import FairQueue
 from fai_net.ratelog import RateLimitedLog
+from fai_net.telemetry_ingest import TelemetryIngest
+from fai_net.telemetry_spool import SpoolWriter
 from fai_net.topics import domain_of, topic_for
 from fai_net.validation import (
     TEMPORARY_REFUSALS,
@@ -134,6 +136,7 @@ class Node:
         self._refused = RefusalCache(ttl_s=config.seen_ttl_s)
         self._repair_backoff = repair.RepairBackoff()
         self._nursery: trio.Nursery | None = None
+        self.otlp = None
         self.stopped = trio.Event()
         self._events = None
         if config.event_log is not None:
@@ -191,12 +194,19 @@ class Node:
         self.host, self.pubsub, self.router = build_host(
             self.identity.key_pair, GossipSettings(mdns=cfg.mdns, seen_ttl=cfg.seen_ttl_s)
         )
+        self.ingest = TelemetryIngest(
+            cfg.spool_path,
+            self.add_experiences,
+            lambda: list(self.domains),
+            idle_ms=int(cfg.telemetry_idle_s * 1000),
+        )
         metrics_server = None
         try:
             if cfg.metrics_port is not None:
                 metrics_server, self.metrics_port = serve_metrics(self.metrics, cfg.metrics_port)
             else:
                 self.metrics_port = None
+            self.otlp = self._start_otlp()
             async with running(self.host, self.pubsub, self.router, cfg.listen):
                 self.host.set_stream_handler(
                     repair.PROTOCOL_ID, repair.make_handler(lambda: self.store)
@@ -215,6 +225,7 @@ class Node:
                         self._membership_loop,
                         self._metrics_loop,
                         self._prune_loop,
+                        self.ingest.run,
                     ):
                         nursery.start_soon(loop)
                     if handle_signals:
@@ -232,6 +243,11 @@ class Node:
             path.unlink(missing_ok=True)
         if metrics_server is not None:
             metrics_server.stop()
+        if getattr(self, "otlp", None) is not None:
+            self.otlp.stop()
+            self._otlp_writer.close()
+        if hasattr(self, "ingest"):
+            self.ingest.close()
         if hasattr(self, "reputation"):
             self.reputation.save()
         if self._events is not None:
@@ -241,6 +257,16 @@ class Node:
         if hasattr(self, "library"):
             await trio.to_thread.run_sync(self.library.close, limiter=self._lib_limiter)
         log.info("node stopped")
+
+    def _start_otlp(self):
+        """The OTLP/HTTP receiver, when configured: spans go straight to the spool."""
+        cfg = self.config
+        if cfg.otlp_port is None:
+            return None
+        from fai_net.otlp_receiver import serve_otlp
+
+        self._otlp_writer = SpoolWriter(cfg.spool_path)
+        return serve_otlp(cfg.otlp_port, self._otlp_writer, cfg.telemetry_policy())
 
     async def _signal_watcher(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -283,6 +309,7 @@ class Node:
                 "domains": self.domains,
                 "control_socket": str(self.config.socket_path),
                 "metrics_port": self.metrics_port,
+                "otlp_port": None if self.otlp is None else self.otlp.port,
                 "model": self.embedder.model_id,
                 "membership": self.membership.mode,
             },
@@ -904,7 +931,14 @@ class Node:
             "drops": self.metrics.drops(),
             "evidence": self.store.evidence_count(),
             "membership": self.membership.mode,
+            "telemetry": self._telemetry_status(),
         }
+
+    def _telemetry_status(self) -> dict:
+        out = {**self.ingest.stats.to_json(), "spool": dict(self.ingest.held)}
+        if self.otlp is not None:
+            out["otlp"] = self.otlp.stats.to_json()
+        return out
 
     def peer_table(self) -> list[dict]:
         rows = []

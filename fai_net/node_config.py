@@ -67,6 +67,15 @@ class NodeConfig:
     queue: QueueLimits = field(default_factory=QueueLimits)
     #: How often stored batches older than the repair window (plus T_max) are deleted.
     prune_interval_s: float = 600.0
+    #: OTLP/HTTP trace receiver (POST /v1/traces) on 127.0.0.1: None = off (the default),
+    #: 0 = any free port (node.json tells which).
+    otlp_port: int | None = None
+    #: Domain of imported traces that name none (OTLP, hooks, SDK processors), and rules
+    #: `ATTRIBUTE=VALUE:DOMAIN[/KIND]` that pick one from a trace's attributes.
+    telemetry_domain: str = "general"
+    telemetry_rules: tuple[str, ...] = ()
+    #: A trace with no end marker closes after this long without a new span.
+    telemetry_idle_s: float = 600.0
     #: Devnet demonstrations only: the control socket may publish unchecked bytes.
     allow_raw_publish: bool = False
     extra: dict = field(default_factory=dict)
@@ -99,10 +108,26 @@ class NodeConfig:
                 raise ValueError(f"{name} must be positive")
         for addr in self.listen:
             _check_listen(addr)
+        if self.otlp_port is not None and not 0 <= self.otlp_port <= 65535:
+            raise ValueError("otlp_port must be in 0..65535")
+        if self.telemetry_idle_s <= 0:
+            raise ValueError("telemetry_idle_s must be positive")
+        self.telemetry_policy()  # validates the domain and the rules
+
+    def telemetry_policy(self):
+        """The DomainPolicy of imported traces (raises ValueError on a bad rule)."""
+        from fai_core.ingest.common import DomainPolicy, DomainRule
+
+        rules = tuple(DomainRule.parse(rule) for rule in self.telemetry_rules)
+        return DomainPolicy(self.telemetry_domain, rules)
 
     @property
     def socket_path(self) -> Path:
         return self.control_socket or self.data_dir / "control.sock"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "telemetry.sqlite"
 
     @property
     def ready_file(self) -> Path:

@@ -1,0 +1,296 @@
+"""`fai experiences import-telemetry` and `fai hook claude-code`: agent traces into a node.
+
+The import reads a whole file (FAI's JSON Lines, OTLP/JSON or protobuf, recorded Claude
+Code hook events, exported OpenAI Agents SDK traces), extracts experiences in this process
+and adds them through the control socket: nothing but pattern texts, domains, qualities
+and iterations reaches the node. Every refused unit is reported by reason with where it
+was; `--strict` refuses the whole input at its first bad unit; an input that yields no
+record at all exits 2. Parsing and extraction finish before the first `add`, so a bad
+input imports nothing.
+
+The hook is the opposite shape: one short process per Claude Code hook event, appending
+to the node's telemetry spool (fai_net/telemetry_spool.py) and returning at once. It
+always exits 0, so a broken event or a missing node never blocks the agent; what went
+wrong goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+#: Locations shown per refusal reason before "... and N more".
+SHOWN_PER_REASON = 5
+#: Largest hook event read from stdin; a bigger one is reported and skipped.
+MAX_HOOK_EVENT_BYTES = 16 << 20
+
+
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    from fai_core.ingest.detect import FORMATS
+
+    p.add_argument(
+        "--format",
+        choices=("auto", *FORMATS),
+        default="auto",
+        help="input format (default: auto-detected from the first bytes)",
+    )
+    p.add_argument(
+        "--domain",
+        metavar="D",
+        help="domain of traces (or FAI records) that name none (default: general)",
+    )
+    p.add_argument(
+        "--domain-rule",
+        action="append",
+        default=[],
+        metavar="ATTR=VALUE:DOMAIN[/KIND]",
+        help="traces whose attribute ATTR equals VALUE get DOMAIN (repeat; first match wins)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="refuse the whole input at its first bad unit"
+    )
+
+
+def policy_from(domain: str | None, rules: list[str]):
+    from fai_core.ingest.common import DomainPolicy, DomainRule
+
+    try:
+        return DomainPolicy(domain or "general", tuple(DomainRule.parse(r) for r in rules))
+    except ValueError as exc:
+        raise _refused(str(exc)) from None
+
+
+def _refused(message: str) -> Exception:
+    from fai_net.cli_node import _Refused
+
+    return _Refused(message)
+
+
+def problem_lines(problems, label: str, limit: int = SHOWN_PER_REASON) -> list[str]:
+    """One line per distinct reason: its count and the first `limit` places it occurred."""
+    places: dict[str, list[str]] = {}
+    for problem in problems:
+        places.setdefault(problem.reason, []).append(problem.where)
+    lines = []
+    for reason, where in sorted(places.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(where[:limit])
+        more = f" and {len(where) - limit} more" if len(where) > limit else ""
+        lines.append(f"fai: {label}: {len(where)} x {reason} ({shown}{more})")
+    return lines
+
+
+def read_input(args: argparse.Namespace, policy) -> tuple[str, Any]:
+    """(format, Converted) of the file named on the command line, or a refusal."""
+    from fai_core.ingest.common import IngestError
+    from fai_core.ingest.detect import MAX_IMPORT_BYTES, read_telemetry
+
+    try:
+        with open(args.file, "rb") as stream:
+            data = stream.read(MAX_IMPORT_BYTES + 1)
+    except OSError as exc:
+        raise _refused(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    try:
+        return read_telemetry(data, args.format, policy)
+    except IngestError as exc:
+        raise _refused(f"{args.file}: {exc}") from None
+
+
+def extract(converted) -> tuple[list[dict[str, Any]], Any, int]:
+    """(add items, ExtractionStats, trajectories dropped for mixed labels).
+
+    The optimizer's embeddings are thrown away: the node embeds again on `add` with the
+    fleet's model, so the cheap HashingEmbedder stands in here.
+    """
+    from fai_core.embedding import HashingEmbedder
+    from fai_core.extraction import LocalDSOptimizer
+    from fai_core.ingest.common import finish_trajectories
+    from fai_net.telemetry_ingest import split_mixed_labels
+
+    ends = {end.key: end for end in converted.ends}
+    records = finish_trajectories(converted.records, ends)
+    records, mixed = split_mixed_labels(records)
+    extraction = LocalDSOptimizer(HashingEmbedder(8), bytes(32)).extract(records)
+    items = [
+        {
+            "text": e.text,
+            "domain": e.domain,
+            "quality": float(e.quality),
+            "iteration": int(e.iteration),
+        }
+        for e in extraction.experiences
+    ]
+    return items, extraction.stats, len(mixed)
+
+
+def why_nothing(stats, mixed: int) -> list[str]:
+    """Why extraction gave fewer experiences than it had groups, in plain words."""
+    from fai_core.grpo import GROUP_SIZE
+
+    reasons = []
+    if stats.waiting_trajectories:
+        reasons.append(
+            f"{stats.waiting_trajectories} single-attempt session(s) wait for comparable "
+            f"ones: a group needs {GROUP_SIZE} sessions of one domain and kind"
+        )
+    retried = stats.unscored_trajectories - stats.waiting_trajectories
+    if retried:
+        reasons.append(f"{retried} attempt(s) of retried tasks fall outside a full group")
+    if stats.no_signal:
+        reasons.append(f"{stats.no_signal} group(s) had no signal (every attempt scored alike)")
+    if stats.no_pattern:
+        reasons.append(f"{stats.no_pattern} group(s) gave no pattern (best and worst look alike)")
+    if stats.introspection_errors:
+        reasons.append(f"{stats.introspection_errors} group(s) failed introspection")
+    if mixed:
+        reasons.append(f"{mixed} trajectory(ies) dropped: one task with two domains or kinds")
+    return reasons
+
+
+def import_telemetry(args: argparse.Namespace) -> int:
+    from fai_net.cli_node import _Node, _print_json, _Progress, format_table, send_items
+
+    label = args.source_name or args.file
+    policy = policy_from(args.domain, args.domain_rule)
+    progress = _Progress(args.progress)
+    fmt, converted = read_input(args, policy)
+    if converted.problems:
+        if args.strict:
+            raise _refused(f"{label}: {converted.problems[0]} (--strict: nothing imported)")
+        noun = "line(s)" if fmt in ("fai", "claude-code") else "unit(s)"
+        print(
+            f"fai: skipped {len(converted.problems)} bad telemetry {noun} in {label}",
+            file=sys.stderr,
+        )
+        for line in problem_lines(converted.problems, label):
+            print(line, file=sys.stderr)
+    if converted.units and not converted.records:
+        raise _refused(
+            f"{label}: no tool call could be read from {converted.units} {fmt} unit(s) "
+            f"({converted.ignored} without a tool call, {len(converted.problems)} refused)"
+        )
+    progress(f"extracting experiences from {len(converted.records)} records of {label} ...")
+    items, stats, mixed = extract(converted)
+    node = _Node(args)
+    sent = send_items(node, items, args, progress, label)
+    progress.done()
+    summary = {
+        "source": label,
+        "format": fmt,
+        "records": len(converted.records),
+        "bad_lines": len(converted.problems),
+        "units": converted.units,
+        "ignored": converted.ignored,
+        "problems": dict(Counter(p.reason for p in converted.problems)),
+        "experiences": len(items),
+        **sent,
+        "extraction": asdict(stats),
+        "why_not_more": why_nothing(stats, mixed),
+    }
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(
+        f"{label}: {fmt}, {len(converted.records)} records ({len(converted.problems)} bad "
+        f"skipped), {stats.tasks} tasks, {stats.groups} groups ({stats.pooled_groups} of "
+        f"single attempts) -> {len(items)} experiences"
+    )
+    if not items:
+        print("no experiences: " + "; ".join(summary["why_not_more"] or ["no groups formed"]))
+    elif summary["why_not_more"]:
+        print("not used: " + "; ".join(summary["why_not_more"]))
+    if sent["subscribed"]:
+        print(f"subscribed to {', '.join(sent['subscribed'])}")
+    skipped = sent["skipped_unsubscribed"]
+    rows = [(d, n) for d, n in sent["imported"].items()]
+    rows += [(d, f"0 (skipped {n}: not subscribed)") for d, n in sorted(skipped.items())]
+    if rows:
+        print(format_table(("DOMAIN", "IMPORTED"), rows))
+    print(f"imported {sent['added']} experiences ({sent['inserted']} new to the library)")
+    if skipped:
+        print(
+            f"skipped {sum(skipped.values())} experiences of unsubscribed domains "
+            f"({', '.join(sorted(skipped))}); use --subscribe to import them"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# fai hook claude-code
+# --------------------------------------------------------------------------------------------
+
+
+def add_hook_command(commands) -> None:
+    hook = commands.add_parser(
+        "hook",
+        help="agent hooks that feed a node's telemetry spool",
+        description="Commands an agent runs on its own events. They append to the node's "
+        "telemetry spool and return at once; the node learns from it while it runs.",
+    )
+    sub = hook.add_subparsers(dest="hook_command", metavar="AGENT")
+    p = sub.add_parser(
+        "claude-code",
+        help="a Claude Code hook command (reads one hook event on stdin)",
+        description="Wire this into Claude Code's hooks (PostToolUse, PostToolUseFailure, "
+        "UserPromptSubmit, Stop, SessionEnd): it reads the event from stdin, keeps the tool "
+        "name and outcome class only, appends them to the node's spool and exits 0, even "
+        "on error (the agent is never blocked; problems go to stderr).",
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="the node's data directory (FAI_DATA_DIR)")
+    p.add_argument("--config", help="a fai.toml naming data_dir")
+    p.add_argument("--domain", metavar="D", help="domain of this agent's sessions")
+    p.add_argument("--domain-rule", action="append", default=[], metavar="ATTR=VALUE:DOMAIN[/KIND]")
+    p.set_defaults(handler=claude_code_hook)
+    hook.set_defaults(handler=lambda _args: hook.print_help() or 2)
+
+
+def claude_code_hook(args: argparse.Namespace, stdin=None) -> int:
+    """Exit 0 always: a hook that fails must not fail the agent's tool call."""
+    try:
+        message = _run_hook(args, stdin if stdin is not None else sys.stdin.buffer)
+    except Exception as exc:  # the agent must never see a traceback or a non-zero code
+        message = f"fai hook: {type(exc).__name__}: {exc}"
+    if message:
+        print(message, file=sys.stderr)
+    return 0
+
+
+def _run_hook(args: argparse.Namespace, stream) -> str | None:
+    import json
+    import time
+    from pathlib import Path
+
+    from fai_core.ingest.claude_code import HookConverter
+
+    from fai_net.settings import resolve
+    from fai_net.telemetry_spool import Spool, SpoolFull, SpoolTurns
+
+    raw = stream.read(MAX_HOOK_EVENT_BYTES + 1)
+    if len(raw) > MAX_HOOK_EVENT_BYTES:
+        return f"fai hook: event larger than {MAX_HOOK_EVENT_BYTES} bytes: skipped"
+    try:
+        event = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return f"fai hook: the event on stdin is not JSON ({exc}): skipped"
+    settings = resolve({"data_dir": args.data_dir}, config=args.config)
+    data_dir = settings.get("data_dir")
+    if not data_dir:
+        return "fai hook: no node data directory: give --data-dir or set FAI_DATA_DIR"
+    try:
+        policy = policy_from(args.domain, args.domain_rule)
+    except Exception as exc:
+        return f"fai hook: {exc}"
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        return f"fai hook: {path} is not a node data directory: skipped"
+    with Spool.open(path / "telemetry.sqlite", timeout_s=1.0) as spool:
+        converted = HookConverter(policy, SpoolTurns(spool)).convert(event, time.time())
+        try:
+            spool.append(converted)
+        except SpoolFull as exc:
+            return f"fai hook: {exc}"
+    if converted.problems:
+        return "fai hook: " + "; ".join(str(p) for p in converted.problems[:3])
+    return None
