@@ -144,9 +144,12 @@ class Outcome:
         if not isinstance(fields, dict):
             return cls()
         exception = fields.get("exception")
-        if exception not in KNOWN_EXCEPTIONS and exception != "exception":
+        if not isinstance(exception, str) or (
+            exception not in KNOWN_EXCEPTIONS and exception != "exception"
+        ):
             exception = None
         status = fields.get("status")
+        status = status if isinstance(status, str) else None
         return cls(
             exception=exception,
             exit_code=_small_int(fields.get("exit_code"), -128, 255),

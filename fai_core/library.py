@@ -733,6 +733,33 @@ class ExperienceLibrary:
     def experiences(self, domain: str | None = None) -> Iterator[Experience]:
         return (entry.experience for entry in self.entries(domain))
 
+    def claims(self) -> list[tuple[bytes, float]]:
+        """(source, quality) of every stored experience: what recall calibrates quality
+        claims against (fai_core/ranking.py)."""
+        self._check_open()
+        table = self._select(None, ["source", "quality"])
+        return list(
+            zip(
+                table.column("source").to_pylist(),
+                table.column("quality").to_pylist(),
+                strict=True,
+            )
+        )
+
+    def newest(self, domain: str | None = None, limit: int = 10) -> list[Entry]:
+        """The `limit` entries this replica stored last (newest first), local or remote."""
+        self._check_open()
+        where = None if domain is None else _domain_filter(domain)
+        keys = self._select(where, ["id", "received_ms"])
+        if keys.num_rows == 0 or limit < 1:
+            return []
+        received = np.asarray(keys.column("received_ms").to_numpy(), dtype=np.int64)
+        ids = keys.column("id").to_pylist()
+        chosen = [ids[i] for i in np.argsort(-received, kind="stable")[:limit]]
+        rows = self._table.search().where(f"id IN ({_id_list(bytes.fromhex(i) for i in chosen)})")
+        by_id = {e.experience.id.hex(): e for e in self._entries(rows.limit(None).to_arrow())}
+        return [by_id[i] for i in chosen if i in by_id]
+
     def ids(self) -> set[bytes]:
         self._check_open()
         return {bytes.fromhex(i) for i in self._select(None, ["id"]).column("id").to_pylist()}

@@ -17,6 +17,7 @@ wrong goes to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from dataclasses import asdict
@@ -28,9 +29,11 @@ SHOWN_PER_REASON = 5
 MAX_HOOK_EVENT_BYTES = 16 << 20
 
 
-def add_import_arguments(p: argparse.ArgumentParser) -> None:
-    from fai_core.ingest.detect import FORMATS
+#: fai_core.ingest.detect.FORMATS, spelt out: importing it would load numpy on `fai --help`.
+FORMATS = ("fai", "otlp", "claude-code", "openai-agents")
 
+
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         choices=("auto", *FORMATS),
@@ -242,55 +245,145 @@ def add_hook_command(commands) -> None:
     p.add_argument("--config", help="a fai.toml naming data_dir")
     p.add_argument("--domain", metavar="D", help="domain of this agent's sessions")
     p.add_argument("--domain-rule", action="append", default=[], metavar="ATTR=VALUE:DOMAIN[/KIND]")
+    p.add_argument(
+        "--recall",
+        type=int,
+        default=0,
+        metavar="K",
+        help="on SessionStart and UserPromptSubmit, put the K most relevant experiences "
+        "in the agent's context (the prompt is sent to the local node only, never stored)",
+    )
+    p.add_argument(
+        "--feedback",
+        action="store_true",
+        help="on Stop, report how the turn went as feedback on the experiences recalled "
+        "for it (a success: +0.5, a failure: -0.5)",
+    )
     p.set_defaults(handler=claude_code_hook)
     hook.set_defaults(handler=lambda _args: hook.print_help() or 2)
 
 
-def claude_code_hook(args: argparse.Namespace, stdin=None) -> int:
+def claude_code_hook(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     """Exit 0 always: a hook that fails must not fail the agent's tool call."""
+    stdout = stdout if stdout is not None else sys.stdout
     try:
-        message = _run_hook(args, stdin if stdin is not None else sys.stdin.buffer)
+        message, context = _run_hook(args, stdin if stdin is not None else sys.stdin.buffer)
     except Exception as exc:  # the agent must never see a traceback or a non-zero code
-        message = f"fai hook: {type(exc).__name__}: {exc}"
+        message, context = f"fai hook: {type(exc).__name__}: {exc}", None
+    if context is not None:
+        stdout.write(json.dumps(context) + "\n")
     if message:
         print(message, file=sys.stderr)
     return 0
 
 
-def _run_hook(args: argparse.Namespace, stream) -> str | None:
-    import json
+def _run_hook(args: argparse.Namespace, stream) -> tuple[str | None, dict | None]:
+    """(message for stderr, JSON for Claude Code on stdout) of one hook event."""
     import time
     from pathlib import Path
 
     from fai_core.ingest.claude_code import HookConverter
-
     from fai_net.settings import resolve
     from fai_net.telemetry_spool import Spool, SpoolFull, SpoolTurns
 
     raw = stream.read(MAX_HOOK_EVENT_BYTES + 1)
     if len(raw) > MAX_HOOK_EVENT_BYTES:
-        return f"fai hook: event larger than {MAX_HOOK_EVENT_BYTES} bytes: skipped"
+        return f"fai hook: event larger than {MAX_HOOK_EVENT_BYTES} bytes: skipped", None
     try:
         event = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        return f"fai hook: the event on stdin is not JSON ({exc}): skipped"
+        return f"fai hook: the event on stdin is not JSON ({exc}): skipped", None
     settings = resolve({"data_dir": args.data_dir}, config=args.config)
     data_dir = settings.get("data_dir")
     if not data_dir:
-        return "fai hook: no node data directory: give --data-dir or set FAI_DATA_DIR"
-    try:
-        policy = policy_from(args.domain, args.domain_rule)
-    except Exception as exc:
-        return f"fai hook: {exc}"
+        return "fai hook: no node data directory: give --data-dir or set FAI_DATA_DIR", None
+    policy = policy_from(args.domain, args.domain_rule)
     path = Path(data_dir).expanduser()
     if not path.is_dir():
-        return f"fai hook: {path} is not a node data directory: skipped"
+        return f"fai hook: {path} is not a node data directory: skipped", None
+    name = event.get("hook_event_name") if isinstance(event, dict) else None
+    messages: list[str] = []
+    context = None
     with Spool.open(path / "telemetry.sqlite", timeout_s=1.0) as spool:
-        converted = HookConverter(policy, SpoolTurns(spool)).convert(event, time.time())
+        turns = SpoolTurns(spool)
+        converter = HookConverter(policy, turns)
+        if args.feedback and name in ("Stop", "StopFailure", "SessionEnd"):
+            messages += _report_turn(path, spool, event, turns)
+        converted = converter.convert(event, time.time())
         try:
             spool.append(converted)
         except SpoolFull as exc:
-            return f"fai hook: {exc}"
-    if converted.problems:
-        return "fai hook: " + "; ".join(str(p) for p in converted.problems[:3])
-    return None
+            messages.append(str(exc))
+        if args.recall > 0 and name in ("SessionStart", "UserPromptSubmit"):
+            context, said = _recall_context(path, spool, event, args.recall, policy, turns)
+            messages += said
+    messages += [str(p) for p in converted.problems[:3]]
+    return ("fai hook: " + "; ".join(messages) if messages else None), context
+
+
+#: How long a hook waits for its node before giving up (the agent waits meanwhile).
+HOOK_NODE_TIMEOUT_S = 3.0
+
+
+def _recall_context(path, spool, event, k: int, policy, turns):
+    """Claude Code's hook output that adds the K most relevant experiences to the context.
+
+    The task is the user's prompt (UserPromptSubmit) or, at session start, the domain
+    itself. The text goes to the local node's control socket to be embedded and is not
+    kept; the ids recalled are kept in the spool so that Stop can report on them."""
+    from fai_core.ingest.common import safe_id
+    from fai_net.control import ControlClient, ControlError, NodeNotRunning
+
+    name = event["hook_event_name"]
+    task = event.get("prompt") if name == "UserPromptSubmit" else None
+    domain, _ = policy.resolve({})
+    if not isinstance(task, str) or not task.strip():
+        task = f"{domain} work"
+    client = ControlClient(path / "control.sock", timeout=HOOK_NODE_TIMEOUT_S)
+    try:
+        reply = client.call("recall", task=task[:4096], k=min(k, 50))
+    except NodeNotRunning:
+        return None, ["no node is running: nothing recalled"]
+    except (ControlError, OSError) as exc:
+        return None, [f"recall failed: {exc}"]
+    session = safe_id(event.get("session_id"))
+    if session is not None:
+        ids = [e["id"] for e in reply["experiences"]]
+        spool.remember_recalled(session, turns.get(session, 0), ids)
+    if not reply.get("prompt"):
+        return None, []
+    output = {"hookEventName": name, "additionalContext": reply["prompt"]}
+    return {"hookSpecificOutput": output}, []
+
+
+def _report_turn(path, spool, event, turns) -> list[str]:
+    """Feedback on the experiences recalled for the turn that is ending: +0.5 when the
+    turn's tool calls ended in success, -0.5 in failure, nothing when they do not say."""
+    from fai_core.ingest.common import SessionEnd, safe_id, terminal_reward
+    from fai_core.introspection import classify_output
+    from fai_net.control import ControlClient, ControlError, NodeNotRunning
+
+    session = safe_id(event.get("session_id"))
+    if session is None:
+        return []
+    turn = turns.get(session, 0)
+    ids = spool.recalled(session, turn)
+    if not ids:
+        return []
+    task_id = safe_id(f"{event['session_id']}#{turn}")
+    steps = spool.steps_of(task_id, "0")
+    failed = True if event.get("hook_event_name") == "StopFailure" else None
+    outcomes = [classify_output(r.output) for r in steps]
+    verdict = terminal_reward(outcomes, SessionEnd(task_id, "0", failed))
+    if verdict == 0.0:
+        return []
+    client = ControlClient(path / "control.sock", timeout=HOOK_NODE_TIMEOUT_S)
+    try:
+        for ident in ids:
+            client.call("feedback", id=ident, outcome=0.5 * verdict)
+    except NodeNotRunning:
+        return ["no node is running: feedback not reported"]
+    except (ControlError, OSError) as exc:
+        return [f"feedback failed: {exc}"]
+    spool.forget_recalled(session, turn)
+    return []

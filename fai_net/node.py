@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,8 +53,10 @@ from fai_net.membership import Membership, OpenMembership, RegistryMembership
 from fai_net.metrics import NodeMetrics, serve_metrics
 from fai_net.node_config import NodeConfig
 from fai_net.node_identity import NodeIdentity, load_or_create, public_key_of
+from fai_net.outcome_book import OutcomeBook
 from fai_net.pending import FairQueue
 from fai_net.ratelog import RateLimitedLog
+from fai_net.recall import Recall, RecallQuery
 from fai_net.telemetry_ingest import TelemetryIngest
 from fai_net.telemetry_spool import SpoolWriter
 from fai_net.topics import domain_of, topic_for
@@ -132,7 +133,6 @@ class Node:
         self._repair_wakeup = trio.Event()
         self._broadcast_wakeup = trio.Event()
         self._round_wakeup = trio.Event()
-        self._recent: deque[dict] = deque(maxlen=1000)  # newest merged experiences
         self._refused = RefusalCache(ttl_s=config.seen_ttl_s)
         self._repair_backoff = repair.RepairBackoff()
         self._nursery: trio.Nursery | None = None
@@ -159,6 +159,8 @@ class Node:
             )
         )
         self.store = BatchStore.open(cfg.data_dir / "batches")
+        self.outcomes = OutcomeBook(cfg.data_dir / "outcomes.sqlite")
+        self.recaller = Recall(self.library, self.outcomes, _peer_id_text)
         own_newest = self.store.newest_seq(self.identity.public_key)
         if own_newest is not None:
             self.store.ensure_seq_above(own_newest)
@@ -215,7 +217,7 @@ class Node:
                     self._nursery = nursery
                     await nursery.start(serve_control, str(cfg.socket_path), self._control)
                     self._requeue_unmerged()
-                    for domain in cfg.domains:
+                    for domain in dict.fromkeys([*cfg.domains, *self._saved_domains()]):
                         await self.subscribe(domain)
                     for loop in (
                         self._round_loop,
@@ -254,6 +256,8 @@ class Node:
             self._events.close()
         if hasattr(self, "store"):
             self.store.close()
+        if hasattr(self, "outcomes"):
+            self.outcomes.close()
         if hasattr(self, "library"):
             await trio.to_thread.run_sync(self.library.close, limiter=self._lib_limiter)
         log.info("node stopped")
@@ -331,6 +335,7 @@ class Node:
         # Repair cursors are kept per domain set, so the new set starts from the beginning
         # of every peer's inventory and fetches the domain's history.
         self._repair_wakeup.set()
+        self._save_domains()
         if self.config.ready_file.exists():
             self._write_ready_file()
         return True
@@ -345,8 +350,35 @@ class Node:
         await self.pubsub.unsubscribe(topic)
         self.pubsub.remove_topic_validator(topic)
         self.domains = sorted(self._subscriptions)
+        self._save_domains()
         self._write_ready_file()
         return True
+
+    @property
+    def _domains_file(self):
+        return self.config.data_dir / "subscriptions.json"
+
+    def _saved_domains(self) -> list[str]:
+        """Domains subscribed at run time by an earlier run (the flags' come first).
+
+        A file that does not parse, or holds bad tags, is ignored with a warning: the
+        node still starts with its configured domains."""
+        try:
+            saved = json.loads(self._domains_file.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self._domains_file, exc)
+            return []
+        domains = saved.get("domains") if isinstance(saved, dict) else None
+        if not isinstance(domains, list):
+            return []
+        return [d for d in domains if isinstance(d, str) and not domain_problem(d)]
+
+    def _save_domains(self) -> None:
+        from fai_core.reputation import atomic_write_json
+
+        atomic_write_json(self._domains_file, {"domains": self.domains})
 
     async def _drain(self, subscription, scope: trio.CancelScope) -> None:
         with scope:
@@ -545,22 +577,19 @@ class Node:
             if outcome.drop is not None:
                 self.metrics.drop(outcome.drop.value, outcome.rows)
         by_source: dict[bytes, list[Experience]] = {}
+        muted = self.outcomes.muted()
         for exp in result.experiences():
+            if exp.source in muted:  # its lessons kept hurting this node's agents
+                self.metrics.drop("outcome_muted")
+                continue
             by_source.setdefault(exp.source, []).append(exp)
+        self.outcomes.sighted((e.id, e.source) for exps in by_source.values() for e in exps)
         for source, exps in by_source.items():
             merged = self.library.merge(exps, received_from=source)
             report.inserted += merged.inserted
             report.merged += len(exps)
             for exp in exps:
                 report.by_domain[exp.domain] = report.by_domain.get(exp.domain, 0) + 1
-                self._recent.append(
-                    {
-                        "text": exp.text,
-                        "domain": exp.domain,
-                        "quality": round(exp.quality, 4),
-                        "source": exp.source.hex(),
-                    }
-                )
         self.metrics.merged(len(result))
         return report
 
@@ -597,6 +626,7 @@ class Node:
             return added
 
         result = await trio.to_thread.run_sync(add_local, limiter=self._lib_limiter)
+        self.outcomes.sighted((e.id, e.source) for e in exps)
         by_domain: dict[str, list[bytes]] = {}
         for exp in exps:
             by_domain.setdefault(exp.domain, []).append(exp.id)
@@ -965,11 +995,13 @@ class Node:
         await self.sync_all([domain])
         report = await self.run_round()
         after = await trio.to_thread.run_sync(self.library.count, domain, limiter=self._lib_limiter)
-        recent = [r for r in list(self._recent) if r["domain"] == domain][-limit:]
+        # The newest entries of the library, local or merged, whenever they arrived: an
+        # in-memory list of this run's merges would answer [] after a restart.
+        newest = await trio.to_thread.run_sync(self.library.newest, domain, limit)
         return {
             "experiences_received": report.by_domain.get(domain, 0),
             "library_delta": after - before,
-            "experiences": recent[::-1],
+            "experiences": [_received_json(e) for e in newest],
         }
 
     async def _control(self, action: str, args: dict) -> dict:
@@ -1023,6 +1055,13 @@ class Node:
             )
             return {"hits": [_hit_json(h) for h in hits]}
 
+        async def recall(args: dict):
+            query = RecallQuery.from_args(args, self.domains)
+            return await trio.to_thread.run_sync(self.recaller.recall, query)
+
+        async def feedback(args: dict):
+            return await trio.to_thread.run_sync(self.recaller.feedback, args)
+
         async def info(args: dict):
             return {"node_id": str(self.peer_id), "addrs": self.addrs, "domains": self.domains}
 
@@ -1073,6 +1112,8 @@ class Node:
             subscribe=sub,
             unsubscribe=unsub,
             search=search,
+            recall=recall,
+            feedback=feedback,
             info=info,
             stop=stop,
             batches=batches,
@@ -1152,6 +1193,28 @@ def _hit_json(hit) -> dict:
         "origin": e.origin,
         "source": e.experience.source.hex(),
     }
+
+
+def _received_json(entry) -> dict:
+    e = entry.experience
+    return {
+        "id": e.id.hex(),
+        "text": e.text,
+        "domain": e.domain,
+        "quality": round(e.quality, 4),
+        "source": e.source.hex(),
+        "source_node": _peer_id_text(e.source),
+        "origin": entry.origin,
+        "created_ms": int(e.created_ms),
+    }
+
+
+def _peer_id_text(key: bytes) -> str | None:
+    """The libp2p peer id of an experience's source key (what `peers` lists)."""
+    try:
+        return str(ID.from_pubkey(_ed25519_public(key)))
+    except Exception:  # a key that is not a valid Ed25519 point has no peer id
+        return None
 
 
 def _ed25519_public(key: bytes):

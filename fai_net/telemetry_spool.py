@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS ends (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (task_id, attempt)
 );
+CREATE TABLE IF NOT EXISTS recalled (
+    session TEXT NOT NULL, turn INTEGER NOT NULL, id TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (session, turn, id)
+);
 CREATE TABLE IF NOT EXISTS turns (
     session TEXT PRIMARY KEY, turn INTEGER NOT NULL, at_ms INTEGER NOT NULL
 );
@@ -82,6 +86,26 @@ class Closed:
 
     records: list[TelemetryRecord]
     ends: dict[tuple[str, str], SessionEnd]
+    #: trajectories with a row that does not read back (a damaged file): dropped
+    corrupt: int = 0
+
+
+def _initialise(db: sqlite3.Connection, timeout_s: float) -> None:
+    """WAL mode and the schema. Switching a new file to WAL while other processes open it
+    too can fail at once with "database is locked" (SQLite does not call its busy
+    handler there), so that is retried for up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 class Spool:
@@ -112,9 +136,11 @@ class Spool:
         db = sqlite3.connect(
             path, timeout=timeout_s, isolation_level=None, check_same_thread=check_same_thread
         )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        try:
+            _initialise(db, timeout_s)
+        except BaseException:
+            db.close()
+            raise
         return cls(db, path, max_steps)
 
     def close(self) -> None:
@@ -166,6 +192,39 @@ class Spool:
             "INSERT OR REPLACE INTO turns VALUES (?, ?, ?)", (session, int(turn), now_ms())
         )
 
+    def remember_recalled(self, session: str, turn: int, ids: Iterable[str]) -> None:
+        """The experience ids recalled for a Claude Code turn, for feedback at its end."""
+        now = now_ms()
+        self._db.executemany(
+            "INSERT OR IGNORE INTO recalled VALUES (?, ?, ?, ?)",
+            [(session, int(turn), str(i), now) for i in ids],
+        )
+
+    def recalled(self, session: str, turn: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT id FROM recalled WHERE session = ? AND turn = ? ORDER BY id",
+            (session, int(turn)),
+        )
+        return [row[0] for row in rows]
+
+    def forget_recalled(self, session: str, turn: int) -> None:
+        self._db.execute(
+            "DELETE FROM recalled WHERE session = ? AND turn = ?", (session, int(turn))
+        )
+
+    def steps_of(self, task_id: str, attempt: str) -> list[TelemetryRecord]:
+        """The steps of one trajectory still in the spool (unreadable rows skipped)."""
+        out = []
+        for (line,) in self._db.execute(
+            "SELECT record FROM steps WHERE task_id = ? AND attempt = ? ORDER BY id",
+            (task_id, attempt),
+        ):
+            try:
+                out.append(parse_line(line))
+            except ValueError:
+                continue
+        return out
+
     def closed(
         self,
         domains: Iterable[str],
@@ -206,23 +265,37 @@ class Spool:
                     (task_id, attempt),
                 )
             ]
-        records, ends = [], {}
+        records, ends, bad = [], {}, set()
         for task_id, attempt, line, failed, feedback in rows:
-            records.append(parse_line(line))
-            ends.setdefault(
-                (task_id, attempt),
-                SessionEnd(task_id, attempt, None if failed is None else bool(failed), feedback),
-            )
-        return Closed(records, ends)
+            key = (task_id, attempt)
+            if key in bad:
+                continue
+            try:  # a damaged row must not fail every later read: its trajectory is dropped
+                record = parse_line(line)
+                if (record.task_id, record.attempt) != key:
+                    raise ValueError("a record of another trajectory")
+                if key not in ends:
+                    flag = None if failed is None else bool(failed)
+                    ends[key] = SessionEnd(task_id, attempt, flag, feedback)
+            except (ValueError, TypeError):  # TelemetryError is a ValueError
+                bad.add(key)
+                continue
+            records.append(record)
+        if bad:
+            records = [r for r in records if (r.task_id, r.attempt) not in bad]
+            ends = {k: v for k, v in ends.items() if k not in bad}
+            self.consume(bad)
+        return Closed(records, ends, len(bad))
 
     def consume(self, keys: Iterable[tuple[str, str]]) -> int:
         """Forget these trajectories (extraction is done with them). Returns steps removed."""
         keys = list(keys)
         with self._transaction() as db:
-            before = db.total_changes
-            db.executemany("DELETE FROM steps WHERE task_id = ? AND attempt = ?", keys)
+            removed = db.executemany(
+                "DELETE FROM steps WHERE task_id = ? AND attempt = ?", keys
+            ).rowcount
             db.executemany("DELETE FROM ends WHERE task_id = ? AND attempt = ?", keys)
-            return db.total_changes - before
+            return max(removed, 0)
 
     def expire(self, *, max_age_ms: int = MAX_AGE_MS, now: int | None = None) -> int:
         """Drop trajectories closed longer ago than `max_age_ms`, and end markers that no
@@ -239,6 +312,7 @@ class Spool:
                 ).rowcount
             db.execute("DELETE FROM ends WHERE at_ms < ?", (now - max_age_ms,))
             db.execute("DELETE FROM turns WHERE at_ms < ?", (now - max_age_ms,))
+            db.execute("DELETE FROM recalled WHERE at_ms < ?", (now - max_age_ms,))
             db.execute(
                 "DELETE FROM ends WHERE NOT EXISTS (SELECT 1 FROM steps s "
                 "WHERE s.task_id = ends.task_id AND s.attempt = ends.attempt) AND at_ms < ?",
@@ -310,7 +384,9 @@ class SpoolTurns(MutableMapping[str, int]):
         self._spool.set_turn(session, turn)
 
     def __delitem__(self, session: str) -> None:
-        self._spool._db.execute("DELETE FROM turns WHERE session = ?", (session,))
+        cursor = self._spool._db.execute("DELETE FROM turns WHERE session = ?", (session,))
+        if cursor.rowcount == 0:
+            raise KeyError(session)
 
     def __iter__(self) -> Iterator[str]:
         return iter([row[0] for row in self._spool._db.execute("SELECT session FROM turns")])

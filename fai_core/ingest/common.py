@@ -188,9 +188,22 @@ def safe_id(value: object) -> str | None:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         return None
-    if len(value) <= MAX_ID_CHARS and not CONTROL_RE.search(value) and value == value.strip():
+    if (
+        len(value) <= MAX_ID_CHARS
+        and not CONTROL_RE.search(value)
+        and value == value.strip()
+        and _utf8(value)  # a lone surrogate (valid in JSON) cannot be stored as text
+    ):
         return value
     return "h:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +219,8 @@ class DomainRule:
     def parse(cls, text: str) -> DomainRule:
         attribute, sep, rest = text.partition("=")
         value, sep2, target = rest.rpartition(":")
-        domain, _, kind = target.partition("/")
-        if not (sep and sep2 and attribute and value):
+        domain, slash, kind = target.partition("/")
+        if not (sep and sep2 and attribute and value) or (slash and not kind):
             raise ValueError(f"domain rule {text!r}: expected ATTRIBUTE=VALUE:DOMAIN[/KIND]")
         for label, tag in (("domain", domain), ("kind", kind or None)):
             if tag is not None and not DOMAIN_RE.fullmatch(tag):

@@ -1,0 +1,155 @@
+"""Recall ranking: relevance x trust, as fai_core/ranking.py and docs/recall.md state it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fai_core.ranking import (
+    MAX_DISTANCE,
+    MUTE_MIN_REPORTS,
+    Candidate,
+    QualityCalibration,
+    Tally,
+    is_muted,
+    outcome_reward,
+    rank,
+    render,
+    standing,
+    utility,
+)
+
+HONEST = b"h" * 32
+INFLATER = b"i" * 32
+OTHER = b"o" * 32
+
+
+def ranked(candidates, tallies=None, sources=None, claims=(), **kw):
+    return rank(
+        candidates,
+        tallies=tallies or {},
+        source_tallies=sources or {},
+        calibration=QualityCalibration(claims),
+        **kw,
+    )
+
+
+def test_a_neutral_fresh_experience_scores_its_relevance():
+    (r,) = ranked([Candidate(b"a", HONEST, 0.2, 0.5)])
+    assert r.utility == 0.5 and r.calibrated_quality == 0.5 and r.standing == 0.5
+    assert r.score == pytest.approx(0.8) and r.relevance == pytest.approx(0.8)
+
+
+def test_an_experience_that_hurt_drops_below_an_equally_relevant_neutral_one():
+    a, b = Candidate(b"a", HONEST, 0.3, 0.6), Candidate(b"b", HONEST, 0.3, 0.6)
+    assert [r.candidate.id for r in ranked([a, b])] == [b"a", b"b"]  # tie: by id
+    hurt = Tally().add(outcome_reward("hurt"))
+    order = [r.candidate.id for r in ranked([a, b], tallies={b"a": hurt})]
+    assert order == [b"b", b"a"]
+    helped = Tally().add(outcome_reward("helped"))
+    # What helped rises above a neutral experience that is somewhat more relevant.
+    c = Candidate(b"c", HONEST, 0.35, 0.6)
+    top = ranked([a, c], tallies={b"c": helped})[0]
+    assert top.candidate.id == b"c"
+
+
+def test_utility_is_a_beta_posterior_mean():
+    t = Tally()
+    assert utility(t) == 0.5
+    t = t.add(1.0).add(1.0).add(-1.0)  # helped twice, hurt once
+    assert utility(t) == pytest.approx((1 + 2) / (2 + 3))
+    t0 = Tally().add(0.0)  # no_effect: half a help, half a hurt
+    assert utility(t0) == 0.5 and t0.reports == 1.0
+    # one report moves a fresh experience more than it moves one with ten reports
+    many = Tally()
+    for _ in range(10):
+        many = many.add(1.0)
+    assert utility(Tally().add(-1.0)) < 0.5
+    assert utility(many) - utility(many.add(-1.0)) < 0.5 - utility(Tally().add(-1.0))
+
+
+@pytest.mark.parametrize("bad", ["great", "", None, True, math.nan, math.inf, 1.5, -2, [1]])
+def test_bad_outcomes_are_refused(bad):
+    with pytest.raises(ValueError):
+        outcome_reward(bad)
+
+
+def test_a_source_that_claims_099_for_everything_gains_no_rank():
+    honest_claims = [(HONEST, q) for q in (0.2, 0.35, 0.5, 0.65, 0.8, 0.9)]
+    inflated = [(INFLATER, 0.99) for _ in range(6)]
+    calibration = QualityCalibration(honest_claims + inflated)
+    # every inflated claim sits at the middle of its own source: 0.5 exactly
+    assert calibration.calibrated(INFLATER, 0.99) == pytest.approx(0.5)
+    # the honest source's median-ish claim gets about the same; its best claim more
+    median = calibration.calibrated(HONEST, 0.5)
+    assert calibration.calibrated(HONEST, 0.9) > calibration.calibrated(INFLATER, 0.99)
+    assert abs(median - 0.5) < 0.1
+    # two equally relevant experiences: the inflater's 0.99 does not outrank the honest 0.9
+    order = ranked(
+        [Candidate(b"x", INFLATER, 0.3, 0.99), Candidate(b"y", HONEST, 0.3, 0.9)],
+        claims=honest_claims + inflated,
+    )
+    assert order[0].candidate.id == b"y"
+
+
+def test_calibration_is_shrunk_while_a_source_has_few_claims():
+    calibration = QualityCalibration([(HONEST, 0.9)])
+    # one claim, top of its own source, but only one: stays near 0.5
+    assert 0.5 <= calibration.calibrated(HONEST, 0.9) < 0.6
+    assert calibration.calibrated(OTHER, 0.9) == 0.5  # unknown source
+
+
+def test_the_cutoff_excludes_unrelated_experiences_however_trusted():
+    helped = Tally()
+    for _ in range(20):
+        helped = helped.add(1.0)
+    far = Candidate(b"far", HONEST, MAX_DISTANCE + 0.01, 0.9, sources=10)
+    near = Candidate(b"near", HONEST, MAX_DISTANCE - 0.01, 0.5)
+    result = ranked([far, near], tallies={b"far": helped})
+    assert [r.candidate.id for r in result] == [b"near"]
+    assert ranked([far], max_distance=1.0)[0].candidate.id == b"far"
+    assert ranked([Candidate(b"n", HONEST, math.nan, 0.5)]) == []
+    for bad in (0.0, -1.0, 2.5):
+        with pytest.raises(ValueError):
+            ranked([near], max_distance=bad)
+
+
+def test_corroboration_is_a_mild_bonus():
+    one = Candidate(b"a", HONEST, 0.3, 0.5, sources=1)
+    three = Candidate(b"b", OTHER, 0.3, 0.5, sources=3)
+    r1, r3 = ranked([one]), ranked([three])
+    assert r3[0].score > r1[0].score
+    assert r3[0].score / r1[0].score == pytest.approx(1 + math.log(3) / 10)
+    # corroboration by many cannot lift a clearly less relevant experience above a near one
+    crowd = Candidate(b"c", OTHER, 0.6, 0.5, sources=50)
+    assert ranked([crowd, one])[0].candidate.id == b"a"
+
+
+def test_a_source_whose_lessons_hurt_sinks_and_is_muted():
+    bad = Tally()
+    for _ in range(MUTE_MIN_REPORTS - 1):
+        bad = bad.add(-1.0)
+    assert standing(bad) < 0.25 and not is_muted(bad)  # not enough reports yet
+    bad = bad.add(-1.0)
+    assert is_muted(bad)
+    good_source = Candidate(b"a", HONEST, 0.3, 0.5)
+    bad_source = Candidate(b"b", OTHER, 0.2, 0.5)  # more relevant, but its source hurt
+    order = ranked([good_source, bad_source], sources={OTHER: bad})
+    assert order[0].candidate.id == b"a"
+    assert not is_muted(Tally().add(1.0).add(-1.0))
+
+
+def test_ranking_is_deterministic_and_k_bounded():
+    cands = [Candidate(bytes([i]), HONEST, 0.1 + i / 100, 0.5) for i in range(20)]
+    first = ranked(cands, k=5)
+    assert [r.candidate.id for r in first] == [bytes([i]) for i in range(5)]
+    assert ranked(list(reversed(cands)), k=5) == first
+
+
+def test_render_is_a_numbered_block_with_notes():
+    assert render([]) == ""
+    text = render([("coding", "use pytest -x first", 0.8), ("coding", "avoid rm -rf", 0.2)])
+    lines = text.splitlines()
+    assert len(lines) == 3 and lines[1].startswith("1. [coding] use pytest -x first")
+    assert "(helped before)" in lines[1] and "(did not help before)" in lines[2]
