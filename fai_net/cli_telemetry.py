@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from dataclasses import asdict
 from typing import Any
@@ -96,7 +97,7 @@ def read_input(args: argparse.Namespace, policy) -> tuple[str, Any]:
     except OSError as exc:
         raise _refused(f"cannot read {args.file}: {exc.strerror or exc}") from None
     try:
-        return read_telemetry(data, args.format, policy)
+        return read_telemetry(data, args.format, policy, now=time.time())
     except IngestError as exc:
         raise _refused(f"{args.file}: {exc}") from None
 
@@ -279,7 +280,6 @@ def claude_code_hook(args: argparse.Namespace, stdin=None, stdout=None) -> int:
 
 def _run_hook(args: argparse.Namespace, stream) -> tuple[str | None, dict | None]:
     """(message for stderr, JSON for Claude Code on stdout) of one hook event."""
-    import time
     from pathlib import Path
 
     from fai_core.ingest.claude_code import HookConverter

@@ -967,7 +967,7 @@ class Node:
     def _telemetry_status(self) -> dict:
         out = {**self.ingest.stats.to_json(), "spool": dict(self.ingest.held)}
         if self.otlp is not None:
-            out["otlp"] = self.otlp.stats.to_json()
+            out["otlp"] = {"port": self.otlp.port, **self.otlp.stats}
         return out
 
     def peer_table(self) -> list[dict]:

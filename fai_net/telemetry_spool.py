@@ -179,7 +179,14 @@ class Spool:
                 "VALUES (?, ?, ?, ?, ?)",
                 steps,
             )
-            db.executemany("INSERT OR REPLACE INTO ends VALUES (?, ?, ?, ?, ?)", ends)
+            # A later marker adds what it knows and never erases what an earlier one said
+            # (StopFailure then SessionEnd for one turn: the turn still failed).
+            db.executemany(
+                "INSERT INTO ends VALUES (?, ?, ?, ?, ?) ON CONFLICT(task_id, attempt) "
+                "DO UPDATE SET failed = COALESCE(excluded.failed, ends.failed), "
+                "feedback = COALESCE(excluded.feedback, ends.feedback), at_ms = excluded.at_ms",
+                ends,
+            )
         return len(steps)
 
     def turn(self, session: str) -> int:
@@ -339,30 +346,29 @@ def _flag(value: bool | None) -> int | None:
 
 
 class SpoolWriter:
-    """Appends to one spool from any thread (the OTLP receiver's handler threads): each
-    thread gets its own connection, as SQLite connections are not shared."""
+    """Appends to one spool from any thread (the OTLP receiver's handler threads): one
+    connection, used by one thread at a time. A connection per thread would leak one per
+    request, since the receiver starts a thread per connection."""
 
     def __init__(self, path: str | os.PathLike[str], *, max_steps: int = MAX_STEPS) -> None:
         self.path = Path(path)
         self.max_steps = max_steps
-        self._local = threading.local()
-        self._all: list[Spool] = []
         self._lock = threading.Lock()
+        self._spool: Spool | None = None
 
     def __call__(self, converted: Converted) -> int:
-        spool = getattr(self._local, "spool", None)
-        if spool is None:
-            spool = Spool.open(self.path, max_steps=self.max_steps, check_same_thread=False)
-            self._local.spool = spool
-            with self._lock:
-                self._all.append(spool)
-        return spool.append(converted)
+        with self._lock:
+            if self._spool is None:
+                self._spool = Spool.open(
+                    self.path, max_steps=self.max_steps, check_same_thread=False
+                )
+            return self._spool.append(converted)
 
     def close(self) -> None:
         with self._lock:
-            for spool in self._all:
-                spool.close()
-            self._all.clear()
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
 
 
 class SpoolTurns(MutableMapping[str, int]):

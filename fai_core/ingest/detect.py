@@ -63,10 +63,10 @@ def detect_format(data: bytes) -> str:
             f"unknown telemetry format (first object has keys {keys}); give --format "
             f"{'|'.join(FORMATS)}"
         )
-    try:
-        data[:4096].decode("utf-8")
-    except UnicodeDecodeError:
-        return "otlp"
+    from fai_core.ingest.otlp import looks_like_otlp
+
+    if stripped[:2] == b"\x1f\x8b" or looks_like_otlp(data[: 1 << 16]):
+        return "otlp"  # gzip (read_otlp_file unpacks it), or OTLP protobuf
     raise IngestError("not JSON and not OTLP protobuf: unknown telemetry format")
 
 
@@ -88,7 +88,9 @@ def read_fai(data: bytes, policy: DomainPolicy) -> Converted:
     return converted
 
 
-def read_telemetry(data: bytes, fmt: str, policy: DomainPolicy) -> tuple[str, Converted]:
+def read_telemetry(
+    data: bytes, fmt: str, policy: DomainPolicy, *, now: float = 0.0
+) -> tuple[str, Converted]:
     """(format, what it holds) for a whole input. Raises IngestError when the input as a
     whole cannot be read; refused units are `Converted.problems`."""
     if len(data) > MAX_IMPORT_BYTES:
@@ -104,7 +106,8 @@ def read_telemetry(data: bytes, fmt: str, policy: DomainPolicy) -> tuple[str, Co
     if fmt == "claude-code":
         from fai_core.ingest.claude_code import read_hook_events
 
-        return fmt, read_hook_events(data, policy)
+        # Hook events carry no time: they are stamped with the import's, in file order.
+        return fmt, read_hook_events(data, policy, now=now)
     if fmt == "openai-agents":
         from fai_core.ingest.openai_agents import read_agents_export
 

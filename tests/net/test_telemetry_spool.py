@@ -383,3 +383,14 @@ def test_a_corrupted_row_does_not_make_closed_fail_forever(tmp_path, sql, args):
             assert len(closed.records) == 2 and set(closed.ends) == {("good", "1")}
         # the damaged trajectory cannot ever be learnt from: it must not stay held
         assert spool.counts() == {"steps": 2, "closed": 1, "open": 0}
+
+
+def test_a_later_end_marker_never_erases_what_an_earlier_one_said(spool):
+    """StopFailure (failed) then SessionEnd (says nothing) for one Claude Code turn: the
+    turn still failed; a later explicit feedback is added to it."""
+    spool.append(Converted(records=steps("t", "0")))
+    spool.append(Converted(ends=[SessionEnd("t", "0", failed=True)]))
+    spool.append(Converted(ends=[SessionEnd("t", "0", failed=None)]))
+    spool.append(Converted(ends=[SessionEnd("t", "0", failed=None, feedback=0.5)]))
+    (end,) = spool.closed(["coding"]).ends.values()
+    assert end.failed is True and end.feedback == 0.5
