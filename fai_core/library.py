@@ -663,9 +663,13 @@ class ExperienceLibrary:
         return rows[0] if rows else None
 
     def search(
-        self, query: str | np.ndarray | Sequence[float], domain: str | None = None, k: int = 10
+        self,
+        query: str | np.ndarray | Sequence[float],
+        domain: str | Sequence[str] | None = None,
+        k: int = 10,
     ) -> list[Hit]:
-        """The k nearest experiences by cosine distance, optionally within one domain.
+        """The k nearest experiences by cosine distance, optionally within one domain (or
+        any of several).
 
         Exact below the index threshold. Above it, IVF_SQ over indexed rows (`nprobes`
         partitions, optional re-ranking on full vectors with `refine_factor`) plus a flat
@@ -683,7 +687,14 @@ class ExperienceLibrary:
             raise LibraryError(f"query vector must be {self._dimension} finite values")
         if k < 1 or self._count == 0:
             return []
-        where = None if domain is None else _domain_filter(domain)
+        if domain is None:
+            where = None
+        elif isinstance(domain, str):
+            where = _domain_filter(domain)
+        elif not domain:
+            return []
+        else:  # several domains: each checked by _domain_filter, so quoting is safe
+            where = " OR ".join(f"({_domain_filter(d)})" for d in domain)
         table = self._vector_query(vector, where, k)
         distances = table.column("_distance").to_pylist()
         return [Hit(e, float(d)) for e, d in zip(self._entries(table), distances, strict=True)]

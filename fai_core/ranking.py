@@ -55,7 +55,7 @@ def outcome_reward(outcome: str | float) -> float:
     """'helped' | 'no_effect' | 'hurt' or a reward in [-1, 1], as a reward."""
     if isinstance(outcome, str):
         if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)} or a number")
+            raise ValueError("outcome must be helped, no_effect, hurt or a reward in [-1, 1]")
         return OUTCOMES[outcome]
     if isinstance(outcome, bool) or not isinstance(outcome, int | float):
         raise ValueError("outcome must be helped, no_effect, hurt or a reward in [-1, 1]")

@@ -79,8 +79,12 @@ def _node_run(args: argparse.Namespace) -> int:
 def _mcp(args: argparse.Namespace) -> int:
     from fai_net.mcp_server import main as mcp_main
 
-    argv = ["--socket", args.socket, "--timeout", str(args.timeout)]
-    mcp_main(argv)
+    argv = ["--timeout", str(args.timeout)]
+    if args.socket:
+        argv += ["--socket", args.socket]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    mcp_main(argv)  # without flags: FAI_SOCKET, FAI_DATA_DIR, fai.toml
     return 0
 
 
@@ -156,11 +160,18 @@ def _add_node_commands(commands) -> None:
     node.set_defaults(handler=lambda _args: node.print_help() or 2)
     mcp = commands.add_parser(
         "mcp",
-        help="serve the dso_network tool over MCP (stdio) for a running node",
-        description="An MCP server on stdin/stdout: agents call dso_network(action=status|"
-        "broadcast|receive|peers) and it is answered by the node behind --socket.",
+        help="serve FAI to agents over MCP (stdio) for a running node",
+        description="An MCP server on stdin/stdout for the node behind --data-dir or "
+        "--socket (else FAI_SOCKET, FAI_DATA_DIR, fai.toml): the tools recall(task), "
+        "add(text, domain), feedback(id, outcome) and dso_network(action=status|broadcast|"
+        "receive|peers), and the fai_context prompt and fai://context/{task} resource.",
     )
-    mcp.add_argument("--socket", required=True, help="the node's control socket")
+    mcp.add_argument("--socket", help="the node's control socket (env FAI_SOCKET)")
+    mcp.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the node's data directory: uses DIR/control.sock (env FAI_DATA_DIR)",
+    )
     mcp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     mcp.set_defaults(handler=_mcp)
 

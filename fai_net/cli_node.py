@@ -1,5 +1,5 @@
-"""`fai node status|peers|subscribe|unsubscribe` and `fai experiences ...`: the command line
-of a running node.
+"""`fai node status|peers|subscribe|unsubscribe|broadcast|stop` and `fai experiences ...`:
+the command line of a running node.
 
 Every command here is a client of the node's control socket (`fai_net.control`): it never
 opens the library or the batch store itself, so it works while the node runs and cannot
@@ -40,7 +40,8 @@ class _Refused(Exception):
 
 
 def add_node_client_commands(node_subparsers, commands) -> None:
-    """Add status/peers/subscribe/unsubscribe to `fai node` and the `fai experiences` group.
+    """Add status/peers/subscribe/unsubscribe/broadcast/stop to `fai node` and the `fai
+    experiences` group.
 
     `node_subparsers` is the subparsers object of `fai node`; `commands` the top-level one.
     """
@@ -183,6 +184,74 @@ def add_node_client_commands(node_subparsers, commands) -> None:
         "--progress", action="store_true", help="progress on stderr even when it is not a TTY"
     )
     p.set_defaults(handler=_guarded(_export))
+
+    _add_agent_commands(node_subparsers, sub, common)
+
+
+def _add_agent_commands(node_subparsers, experiences, common) -> None:
+    """`fai experiences recall|feedback` and `fai node broadcast|stop`."""
+    p = experiences.add_parser(
+        "recall",
+        parents=common,
+        help="the experiences most useful for a task, ranked by relevance and trust",
+        description="What an agent asks its node before a task: the node embeds TASK, "
+        "takes the experiences within --max-distance (cosine) of it and ranks them by "
+        "relevance times trust (what this node's agents reported about them and their "
+        "source; docs/recall.md). The table shows SCORE, RELEVANCE, UTILITY (0.5 = no "
+        "reports), SOURCES (nodes that published it) and the first characters of each "
+        "id; --json has the full ids, for `fai experiences feedback`.",
+    )
+    p.add_argument("task", metavar="TASK", help="the task or problem, in a sentence or two")
+    p.add_argument("--domain", help="only this (subscribed) domain")
+    p.add_argument("-k", type=_int_in(1, 50), default=5, help="results, 1..50 (default 5)")
+    p.add_argument(
+        "--max-distance",
+        type=_positive_float,
+        metavar="X",
+        help="relevance cutoff as a cosine distance, 0 < X <= 2 (node default 0.65)",
+    )
+    p.add_argument(
+        "--prompt",
+        action="store_true",
+        help="print only the block for a system prompt (nothing if no experience fits)",
+    )
+    p.set_defaults(handler=_guarded(_recall))
+
+    p = experiences.add_parser(
+        "feedback",
+        parents=common,
+        help="report whether a recalled experience helped",
+        description="Record what a recalled experience did for the agent that used it. "
+        "Later recalls on this node rank it (and its source) by these reports; a source "
+        "whose experiences keep hurting is muted: its new experiences are not merged.",
+    )
+    p.add_argument("id", metavar="ID", help="the full experience id (recall --json)")
+    p.add_argument(
+        "outcome",
+        metavar="OUTCOME",
+        help="helped, no_effect, hurt, or a reward in [-1, 1]",
+    )
+    p.set_defaults(handler=_guarded(_feedback))
+
+    p = node_subparsers.add_parser(
+        "broadcast",
+        parents=common,
+        help="publish a domain's new local experiences now",
+        description="Publish the experiences added on this node that were not sent yet "
+        "(the domain's outbox) now, instead of at the next broadcast interval or "
+        "threshold, and print what was sent.",
+    )
+    p.add_argument("domain", metavar="DOMAIN", help="a subscribed domain, e.g. coding")
+    p.set_defaults(handler=_guarded(_broadcast))
+
+    p = node_subparsers.add_parser(
+        "stop",
+        parents=common,
+        help="stop a running node",
+        description="Ask the node to shut down, and wait (up to --timeout) until its "
+        "control socket is gone.",
+    )
+    p.set_defaults(handler=_guarded(_stop))
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -630,6 +699,137 @@ def _search(args: argparse.Namespace) -> int:
         for h in hits
     ]
     print(format_table(("DISTANCE", "QUALITY", "DOMAIN", "ORIGIN", "TEXT"), rows, right=(0, 1)))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# fai experiences recall / feedback, fai node broadcast / stop
+# --------------------------------------------------------------------------------------------
+
+#: Characters of an experience id the recall table shows (ids are 72 hex digits, the
+#: first 8 the same for all: the CID header).
+ID_SHOWN = 16
+
+
+def _client(args: argparse.Namespace):
+    """The Python client (fai_net.client) of the node these flags name."""
+    from fai_net.client import FaiClient
+
+    path, _ = resolve_socket(args)
+    return FaiClient(path, timeout=args.timeout)
+
+
+def _recall(args: argparse.Namespace) -> int:
+    if args.domain is not None:
+        _check_domain(args.domain)
+    found = _client(args).recall(args.task, args.domain, args.k, args.max_distance)
+    if args.prompt:
+        if found.get("prompt"):
+            print(found["prompt"])
+        return 0
+    if args.json:
+        _print_json(found)
+        return 0
+    items = found.get("experiences") or []
+    if not items:
+        print(f"no experiences within distance {found.get('max_distance', '?')} of this task")
+        return 0
+    rows = [
+        (
+            f"{e.get('score', 0):.3f}",
+            f"{e.get('relevance', 0):.3f}",
+            f"{e.get('utility', 0):.2f}",
+            e.get("sources", 1),
+            e.get("domain", "?"),
+            e.get("text", ""),
+            e.get("id", "")[:ID_SHOWN],
+        )
+        for e in items
+    ]
+    headers = ("SCORE", "RELEVANCE", "UTILITY", "SOURCES", "DOMAIN", "TEXT", "ID")
+    print(format_table(headers, rows, right=(0, 1, 2, 3)))
+    return 0
+
+
+def _outcome(text: str) -> str | float:
+    from fai_core.ranking import OUTCOMES
+
+    if text in OUTCOMES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise _Refused(
+            f"OUTCOME must be helped, no_effect, hurt or a number in [-1, 1], got {text!r}"
+        ) from None
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    outcome = _outcome(args.outcome)
+    ident = args.id.strip().lower()
+    if len(ident) <= ID_SHOWN:
+        raise _Refused(
+            f"{args.id!r} is too short for an experience id: give the full id, which "
+            "`fai experiences recall TASK --json` prints (its table shows only the start)"
+        )
+    result = _client(args).feedback(ident, outcome)
+    if args.json:
+        _print_json(result)
+        return 0
+    reports = int(result.get("reports", 0))
+    print(
+        f"recorded {args.outcome} for {ident[:ID_SHOWN]}…: utility {result.get('utility', 0):.2f} "
+        f"after {reports} report{'s' if reports != 1 else ''}; its source's standing "
+        f"{result.get('source_standing', 0):.2f}"
+    )
+    if result.get("source_muted"):
+        print("its source is now muted: this node no longer merges its new experiences")
+    return 0
+
+
+def _broadcast(args: argparse.Namespace) -> int:
+    _check_domain(args.domain)
+    result = _client(args).broadcast(args.domain)
+    if args.json:
+        _print_json({"domain": args.domain, **result})
+        return 0
+    sent = int(result.get("experiences_sent", 0))
+    if not sent:
+        print(f"nothing new to send in {args.domain}")
+        return 0
+    batches = result.get("batch_ids") or [result.get("batch_id")]
+    peers = int(result.get("peers_reached", 0))
+    print(
+        f"sent {sent} experience{'s' if sent != 1 else ''} in {args.domain} to {peers} "
+        f"peer{'s' if peers != 1 else ''}, in {len(batches)} "
+        f"batch{'es' if len(batches) != 1 else ''}: {', '.join(map(str, batches))}"
+    )
+    if not peers:
+        print("no peer is on this domain's topic right now; peers fetch the batches by repair")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from fai_net.control import ControlError, NodeNotRunning
+
+    client = _client(args)
+    client.stop()
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            client.info()
+        except NodeNotRunning:
+            break
+        except ControlError:
+            pass  # the node is going away; ask again
+        time.sleep(0.1)
+    else:
+        _err(f"the node at {client.socket_path} still answers after {args.timeout:g}s")
+        return 1
+    if args.json:
+        _print_json({"stopped": True, "socket": client.socket_path})
+    else:
+        print(f"stopped the node at {client.socket_path}")
     return 0
 
 

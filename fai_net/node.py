@@ -1057,7 +1057,7 @@ class Node:
 
         async def recall(args: dict):
             query = RecallQuery.from_args(args, self.domains)
-            return await trio.to_thread.run_sync(self.recaller.recall, query)
+            return await trio.to_thread.run_sync(self.recaller.recall, query, list(self.domains))
 
         async def feedback(args: dict):
             return await trio.to_thread.run_sync(self.recaller.feedback, args)

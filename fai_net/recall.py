@@ -91,8 +91,11 @@ class Recall:
                 self._calibrated_at = now
             return self._calibration
 
-    def recall(self, query: RecallQuery) -> dict[str, Any]:
-        hits = self.library.search(query.task, query.domain, query.k * FETCH_FACTOR)
+    def recall(self, query: RecallQuery, domains: list[str]) -> dict[str, Any]:
+        """Ranked experiences of `query.domain`, else of every domain in `domains` (the
+        node's subscriptions: a domain it left is not recalled)."""
+        where = query.domain if query.domain is not None else list(domains)
+        hits = self.library.search(query.task, where, query.k * FETCH_FACTOR)
         hits = [h for h in hits if h.distance <= query.max_distance]
         ids = [h.entry.experience.id for h in hits]
         entries = {h.entry.experience.id: h.entry for h in hits}
@@ -146,6 +149,7 @@ class Recall:
         if unknown:
             raise ControlError("bad_request", f"feedback: unknown argument(s) {unknown}")
         ident = args.get("id")
+        ident = ident.lower() if isinstance(ident, str) else ident
         try:
             raw = bytes.fromhex(ident) if isinstance(ident, str) else b""
         except ValueError:

@@ -279,7 +279,7 @@ def test_mcp_client_drives_a_real_node(fleet, tmp_path):
                     results[name] = await s.call_tool("dso_network", args)
 
     anyio.run(session)
-    assert results["tools"] == ["dso_network"]
+    assert results["tools"] == ["dso_network", "recall", "add", "feedback"]
     status = results["status"].structured_content
     assert status["peers"] >= 2 and status["library_size"] > 0
     assert {"last_sync", "bytes_sent", "bytes_received"} <= set(status)

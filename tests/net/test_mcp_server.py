@@ -154,7 +154,8 @@ def test_lists_dso_network_with_its_schema(sock_path, server_log):
             async with mcp_session(sock_path, server_log) as session:
                 assert "dso_network" in (session.instructions or "")
                 tools = (await session.list_tools()).tools
-                assert [tool.name for tool in tools] == ["dso_network"]
+                names = [tool.name for tool in tools]
+                assert names == ["dso_network", "recall", "add", "feedback"]
                 tool = tools[0]
                 schema = tool.input_schema
                 assert schema["required"] == ["action"]
