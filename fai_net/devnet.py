@@ -80,8 +80,12 @@ def up(
     allow_raw_publish: bool = False,
     progress: Progress = _quiet,
     node_args: list[str] | None = None,
+    per_node_args: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Start Anvil, deploy, fund/stake/advertise `nodes` operators, start their nodes."""
+    """Start Anvil, deploy, fund/stake/advertise `nodes` operators, start their nodes.
+
+    `node_args` go to every node, `per_node_args[name]` only to node `name` (e.g. node0).
+    """
     from eth_account import Account
     from web3 import Web3
 
@@ -154,6 +158,7 @@ def up(
                 *[x for d in node_domains for x in ("--domain", d)],
                 *(["--allow-raw-publish"] if allow_raw_publish else []),
                 *(node_args or []),
+                *(per_node_args or {}).get(name, []),
             ]
             log_path = run_dir / f"{name}.log"
             with open(log_path, "ab") as log:
@@ -186,6 +191,7 @@ def up(
         for node, proc in launched:
             info = _wait_ready(Path(node["data_dir"]), proc, Path(node["log"]))
             node["metrics_port"] = info.get("metrics_port")
+            node["otlp_port"] = info.get("otlp_port")
             progress(f"{node['name']} up: {node['peer_id'][:16]}… domains {node['domains']}")
         atomic_write_json(state_path(state_dir), state)
         return state

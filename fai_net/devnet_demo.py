@@ -4,7 +4,11 @@ node, and slashes it on-chain.
 1. `devnet.up`: Anvil, the registry, 5 staked nodes over 3 domains (registry membership:
    every batch carries its operator's EIP-712 header signature).
 2. Each node gets a different slice of the shipped sample telemetry (whole tasks, so GRPO
-   groups stay intact), extracts experiences locally and adds them to its own library.
+   groups stay intact). Node0 is fed as an instrumented agent would feed it: its slice
+   becomes OpenTelemetry GenAI spans (the real SDK, one trace per attempt), exported with
+   the SDK's OTLP/HTTP exporter to the node's receiver (`--otlp-port 0`); the node's ingest
+   loop extracts experiences from its spool into its library. The other nodes extract
+   locally and `add` their experiences.
 3. Nodes broadcast; receivers verify, filter with DeltaSoup and merge.
 4. The last node equivocates: a second, different batch under a seq it already used, signed
    with its own node key and operator key. Receivers refuse it and write evidence.
@@ -16,6 +20,7 @@ node, and slashes it on-chain.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections import Counter
@@ -23,6 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from fai_net import devnet
+
+#: The node fed by OpenTelemetry traces through its OTLP receiver (the others get `add`).
+OTLP_NODE = "node0"
+#: Spans per export request: the SDK batch span processor's default batch size.
+OTLP_BATCH = 512
+#: The agent named by the demo's `invoke_agent` spans.
+AGENT_NAME = "fai-demo-agent"
 
 DEMO_DOMAINS = [
     ("coding", "devops"),
@@ -63,6 +75,142 @@ def extract_items(records, source: bytes) -> list[dict]:
         {"text": e.text, "domain": e.domain, "quality": e.quality, "iteration": e.iteration}
         for e in optimizer.run(records)
     ]
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+def trace_spans(records, *, service: str = "fai-devnet-demo") -> list:
+    """OpenTelemetry GenAI spans of telemetry records, made with the real SDK.
+
+    One trace per attempt (task_id, attempt): a root `invoke_agent` span with `fai.task.id`,
+    `fai.domain` (and `fai.kind`), and one `execute_tool` child per record, named by its
+    tool, with the record's input and output as `gen_ai.tool.call.arguments` and
+    `gen_ai.tool.call.result` (JSON text unless a string), ending at the record's time and
+    starting when the previous call ended (the first 1 s earlier). The root spans its tools
+    and leaves its status unset: the node derives rewards from the tool outcomes, not from
+    the records' `reward` field. Returns the finished spans (ReadableSpan), in end order.
+    """
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    class Collect(SpanProcessor):
+        def __init__(self) -> None:
+            self.spans: list = []
+
+        def on_end(self, span) -> None:
+            self.spans.append(span)
+
+    collect = Collect()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}), shutdown_on_exit=False
+    )
+    provider.add_span_processor(collect)
+    tracer = provider.get_tracer("fai_net.devnet_demo")
+    attempts: dict[tuple[str, str], list] = {}
+    for record in records:
+        attempts.setdefault((record.task_id, record.attempt), []).append(record)
+    for (task_id, _), steps in attempts.items():
+        steps = sorted(steps, key=lambda r: r.time)  # stable: equal times keep their order
+        start = _ns(steps[0].time) - 1_000_000_000
+        attributes = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": AGENT_NAME,
+            "fai.task.id": task_id,
+            "fai.domain": steps[0].domain,
+        }
+        if steps[0].kind:
+            attributes["fai.kind"] = steps[0].kind
+        root = tracer.start_span(
+            f"invoke_agent {AGENT_NAME}",
+            context=otel_context.Context(),  # no parent: a new trace
+            attributes=attributes,
+            start_time=start - 100_000_000,
+        )
+        parent = trace.set_span_in_context(root)
+        previous = start
+        for number, step in enumerate(steps, start=1):
+            end = max(_ns(step.time), previous)
+            result = step.output if isinstance(step.output, str) else json.dumps(step.output)
+            span = tracer.start_span(
+                f"execute_tool {step.tool}",
+                context=parent,
+                attributes={
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": step.tool,
+                    "gen_ai.tool.type": "function",
+                    "gen_ai.tool.call.id": f"call_{number}",
+                    "gen_ai.tool.call.arguments": json.dumps(step.input),
+                    "gen_ai.tool.call.result": result,
+                },
+                start_time=previous,
+            )
+            span.end(end_time=end)
+            previous = end
+        root.end(end_time=previous + 100_000_000)
+    provider.shutdown()
+    return collect.spans
+
+
+def export_spans(spans: list, endpoint: str, batch: int = OTLP_BATCH) -> int:
+    """Send spans with the SDK's OTLP/HTTP (protobuf) exporter, `batch` per request, as an
+    instrumented agent's batch processor would. Returns the number of requests."""
+    import requests
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    session = requests.Session()
+    session.trust_env = False  # loopback: never through a proxy from the environment
+    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=30, session=session)
+    requests_sent = 0
+    try:
+        for at in range(0, len(spans), batch):
+            if exporter.export(spans[at : at + batch]) is not SpanExportResult.SUCCESS:
+                raise devnet.DevnetError(f"the OTLP export to {endpoint} failed")
+            requests_sent += 1
+    finally:
+        exporter.shutdown()
+    return requests_sent
+
+
+def feed_otlp(node: dict[str, Any], records, client, timeout: float = 180) -> dict[str, Any]:
+    """Export a node's slice as OTLP traces to its receiver, then wait for its ingest loop
+    (a pass every 5 s) to turn them into experiences. Returns what came of them."""
+    if not node.get("otlp_port"):
+        raise devnet.DevnetError(f"{node['name']} runs no OTLP receiver")
+    endpoint = f"http://127.0.0.1:{node['otlp_port']}/v1/traces"
+    before = client.call("status")["telemetry"]
+    spans = trace_spans(records)
+    sent = export_spans(spans, endpoint)
+    # The receiver writes to the spool before it answers: a pass that starts after this
+    # status call (the second to end from now) sees every span.
+    passes = client.call("status")["telemetry"]["passes"]
+
+    def ingested():
+        tele = client.call("status")["telemetry"]
+        return tele if tele["passes"] >= passes + 2 else None
+
+    tele = wait_for(ingested, timeout, f"{node['name']}'s ingest of its OTLP traces")
+    otlp, otlp0 = tele.get("otlp", {}), before.get("otlp", {})
+    return {
+        "endpoint": endpoint,
+        "requests": sent,
+        "spans": len(spans),
+        "tool_spans": len(records),
+        "traces": len({span.context.trace_id for span in spans}),
+        "received_spans": otlp.get("spans", 0) - otlp0.get("spans", 0),
+        "refused_spans": otlp.get("problems", 0) - otlp0.get("problems", 0),
+        "trajectories": tele["trajectories"] - before["trajectories"],
+        "groups": tele["groups"] - before["groups"],
+        "no_signal": tele["no_signal"] - before["no_signal"],
+        "experiences": tele["experiences"] - before["experiences"],
+        "by_domain": tele["by_domain"],
+        "waiting": tele["waiting"],
+        "spool": tele["spool"],
+    }
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
@@ -197,6 +345,7 @@ def run_demo(
         allow_raw_publish=True,
         progress=progress,
         node_args=["--membership-refresh", "2", "--round-interval", "1"],
+        per_node_args={OTLP_NODE: ["--otlp-port", "0"]},
     )
     report: dict[str, Any] = {"nodes": {}}
     try:
@@ -211,20 +360,40 @@ def run_demo(
         slices = telemetry_slices([tuple(n["domains"]) for n in state["nodes"]])
         published: dict[str, set[str]] = {}
         for node, records in zip(state["nodes"], slices, strict=True):
-            items = extract_items(records, bytes.fromhex(node["public_key"]))
             client = clients[node["name"]]
-            for domain in sorted({i["domain"] for i in items} - set(node["domains"])):
-                client.call("subscribe", domain=domain)
-            if items:
-                client.call("add", experiences=items)
+            if node["name"] == OTLP_NODE:
+                fed = feed_otlp(node, records, client)
+                domains, extracted = sorted(fed["by_domain"]), fed["experiences"]
+            else:
+                items = extract_items(records, bytes.fromhex(node["public_key"]))
+                domains, extracted = sorted({i["domain"] for i in items}), len(items)
+                for domain in sorted(set(domains) - set(node["domains"])):
+                    client.call("subscribe", domain=domain)
+                if items:
+                    client.call("add", experiences=items)
             sent = 0
-            for domain in sorted({i["domain"] for i in items}):
+            for domain in domains:
                 sent += client.call("broadcast", domain=domain)["experiences_sent"]
-            progress(
-                f"{node['name']}: {len(records)} telemetry records -> {len(items)} "
-                f"experiences, {sent} broadcast"
-            )
-            report["nodes"][node["name"]] = {"records": len(records), "extracted": len(items)}
+            row = {"records": len(records), "extracted": extracted}
+            if node["name"] == OTLP_NODE:
+                row["otlp"] = fed
+                report["otlp_node"] = node["name"]
+                progress(
+                    f"{node['name']}: {len(records)} telemetry records as OpenTelemetry "
+                    f"traces ({fed['traces']} traces, {fed['spans']} spans, "
+                    f"{fed['requests']} request(s)) exported over OTLP to its receiver: "
+                    f"{fed['received_spans']} spans received, {fed['refused_spans']} refused "
+                    f"-> its ingest loop extracted {extracted} experiences "
+                    f"({fed['trajectories']} trajectories, {fed['groups']} GRPO groups), "
+                    f"{sent} broadcast; rewards come from the tool outcomes in the spans, not "
+                    "the sample's reward field, so these can differ from the JSONL path"
+                )
+            else:
+                progress(
+                    f"{node['name']}: {len(records)} telemetry records -> {extracted} "
+                    f"experiences, {sent} broadcast"
+                )
+            report["nodes"][node["name"]] = row
         for node in state["nodes"]:
             published[node["name"]] = set(clients[node["name"]].call("batches")["cids"])
 
@@ -292,14 +461,27 @@ def run_demo(
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = ["", "What each node learned from the fleet (library entries by source):"]
+    lines = [""]
+    for name, row in report["nodes"].items():
+        if "otlp" in row:
+            o = row["otlp"]
+            lines.append(
+                f"{name} was fed over OTLP: {o['spans']} spans ({o['traces']} traces, "
+                f"{o['tool_spans']} tool calls) -> {o['experiences']} experiences "
+                "(rewards from tool outcomes, not the sample's reward field)"
+            )
+    lines += ["", "What each node learned from the fleet (library entries by source):"]
     for name, row in report["nodes"].items():
         library = row.get("library", {})
         own = library.get("own", 0)
         learned = {k: v for k, v in library.items() if k != "own"}
         fleet = ", ".join(f"{k}: {v}" for k, v in sorted(learned.items())) or "nothing"
+        if "otlp" in row:
+            source = f"{row['otlp']['spans']} OTLP spans"
+        else:
+            source = f"{row['records']} records"
         lines.append(
-            f"  {name}: {row['extracted']} own from {row['records']} records; "
+            f"  {name}: {row['extracted']} own from {source}; "
             f"learned {sum(learned.values())} ({fleet}); library {own + sum(learned.values())}"
         )
     lines.append("")
