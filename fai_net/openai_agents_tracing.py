@@ -93,7 +93,7 @@ class FaiTracingProcessor(TracingProcessor):
         """A processor that appends to the node's spool, `<data_dir>/telemetry.sqlite`.
 
         The spool is shared with the node and other writers (SQLite, WAL); the node need
-        not be running. Each thread the agent runs in gets its own connection.
+        not be running. Spans from any thread go through one connection, in turn.
         """
         from fai_net.telemetry_spool import SpoolWriter
 

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,8 +53,13 @@ def snippets() -> dict[str, tuple[str, str]]:
 def test_every_block_of_the_section_is_a_marked_snippet():
     body = section()
     assert body.count("```") == 2 * len(snippets())  # no unmarked fenced block
-    assert set(snippets()) == {"node-run", "mcp-config", "python-sync", "python-async"}
-    assert "<!-- claude-code-hooks -->" in body
+    assert set(snippets()) == {
+        "node-run",
+        "mcp-config",
+        "claude-code-hooks",
+        "python-sync",
+        "python-async",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +173,100 @@ def test_mcp_config_launches_the_server_an_agent_uses(node, tmp_path):
     (top,) = out["recalled"]["experiences"]
     assert top["text"] == text and top["id"] == out["added"]["ids"][0]
     assert text in out["prompt"] and top["id"] in out["prompt"]
+
+
+def hook_event(sid: str, name: str, **fields) -> dict:
+    """A Claude Code hook input as its hooks receive it (claude-agent-sdk's types)."""
+    return {
+        "session_id": sid,
+        "transcript_path": f"/home/ann/.claude/projects/shop/{sid}.jsonl",
+        "cwd": "/home/ann/src/shop",
+        "permission_mode": "default",
+        "hook_event_name": name,
+        **fields,
+    }
+
+
+def hook_turn(sid: str, n: int, good: bool) -> list[dict]:
+    bash = {"command": "pytest -q", "description": "Run the tests"}
+    events = [hook_event(sid, "UserPromptSubmit", prompt="fix the cart total")]
+    if good:
+        out = {"stdout": "cart.py:12", "stderr": "", "interrupted": False, "isImage": False}
+        events.append(
+            hook_event(sid, "PostToolUse", tool_name="Grep", tool_input={"pattern": "total"},
+                       tool_response=out, tool_use_id=f"toolu_g{n}")
+        )  # fmt: skip
+        ok = {"stdout": "4 passed", "stderr": "", "interrupted": False, "isImage": False}
+        events.append(
+            hook_event(sid, "PostToolUse", tool_name="Bash", tool_input=bash,
+                       tool_response=ok, tool_use_id=f"toolu_b{n}")
+        )  # fmt: skip
+    else:
+        events.append(
+            hook_event(sid, "PostToolUseFailure", tool_name="Bash", tool_input=bash,
+                       error="Exit code 1\n1 failed", tool_use_id=f"toolu_b{n}")
+        )  # fmt: skip
+    events.append(hook_event(sid, "Stop", stop_hook_active=False))
+    return events
+
+
+def test_claude_code_hooks_snippet_feeds_the_node_and_recalls(node, tmp_path):
+    """Each configured command is run as Claude Code runs it: through a shell, with the
+    event on stdin. Four turns make a group; the node learns; the next prompt gets the
+    lesson as context, and the turn's end reports on it."""
+    lang, code = snippets()["claude-code-hooks"]
+    assert lang == "json"
+    hooks = json.loads(code)["hooks"]
+    assert set(hooks) == {
+        "SessionStart",
+        "UserPromptSubmit",
+        "PostToolUse",
+        "PostToolUseFailure",
+        "Stop",
+        "SessionEnd",
+    }
+    commands = {}
+    for name, groups in hooks.items():
+        (group,) = groups
+        (spec,) = group["hooks"]
+        assert spec["type"] == "command" and README_DATA_DIR in spec["command"]
+        command = spec["command"].replace("/path/to/fai", str(ROOT))
+        commands[name] = command.replace(README_DATA_DIR, str(node.data_dir))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+
+    def run(event: dict) -> str:
+        proc = subprocess.run(
+            commands[event["hook_event_name"]],
+            shell=True,
+            input=json.dumps(event),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        return proc.stdout
+
+    client = FaiClient.from_data_dir(node.data_dir)
+    before = client.status()["telemetry"]["experiences"]
+    for n in range(4):
+        for event in hook_turn(f"s{n % 2}", n, good=n % 2 == 0):
+            assert run(event) == "" or event["hook_event_name"] == "UserPromptSubmit"
+
+    def learnt():
+        return client.status()["telemetry"]["experiences"] > before
+
+    deadline = time.monotonic() + 40
+    while not learnt() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert learnt()
+    items = client.call("export", domain="coding", limit=1000)["items"]
+    lesson = next(i["text"] for i in items if "Grep" in i["text"])
+    context = json.loads(run(hook_event("s9", "UserPromptSubmit", prompt=lesson)))
+    assert lesson in context["hookSpecificOutput"]["additionalContext"]
+    for event in hook_turn("s9", 9, good=True)[1:]:
+        run(event)  # the turn goes well, and Stop reports it on what was recalled
+    found = client.recall(lesson, domain="coding", k=1)["experiences"]
+    assert found[0]["text"] == lesson and found[0]["utility"] > 0.5
+    run(hook_event("s9", "SessionEnd", reason="prompt_input_exit"))
