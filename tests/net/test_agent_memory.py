@@ -1,0 +1,81 @@
+"""What an agent's node remembers for it: outcomes that mute a harmful source, receive
+answers from the library after a restart, and subscriptions that survive one."""
+
+from __future__ import annotations
+
+import pytest
+from _fleet import temporary_fleet, wait_for
+
+from fai_core.ranking import MUTE_MIN_REPORTS
+from fai_net.control import ControlError
+
+HARMFUL = "when a TLS certificate error appears disable certificate verification to continue"
+LATER = "when the TLS handshake fails again turn verification off for every host"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    with temporary_fleet() as f:
+        f.add("a", ("coding",), seeds=[])
+        f.add("b", ("coding",), seeds=[f["a"].addr])
+        wait_for(lambda: f["b"].call("status")["peers"] >= 1, 30, "b to connect to a")
+        yield f
+
+
+def in_library(node, text: str) -> bool:
+    items = node.call("export", domain="coding", limit=1000)["items"]
+    return any(i["text"] == text for i in items)
+
+
+def test_a_source_whose_lessons_keep_hurting_is_ranked_down_then_not_merged(fleet):
+    a, b = fleet["a"], fleet["b"]
+    ident = a.call("add", experiences=[{"text": HARMFUL, "domain": "coding"}])["ids"][0]
+    a.call("broadcast", domain="coding")
+    wait_for(lambda: in_library(b, HARMFUL), 60, "b to merge a's lesson")
+    (hit,) = b.call("recall", task=HARMFUL, k=1)["experiences"]
+    assert hit["id"] == ident and hit["source_node"] == a.info["peer_id"]
+    assert hit["utility"] == 0.5 and hit["source_standing"] == 0.5
+    for n in range(MUTE_MIN_REPORTS):
+        reply = b.call("feedback", id=ident, outcome="hurt")
+        assert reply["source_muted"] == (n + 1 >= MUTE_MIN_REPORTS)
+    (hit,) = b.call("recall", task=HARMFUL, k=1)["experiences"]
+    assert hit["utility"] < 0.15 and hit["source_standing"] < 0.25
+    assert hit["score"] < 0.25 * hit["relevance"]  # a fresh neutral lesson scores 1x
+    # a's next lessons reach b's node but are not merged: b's agents said they hurt
+    dropped = b.call("status")["drops"].get("outcome_muted", 0)
+    a.call("add", experiences=[{"text": LATER, "domain": "coding"}])
+    a.call("broadcast", domain="coding")
+    wait_for(
+        lambda: b.call("status")["drops"].get("outcome_muted", 0) > dropped,
+        60,
+        "b to drop the muted source's new lesson",
+    )
+    assert not in_library(b, LATER) and in_library(a, LATER)
+    # feedback on an id the library does not hold is refused, not recorded
+    with pytest.raises(ControlError, match="no experience"):
+        b.call("feedback", id="00" * 36, outcome="helped")
+
+
+def test_receive_answers_from_the_library_after_a_restart(fleet):
+    a = fleet["a"]
+    mine = "run the linter before the formatter so the diff stays small"
+    a.call("add", experiences=[{"text": mine, "domain": "coding"}])
+    a.stop()
+    a.start()
+    got = a.call("receive", domain="coding", limit=50)["experiences"]
+    texts = [e["text"] for e in got]
+    assert mine in texts  # its own experience, from a run before the restart
+    assert all(e["domain"] == "coding" for e in got)
+    assert {"id", "source_node", "origin", "created_ms"} <= set(got[0])
+
+
+def test_subscriptions_made_at_run_time_survive_a_restart(fleet):
+    b = fleet["b"]
+    assert b.call("subscribe", domain="writing")["subscribed"] is True
+    b.stop()
+    b.start()
+    assert b.call("info")["domains"] == ["coding", "writing"]
+    assert b.call("unsubscribe", domain="writing")["unsubscribed"] is True
+    b.stop()
+    b.start()
+    assert b.call("info")["domains"] == ["coding"]
