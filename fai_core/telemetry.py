@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from fai_core import jsonlimits
 from fai_core.errors import FaiError
 from fai_core.experience import CONTROL_RE, DOMAIN_RE
 
@@ -160,7 +161,7 @@ def parse_line(
         elif len(line.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
             raise TelemetryError("line", f"longer than {MAX_LINE_BYTES} bytes")
         try:
-            obj = json.loads(line, parse_constant=_refuse_constant)
+            obj = jsonlimits.loads(line, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as exc:
             raise TelemetryError("line", f"not JSON: {exc}") from None
         if defaults and isinstance(obj, dict):

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from fai_core import jsonlimits
+
 #: Experiences per `add` call during an import (the node takes at most 1000 per call).
 IMPORT_CHUNK = 200
 #: Entries per `export` page (the node serves at most 1000).
@@ -588,7 +590,7 @@ def _items_from_file(
                 continue
             where = f"{name} line {number}"
             try:
-                obj = json.loads(line)
+                obj = jsonlimits.loads(line)
             except ValueError as exc:
                 raise _Refused(f"{where}: not JSON ({exc})") from None
             if not isinstance(obj, dict) or "text" not in obj:

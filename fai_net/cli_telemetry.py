@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
+from fai_core import jsonlimits
+
 #: Locations shown per refusal reason before "... and N more".
 SHOWN_PER_REASON = 5
 #: Largest hook event read from stdin; a bigger one is reported and skipped.
@@ -290,7 +292,7 @@ def _run_hook(args: argparse.Namespace, stream) -> tuple[str | None, dict | None
     if len(raw) > MAX_HOOK_EVENT_BYTES:
         return f"fai hook: event larger than {MAX_HOOK_EVENT_BYTES} bytes: skipped", None
     try:
-        event = json.loads(raw)
+        event = jsonlimits.loads(raw)
     except (ValueError, RecursionError) as exc:
         return f"fai hook: the event on stdin is not JSON ({exc}): skipped", None
     settings = resolve({"data_dir": args.data_dir}, config=args.config)

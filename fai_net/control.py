@@ -60,6 +60,7 @@ import trio
 
 from fai_core.errors import FaiError
 from fai_core.experience import domain_problem
+from fai_core.jsonlimits import too_deep
 
 logger = logging.getLogger(__name__)
 
@@ -548,32 +549,8 @@ def _too_large() -> bytes:
 MAX_NESTING = 32
 
 
-def _too_deep(line: bytes, limit: int = MAX_NESTING) -> bool:
-    """True if the JSON text nests deeper than `limit`; brackets inside strings don't count."""
-    if line.count(b"[") + line.count(b"{") <= limit:
-        return False  # the common case: no scan needed
-    depth, in_string, escaped = 0, False, False
-    for byte in line:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return False
-
-
 async def _answer(line: bytes, handler: Handler) -> bytes:
-    if _too_deep(line):
+    if too_deep(line, MAX_NESTING):
         return _error(None, Code.BAD_REQUEST, f"request nests deeper than {MAX_NESTING} levels")
     try:
         request = json.loads(line)

@@ -8,11 +8,11 @@ EIP-712 headers and operator signatures they carry.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fai_core import jsonlimits
 from fai_core.errors import FaiError, WireError
 from fai_core.reputation import atomic_write_json
 from fai_core.wire import SignedBatch, decode_envelope
@@ -93,7 +93,7 @@ def write(directory: str | os.PathLike[str], eq: Equivocation) -> Path:
 
 def load(path: str | os.PathLike[str]) -> Equivocation:
     try:
-        data = json.loads(Path(path).read_text())
+        data = jsonlimits.loads(Path(path).read_text())
         envelopes = [bytes.fromhex(b["envelope"]) for b in data["batches"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EvidenceError(f"{path}: not an evidence file ({exc})") from None

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from fai_core import jsonlimits
 from fai_core.introspection import GroupView, IntrospectionError, fit_pattern
 
 #: Largest response body read; a chat completion with one short answer is far smaller.
@@ -154,7 +155,7 @@ class HTTPIntrospector:
             if len(raw) > MAX_RESPONSE_BYTES:
                 raise MalformedAnswer(f"response larger than {MAX_RESPONSE_BYTES} bytes")
             try:
-                return json.loads(raw)
+                return jsonlimits.loads(raw)
             except (UnicodeDecodeError, ValueError) as exc:
                 raise MalformedAnswer(f"response is not JSON: {exc}") from None
         assert last is not None
@@ -163,7 +164,7 @@ class HTTPIntrospector:
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:
     try:
-        payload = json.loads(exc.read(4096))
+        payload = jsonlimits.loads(exc.read(4096))
         message = payload["error"]["message"]
         if isinstance(message, str):
             return message[:200]

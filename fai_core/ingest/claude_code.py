@@ -34,7 +34,6 @@ among them, and `tool_response`/`error` are read by the outcome classifier alone
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
@@ -42,6 +41,7 @@ from collections.abc import Iterator, MutableMapping
 from dataclasses import replace
 from typing import IO, Any
 
+from fai_core import jsonlimits
 from fai_core.ingest.common import (
     Converted,
     DomainPolicy,
@@ -403,7 +403,7 @@ def _parse_line(content: bytes | None) -> tuple[object, str | None]:
     except UnicodeDecodeError:
         return None, "not UTF-8"
     try:
-        return json.loads(text, parse_constant=_refuse_constant), None
+        return jsonlimits.loads(text, parse_constant=_refuse_constant), None
     except (ValueError, RecursionError):
         return None, "not JSON"
 

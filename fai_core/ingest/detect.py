@@ -16,8 +16,8 @@ A JSON object that fits none of these is refused by name rather than guessed at.
 from __future__ import annotations
 
 import io
-import json
 
+from fai_core import jsonlimits
 from fai_core.ingest.common import Converted, DomainPolicy, IngestError, Problem
 from fai_core.telemetry import MAX_LINE_BYTES, ReadReport, iter_jsonl
 
@@ -34,7 +34,7 @@ def _first_object(data: bytes) -> dict | None:
     first = text.split(b"\n", 1)[0][:MAX_LINE_BYTES]
     for candidate in (first, text[: 64 << 20]):
         try:
-            value = json.loads(candidate)
+            value = jsonlimits.loads(candidate)
         except (ValueError, RecursionError):
             continue
         return value if isinstance(value, dict) else None

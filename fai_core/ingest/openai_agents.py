@@ -34,7 +34,6 @@ outputs and error texts only by the outcome classifier.
 from __future__ import annotations
 
 import ast
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from fai_core import jsonlimits
 from fai_core.ingest.claude_code import iter_json_lines
 from fai_core.ingest.common import (
     TASK_ATTRIBUTE,
@@ -139,7 +139,7 @@ def _structured(output: object) -> object:
     if not (isinstance(output, str) and output.lstrip().startswith("{")):
         return output
     text = output.strip()
-    parsers = ((json.loads, MAX_LINE_BYTES), (ast.literal_eval, MAX_LITERAL_CHARS))
+    parsers = ((jsonlimits.loads, MAX_LINE_BYTES), (ast.literal_eval, MAX_LITERAL_CHARS))
     for parse, limit in parsers:
         if len(text) <= limit:
             try:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
-import json
 import math
 import os
 import re
@@ -57,6 +56,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from fai_core import jsonlimits
 from fai_core.experience import CONTROL_RE
 from fai_core.ingest.common import (
     TASK_ATTRIBUTE,
@@ -164,7 +164,7 @@ def _finite_float(text: str) -> float:
 def _parse_json(data: bytes) -> ExportTraceServiceRequest:
     try:
         text = data.decode("utf-8-sig")
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        obj = jsonlimits.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise IngestError("JSON nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
@@ -548,7 +548,7 @@ def _result_outcome(own: dict[str, AnyValue]) -> Outcome:
     value = _plain(own[TOOL_RESULT])
     if isinstance(value, str) and len(value) <= _MAX_RESULT_JSON and value[:1] in ("{", "["):
         with contextlib.suppress(ValueError, RecursionError):
-            value = json.loads(value, parse_constant=_reject_constant)
+            value = jsonlimits.loads(value, parse_constant=_reject_constant)
     try:
         return classify_output(value)
     except RecursionError:

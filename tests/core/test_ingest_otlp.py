@@ -360,7 +360,7 @@ def _deep_json(depth: int) -> bytes:
         (b'{"resourceSpans": [], "x": ' + b"9" * 5000 + b"}", JSON, "malformed JSON"),
         (b'{"resourceSpans": "\xff"}', JSON, "malformed JSON"),
         (b"[" * 100_000 + b"]" * 100_000, JSON, "nested too deeply"),
-        (_deep_json(150), JSON, "wrong OTLP/JSON shape"),
+        (_deep_json(150), JSON, "nested too deeply"),
         (b"{}", "text/plain", "unsupported content type"),
     ],
 )

@@ -659,7 +659,11 @@ def test_deep_nesting_is_refused_before_parsing_even_with_web3s_recursion_limit(
     brackets then segfaulted the process. The nesting guard refuses such lines unparsed."""
     import sys
 
-    from fai_net.control import MAX_NESTING, _too_deep
+    from fai_core.jsonlimits import too_deep
+    from fai_net.control import MAX_NESTING
+
+    def _too_deep(line: bytes) -> bool:
+        return too_deep(line, MAX_NESTING)
 
     assert sys.getrecursionlimit() >= 1000
     assert _too_deep(b"[" * 5000 + b"]" * 5000)
