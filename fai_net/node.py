@@ -56,7 +56,7 @@ from fai_net.node_identity import NodeIdentity, load_or_create, public_key_of
 from fai_net.outcome_book import OutcomeBook
 from fai_net.pending import FairQueue
 from fai_net.ratelog import RateLimitedLog
-from fai_net.recall import Recall, RecallQuery
+from fai_net.recall import CALIBRATION_TTL_S, Recall, RecallQuery
 from fai_net.telemetry_ingest import TelemetryIngest
 from fai_net.telemetry_spool import SpoolWriter
 from fai_net.topics import domain_of, topic_for
@@ -228,6 +228,7 @@ class Node:
                         self._metrics_loop,
                         self._prune_loop,
                         self.ingest.run,
+                        self._calibration_loop,
                     ):
                         nursery.start_soon(loop)
                     if handle_signals:
@@ -918,6 +919,13 @@ class Node:
                 log.info("pruned %d stored batches older than %d h", removed, keep_ms // 3_600_000)
 
     # -- status, metrics, control ----------------------------------------------------------
+
+    async def _calibration_loop(self) -> None:
+        """Recall ranks quality claims within their source; the ranks are rebuilt here,
+        off the recall path, when the library has changed."""
+        while True:
+            await trio.sleep(CALIBRATION_TTL_S)
+            await trio.to_thread.run_sync(self.recaller.refresh_calibration)
 
     async def _metrics_loop(self) -> None:
         while True:

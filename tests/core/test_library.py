@@ -338,3 +338,21 @@ def test_indexed_search_returns_whole_entries_filtered_and_refined(tmp_path, cap
         assert all(h.entry.experience.domain == "ops" for h in hits)
         assert all(h.entry.received_from == PEER_A for h in hits)
     assert "_distance" not in capfd.readouterr().err  # no per-query Lance warning
+
+
+def test_indexed_search_reports_exact_cosine_distances(tmp_path):
+    """Recall cuts on the distance: it must mean 1 - cos whether or not a row is indexed
+    (LanceDB's IVF_SQ alone reported twice that for indexed rows)."""
+    with open_lib(tmp_path / "lib", index_threshold=256) as lib:
+        rows = _random_experiences(400, seed=11, prefix="idx")
+        lib.add_local(rows)
+        assert lib.maintain()["vector_index"] == "trained"
+        by_id = {e.id: e for e in rows}
+        for e in rows[:10]:
+            for hit in lib.search(e.embedding, k=5):
+                other = by_id[hit.entry.experience.id].embedding
+                cos = float(
+                    np.dot(e.embedding, other)
+                    / (np.linalg.norm(e.embedding) * np.linalg.norm(other))
+                )
+                assert hit.distance == pytest.approx(1.0 - cos, abs=2e-3)
