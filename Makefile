@@ -28,6 +28,9 @@ bench: $(STAMP) $(DEVNET_STAMP)
 	$(PY) bench/fleet.py --json
 	$(PY) bench/flood.py --json
 	$(PY) bench/sim.py --json
+	$(PY) bench/ingest.py --json
+	$(PY) bench/recall.py --json
+	$(PY) bench/cutoff.py --json
 
 # The evaluation report: the simulator grid behind docs/evaluation.md and docs/img/
 # (about 25 minutes on 2 cores; finished runs are cached in bench/.evaluation-cache/).

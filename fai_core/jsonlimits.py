@@ -15,8 +15,6 @@ import json
 import re
 from typing import Any
 
-import numpy as np
-
 #: Deeper than any record, span or event an agent emits; shallow enough for any C stack.
 MAX_JSON_DEPTH = 256
 
@@ -32,6 +30,8 @@ def too_deep(data: bytes | str, limit: int = MAX_JSON_DEPTH) -> bool:
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return False  # the common case: cannot be that deep
+    import numpy as np  # here, not at the top: `fai --help` must not load numpy
+
     codes = np.frombuffer(_STRING.sub(b'""', raw), dtype=np.uint8)
     step = (np.isin(codes, (0x5B, 0x7B)).astype(np.int32)) - np.isin(codes, (0x5D, 0x7D))
     return bool(np.cumsum(step).max(initial=0) > limit)
