@@ -66,7 +66,7 @@ def _check_id(name: str, value: object) -> None:
 def _check_json_value(name: str, value: object) -> None:
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise TelemetryError(name, f"must be a JSON value: {exc}") from None
 
 
@@ -113,9 +113,13 @@ class TelemetryRecord:
             self, "reward", _check_number("reward", self.reward, -MAX_REWARD, MAX_REWARD)
         )
         object.__setattr__(self, "time", _check_number("time", self.time, 0.0, MAX_TIME))
-        _check_json_value("input", self.input)
-        _check_json_value("output", self.output)
-        if len(self.to_line().encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
+        try:  # one serialisation checks both values (importers make records by the 10k)
+            line = self.to_line()
+        except (TypeError, ValueError, RecursionError):
+            _check_json_value("input", self.input)  # says which field is not JSON
+            _check_json_value("output", self.output)
+            raise
+        if len(line.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
             raise TelemetryError("record", f"serialized record exceeds {MAX_LINE_BYTES} bytes")
 
     def to_json(self) -> dict[str, Any]:

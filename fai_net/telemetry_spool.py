@@ -257,21 +257,18 @@ class Spool:
                 "GROUP BY task_id, attempt HAVING MAX(at_ms) <= ?",
                 (now, now - idle_ms),
             )
-            keys = db.execute(
-                "SELECT e.task_id, e.attempt, e.failed, e.feedback FROM ends e "
-                "WHERE EXISTS (SELECT 1 FROM steps s WHERE s.task_id = e.task_id "
+            # One query: the oldest `limit` closed trajectories, then all their steps
+            # (a query per trajectory cost more than the GRPO extraction itself).
+            rows = db.execute(
+                "WITH chosen AS (SELECT e.task_id, e.attempt, e.failed, e.feedback, e.at_ms "
+                "FROM ends e WHERE EXISTS (SELECT 1 FROM steps s WHERE s.task_id = e.task_id "
                 f"AND s.attempt = e.attempt AND s.domain IN ({marks})) "
-                "ORDER BY e.at_ms LIMIT ?",
+                "ORDER BY e.at_ms LIMIT ?) "
+                "SELECT c.task_id, c.attempt, s.record, c.failed, c.feedback FROM chosen c "
+                "JOIN steps s ON s.task_id = c.task_id AND s.attempt = c.attempt "
+                "ORDER BY c.at_ms, c.task_id, c.attempt, s.id",
                 (*wanted, limit),
             ).fetchall()
-            rows = [
-                (task_id, attempt, line, failed, feedback)
-                for task_id, attempt, failed, feedback in keys
-                for (line,) in db.execute(
-                    "SELECT record FROM steps WHERE task_id = ? AND attempt = ? ORDER BY id",
-                    (task_id, attempt),
-                )
-            ]
         records, ends, bad = [], {}, set()
         for task_id, attempt, line, failed, feedback in rows:
             key = (task_id, attempt)
