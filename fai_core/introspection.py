@@ -195,8 +195,12 @@ def _small_int(value: object, low: int, high: int) -> int | None:
     return value
 
 
-def classify_output(output: Any) -> Outcome:
-    """The outcome class of a tool's output (see the module doc for what is extracted)."""
+def classify_output(output: Any, *, reduced: bool = True) -> Outcome:
+    """The outcome class of a tool's output (see the module doc for what is extracted).
+
+    `reduced=False` for raw tool content (a fetched page, a function's result): there a
+    `fai.outcome` key is text like any other, or a tool's output could set its own class.
+    """
     if isinstance(output, bool):
         return Outcome(status="ok" if output else "failed")
     if isinstance(output, str):
@@ -211,7 +215,7 @@ def classify_output(output: Any) -> Outcome:
         )
     if not isinstance(output, dict):
         return Outcome()
-    if OUTCOME_KEY in output:
+    if reduced and OUTCOME_KEY in output:
         return Outcome.from_fields(output[OUTCOME_KEY])
     exit_code = next(
         (c for k in _EXIT_KEYS if (c := _small_int(output.get(k), -128, 255)) is not None), None

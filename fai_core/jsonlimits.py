@@ -18,7 +18,10 @@ from typing import Any
 #: Deeper than any record, span or event an agent emits; shallow enough for any C stack.
 MAX_JSON_DEPTH = 256
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+#: A string literal, or an unterminated one up to the end: every attempt succeeds, so the
+#: scan is linear (a pattern that must find the closing quote backtracks quadratically on
+#: `"\"\"\...` and, holding the GIL, froze the node for seconds per 40 KB).
+_STRING = re.compile(rb'"(?:[^"\\]|\\.?)*(?:"|\Z)', re.DOTALL)
 
 
 def too_deep(data: bytes | str, limit: int = MAX_JSON_DEPTH) -> bool:

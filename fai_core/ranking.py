@@ -9,16 +9,17 @@ and every factor is one a hostile source cannot inflate by itself:
 * **Utility** u: what this node's own agents reported after using the experience, as the
   mean of a Beta(1 + helped, 1 + hurt) posterior (a reward in [-1, 1] counts (1 + r)/2 as
   help and (1 - r)/2 as hurt). Unused experiences sit at 0.5; what helped rises, what hurt
-  sinks, and one report moves a fresh experience less than ten move an old one.
+  sinks, and the tenth report moves an experience less than the first did.
 * **Calibrated quality** c: a source's quality claim ranked among that source's own
   claims (mid-rank percentile), shrunk toward 0.5 while the source has few claims. A
   source that claims 0.99 for everything has all its claims at the same rank: c = 0.5,
   exactly what an unremarkable honest claim gets. Claims are only compared within a
   source, so no source can push another's experiences down.
-* **Standing** s of the source: the Beta(2 + helped, 2 + hurt) mean of the feedback on all
-  of that source's experiences. A source whose lessons keep hurting sinks in recall, and
-  below `MUTE_STANDING` (with at least `MUTE_MIN_REPORTS` reports) the node stops merging
-  its new experiences (`is_muted`).
+* **Standing** s of the source: the Beta(2 + helped, 2 + hurt) mean of the feedback on its
+  experiences, each experience counted once (fai_net/outcome_book.py). A source whose
+  lessons keep hurting sinks in recall, and below `MUTE_STANDING` (with at least
+  `MUTE_MIN_REPORTS` distinct experiences reported) the node stops merging its new
+  experiences (`is_muted`).
 * **Corroboration**: the number n of distinct sources that published the same experience
   (same domain and text, hence the same id) adds ln(n)/10: a mild bonus, since Sybils can
   corroborate each other; the cutoff and feedback still apply to what they say.

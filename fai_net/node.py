@@ -925,7 +925,10 @@ class Node:
         off the recall path, when the library has changed."""
         while True:
             await trio.sleep(CALIBRATION_TTL_S)
-            await trio.to_thread.run_sync(self.recaller.refresh_calibration)
+            try:
+                await trio.to_thread.run_sync(self.recaller.refresh_calibration)
+            except Exception:  # a library read error must not take the node down
+                log.exception("quality calibration refresh failed; recall keeps the last")
 
     async def _metrics_loop(self) -> None:
         while True:

@@ -65,14 +65,21 @@ class OutcomeBook:
             self._db.close()
 
     def record(self, ident: bytes, source: bytes, reward: float) -> tuple[Tally, Tally]:
-        """Count one report on `ident` (published by `source`); the new tallies of both."""
+        """Count one report on `ident` (published by `source`); the new tallies of both.
+
+        The experience's tally counts every report. Its source's tally counts each of its
+        experiences once, by the share of help and hurt reported on it: repeating `hurt`
+        on one experience (an agent told to by the text it recalled) moves the source
+        no further, and muting takes MUTE_MIN_REPORTS distinct experiences that hurt."""
         now = _now_ms()
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                item = self._tally(db, "feedback", "id", ident).add(reward)
-                src = self._tally(db, "sources", "source", source).add(reward)
+                before = self._tally(db, "feedback", "id", ident)
+                item = before.add(reward)
+                old_src = self._tally(db, "sources", "source", source)
+                src = _swap(old_src, _share(before), _share(item))
                 db.execute(
                     "INSERT INTO feedback VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT(id) DO UPDATE "
                     "SET helped = excluded.helped, hurt = excluded.hurt, "
@@ -156,3 +163,18 @@ class OutcomeBook:
     def _load_muted(self) -> set[bytes]:
         rows = self._db.execute("SELECT source, helped, hurt FROM sources").fetchall()
         return {bytes(s) for s, h, x in rows if is_muted(Tally(float(h), float(x)))}
+
+
+def _share(tally: Tally) -> Tally:
+    """One experience's weight in its source's tally: its reports scaled to sum to 1."""
+    if tally.reports <= 0:
+        return Tally()
+    return Tally(tally.helped / tally.reports, tally.hurt / tally.reports)
+
+
+def _swap(source: Tally, old: Tally, new: Tally) -> Tally:
+    """The source tally with one experience's old share replaced by its new one."""
+    return Tally(
+        max(0.0, source.helped - old.helped + new.helped),
+        max(0.0, source.hurt - old.hurt + new.hurt),
+    )

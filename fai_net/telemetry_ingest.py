@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: How often the node looks at its spool.
 INTERVAL_S = 5.0
+#: Single attempts kept waiting for comparable ones (the spool reads 5,000 at a time).
+MAX_WAITING = 1_000
 
 
 @dataclass
@@ -47,6 +49,8 @@ class IngestStats:
     #: trajectories dropped because their steps disagree on (domain, kind)
     mixed_labels: int = 0
     expired_steps: int = 0
+    #: waiting single attempts dropped beyond MAX_WAITING, oldest first
+    dropped_waiting: int = 0
     failures: int = 0
     by_domain: dict[str, int] = field(default_factory=dict)
 
@@ -139,7 +143,7 @@ class TelemetryIngest:
     def _extract(self, domains: list[str]):
         closed = self.spool.closed(domains, idle_ms=self.idle_ms)
         if not closed.records:
-            return [], None, set()
+            return [], None, (set(), {})
         records = finish_trajectories(closed.records, closed.ends)
         records, mixed = split_mixed_labels(records)
         self.stats.mixed_labels += len(mixed)
@@ -153,11 +157,31 @@ class TelemetryIngest:
             }
             for e in extraction.experiences
         ]
-        return items, extraction, extraction.consumed | mixed
+        done = extraction.consumed | mixed | self._overflow(extraction, records)
+        return items, extraction, (done, closed.upto)
 
-    def _finish(self, done: set[tuple[str, str]]) -> None:
-        if done:
-            self.spool.consume(done)
+    def _overflow(self, extraction, records) -> set[tuple[str, str]]:
+        """The oldest waiting single attempts beyond MAX_WAITING: dropped and counted.
+
+        Waiting attempts are re-read every pass from the head of the spool; without a cap,
+        thousands of one-off kinds (each pool holds up to G - 1) would fill the read window
+        and starve every newer session until they expire."""
+        if len(extraction.waiting) <= MAX_WAITING:
+            return set()
+        start: dict[tuple[str, str], float] = {}
+        for r in records:
+            key = (r.task_id, r.attempt)
+            if key in extraction.waiting:
+                start[key] = min(start.get(key, r.time), r.time)
+        excess = len(extraction.waiting) - MAX_WAITING
+        dropped = set(sorted(start, key=lambda k: (start[k], k))[:excess])
+        self.stats.dropped_waiting += len(dropped)
+        return dropped
+
+    def _finish(self, done) -> None:
+        keys, upto = done
+        if keys:
+            self.spool.consume(keys, upto)
         self.stats.expired_steps += self.spool.expire(max_age_ms=self.max_age_ms)
         self.held = self.spool.counts()
 

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fai_core.errors import FaiError
@@ -88,6 +88,8 @@ class Closed:
     ends: dict[tuple[str, str], SessionEnd]
     #: trajectories with a row that does not read back (a damaged file): dropped
     corrupt: int = 0
+    #: the last step id read per trajectory: `consume(..., upto=)` leaves later steps
+    upto: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _initialise(db: sqlite3.Connection, timeout_s: float) -> None:
@@ -264,14 +266,15 @@ class Spool:
                 "FROM ends e WHERE EXISTS (SELECT 1 FROM steps s WHERE s.task_id = e.task_id "
                 f"AND s.attempt = e.attempt AND s.domain IN ({marks})) "
                 "ORDER BY e.at_ms LIMIT ?) "
-                "SELECT c.task_id, c.attempt, s.record, c.failed, c.feedback FROM chosen c "
+                "SELECT c.task_id, c.attempt, s.record, c.failed, c.feedback, s.id FROM chosen c "
                 "JOIN steps s ON s.task_id = c.task_id AND s.attempt = c.attempt "
                 "ORDER BY c.at_ms, c.task_id, c.attempt, s.id",
                 (*wanted, limit),
             ).fetchall()
-        records, ends, bad = [], {}, set()
-        for task_id, attempt, line, failed, feedback in rows:
+        records, ends, bad, upto = [], {}, set(), {}
+        for task_id, attempt, line, failed, feedback, step_id in rows:
             key = (task_id, attempt)
+            upto[key] = max(upto.get(key, 0), step_id)
             if key in bad:
                 continue
             try:  # a damaged row must not fail every later read: its trajectory is dropped
@@ -289,16 +292,29 @@ class Spool:
             records = [r for r in records if (r.task_id, r.attempt) not in bad]
             ends = {k: v for k, v in ends.items() if k not in bad}
             self.consume(bad)
-        return Closed(records, ends, len(bad))
+        return Closed(records, ends, len(bad), {k: v for k, v in upto.items() if k not in bad})
 
-    def consume(self, keys: Iterable[tuple[str, str]]) -> int:
-        """Forget these trajectories (extraction is done with them). Returns steps removed."""
+    def consume(
+        self, keys: Iterable[tuple[str, str]], upto: dict[tuple[str, str], int] | None = None
+    ) -> int:
+        """Forget these trajectories (extraction is done with them). Returns steps removed.
+
+        With `upto` (from `Closed.upto`), only the steps that were read go: a step a hook
+        appended while the node was extracting (an agent that went on after Stop) stays,
+        and so does its trajectory's end marker, so it is read at the next pass."""
         keys = list(keys)
+        upto = upto or {}
+        bound = [(t, a, upto.get((t, a), 1 << 62)) for t, a in keys]
         with self._transaction() as db:
             removed = db.executemany(
-                "DELETE FROM steps WHERE task_id = ? AND attempt = ?", keys
+                "DELETE FROM steps WHERE task_id = ? AND attempt = ? AND id <= ?", bound
             ).rowcount
-            db.executemany("DELETE FROM ends WHERE task_id = ? AND attempt = ?", keys)
+            db.executemany(
+                "DELETE FROM ends WHERE task_id = ? AND attempt = ? AND NOT EXISTS "
+                "(SELECT 1 FROM steps s WHERE s.task_id = ends.task_id "
+                "AND s.attempt = ends.attempt)",
+                keys,
+            )
             return max(removed, 0)
 
     def expire(self, *, max_age_ms: int = MAX_AGE_MS, now: int | None = None) -> int:

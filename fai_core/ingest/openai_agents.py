@@ -155,7 +155,8 @@ def function_outcome(span: Mapping[str, Any]) -> Outcome:
     error = span.get("error")
     if error is not None:
         return error_outcome(error)
-    outcome = classify_output(_structured(span["span_data"].get("output")))
+    output = _structured(span["span_data"].get("output"))
+    outcome = classify_output(output, reduced=False)  # the function's result: untrusted
     return outcome if outcome.label != "unclassified" else Outcome(status="ok")
 
 

@@ -550,7 +550,7 @@ def _result_outcome(own: dict[str, AnyValue]) -> Outcome:
         with contextlib.suppress(ValueError, RecursionError):
             value = jsonlimits.loads(value, parse_constant=_reject_constant)
     try:
-        return classify_output(value)
+        return classify_output(value, reduced=False)  # the tool's own result: untrusted
     except RecursionError:
         return Outcome()
 

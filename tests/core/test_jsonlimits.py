@@ -63,3 +63,14 @@ def test_every_untrusted_parser_refuses_deep_json_with_webs_recursion_limit():
     assert proc.stdout.strip().split(",") == [
         "otlp", "otlp file", "telemetry", "hook file", "agents", "detect"
     ]  # fmt: skip
+
+
+def test_the_depth_scan_is_linear_on_unterminated_strings():
+    """`"\\` repeated never closes a string: a backtracking scan took 21 s for 80 KB."""
+    import time
+
+    hostile = b"[" * 300 + b'"\\' * 400_000  # 800 KB
+    started = time.process_time()
+    assert too_deep(hostile)  # the 300 brackets before the string still count
+    assert time.process_time() - started < 2.0
+    assert not too_deep(b'{"a": "x\\"[[[[' + b"[" * 400 + b'"}')  # escaped quote inside

@@ -29,18 +29,26 @@ def in_library(node, text: str) -> bool:
 
 def test_a_source_whose_lessons_keep_hurting_is_ranked_down_then_not_merged(fleet):
     a, b = fleet["a"], fleet["b"]
-    ident = a.call("add", experiences=[{"text": HARMFUL, "domain": "coding"}])["ids"][0]
+    lessons = [f"{HARMFUL} on host {n}" for n in range(MUTE_MIN_REPORTS)]
+    added = a.call("add", experiences=[{"text": t, "domain": "coding"} for t in lessons])
+    ident = added["ids"][0]
     a.call("broadcast", domain="coding")
-    wait_for(lambda: in_library(b, HARMFUL), 60, "b to merge a's lesson")
-    (hit,) = b.call("recall", task=HARMFUL, k=1)["experiences"]
+    wait_for(lambda: all(in_library(b, t) for t in lessons), 60, "b to merge a's lessons")
+    (hit,) = b.call("recall", task=lessons[0], k=1)["experiences"]
     assert hit["id"] == ident and hit["source_node"] == a.info["peer_id"]
     assert hit["utility"] == 0.5 and hit["source_standing"] == 0.5
-    for n in range(MUTE_MIN_REPORTS):
+    # Repeating `hurt` on one lesson (what a recalled text could tell an agent to do)
+    # sinks that lesson, not its source: the source counts each experience once.
+    for _ in range(2 * MUTE_MIN_REPORTS):
         reply = b.call("feedback", id=ident, outcome="hurt")
-        assert reply["source_muted"] == (n + 1 >= MUTE_MIN_REPORTS)
-    (hit,) = b.call("recall", task=HARMFUL, k=1)["experiences"]
-    assert hit["utility"] < 0.15 and hit["source_standing"] < 0.25
-    assert hit["score"] < 0.25 * hit["relevance"]  # a fresh neutral lesson scores 1x
+    assert reply["source_muted"] is False and reply["utility"] < 0.1
+    # Distinct lessons that each hurt do mute it.
+    for n, other in enumerate(added["ids"][1:], start=2):
+        reply = b.call("feedback", id=other, outcome="hurt")
+        assert reply["source_muted"] == (n >= MUTE_MIN_REPORTS)
+    (hit,) = b.call("recall", task=lessons[1], k=1)["experiences"]
+    assert hit["utility"] < 0.5 and hit["source_standing"] < 0.25
+    assert hit["score"] < 0.3 * hit["relevance"]  # a fresh neutral lesson scores 1x
     # a's next lessons reach b's node but are not merged: b's agents said they hurt
     dropped = b.call("status")["drops"].get("outcome_muted", 0)
     a.call("add", experiences=[{"text": LATER, "domain": "coding"}])

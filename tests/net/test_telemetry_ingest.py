@@ -8,6 +8,7 @@ stops the rest.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 import pytest
@@ -270,3 +271,47 @@ def test_a_forged_outcome_in_the_spool_does_not_stop_ingest(path):
         assert run_pass(ingest) >= 1
     finally:
         ingest.close()
+
+
+def test_thousands_of_one_off_kinds_cannot_starve_newer_sessions(path, monkeypatch):
+    """Each pool holds up to G - 1 waiting attempts; many kinds filled the spool's read
+    window with them, and newer sessions were never read. The oldest beyond MAX_WAITING
+    are dropped, counted, and the new group is learnt."""
+    import fai_net.telemetry_ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "MAX_WAITING", 20)
+    junk = [session(f"j{i}", True, kind=f"k{i}", t0=float(i)) for i in range(60)]
+    write(path, *junk)
+    add = Recorder()
+    ingest = make(path, add, ["coding"])
+    try:
+        # a read window smaller than the junk, as 5,000 is in life
+        monkeypatch.setattr(
+            ingest.spool, "closed", functools.partial(ingest.spool.closed, limit=50)
+        )
+        run_pass(ingest)
+        assert ingest.stats.dropped_waiting == 30  # 50 read, 20 may wait
+        write(path, *four("new", t0=1_000.0))
+        for _ in range(3):
+            run_pass(ingest)
+        learnt = [i for call in add.calls for i in call]
+        assert learnt and ingest.stats.experiences >= 1
+        assert all(i["domain"] == "coding" for i in learnt)
+    finally:
+        ingest.close()
+
+
+def test_a_step_written_while_the_node_extracts_is_not_consumed_unread(path):
+    """An agent that goes on after Stop appends to a turn the node is extracting: the
+    late step must survive the consume, with its end marker, for the next pass."""
+    write(path, *four("t"))
+    with Spool.open(path) as spool:
+        closed = spool.closed(["coding"], idle_ms=10**9)
+        late = session("t0", True, t0=100.0)
+        late.ends.clear()
+        spool.append(late)
+        keys = set(closed.ends)
+        spool.consume(keys, closed.upto)
+        again = spool.closed(["coding"], idle_ms=10**9)
+    assert {(r.task_id, r.time) for r in again.records} == {("t0", 100.0), ("t0", 101.0)}
+    assert set(again.ends) == {("t0", "1")}
