@@ -155,8 +155,12 @@ def function_outcome(span: Mapping[str, Any]) -> Outcome:
     error = span.get("error")
     if error is not None:
         return error_outcome(error)
-    output = _structured(span["span_data"].get("output"))
-    outcome = classify_output(output, reduced=False)  # the function's result: untrusted
+    raw = span["span_data"].get("output")
+    # The SDK exports a function's result as text; only `slim_span` puts a dict here, one
+    # holding nothing but the class it reduced. Text that parses into a dict is the
+    # tool's own content, which must not set its own class.
+    reduced = isinstance(raw, dict) and set(raw) == {OUTCOME_KEY}
+    outcome = classify_output(_structured(raw), reduced=reduced)
     return outcome if outcome.label != "unclassified" else Outcome(status="ok")
 
 
