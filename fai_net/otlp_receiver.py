@@ -97,6 +97,11 @@ class OtlpLimits:
     #: fleet sending more is told to back off before the node's other work starves
     spans_per_s: float = 10_000.0
     span_burst: int = 50_000
+    #: parse cost, charged on the decompressed body before it is parsed: protobuf bytes
+    #: count once, JSON bytes JSON_COST times (json_format parses ~2 MiB/s of JSON on one
+    #: core: a 39 KiB gzip of 13 MiB of JSON holding one span cost 6 s before this bucket)
+    parse_bytes_per_s: float = 4 << 20
+    parse_burst: int = 128 << 20
     #: connections handled at once; beyond -> 503 at once, without reading the request
     max_connections: int = 16
     #: longest wait for any one read or write on a connection
@@ -113,6 +118,10 @@ class OtlpLimits:
                 raise ValueError(f"OtlpLimits.{spec.name} must be a positive number")
             if not math.isfinite(value):
                 raise ValueError(f"OtlpLimits.{spec.name} must be finite")
+
+
+#: How many protobuf bytes one byte of OTLP/JSON costs to parse (measured ~8x).
+JSON_COST = 8
 
 
 class TokenBucket:
@@ -305,6 +314,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if encoding != "identity":
                 body = _inflate(body, encoding, limits.max_decompressed_bytes)
+            cost = len(body) * (JSON_COST if self._media == JSON else 1)
+            wait = self.server.parse_bucket.take(cost)
+            if wait:
+                raise _Reject(429, "rate_limited", "too many bytes to parse", retry_after=wait)
             return parse_request(body, self._media, max_bytes=limits.max_decompressed_bytes)
         except _BodyTooLarge:
             raise _Reject(413, "too_large", "decompressed body too large") from None
@@ -447,6 +460,7 @@ class _Server(ThreadingHTTPServer):
         self.deliver_lock = threading.Lock()
         self.request_bucket = TokenBucket(limits.requests_per_s, limits.request_burst)
         self.span_bucket = TokenBucket(limits.spans_per_s, limits.span_burst)
+        self.parse_bucket = TokenBucket(limits.parse_bytes_per_s, limits.parse_burst)
         self._lock = threading.Lock()
         self._log = RateLimitedLog(log)
         self._active = 0

@@ -397,3 +397,21 @@ def test_ipv6_loopback(receiver_factory):
     run_agent(provider_for(SimpleSpanProcessor(memory)).get_tracer("t"))
     assert exporter.export(memory.get_finished_spans()) == SpanExportResult.SUCCESS
     assert receiver.stats["records"] == 2
+
+
+def test_parse_cost_is_charged_before_parsing_a_compressed_json_bomb(receiver_factory):
+    """A few KiB of gzip can inflate to MiBs of JSON that cost seconds to parse; the
+    parse budget is charged on the inflated size (JSON x8) before any parsing."""
+    import gzip
+
+    limits = OtlpLimits(parse_bytes_per_s=1_000, parse_burst=1 << 20)
+    receiver = receiver_factory(limits=limits)
+    padding = '{"key": "p", "value": {"stringValue": "' + "x" * (300 << 10) + '"}}'
+    bomb = ('{"resourceSpans": [{"resource": {"attributes": [' + padding + "]}}]}").encode()
+    body = gzip.compress(bomb)
+    assert len(body) < 4 << 10
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    assert post(receiver, body, headers)[0] == 200  # a full bucket takes one
+    status, response_headers, _ = post(receiver, body, headers)
+    assert status == 429 and int(response_headers["Retry-After"]) >= 60
+    assert receiver.stats["rejected"] == {"rate_limited": 1}
