@@ -33,6 +33,7 @@ what they resist.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -174,7 +175,9 @@ def render(items: Iterable[tuple[str, str, float]]) -> str:
     ]
     for i, (domain, text, u) in enumerate(items, start=1):
         note = " (helped before)" if u >= 0.7 else " (did not help before)" if u <= 0.3 else ""
-        lines.append(f"{i}. [{domain}] {text}{note}")
+        # Quoted, its own quotes escaped: a text from the fleet cannot end its quote early
+        # and append a note of its own ("(helped before)") that reads like ours.
+        lines.append(f"{i}. [{domain}] {json.dumps(text, ensure_ascii=False)}{note}")
     if len(lines) == 1:
         return ""
     return "\n".join(lines)

@@ -379,13 +379,17 @@ def _report_turn(path, spool, event, turns) -> list[str]:
     verdict = terminal_reward(outcomes, SessionEnd(task_id, "0", failed))
     if verdict == 0.0:
         return []
-    client = ControlClient(path / "control.sock", timeout=HOOK_NODE_TIMEOUT_S)
-    try:
-        for ident in ids:
-            client.call("feedback", id=ident, outcome=0.5 * verdict)
-    except NodeNotRunning:
-        return ["no node is running: feedback not reported"]
-    except (ControlError, OSError) as exc:
-        return [f"feedback failed: {exc}"]
+    # At most once: forgotten before reporting, so a call that fails partway is never
+    # repeated on the ids it had already reported (feedback is a weak signal; a lost
+    # report costs less than a doubled one).
     spool.forget_recalled(session, turn)
-    return []
+    client = ControlClient(path / "control.sock", timeout=HOOK_NODE_TIMEOUT_S)
+    failed: list[str] = []
+    for ident in ids:
+        try:
+            client.call("feedback", id=ident, outcome=0.5 * verdict)
+        except NodeNotRunning:
+            return ["no node is running: feedback not reported"]
+        except (ControlError, OSError) as exc:  # e.g. the lesson was evicted since
+            failed.append(f"{ident[:16]}: {exc}")
+    return [f"feedback failed on {len(failed)} id(s) ({failed[0]})"] if failed else []

@@ -182,7 +182,9 @@ class TelemetryIngest:
         keys, upto = done
         if keys:
             self.spool.consume(keys, upto)
-        self.stats.expired_steps += self.spool.expire(max_age_ms=self.max_age_ms)
+        self.stats.expired_steps += self.spool.expire(
+            max_age_ms=self.max_age_ms, idle_ms=self.idle_ms
+        )
         self.held = self.spool.counts()
 
     def close(self) -> None:

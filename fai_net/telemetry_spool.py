@@ -210,15 +210,17 @@ class Spool:
         )
 
     def recalled(self, session: str, turn: int) -> list[str]:
+        """Ids recalled for this turn or an earlier one of the session and not yet reported
+        on (what SessionStart recalled is judged by the first turn)."""
         rows = self._db.execute(
-            "SELECT id FROM recalled WHERE session = ? AND turn = ? ORDER BY id",
+            "SELECT DISTINCT id FROM recalled WHERE session = ? AND turn <= ? ORDER BY id",
             (session, int(turn)),
         )
         return [row[0] for row in rows]
 
     def forget_recalled(self, session: str, turn: int) -> None:
         self._db.execute(
-            "DELETE FROM recalled WHERE session = ? AND turn = ?", (session, int(turn))
+            "DELETE FROM recalled WHERE session = ? AND turn <= ?", (session, int(turn))
         )
 
     def steps_of(self, task_id: str, attempt: str) -> list[TelemetryRecord]:
@@ -317,7 +319,9 @@ class Spool:
             )
             return max(removed, 0)
 
-    def expire(self, *, max_age_ms: int = MAX_AGE_MS, now: int | None = None) -> int:
+    def expire(
+        self, *, max_age_ms: int = MAX_AGE_MS, idle_ms: int = IDLE_MS, now: int | None = None
+    ) -> int:
         """Drop trajectories closed longer ago than `max_age_ms`, and end markers that no
         step joins. Returns the number of steps dropped."""
         now = now_ms() if now is None else now
@@ -336,7 +340,7 @@ class Spool:
             db.execute(
                 "DELETE FROM ends WHERE NOT EXISTS (SELECT 1 FROM steps s "
                 "WHERE s.task_id = ends.task_id AND s.attempt = ends.attempt) AND at_ms < ?",
-                (now - IDLE_MS,),
+                (now - idle_ms,),
             )
             return dropped
 

@@ -394,3 +394,14 @@ def test_a_later_end_marker_never_erases_what_an_earlier_one_said(spool):
     spool.append(Converted(ends=[SessionEnd("t", "0", failed=None, feedback=0.5)]))
     (end,) = spool.closed(["coding"]).ends.values()
     assert end.failed is True and end.feedback == 0.5
+
+
+def test_what_session_start_recalled_is_reported_with_the_first_turn(spool):
+    spool.remember_recalled("s", 0, ["aa", "bb"])  # SessionStart: before any prompt
+    spool.remember_recalled("s", 1, ["bb", "cc"])  # the first prompt
+    spool.remember_recalled("s", 2, ["dd"])  # a later turn, not ended yet
+    spool.remember_recalled("other", 1, ["ee"])
+    assert spool.recalled("s", 1) == ["aa", "bb", "cc"]
+    spool.forget_recalled("s", 1)
+    assert spool.recalled("s", 1) == [] and spool.recalled("s", 2) == ["dd"]
+    assert spool.recalled("other", 1) == ["ee"]
