@@ -99,10 +99,16 @@ def test_two_domains_propagate_and_stay_apart(fleet):
     wait_for(lambda: fleet["n2"].call("status")["pending"] == 0, 20, "n2 round")
     s2, s3 = n2.call("status"), n3.call("status")
     assert "writing" not in s2["library_by_domain"] and "coding" not in s3["library_by_domain"]
-    hits = n2.call("search", query=coding[3], domain="coding", k=1)["hits"]
-    assert hits[0]["text"] == coding[3] and hits[0]["origin"] == "remote"
-    hits = fleet["n0"].call("search", query=writing[5], domain="writing", k=1)["hits"]
-    assert hits[0]["text"] == writing[5]
+
+    # `pending` is 0 as soon as a round has taken the batches, before its insert ends.
+    def top(node, text, domain):
+        hits = node.call("search", query=text, domain=domain, k=1)["hits"]
+        return hits[0] if hits and hits[0]["text"] == text else None
+
+    hit = wait_for(lambda: top(n2, coding[3], "coding"), 20, "n2 to merge the coding text")
+    assert hit["text"] == coding[3] and hit["origin"] == "remote"
+    hit = wait_for(lambda: top(fleet["n0"], writing[5], "writing"), 20, "n0 to merge writing")
+    assert hit["text"] == writing[5]
     assert s2["bytes_received"] > 0 and n1.call("status")["bytes_sent"] > 0
 
 
