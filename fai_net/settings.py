@@ -15,6 +15,11 @@ needs no flags at all, and a script can pin everything with `FAI_*` variables.
 The TOML file is `--config PATH`, else `$FAI_CONFIG`, else `./fai.toml` if present. The
 devnet state file is `--devnet-state PATH`, else `$FAI_DEVNET_STATE`, else
 `<repo>/devnet/state/devnet.json` if present.
+
+On a devnet, `--node N` (or `nodeN`) names one of its nodes: it stands, at the flag level,
+for that node's operator key file, data directory and control socket, so a user types no
+path. A flag given beside it (say `--key-file`) still wins for its own name. The run
+directory changes with every `fai devnet up`; `--node` does not.
 """
 
 from __future__ import annotations
@@ -80,6 +85,29 @@ def load_devnet_state(path: Path) -> dict[str, Any] | None:
         raise SettingsError(f"devnet state {path} is unreadable: {exc}") from None
 
 
+def devnet_node(state: dict[str, Any] | None, which: str | int) -> dict[str, Any]:
+    """The devnet's node named `which` ("2", 2 or "node2"), or a SettingsError naming those
+    that exist."""
+    if not state:
+        raise SettingsError(f"--node {which}: no devnet is up; start one with `fai devnet up`")
+    nodes = state.get("nodes") or []
+    text = str(which).strip()
+    name = text if text.startswith("node") else f"node{text}"
+    for node in nodes:
+        if node.get("name") == name:
+            return node
+    known = ", ".join(n.get("name", "?") for n in nodes) or "none"
+    raise SettingsError(f"--node {which}: the devnet has no such node (it has: {known})")
+
+
+def _node_values(node: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "key_file": node.get("operator_key_file"),
+        "data_dir": node.get("data_dir"),
+        "socket": node.get("control_socket"),
+    }
+
+
 def resolve(
     flags: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
@@ -87,7 +115,10 @@ def resolve(
     config: str | os.PathLike[str] | None = None,
     devnet_state: str | os.PathLike[str] | None = None,
 ) -> Settings:
-    """Merge the sources; `flags` holds argparse values (None = not given)."""
+    """Merge the sources; `flags` holds argparse values (None = not given).
+
+    `flags["node"]`, when given, names a devnet node (see the module docstring).
+    """
     env = os.environ if env is None else env
     settings = Settings()
     toml_path = config or env.get("FAI_CONFIG")
@@ -106,9 +137,16 @@ def resolve(
             "rpc": settings.devnet.get("rpc_url"),
             "registry": settings.devnet.get("registry"),
         }
+    node_values: dict[str, Any] = {}
+    node_source = ""
+    if flags.get("node") not in (None, ""):
+        node = devnet_node(settings.devnet, flags["node"])
+        node_values = _node_values(node)
+        node_source = f"--node {node['name']}"
     for name in NAMES:
         candidates = (
             (flags.get(name), "flag"),
+            (node_values.get(name), node_source),
             (env.get("FAI_" + name.upper()), "environment"),
             (toml.get(name), f"{toml_path}"),
             (devnet_values.get(name), f"devnet state {state_path}"),
