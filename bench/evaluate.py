@@ -83,6 +83,15 @@ LABEL = {
     "fai": "FAI (DeltaSoup)",
 }
 COLOR = {"isolated": "tab:gray", "central": "black", "naive": "tab:orange", "fai": "tab:blue"}
+#: Line style, width, alpha and marker per method: each curve stays visible when others lie
+#: exactly on it (the oracle wide and pale, naive dashed and wider than FAI's solid line).
+STYLE = {
+    "isolated": ("-", 1.5, 1.0, "o"),
+    "central": ("-", 4.0, 0.35, "D"),
+    "naive": ("--", 2.2, 1.0, "s"),
+    "fai": ("-", 1.0, 1.0, "^"),
+}
+SHORT = {"isolated": "isolated", "central": "oracle", "naive": "naive", "fai": "FAI"}
 
 # The paper's claims (fai-paper.txt section 9). SWE-bench resolved rate in %; not comparable
 # in scale to the retrieval proxy, shown beside it only to compare shapes.
@@ -1170,37 +1179,99 @@ def existing_notes(path: Path) -> str | None:
 # -- plots -----------------------------------------------------------------------------------
 
 
-def plots(fig: dict, s: argparse.Namespace, img_dir: Path) -> None:
-    import matplotlib
+def coincident_groups(series: dict[str, object], rtol: float = 1e-9) -> list[list[str]]:
+    """Names whose series are numerically equal (same length, equal within float noise),
+    in `series` order; only groups of two or more. Coinciding curves are drawn on top of
+    each other, so a reader must be told, from the data, rather than see a line missing."""
+    groups: list[list[str]] = []
+    for name, values in series.items():
+        a = np.asarray(values, dtype=float)
+        for group in groups:
+            b = np.asarray(series[group[0]], dtype=float)
+            if a.shape == b.shape and np.allclose(a, b, rtol=rtol, atol=1e-12):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return [g for g in groups if len(g) > 1]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
-    img_dir.mkdir(parents=True, exist_ok=True)
+def coincidence_note(panels: dict[str, dict[str, object]]) -> str | None:
+    """'oracle, naive and FAI coincide here (identical values)' for the legend, or None
+    when every curve differs: per panel (e.g. "N = 50") the methods whose curves are equal."""
+    where: dict[tuple[str, ...], list[str]] = {}
+    for panel, series in panels.items():
+        for group in coincident_groups(series):
+            where.setdefault(tuple(group), []).append(panel)
+    parts = []
+    for group, at in where.items():
+        names = [SHORT.get(m, m) for m in group]
+        listed = ", ".join(names[:-1]) + " and " + names[-1]
+        if len(at) < len(panels):
+            place = "at " + ", ".join(at)
+        else:
+            place = "here" if len(panels) == 1 else "in every panel"
+        parts.append(f"{listed} coincide {place}")
+    return "; ".join(parts) + " (identical values)" if parts else None
+
+
+def _legend(f, axes, note: str | None, ncol: int, width: int) -> int:
+    """The figure's shared legend, titled with the coincidence note; returns its lines."""
+    import textwrap
+
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    title = textwrap.fill(note, width) if note else None
+    f.legend(
+        handles, labels, loc="lower center", ncol=ncol, fontsize=8, title=title, title_fontsize=8
+    )
+    return title.count("\n") + 1 if title else 0
+
+
+def convergence_plot(plt, fig: dict, img_dir: Path) -> None:
+    """Retrieval proxy by round, one panel per fleet size. Methods often give identical
+    curves (FAI on the oracle, say): each keeps its own style and staggered markers, and the
+    legend says which coincide, so no method seems to be missing."""
     sizes = list(fig["curves"])
     f, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes), 3.8), squeeze=False)
+    panels = {}
     for ax, n in zip(axes[0], sizes, strict=True):
         c = fig["curves"][n]
         x = np.array(c["round"])
-        for m in METHODS:
+        step = max(len(METHODS), len(x) // 8)
+        panels[f"N = {n}"] = {m: c[f"{m}_proxy_mean"] for m in METHODS}
+        for i, m in enumerate(METHODS):
             mean, std = np.array(c[f"{m}_proxy_mean"]), np.array(c[f"{m}_proxy_std"])
-            style = "--" if m == "naive" else "-"
-            # The oracle is drawn wide and pale: FAI often lies exactly on top of it.
-            lw, alpha = (4.0, 0.35) if m == "central" else (1.5, 1.0)
-            ax.plot(x, mean, style, color=COLOR[m], label=LABEL[m], lw=lw, alpha=alpha)
+            style, lw, alpha, marker = STYLE[m]
+            # Staggered markers: on coinciding curves each method's marks still show.
+            every = (i * step // len(METHODS), step)
+            ax.plot(
+                x,
+                mean,
+                style,
+                color=COLOR[m],
+                label=LABEL[m],
+                lw=lw,
+                alpha=alpha,
+                marker=marker,
+                ms=4,
+                markevery=every,
+            )
             ax.fill_between(x, mean - std, mean + std, color=COLOR[m], alpha=0.15, lw=0)
         ax.set_title(f"N = {n}")
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("retrieval proxy")
-    handles, labels = axes[0][0].get_legend_handles_labels()
     wide = len(sizes) > 1  # one narrow panel: the legend goes on two lines
-    f.legend(handles, labels, loc="lower center", ncol=len(METHODS) if wide else 2, fontsize=8)
-    f.tight_layout(rect=(0, 0.08 if wide else 0.16, 1, 1))
+    note = coincidence_note(panels)
+    extra = _legend(f, axes, note, len(METHODS) if wide else 2, 110 if wide else 60)
+    f.tight_layout(rect=(0, (0.08 if wide else 0.16) + 0.04 * extra, 1, 1))
     f.savefig(img_dir / "convergence.png", dpi=120)
     plt.close(f)
 
+
+def robustness_plot(plt, fig: dict, robust_n: int, img_dir: Path) -> None:
+    """Final retrieval proxy against the Byzantine fraction, one panel per attack; the
+    legend says which methods coincide (FAI on the oracle, typically)."""
     attack_names = list(fig["robust"])
     cols = min(4, max(1, len(attack_names)))
     rows_n = max(1, math.ceil(len(attack_names) / cols))
@@ -1215,7 +1286,14 @@ def plots(fig: dict, s: argparse.Namespace, img_dir: Path) -> None:
             mean = np.array([c[m]["proxy"]["mean"] for c in cells])
             std = np.array([c[m]["proxy"]["std"] for c in cells])
             ax.errorbar(
-                x, mean, yerr=std, fmt=style, marker="o", ms=3, color=COLOR[m], label=LABEL[m]
+                x,
+                mean,
+                yerr=std,
+                fmt=style,
+                marker=STYLE[m][3],
+                ms=4,
+                color=COLOR[m],
+                label=LABEL[m],
             )
         ax.set_title(a, fontsize=10)
         ax.set_xlabel("Byzantine fraction f / N")
@@ -1224,12 +1302,27 @@ def plots(fig: dict, s: argparse.Namespace, img_dir: Path) -> None:
         axes[j // cols][j % cols].axis("off")
     for row in axes:
         row[0].set_ylabel("retrieval proxy")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    f.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
-    f.suptitle(f"Final retrieval proxy at N = {s.robust_n}", fontsize=11)
-    f.tight_layout(rect=(0, 0.1 / rows_n, 1, 1))
+    panels = {
+        a: {m: [c[m]["proxy"]["mean"] for c in fig["robust"][a].values()] for m in METHODS}
+        for a in attack_names
+    }
+    extra = _legend(f, axes, coincidence_note(panels), 4, 40 * cols)
+    f.suptitle(f"Final retrieval proxy at N = {robust_n}", fontsize=11)
+    f.tight_layout(rect=(0, (0.1 + 0.04 * extra) / rows_n, 1, 1))
     f.savefig(img_dir / "robustness.png", dpi=120)
     plt.close(f)
+
+
+def plots(fig: dict, s: argparse.Namespace, img_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    convergence_plot(plt, fig, img_dir)
+    robustness_plot(plt, fig, s.robust_n, img_dir)
 
     bw = sorted(fig["bandwidth"].items())
     f, ax = plt.subplots(figsize=(5.6, 4.0))

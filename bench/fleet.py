@@ -113,6 +113,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 import urllib.request  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -1029,7 +1030,95 @@ def bare_events(peers: list[Proc], t0: float) -> dict:
 # -- summary ----------------------------------------------------------------------------------
 
 
+def replay_problem(replay: dict | None) -> str | None:
+    """Why the replay's figures cannot be used, or None when they can. The figures that
+    need the replay then read None, with this reason in the report's `missing`."""
+    if replay is None:
+        return "no re-embedding replay was run (--no-replay)"
+    if "error" in replay:
+        return f"the re-embedding replay failed: {replay['error']}"
+    if not replay.get("batches"):
+        return "the re-embedding replay merged no batch"
+    if replay.get("embed_cpu_per_text_s") is None:
+        return "the re-embedding replay embedded no text"
+    return None
+
+
 def summarise(s: Settings, fai: dict, bare: dict | None, replay: dict | None) -> dict:
+    """The derived figures, added to `fai` and `bare`, and the targets.
+
+    Parts may be missing (no replay, no bare baseline, nothing received or published): a
+    figure that needs a missing part is None and `missing` says why, while every figure
+    that was measured is still computed, so a 6-minute run never ends in a traceback.
+    """
+    nodes = fai["per_node"]
+    missing: dict[str, str] = {}
+    no_replay = replay_problem(replay)
+    if no_replay:
+        missing["re-embedding split (replay)"] = no_replay
+    if not sum(n["received_batches"] for n in nodes):
+        missing["per received batch figures"] = "no node received a batch in the window"
+    if not fai["published_batches"]:
+        missing["bytes per node per round"] = "no batch was published in the window"
+    if bare is None:
+        missing["bare gossipsub comparison"] = "no bare gossipsub run (--no-bare)"
+    cpu, split = fai_cpu(fai, None if no_replay else replay)
+    fai["cpu"] = cpu
+    # A round = one interval in which every node publishes once; nodes that skipped slots
+    # published fewer, so divide by the rounds actually published (batches / nodes).
+    rounds = fai["published_batches"] / s.nodes
+
+    def per_round(values: list[float | None]) -> float | None:
+        vals = [v for v in values if v is not None]
+        return round(sum(vals) / (len(vals) * rounds), 1) if vals and rounds else None
+
+    def tcp(per_node: list[dict], key: str) -> float | None:
+        return per_round([n["tcp"][key] if n["tcp"] else None for n in per_node])
+
+    fai["bytes_per_node_per_round"] = {
+        "fai_bytes_sent_counter": per_round([n["metrics"]["fai_bytes_sent_total"] for n in nodes]),
+        "fai_bytes_received_counter": per_round(
+            [n["metrics"]["fai_bytes_received_total"] for n in nodes]
+        ),
+        "tcp_sent": tcp(nodes, "sent"),
+        "tcp_received": tcp(nodes, "received"),
+    }
+    fai["experiences_merged"] = sum(n["metrics"]["fai_experiences_merged_total"] for n in nodes)
+    fai["experiences_received"] = cpu["received_texts"]
+    # Experiences DeltaSoup dropped and batches the gate refused, in the window, fleet-wide
+    # (a refusal is counted per copy that reached a validator, not per batch).
+    fai["experiences_dropped"] = fleet_sum(nodes, "dropped")
+    fai["gate_rejections"] = fleet_sum(nodes, "rejected")
+    out = {"fai": fai, "replay": replay, "bare": bare}
+    targets: dict = {"fai_lost_batches": fai["lost_batches"], "zero_lost": fai["lost_batches"] == 0}
+    if bare is not None:
+        bare["cpu"] = bare_cpu(bare)
+        per = bare["per_node"]
+        bare["bytes_per_node_per_round"] = {
+            "tcp_sent": tcp(per, "sent"),
+            "tcp_received": tcp(per, "received"),
+        }
+        targets.update(bare_targets(fai, bare, split))
+    out["targets"] = targets
+    out["missing"] = missing
+    return out
+
+
+def fleet_sum(nodes: list[dict], key: str) -> dict[str, float]:
+    """A labelled counter (`dropped`, `rejected`) summed over the fleet, zeros left out."""
+    out: dict[str, float] = {}
+    for n in nodes:
+        for k, v in n["metrics"][key].items():
+            out[k] = out.get(k, 0.0) + v
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
+def fai_cpu(fai: dict, replay: dict | None) -> tuple[dict, dict]:
+    """(the FAI fleet's CPU figures, the per-batch receive split the targets compare).
+
+    `replay` is None when its figures cannot be used (`replay_problem`): the figures that
+    need it are then None, the others are computed as usual.
+    """
     nodes = fai["per_node"]
     recv = sum(n["received_batches"] for n in nodes)
     recv_texts = sum(n["received_texts"] for n in nodes)
@@ -1040,29 +1129,28 @@ def summarise(s: Settings, fai: dict, bare: dict | None, replay: dict | None) ->
     validate, rnd, embed = total("validate"), total("round"), total("embed")
     proc = sum(n["cpu_s"] for n in nodes)
     proc_net = proc - sum(n["idle_cpu_s_per_s"] for n in nodes) * fai["window_s"]
-    lance = sum(n["threads_cpu_s"].get("lancedb-tokio-w", 0.0) for n in nodes)
-    main = sum(n["threads_cpu_s"].get("main (event loop)", 0.0) for n in nodes)
-    ok = bool(replay) and "error" not in replay and replay["batches"] > 0
-    # In situ: each node's re-embedding CPU estimated as the replay's embed CPU per text x
-    # the texts it received; direct: validate (in situ) + the replay's round - embed.
-    reembed = replay["embed_cpu_per_text_s"] * recv_texts if ok else None
-    direct = (
-        div(validate, recv) + replay["round_minus_embed_ms_per_batch"] / 1000
-        if ok and recv
-        else None
-    )
-    lance_merge = replay["other_threads_ms_per_batch"] / 1000 if ok else None
     threads: dict[str, float] = {}
     for n in nodes:
         for k, v in n["threads_cpu_s"].items():
             threads[k] = threads.get(k, 0.0) + v
+    lance, loop = threads.get("lancedb-tokio-w", 0.0), threads.get("main (event loop)", 0.0)
+    # In situ: each node's re-embedding CPU estimated as the replay's embed CPU per text x
+    # the texts it received; direct: validate (in situ) + the replay's round - embed.
+    reembed = direct = lance_merge = None
+    if replay is not None:
+        reembed = replay["embed_cpu_per_text_s"] * recv_texts
+        lance_merge = replay["other_threads_ms_per_batch"] / 1000
+        if recv:
+            direct = validate / recv + replay["round_minus_embed_ms_per_batch"] / 1000
     cpu = {
         "received_batches": recv,
         "received_texts": recv_texts,
         "validate_ms_per_batch": ms(div(validate, recv)),
         "round_ms_per_batch": ms(div(rnd, recv)),
         "embed_wall_ms_per_batch (node counter, incl. own adds)": ms(div(embed, recv)),
-        "reembed_cpu_ms_per_batch (replay cpu/text x texts)": ms(div(reembed, recv)),
+        "reembed_cpu_ms_per_batch (replay cpu/text x texts)": (
+            ms(div(reembed, recv)) if reembed is not None else None
+        ),
         "receive_ms_per_batch_with_reembed": ms(div(validate + rnd, recv)),
         "receive_ms_per_batch_without_reembed": ms(direct),
         "receive_ms_per_batch_without_reembed_plus_lancedb_threads": (
@@ -1072,11 +1160,11 @@ def summarise(s: Settings, fai: dict, bare: dict | None, replay: dict | None) ->
             ms(div(validate + rnd - reembed, recv)) if reembed is not None else None
         ),
         "receive_ms_per_batch_minus_embed_counter": ms(div(validate + rnd - embed, recv)),
-        "reembed_share_of_receive": div(reembed, validate + rnd) if reembed else None,
-        "reembed_share_of_process_cpu": div(reembed, proc) if reembed else None,
+        "reembed_share_of_receive": div(reembed, validate + rnd) if reembed is not None else None,
+        "reembed_share_of_process_cpu": div(reembed, proc) if reembed is not None else None,
         "process_cpu_ms_per_received_batch": ms(div(proc, recv)),
         "process_cpu_ms_per_received_batch_net_of_idle": ms(div(proc_net, recv)),
-        "event_loop_thread_cpu_ms_per_received_batch": ms(div(main, recv)),
+        "event_loop_thread_cpu_ms_per_received_batch": ms(div(loop, recv)),
         "lancedb_thread_cpu_ms_per_received_batch (all causes)": ms(div(lance, recv)),
         "process_cpu_s_total": round(proc, 2),
         "fleet_cpu_utilisation_of_cores": div(proc, fai["window_s"] * (os.cpu_count() or 1)),
@@ -1084,89 +1172,53 @@ def summarise(s: Settings, fai: dict, bare: dict | None, replay: dict | None) ->
             k: round(v, 2) for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
         },
     }
-    fai["cpu"] = cpu
-    # A round = one interval in which every node publishes once; nodes that skipped slots
-    # published fewer, so divide by the rounds actually published (batches / nodes).
-    rounds = fai["published_batches"] / s.nodes
+    split = {"validate_s": div(validate, recv), "without": direct, "lance_merge": lance_merge}
+    return cpu, split
 
-    def per_round(values: list[float | None]) -> float | None:
-        vals = [v for v in values if v is not None]
-        return round(sum(vals) / (len(vals) * rounds), 1) if vals else None
 
-    fai["bytes_per_node_per_round"] = {
-        "fai_bytes_sent_counter": per_round([n["metrics"]["fai_bytes_sent_total"] for n in nodes]),
-        "fai_bytes_received_counter": per_round(
-            [n["metrics"]["fai_bytes_received_total"] for n in nodes]
-        ),
-        "tcp_sent": per_round([n["tcp"]["sent"] if n["tcp"] else None for n in nodes]),
-        "tcp_received": per_round([n["tcp"]["received"] if n["tcp"] else None for n in nodes]),
+def bare_cpu(bare: dict) -> dict:
+    """The bare gossipsub fleet's CPU per delivered message: libp2p's own delivery cost."""
+    per = bare["per_node"]
+    delivered = sum(n["delivered_batches"] for n in per)
+    cpu = sum(n["cpu_s"] for n in per)
+    idle = sum(n["idle_cpu_s_per_s"] for n in per) * bare["window_s"]
+    return {
+        "delivered_batches": delivered,
+        "process_cpu_ms_per_delivered_batch": ms(div(cpu, delivered)),
+        "process_cpu_ms_per_delivered_batch_net_of_idle": ms(div(cpu - idle, delivered)),
+        "process_cpu_s_total": round(cpu, 2),
     }
-    fai["experiences_merged"] = sum(n["metrics"]["fai_experiences_merged_total"] for n in nodes)
-    fai["experiences_received"] = recv_texts
 
-    def fleet_sum(key: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for n in nodes:
-            for k, v in n["metrics"][key].items():
-                out[k] = out.get(k, 0.0) + v
-        return {k: v for k, v in sorted(out.items()) if v}
 
-    # Experiences DeltaSoup dropped and batches the gate refused, in the window, fleet-wide
-    # (a refusal is counted per copy that reached a validator, not per batch).
-    fai["experiences_dropped"] = fleet_sum("dropped")
-    fai["gate_rejections"] = fleet_sum("rejected")
-    out = {"fai": fai, "replay": replay, "bare": bare}
-    targets: dict = {"fai_lost_batches": fai["lost_batches"], "zero_lost": fai["lost_batches"] == 0}
-    if bare is not None:
-        delivered = sum(n["delivered_batches"] for n in bare["per_node"])
-        bare_cpu = sum(n["cpu_s"] for n in bare["per_node"])
-        bare_idle = sum(n["idle_cpu_s_per_s"] for n in bare["per_node"]) * bare["window_s"]
-        bare["cpu"] = {
-            "delivered_batches": delivered,
-            "process_cpu_ms_per_delivered_batch": ms(div(bare_cpu, delivered)),
-            "process_cpu_ms_per_delivered_batch_net_of_idle": ms(
-                div(bare_cpu - bare_idle, delivered)
-            ),
-            "process_cpu_s_total": round(bare_cpu, 2),
-        }
-        bare["bytes_per_node_per_round"] = {
-            "tcp_sent": per_round(
-                [n["tcp"]["sent"] if n["tcp"] else None for n in bare["per_node"]]
-            ),
-            "tcp_received": per_round(
-                [n["tcp"]["received"] if n["tcp"] else None for n in bare["per_node"]]
-            ),
-        }
-        libp2p = div(bare_cpu, delivered)
-        b95 = bare["latency_s"]["publish_to_delivered"]["p95"]
-        m95 = fai["latency_s"]["publish_to_merged"]["p95"]
-        a95 = fai["latency_s"]["publish_to_accepted"]["p95"]
-        without = direct
-        targets.update(
-            {
-                "p95_merged_over_bare": div(m95, b95) if m95 is not None else None,
-                "p95_accepted_over_bare": div(a95, b95) if a95 is not None else None,
-                "latency_target_met (merged p95 <= 2x bare)": (
-                    None if m95 is None or not b95 else m95 <= 2 * b95
-                ),
-                "latency_target_met (accepted p95 <= 2x bare)": (
-                    None if a95 is None or not b95 else a95 <= 2 * b95
-                ),
-                "receive_without_reembed_over_libp2p_delivery": div(without, libp2p)
-                if without is not None
-                else None,
-                "receive_without_reembed_plus_lancedb_threads_over_libp2p_delivery": (
-                    div(without + lance_merge, libp2p) if without is not None else None
-                ),
-                "validate_only_over_libp2p_delivery": div(div(validate, recv) or 0.0, libp2p),
-                "cost_target_met (<= 0.10)": (
-                    None if without is None or not libp2p else without <= 0.10 * libp2p
-                ),
-                "bare_lost_batches": bare["lost_batches"],
-            }
-        )
-    out["targets"] = targets
-    return out
+def bare_targets(fai: dict, bare: dict, split: dict) -> dict:
+    """FAI against bare gossipsub: latency ratios and the receive-cost target."""
+    per = bare["per_node"]
+    libp2p = div(sum(n["cpu_s"] for n in per), sum(n["delivered_batches"] for n in per))
+    b95 = bare["latency_s"]["publish_to_delivered"]["p95"]
+    m95 = fai["latency_s"]["publish_to_merged"]["p95"]
+    a95 = fai["latency_s"]["publish_to_accepted"]["p95"]
+    without, lance_merge = split["without"], split["lance_merge"]
+    return {
+        "p95_merged_over_bare": div(m95, b95) if m95 is not None else None,
+        "p95_accepted_over_bare": div(a95, b95) if a95 is not None else None,
+        "latency_target_met (merged p95 <= 2x bare)": (
+            None if m95 is None or not b95 else m95 <= 2 * b95
+        ),
+        "latency_target_met (accepted p95 <= 2x bare)": (
+            None if a95 is None or not b95 else a95 <= 2 * b95
+        ),
+        "receive_without_reembed_over_libp2p_delivery": (
+            div(without, libp2p) if without is not None else None
+        ),
+        "receive_without_reembed_plus_lancedb_threads_over_libp2p_delivery": (
+            div(without + lance_merge, libp2p) if without is not None else None
+        ),
+        "validate_only_over_libp2p_delivery": div(split["validate_s"] or 0.0, libp2p),
+        "cost_target_met (<= 0.10)": (
+            None if without is None or not libp2p else without <= 0.10 * libp2p
+        ),
+        "bare_lost_batches": bare["lost_batches"],
+    }
 
 
 def print_table(report: dict) -> None:
@@ -1225,6 +1277,10 @@ def print_table(report: dict) -> None:
     print("targets")
     for k, v in report["targets"].items():
         print(f"  {k:<55} {v}")
+    if report.get("missing"):
+        print("not measured (these figures read None above)")
+        for k, v in report["missing"].items():
+            print(f"  {k:<55} {v}")
 
 
 def main(argv=None) -> int:
@@ -1259,33 +1315,10 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, on_term)
     root = Path(tempfile.mkdtemp(prefix="faib-", dir="/tmp"))
     procs: list[Proc] = []
-    load0 = os.getloadavg()
-    started = time.time()
     ok = False
     try:
-        fai = run_fai(s, root, procs)
-        replay = None
-        if s.replay:
-            log("replaying one receiver's merge rounds on one thread")
-            try:
-                replay = replay_receive(s, fai, s.nodes - 1, root / "replay")
-            except Exception as exc:  # the node's internals moved: report, don't fail
-                replay = {"error": repr(exc)}
-        bare = None if args.no_bare else run_bare(s, root, procs, fai)
-        report = {
-            "settings": {**asdict(s), "rounds": s.rounds, "thread_env": THREAD_ENV},
-            "machine": {
-                "cores": os.cpu_count(),
-                "loadavg_before": [round(x, 2) for x in load0],
-                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-                "python": sys.version.split()[0],
-            },
-            "total_wall_s": None,
-        }
-        report.update(summarise(s, fai["result"], bare, replay))
-        report["total_wall_s"] = round(time.time() - started, 1)
-        ok = True
+        report = measure(s, args.no_bare, root, procs)
+        ok = "summary_error" not in report
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -1295,11 +1328,71 @@ def main(argv=None) -> int:
             log(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        print_table(report)
-    return 0
+    return emit(report, args.json)
+
+
+def measure(s: Settings, no_bare: bool, root: Path, procs: list[Proc]) -> dict:
+    """Run the FAI fleet, the replay and the bare baseline, and summarise them.
+
+    Minutes of measurement must not be lost to a later step: a failed replay or bare run
+    is recorded and the rest reported without it, and if `summarise` itself fails the
+    report carries the raw measurements and `summary_error` instead of the summary.
+    """
+    load0 = os.getloadavg()
+    started = time.time()
+    fai = run_fai(s, root, procs)
+    replay = None
+    if s.replay:
+        log("replaying one receiver's merge rounds on one thread")
+        try:
+            replay = replay_receive(s, fai, s.nodes - 1, root / "replay")
+        except Exception as exc:  # the node's internals moved: report, don't fail
+            replay = {"error": repr(exc)}
+    bare, bare_error = None, None
+    if not no_bare:
+        try:
+            bare = run_bare(s, root, procs, fai)
+        except Exception as exc:  # report FAI's figures without the baseline
+            log(f"the bare gossipsub run failed ({exc!r}); reporting FAI without it")
+            bare_error = repr(exc)
+    report = {
+        "settings": {**asdict(s), "rounds": s.rounds, "thread_env": THREAD_ENV},
+        "machine": {
+            "cores": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load0],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": sys.version.split()[0],
+        },
+        "total_wall_s": None,
+    }
+    try:
+        report.update(summarise(s, fai["result"], bare, replay))
+    except Exception as exc:
+        log(f"summarise failed ({exc!r}); reporting the raw measurements")
+        traceback.print_exc()
+        report.update(fai=fai["result"], replay=replay, bare=bare, summary_error=repr(exc))
+    if bare_error is not None:
+        report.setdefault("missing", {})["bare gossipsub comparison"] = (
+            f"the bare gossipsub run failed: {bare_error}"
+        )
+    report["total_wall_s"] = round(time.time() - started, 1)
+    return report
+
+
+def emit(report: dict, as_json: bool) -> int:
+    """Print the report: the table, or JSON when asked or when the table cannot be made
+    (a failed summary), so every figure measured reaches the output. 1 if a step failed."""
+    failed = "summary_error" in report
+    if not as_json and not failed:
+        try:
+            print_table(report)
+            return 0
+        except Exception as exc:
+            log(f"the table failed ({exc!r}); the whole report as JSON follows")
+            failed = True
+    print(json.dumps(report, indent=2, default=str))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

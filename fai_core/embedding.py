@@ -127,8 +127,15 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        # show_progress_bar=False: by default sentence-transformers draws a tqdm "Batches:"
+        # bar whenever its logger is at INFO, which a node's log is, so every gossip batch
+        # re-embedded on receipt left a progress bar in the operator's log.
         vectors = self._load().encode(
-            list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True
+            list(texts),
+            batch_size=64,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         )
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape[1] != self.dimension:

@@ -14,7 +14,7 @@ import sys
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -59,7 +59,7 @@ def byzantine_count(spec: str, nodes: int) -> int:
 
 def _sim(args: argparse.Namespace) -> int:
     from fai_core.sim.adversary import ATTACKS
-    from fai_core.sim.simulator import METHODS, SimConfig, Simulation
+    from fai_core.sim.simulator import SimConfig, Simulation
 
     if args.list_attacks:
         for name, what in ATTACKS.items():
@@ -90,39 +90,83 @@ def _sim(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=float))
         return 0
-    final, net, soup, timing = (
-        report["final"],
-        report["network"],
-        report["deltasoup"],
-        report["timing"],
-    )
-    print(
-        f"{args.nodes} nodes ({f} Byzantine, attack {args.attack}), {args.rounds} rounds, "
-        f"seed {args.seed}"
-    )
-    head = ("retrieval proxy", "poisoned@3", "Q (Def. 8)", "library")
-    print(f"{'method':10} {head[0]:>16} {head[1]:>11} {head[2]:>11} {head[3]:>8}")
+    print(format_report(report))
+    return 0
+
+
+def _figure(value: float | None, spec: str, reason: str) -> str:
+    """A figure, or "n/a (reason)" when the run leaves it undefined: a tiny fleet has no
+    delivery latency or no received rows, and that must read as such, not crash or read 0."""
+    return f"n/a ({reason})" if value is None else format(value, spec)
+
+
+def format_report(report: dict) -> str:
+    """The human-readable summary of one run (the --json report, condensed).
+
+    Some figures are undefined for legal fleets (one node has no peers; a few nodes may
+    share no domain, so no batch is delivered), so each is shown as "n/a (why)" instead.
+    """
+    from fai_core.sim.simulator import METHODS
+    from fai_net.cli_node import plural
+
+    cfg, final = report["config"], report["final"]
+    lines = [
+        f"{plural(cfg['nodes'], 'node')} ({cfg['byzantine']} Byzantine, attack "
+        f"{cfg['attack']}), {plural(cfg['rounds'], 'round')}, seed {cfg['seed']}",
+        f"{'method':10} {'retrieval proxy':>16} {'poisoned@3':>11} {'Q (Def. 8)':>11} "
+        f"{'library':>8}",
+    ]
+    columns = (("proxy", ".3f", 16), ("poisoned", ".3f", 11), ("Q", ".3f", 11))
     for m in METHODS:
-        row = final[m]
-        print(
-            f"{m:10} {row['proxy']:16.3f} {row['poisoned']:11.3f} {row['Q']:11.3f} "
-            f"{row['library']:8.1f}"
+        row = final.get(m, {})
+        cells = [_figure(row.get(k), spec, "not evaluated").rjust(w) for k, spec, w in columns]
+        cells.append(_figure(row.get("library"), ".1f", "not evaluated").rjust(8))
+        lines.append(f"{m:10} " + " ".join(cells))
+    return "\n".join([*lines, _network_line(report), _soup_line(report)])
+
+
+def _network_line(report: dict) -> str:
+    """Batches, their size, gossip traffic and delivery latency."""
+    net = report["network"]
+    if net["honest_batches"]:
+        size = (
+            f"{net['experiences_per_batch']:.2f} experiences and "
+            f"{net['bytes_per_batch']:.0f} bytes per honest batch"
         )
-    lat = net["latency_p50_ms"], net["latency_p95_ms"]
-    print(
-        f"batches {net['batches']}, {net['experiences_per_batch']:.2f} experiences and "
-        f"{net['bytes_per_batch']:.0f} bytes per honest batch; "
+    else:
+        size = "size per honest batch " + _figure(None, "", "no honest batch was published")
+    if net["latency_p50_ms"] is None or net["latency_p95_ms"] is None:
+        latency = _figure(None, "", _no_delivery(report["config"]["nodes"]))
+    else:
+        latency = f"{net['latency_p50_ms']:.0f}/{net['latency_p95_ms']:.0f} ms"
+    return (
+        f"batches {net['batches']}, {size}; "
         f"gossip {net['gossip_bytes_per_node_per_round'] / 1000:.1f} KB/node/round; "
-        f"delivery p50/p95 {lat[0]:.0f}/{lat[1]:.0f} ms"
+        f"delivery p50/p95 {latency}"
     )
-    kept = soup["byzantine_kept_share"]
-    print(
-        f"DeltaSoup: honest rows kept {soup['honest_retention']:.3f}"
-        + (f", Byzantine rows kept {kept:.3f}" if kept is not None else "")
-        + f"; failures {net['failures']}, rejoins {net['rejoins']}, "
+
+
+def _no_delivery(nodes: int) -> str:
+    """Why a run has no delivery latency: nothing was delivered, for one of two reasons."""
+    if nodes == 1:
+        return "a single node has no peers"
+    return "no batch reached another node: in a small fleet nodes may share no domain"
+
+
+def _soup_line(report: dict) -> str:
+    """DeltaSoup's retention, and the failures the network saw."""
+    soup, net, timing = report["deltasoup"], report["network"], report["timing"]
+    honest = soup["honest_retention"] if soup["honest_rows_received"] else None
+    byzantine = ""  # a run without Byzantine nodes has nothing to say about them
+    if report["config"]["byzantine"]:
+        kept = _figure(soup["byzantine_kept_share"], ".3f", "no Byzantine row was received")
+        byzantine = f", Byzantine rows kept {kept}"
+    return (
+        f"DeltaSoup: honest rows kept "
+        f"{_figure(honest, '.3f', 'no honest row was received')}{byzantine}"
+        f"; failures {net['failures']}, rejoins {net['rejoins']}, "
         f"repaired {net['repaired']}; {timing['wall_s']:.1f} s"
     )
-    return 0
 
 
 def add_sim_command(commands) -> None:
@@ -130,7 +174,7 @@ def add_sim_command(commands) -> None:
         "sim",
         help="simulate a fleet: isolated, central oracle, naive averaging and FAI",
         description="Discrete-event simulation of N nodes sharing experiences over gossip "
-        "(fanout 8, latency U(10,100) ms, 1%% loss, failures and rejoins), running FAI's "
+        "(fanout 8, latency U(10,100) ms, 1% loss, failures and rejoins), running FAI's "
         "real encoder, verifier, DeltaSoup and library merge. docs/evaluation.md explains "
         "the model and its metrics.",
     )

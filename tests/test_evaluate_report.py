@@ -41,3 +41,44 @@ def test_quick_evaluation_writes_every_table_and_plot(tmp_path):
     again = subprocess.run(cmd, check=True, cwd=ROOT, timeout=300, capture_output=True, text=True)
     assert "0 to do" in again.stderr
     assert md.read_text() == text
+
+
+def _evaluate_module():
+    """bench/evaluate.py as a module, for its pure helpers (no grid is run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_under_test", ROOT / "bench/evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_coinciding_curves_are_detected_from_the_data():
+    ev = _evaluate_module()
+    low, high = [0.1, 0.2, 0.3], [0.2, 0.4, 0.5]
+    series = {"isolated": low, "central": high, "naive": list(high), "fai": [*high[:2], 0.5]}
+    assert ev.coincident_groups(series) == [["central", "naive", "fai"]]
+    note = ev.coincidence_note({"N = 10": series})
+    assert note == "oracle, naive and FAI coincide here (identical values)"
+    # Float noise is equality; a visible difference is not.
+    assert ev.coincident_groups({"naive": [0.3], "fai": [0.3 + 1e-15]}) == [["naive", "fai"]]
+    apart = {"isolated": low, "central": high, "naive": [0.2, 0.4, 0.49], "fai": [0.2, 0.41, 0.5]}
+    assert ev.coincident_groups(apart) == []
+    assert ev.coincidence_note({"N = 10": apart}) is None
+
+
+def test_coincidence_note_names_the_panels_where_curves_coincide():
+    ev = _evaluate_module()
+    same = {"isolated": [0.1], "central": [0.3], "naive": [0.2], "fai": [0.3]}
+    differ = {"isolated": [0.1], "central": [0.3], "naive": [0.2], "fai": [0.25]}
+    panels = {"N = 10": same, "N = 50": differ, "N = 100": same}
+    assert (
+        ev.coincidence_note(panels)
+        == "oracle and FAI coincide at N = 10, N = 100 (identical values)"
+    )
+    both = {"N = 10": same, "N = 50": same}
+    assert ev.coincidence_note(both) == "oracle and FAI coincide in every panel (identical values)"
+    pairs = {"isolated": [0.1], "central": [0.3], "naive": [0.1], "fai": [0.3]}
+    assert ev.coincidence_note({"a": pairs}) == (
+        "isolated and naive coincide here; oracle and FAI coincide here (identical values)"
+    )

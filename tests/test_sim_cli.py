@@ -139,3 +139,26 @@ def test_plain_fraction_is_not_silently_zero(capsys):
     out, _ = capsys.readouterr()
     # Either refused as a user mistake, or read as a fraction of N.
     assert rc == 2 or json.loads(out)["config"]["byzantine"] == 3
+
+
+@pytest.mark.parametrize("nodes", ["1", "2", "3"])
+def test_tiny_fleets_print_the_whole_report(capsys, nodes):
+    """Every legal --nodes prints its table and figures; what a tiny fleet cannot measure
+    (no delivery, no received row) reads "n/a (why)" instead of a traceback."""
+    assert main(["sim", "--nodes", nodes, "--rounds", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    lines = out.splitlines()
+    assert lines[0].split()[0] == nodes
+    assert lines[-2].startswith("batches ") and "delivery p50/p95 " in lines[-2]
+    assert lines[-1].startswith("DeltaSoup: honest rows kept ")
+    assert "None" not in out
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-10"])
+def test_nodes_below_one_are_refused_by_argparse(capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["sim", "--nodes", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --nodes: must be at least 1, got {value}" in err
