@@ -163,11 +163,6 @@ def _parse_hex(text: str, length: int, what: str) -> bytes:
     return data
 
 
-def short_hex(data: bytes) -> str:
-    h = data.hex()
-    return f"{h[:8]}…{h[-4:]}"
-
-
 def read_private_key(path_text: str) -> str:
     """The hex private key held by a key file (checked, never echoed)."""
     path = Path(path_text).expanduser()
@@ -208,6 +203,11 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="file holding your Ethereum private key as hex (FAI_KEY_FILE)",
     )
+    group.add_argument(
+        "--node",
+        metavar="N",
+        help="act as devnet node N's operator (its key file and data dir)",
+    )
     group.add_argument("--config", metavar="FILE", help="TOML settings file (default ./fai.toml)")
     group.add_argument(
         "--devnet-state", metavar="FILE", help="devnet state file (default devnet/state/...)"
@@ -227,6 +227,7 @@ def _settings(args: argparse.Namespace, **extra: Any):
         "rpc": args.rpc,
         "registry": args.registry,
         "key_file": args.key_file,
+        "node": getattr(args, "node", None),
         **extra,
     }
     return resolve(flags, config=args.config, devnet_state=args.devnet_state)
@@ -245,7 +246,26 @@ class _Session:
     def registry_address(self) -> str:
         return parse_address(str(self.settings.require("registry")), "registry")
 
+    @property
+    def devnet(self) -> dict[str, Any] | None:
+        """The devnet's state when this command talks to its chain (same RPC URL), else None:
+        its nodes and hints only make sense for that chain."""
+        state = self.settings.devnet
+        if state and state.get("rpc_url") == self.rpc:
+            return state
+        return None
+
     def key(self, hint: str = "") -> str:
+        """The operator's private key. With a devnet up and no key given, the way out is
+        `--node N` (its operators' keys are on disk), not "start a devnet"."""
+        nodes = devnet_node_flag(self.devnet)
+        if not self.settings.get("key_file") and nodes:
+            extra = f"; {hint}" if hint else ""
+            raise CliError(
+                f"no key file: give --key-file FILE (or set FAI_KEY_FILE), or {nodes} to act "
+                f"as a devnet node's operator{extra}",
+                2,
+            )
         hint = hint or KEY_FILE_HINT
         return read_private_key(str(self.settings.require("key_file", hint)))
 
@@ -271,6 +291,21 @@ class _Session:
                 "--registry, or the chain was restarted? (fai registry deploy makes one)"
             )
         return RegistryClient(w3, address)
+
+
+def devnet_node_flag(state: dict[str, Any] | None) -> str:
+    """How to name the devnet's nodes with --node: "--node 0..2", "--node node0|relay", or
+    "" when there is no devnet (or it has no nodes)."""
+    names = [str(n.get("name", "")) for n in (state or {}).get("nodes") or []]
+    if not names:
+        return ""
+    numbers = [n[4:] for n in names if re.fullmatch(r"node\d+", n)]
+    if len(numbers) == len(names):
+        values = sorted(int(n) for n in numbers)
+        if values == list(range(values[0], values[0] + len(values))):
+            span = str(values[0]) if len(values) == 1 else f"{values[0]}..{values[-1]}"
+            return f"--node {span}"
+    return f"--node {'|'.join(names)}"
 
 
 def _account(private_key: str):
@@ -431,14 +466,25 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _amount_arg(args: argparse.Namespace, required: bool = False) -> Decimal | None:
+    """The amount as `TOKENS` or `--amount TOKENS` (`fai stake 5` reads as it sounds)."""
+    given = [a for a in (args.tokens, args.amount) if a is not None]
+    if len(given) == 2 and given[0] != given[1]:
+        raise ValueError(f"two amounts given ({given[0]} and --amount {given[1]}): give one")
+    if required and not given:
+        raise ValueError("give the amount in tokens, e.g. 5 or --amount 5")
+    return given[0] if given else None
+
+
 @_handler
 def _stake(args: argparse.Namespace) -> int:
+    tokens = _amount_arg(args)
     session = _Session(args)
     address = session.registry_address()
     private_key = session.key()
     from fai_net.registry.deploy import TOKEN
 
-    amount = None if args.amount is None else to_base_units(args.amount, TOKEN)
+    amount = None if tokens is None else to_base_units(tokens, TOKEN)
     client = session.client(address)
     account = _account(private_key)
     info = client.operator(account.address)
@@ -454,7 +500,7 @@ def _stake(args: argparse.Namespace) -> int:
     elif amount is None:
         raise CliError(
             f"{account.address} is already registered with {format_tokens(info.stake)} tokens "
-            "bonded: give --amount to add stake",
+            "bonded: give an amount (e.g. `fai stake 5`) to add stake",
             2,
         )
     balance = client.token_balance(account.address)
@@ -518,15 +564,42 @@ def _node_key_and_addrs(data_dir: str, multiaddrs: list[str]) -> tuple[Any, list
     return identity, multiaddrs
 
 
-@_handler
-def _advertise(args: argparse.Namespace) -> int:
-    session = _Session(args, data_dir=args.data_dir)
-    address = session.registry_address()
-    private_key = session.key()
-    if not MIN_TTL <= args.ttl <= MAX_TTL:
-        raise ValueError(f"--ttl must be {MIN_TTL}..{MAX_TTL} seconds (at most 24 h)")
+def _shown(text: str, limit: int = 120) -> str:
+    """An address from the user or the chain, quoted with control characters escaped (an
+    on-chain string must not be able to drive the terminal) and cut to `limit`."""
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _checked_multiaddrs(
+    multiaddrs: list[str], peer_key: bytes, source: Path | None
+) -> tuple[list[str], list[str]]:
+    """The addresses to post, and those that got the node's /p2p/ appended.
+
+    Checked before anything is signed or sent: an address peers cannot dial, or that names
+    another node, would sit on-chain as the node's only way in. `source` None: given with
+    --multiaddr, where a bare address gets this node's /p2p/<peer id> appended; else the
+    node.json they came from, posted as the node reported them (nodes append the advertised
+    key's peer id to a bare address before dialling).
+    """
+    from fai_net.registry.possession import multiaddr_problem, peer_id_of
+
+    peer_id = peer_id_of(peer_key)
+    posted, appended = [], []
+    for text in multiaddrs:
+        problem = multiaddr_problem(text, peer_key, need_peer_id=False)
+        if problem:
+            where = "--multiaddr" if source is None else f"{source} lists"
+            raise CliError(f"{where} {_shown(text)} refused: {problem}; nothing was sent", 2)
+        if source is None and "/p2p/" not in text:
+            text = f"{text.rstrip('/')}/p2p/{peer_id}"
+            appended.append(text)
+        posted.append(text)
+    return list(dict.fromkeys(posted)), appended
+
+
+def _advertised_node(args: argparse.Namespace, session: _Session):
+    """(node key or public key, public key, key proof or None, multiaddrs, appended)."""
     multiaddrs = list(dict.fromkeys(args.multiaddr or []))
-    key_proof = None
     if args.peer_key:
         peer_key = parse_bytes32(args.peer_key, "--peer-key")
         if not multiaddrs:
@@ -537,15 +610,29 @@ def _advertise(args: argparse.Namespace) -> int:
                 "for your operator address), or --data-dir DIR to make it from the node key"
             )
         key_proof = _parse_hex(args.key_proof, 64, "--key-proof")
-        node = peer_key
-    else:
-        if args.key_proof:
-            raise ValueError("--key-proof goes with --peer-key (with --data-dir it is made here)")
-        data_dir = session.settings.get("data_dir")
-        if not data_dir:
-            raise ValueError("give --peer-key HEX or --data-dir DIR (or set FAI_DATA_DIR)")
-        node, multiaddrs = _node_key_and_addrs(str(data_dir), multiaddrs)
-        peer_key = node.public_key
+        posted, appended = _checked_multiaddrs(multiaddrs, peer_key, None)
+        return peer_key, peer_key, key_proof, posted, appended
+    if args.key_proof:
+        raise ValueError("--key-proof goes with --peer-key (with --data-dir it is made here)")
+    data_dir = session.settings.get("data_dir")
+    if not data_dir:
+        raise ValueError("give --peer-key HEX or --data-dir DIR (or set FAI_DATA_DIR)")
+    node, addrs = _node_key_and_addrs(str(data_dir), multiaddrs)
+    source = None if multiaddrs else Path(str(data_dir)).expanduser() / "node.json"
+    posted, appended = _checked_multiaddrs(addrs, node.public_key, source)
+    return node, node.public_key, None, posted, appended
+
+
+@_handler
+def _advertise(args: argparse.Namespace) -> int:
+    session = _Session(args, data_dir=args.data_dir)
+    address = session.registry_address()
+    private_key = session.key()
+    if not MIN_TTL <= args.ttl <= MAX_TTL:
+        raise ValueError(f"--ttl must be {MIN_TTL}..{MAX_TTL} seconds (at most 24 h)")
+    node, peer_key, key_proof, multiaddrs, appended = _advertised_node(args, session)
+    from fai_net.registry.possession import peer_id_of
+
     client = session.client(address)
     account = _account(private_key)
     receipt = client.advertise(account, node, multiaddrs, ttl=args.ttl, key_proof=key_proof)
@@ -554,16 +641,24 @@ def _advertise(args: argparse.Namespace) -> int:
     live = client.is_live(account.address)
     data = {
         "operator": account.address,
+        "peer_id": peer_id_of(peer_key),
         "peer_key": peer_key.hex(),
         "multiaddrs": multiaddrs,
+        "peer_id_appended": appended,
         "expiry": info.ad_expiry,
         "nonce": info.ad_nonce - 1,
         "live": live,
         "tx": _tx(receipt),
     }
     lines = [
-        f"advertised peer key {peer_key.hex()} for {account.address}",
+        f"advertised node {data['peer_id']} for operator {account.address}",
+        f"  (peer key {peer_key.hex()})",
         *(f"  {m}" for m in multiaddrs),
+        *(
+            [f"appended the node's /p2p/{data['peer_id']} to {len(appended)} address(es)"]
+            if appended
+            else []
+        ),
         f"expires {format_utc(info.ad_expiry)} ({format_relative(info.ad_expiry, now)}); "
         f"renew before then with `fai advertise`",
         f"tx {data['tx']}",
@@ -581,12 +676,13 @@ def _advertise(args: argparse.Namespace) -> int:
 
 @_handler
 def _unbond(args: argparse.Namespace) -> int:
+    tokens = _amount_arg(args, required=True)
     session = _Session(args)
     address = session.registry_address()
     private_key = session.key()
     from fai_net.registry.deploy import TOKEN
 
-    amount = to_base_units(args.amount, TOKEN)
+    amount = to_base_units(tokens, TOKEN)
     from fai_net.registry.errors import BelowMinimumBond
 
     client = session.client(address)
@@ -623,6 +719,40 @@ def _unbond(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_ready_message(session: _Session, unbonding: int, ready: int) -> str:
+    """Why a withdrawal is refused, told by the chain's own clock.
+
+    The registry compares the unbonding time with the timestamp of the block the call runs
+    in, and a chain's clock moves only with its blocks: an idle chain can be behind this
+    machine's clock. When the wait is over by this machine's clock but not by the chain's,
+    say so, and on the devnet name the command that moves its clock on.
+    """
+    import time
+
+    block = session.w3.eth.get_block("latest")
+    chain_now, wall = int(block["timestamp"]), int(time.time())
+    lines = [
+        f"{format_tokens(unbonding)} tokens unbonding become withdrawable at "
+        f"{format_utc(ready)} ({format_relative(ready, chain_now)}) (UnbondingNotReady)",
+        f"  the chain's clock reads {format_utc(chain_now)} (latest block, "
+        f"#{block['number']}); withdrawable at {format_utc(ready)}",
+    ]
+    if wall >= ready > chain_now:
+        lines.append(
+            f"  this machine's clock reads {format_utc(wall)}, {format_duration(wall - chain_now)}"
+            f" ahead: the chain has not produced a block since {format_utc(chain_now)}, and its "
+            "clock moves only with new blocks"
+        )
+        if session.devnet:
+            lines.append(
+                f"  on this devnet, `fai devnet advance-time {ready - chain_now}` moves its clock "
+                "on; then run `fai withdraw` again"
+            )
+        else:
+            lines.append("  run `fai withdraw` again once the chain has produced a later block")
+    return "\n".join(lines)
+
+
 @_handler
 def _withdraw(args: argparse.Namespace) -> int:
     session = _Session(args)
@@ -635,14 +765,11 @@ def _withdraw(args: argparse.Namespace) -> int:
     try:
         receipt = client.withdraw(account)
     except UnbondingNotReady as exc:
-        ready, now = exc.args_by_name.get("readyAt"), exc.args_by_name.get("nowTs")
-        if ready is None or now is None:
+        ready = exc.args_by_name.get("readyAt")
+        if ready is None:
             raise
-        info = client.operator(account.address)
-        raise CliError(
-            f"{format_tokens(info.unbonding)} tokens unbonding become withdrawable at "
-            f"{format_utc(ready)} ({format_relative(ready, now)}) (UnbondingNotReady)"
-        ) from None
+        unbonding = client.operator(account.address).unbonding
+        raise CliError(_not_ready_message(session, unbonding, ready)) from None
     withdrawn = sum(e.args.amount for e in client.events(receipt, "Withdrawn"))
     left = bool(client.events(receipt, "Deregistered"))
     info = client.operator(account.address)
@@ -665,12 +792,12 @@ def _withdraw(args: argparse.Namespace) -> int:
 
 @_handler
 def _slash_equivocation(args: argparse.Namespace) -> int:
+    from fai_net import evidence
+
+    proof = evidence.load(args.evidence)  # re-verifies both envelopes; first, needs no chain
     session = _Session(args)
     address = session.registry_address()
     private_key = session.key()
-    from fai_net import evidence
-
-    proof = evidence.load(args.evidence)  # re-verifies both envelopes
     try:
         headers = proof.signed_headers()
     except evidence.EvidenceError as exc:
@@ -763,6 +890,43 @@ def _slash_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peer_row(p, now: int) -> tuple[dict[str, Any], tuple[str, ...], int]:
+    """A live peer as JSON, as a table row, and how many of its addresses are unusable.
+
+    Another operator can post any string as a multiaddr straight to the contract: such an
+    address is listed, marked with what is wrong (quoted, so it cannot drive the terminal),
+    never dropped silently with its peer.
+    """
+    from fai_net.registry.possession import multiaddr_problem, peer_id_of
+
+    data = {
+        "operator": p.operator,
+        "peer_id": peer_id_of(p.peer_key),
+        "peer_key": p.peer_key.hex(),
+        "stake": p.stake,
+        "expiry": p.expiry,
+        "multiaddrs": list(p.multiaddrs),
+    }
+    shown, bad = [], []
+    for text in p.multiaddrs:
+        problem = multiaddr_problem(text, p.peer_key, need_peer_id=False)
+        if problem:
+            bad.append({"multiaddr": text, "problem": problem})
+            shown.append(f"{_shown(text)} [unusable: {problem}]")
+        else:
+            shown.append(text)
+    if bad:
+        data["bad_multiaddrs"] = bad
+    row = (
+        peer_id_of(p.peer_key),
+        p.operator,
+        format_tokens(p.stake),
+        f"{format_utc(p.expiry)} ({format_relative(p.expiry, now)})",
+        ", ".join(shown),
+    )
+    return data, row, len(bad)
+
+
 @_handler
 def _peers(args: argparse.Namespace) -> int:
     session = _Session(args)
@@ -770,53 +934,36 @@ def _peers(args: argparse.Namespace) -> int:
     block = session.w3.eth.block_number
     now = session.w3.eth.get_block(block)["timestamp"]
     peers = client.live_peers(block)
-    data = [
-        {
-            "operator": p.operator,
-            "peer_key": p.peer_key.hex(),
-            "stake": p.stake,
-            "expiry": p.expiry,
-            "multiaddrs": list(p.multiaddrs),
-        }
-        for p in peers
-    ]
+    rows = [_peer_row(p, now) for p in peers]
     if args.json:
-        _emit(args, data, [])
+        _emit(args, [data for data, _, _ in rows], [])
         return 0
     if not peers:
         print(f"no live peers on registry {client.address} (block {block})")
         return 0
-    rows = [("OPERATOR", "PEER KEY", "STAKE", "ADVERTISEMENT EXPIRES", "MULTIADDRS")]
-    for p in peers:
-        rows.append(
-            (
-                p.operator,
-                short_hex(p.peer_key),
-                format_tokens(p.stake),
-                f"{format_utc(p.expiry)} ({format_relative(p.expiry, now)})",
-                ", ".join(p.multiaddrs),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    table = [("PEER ID", "OPERATOR", "STAKE", "ADVERTISEMENT EXPIRES", "MULTIADDRS")]
+    table += [row for _, row, _ in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
     print(f"{len(peers)} live peer(s) on registry {client.address} at block {block}")
-    for row in rows:
+    for row in table:
         cells = [row[i].ljust(widths[i]) if i != 2 else row[i].rjust(widths[i]) for i in range(4)]
         print("  ".join([*cells, row[4]]))
+    bad = sum(n for _, _, n in rows)
+    if bad:
+        print(
+            f"{bad} advertised address(es) marked unusable: nodes cannot dial them (the "
+            "operator must post a new advertisement with `fai advertise`)"
+        )
     return 0
 
 
-@_handler
-def _status(args: argparse.Namespace) -> int:
-    session = _Session(args)
-    address = session.registry_address()
-    if args.operator:
-        operator = parse_address(args.operator, "--operator")
-    else:
-        operator = _account(session.key("or give --operator")).address
-    client = session.client(address)
+def _operator_report(client, operator: str, now: int) -> tuple[dict[str, Any], list[str]]:
+    """One operator's registry record as JSON and as text; its node shown by peer id."""
+    from fai_net.registry.possession import peer_id_of
+
     info = client.operator(operator)
-    now = client.block_timestamp()
     signer = client.contract.functions.signerOf(operator).call()
+    has_key = any(info.peer_key)
     data = {
         "operator": operator,
         "registry": client.address,
@@ -829,7 +976,8 @@ def _status(args: argparse.Namespace) -> int:
         "unbond_ready_at": info.unbond_ready_at,
         "ad_expiry": info.ad_expiry,
         "ad_nonce": info.ad_nonce,
-        "peer_key": info.peer_key.hex() if any(info.peer_key) else None,
+        "peer_id": peer_id_of(info.peer_key) if has_key else None,
+        "peer_key": info.peer_key.hex() if has_key else None,
         "signer": None if int(signer, 16) == 0 else signer,
         "token_balance": client.token_balance(operator),
         "min_bond": client.min_bond,
@@ -841,7 +989,9 @@ def _status(args: argparse.Namespace) -> int:
     if not info.registered:
         state += ", not registered"
     lines = [
-        f"operator   {operator} ({state})",
+        f"peer       {data['peer_id']}  operator {operator} ({state})"
+        if has_key
+        else f"operator   {operator} ({state}); no peer key advertised",
         f"bonded     {format_tokens(info.stake)} tokens (minimum {format_tokens(client.min_bond)})",
     ]
     if info.unbonding:
@@ -849,9 +999,11 @@ def _status(args: argparse.Namespace) -> int:
             f"unbonding  {format_tokens(info.unbonding)} tokens, withdrawable "
             f"{format_utc(info.unbond_ready_at)} ({format_relative(info.unbond_ready_at, now)})"
         )
+    if has_key:
+        lines.append(f"peer key   {data['peer_key']}")
     if info.ad_expiry:
         lines.append(
-            f"advert     peer key {info.peer_key.hex()}, expires {format_utc(info.ad_expiry)} "
+            f"advert     expires {format_utc(info.ad_expiry)} "
             f"({format_relative(info.ad_expiry, now)})"
         )
     else:
@@ -859,7 +1011,51 @@ def _status(args: argparse.Namespace) -> int:
     if data["signer"]:
         lines.append(f"signer     {data['signer']}")
     lines.append(f"balance    {format_tokens(data['token_balance'])} tokens in the wallet")
-    _emit(args, data, lines)
+    return data, lines
+
+
+def _devnet_operators(session: _Session) -> list[tuple[str, str]] | None:
+    """(node name, operator address) of every devnet node, when `fai registry status` is
+    asked about no one in particular on the devnet's chain; None otherwise."""
+    if session.args.operator or session.settings.get("key_file") or not session.devnet:
+        return None
+    found = []
+    for node in session.devnet.get("nodes") or []:
+        operator = node.get("operator")
+        if not operator and node.get("operator_key_file"):
+            operator = _account(read_private_key(node["operator_key_file"])).address
+        if operator:
+            found.append((str(node.get("name", "?")), parse_address(operator, "operator")))
+    return found or None
+
+
+@_handler
+def _status(args: argparse.Namespace) -> int:
+    session = _Session(args)
+    address = session.registry_address()
+    nodes = _devnet_operators(session)
+    if nodes is None:
+        if args.operator:
+            operator = parse_address(args.operator, "--operator")
+        else:
+            operator = _account(session.key("or give --operator")).address
+        nodes = [("", operator)]
+    client = session.client(address)
+    now = client.block_timestamp()
+    reports = []
+    for name, operator in nodes:
+        data, lines = _operator_report(client, operator, now)
+        if name:
+            data = {"node": name, **data}
+            lines = [f"{name}:", *(f"  {line}" for line in lines)]
+        reports.append((data, lines))
+    if len(reports) == 1 and not reports[0][0].get("node"):
+        _emit(args, reports[0][0], reports[0][1])
+        return 0
+    text = [f"{len(reports)} devnet node operator(s) on registry {client.address}"]
+    for _, lines in reports:
+        text += ["", *lines]
+    _emit(args, [data for data, _ in reports], text)
     return 0
 
 
@@ -911,17 +1107,20 @@ def add_registry_commands(commands) -> None:
         reg_sub,
         "peers",
         _peers,
-        "list the live peers (operator, peer key, stake, expiry, multiaddrs)",
+        "list the live peers (peer id, operator, stake, expiry, multiaddrs)",
         "List every live operator (bonded >= minimum, not jailed, advertisement unexpired) "
-        "whose advertisement carries a valid Ed25519 proof for its peer key, with the "
-        "multiaddrs of its current advertisement, read at one block.",
+        "whose advertisement carries a valid Ed25519 proof for its peer key, by its node's "
+        "libp2p peer id, with the multiaddrs of its current advertisement, read at one block. "
+        "An address nodes cannot dial is listed, marked unusable (--json: bad_multiaddrs).",
     )
     status = _leaf(
         reg_sub,
         "status",
         _status,
         "show an operator's stake, unbonding, jail and advertisement",
-        "Show the registry's record of an operator: your key's address, or --operator.",
+        "Show the registry's record of an operator, its node by libp2p peer id: your key's "
+        "address, or --operator; with neither, on a devnet, every devnet node's operator "
+        "(--json: a list, each with its node's name).",
     )
     status.add_argument("--operator", metavar="ADDR", help="operator address (default: yours)")
 
@@ -932,6 +1131,13 @@ def add_registry_commands(commands) -> None:
         "register as an operator (first stake) or add stake",
         "Bond stake tokens in the registry: the first time registers the operator (at least "
         "the minimum bond); later calls add to the bond. Approves the token as needed.",
+    )
+    stake.add_argument(
+        "tokens",
+        nargs="?",
+        type=token_amount,
+        metavar="TOKENS",
+        help="whole tokens, e.g. 100 or 12.5 (same as --amount)",
     )
     stake.add_argument(
         "--amount",
@@ -961,7 +1167,12 @@ def add_registry_commands(commands) -> None:
         "multiaddrs from DIR/node.json unless --multiaddr is given (FAI_DATA_DIR)",
     )
     advertise.add_argument(
-        "--multiaddr", action="append", metavar="M", help="address to advertise (repeat, 1..8)"
+        "--multiaddr",
+        action="append",
+        metavar="M",
+        help="address to advertise (repeat, 1..8): /ip4|ip6|dns/HOST/tcp/PORT/p2p/<the node's "
+        "peer id>; without /p2p/ the node's own is appended; anything else is refused before "
+        "a transaction is sent",
     )
     advertise.add_argument(
         "--key-proof",
@@ -984,8 +1195,9 @@ def add_registry_commands(commands) -> None:
         "least the minimum bond.",
     )
     unbond.add_argument(
-        "--amount", type=token_amount, required=True, metavar="TOKENS", help="whole tokens"
+        "tokens", nargs="?", type=token_amount, metavar="TOKENS", help="same as --amount"
     )
+    unbond.add_argument("--amount", type=token_amount, metavar="TOKENS", help="whole tokens")
     _leaf(
         commands,
         "withdraw",

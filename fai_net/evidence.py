@@ -9,13 +9,14 @@ EIP-712 headers and operator signatures they carry.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from fai_core import jsonlimits
 from fai_core.errors import FaiError, WireError
 from fai_core.reputation import atomic_write_json
-from fai_core.wire import SignedBatch, decode_envelope
+from fai_core.wire import MAX_ENVELOPE_BYTES, SignedBatch, decode_envelope
 
 
 class EvidenceError(FaiError):
@@ -37,7 +38,7 @@ class Equivocation:
 
     def to_json(self) -> dict:
         return {
-            "kind": "fai/equivocation/v1",
+            "kind": KIND,
             "sender": self.sender.hex(),
             "seq": self.seq,
             "batches": [_batch_json(s) for s in (self.first, self.second)],
@@ -71,11 +72,29 @@ def _batch_json(signed: SignedBatch) -> dict:
     }
 
 
+KIND = "fai/equivocation/v1"
+#: Where these files come from, for a message about a file that is not one of them.
+SOURCE = (
+    "expected a file a node writes to <data dir>/evidence/equivocation-*.json when it catches "
+    "an equivocation, as after `fai devnet equivocate --node NODE`"
+)
+_JSON_TYPES = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+#: Two envelopes as hex plus a little JSON: far above any real file, far below memory.
+MAX_FILE_BYTES = 4 * MAX_ENVELOPE_BYTES + 65_536
+
+
 def check(first: bytes, second: bytes) -> Equivocation:
     """Re-verify two envelopes as proof; raises EvidenceError if they prove nothing."""
     try:
         a, b = decode_envelope(first), decode_envelope(second)
-    except WireError as exc:
+    except (WireError, ValueError) as exc:
         raise EvidenceError(f"an envelope does not verify: {exc}") from None
     if a.batch.sender != b.batch.sender or a.batch.seq != b.batch.seq:
         raise EvidenceError("the batches differ in sender or seq")
@@ -92,11 +111,61 @@ def write(directory: str | os.PathLike[str], eq: Equivocation) -> Path:
 
 
 def load(path: str | os.PathLike[str]) -> Equivocation:
+    """The equivocation a file proves, re-verified.
+
+    Anything else (no file, not JSON, another shape) is one EvidenceError line naming the
+    file, what is wrong and where real evidence files come from: the person holding a wrong
+    file needs to know which file to use instead, not a KeyError.
+    """
+    envelopes = _envelopes(Path(path))
     try:
-        data = jsonlimits.loads(Path(path).read_text())
-        envelopes = [bytes.fromhex(b["envelope"]) for b in data["batches"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EvidenceError(f"{path}: not an evidence file ({exc})") from None
-    if data.get("kind") != "fai/equivocation/v1" or len(envelopes) != 2:
-        raise EvidenceError(f"{path}: not an fai/equivocation/v1 file")
-    return check(*envelopes)
+        return check(*envelopes)
+    except EvidenceError as exc:
+        raise EvidenceError(f"{path}: {exc}") from None
+
+
+def _envelopes(path: Path) -> tuple[bytes, bytes]:
+    def refuse(problem: str) -> EvidenceError:
+        return EvidenceError(f"{path} is not an equivocation evidence file: {problem} ({SOURCE})")
+
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise refuse("it is a directory")
+        if not stat.S_ISREG(info.st_mode):  # a pipe or device could block or never end
+            raise refuse("it is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise refuse(f"it is larger than {MAX_FILE_BYTES:,} bytes")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise refuse("no such file") from None
+    except OSError as exc:
+        raise refuse(f"cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise refuse("it is not text") from None
+    if not text.strip():
+        raise refuse("it is empty")
+    try:
+        data = jsonlimits.loads(text)
+    except ValueError as exc:
+        raise refuse(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise refuse(f"it holds a JSON {_JSON_TYPES.get(type(data), 'value')}, not an object")
+    missing = [repr(key) for key in ("kind", "batches") if key not in data]
+    if missing:
+        raise refuse(f"missing {' and '.join(missing)}")
+    if data["kind"] != KIND:
+        raise refuse(f"its kind is {str(data['kind'])[:80]!r}, not {KIND!r}")
+    batches = data["batches"]
+    if not isinstance(batches, list) or len(batches) != 2:
+        raise refuse("'batches' must be a list of two batches")
+    envelopes = []
+    for n, item in enumerate(batches, 1):
+        envelope = item.get("envelope") if isinstance(item, dict) else None
+        if not isinstance(envelope, str):
+            raise refuse(f"batch {n} has no 'envelope' string")
+        try:
+            envelopes.append(bytes.fromhex(envelope))
+        except ValueError:
+            raise refuse(f"the 'envelope' of batch {n} is not hex") from None
+    return envelopes[0], envelopes[1]

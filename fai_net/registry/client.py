@@ -259,7 +259,14 @@ class RegistryClient:
         return self.tx.send(account, self.contract.functions.requestUnbond(amount))
 
     def withdraw(self, account: LocalAccount) -> TxReceipt:
-        return self.tx.send(account, self.contract.functions.withdraw())
+        """Pay out unbonding stake whose delay has passed.
+
+        Estimated in the pending block's context: `eth_estimateGas` otherwise runs against the
+        latest block, whose timestamp on an idle chain (Anvil mines only when a transaction
+        arrives) can be hours behind the clock the withdrawal will be mined under, so a stake
+        that is withdrawable would be refused with `UnbondingNotReady`.
+        """
+        return self.tx.send(account, self.contract.functions.withdraw(), estimate_block="pending")
 
     def set_signer(self, account: LocalAccount, signer: str) -> TxReceipt:
         """Authorise `signer` (a hot key) to sign batch headers and advertisements for the

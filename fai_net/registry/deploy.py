@@ -14,16 +14,33 @@ from fai_net.registry.errors import ErrorDecoder
 TOKEN = 10**18
 DEFAULT_MIN_BOND = 10 * TOKEN  # paper section 8.3: D_min = 10 tokens
 DEFAULT_UNBONDING_DELAY = 7 * 24 * 3600
+#: The registry's constructor refuses a delay of 0 or over 365 days (`InvalidConfig`).
+MAX_UNBONDING_DELAY = 365 * 24 * 3600
 DEFAULT_SLASH_BPS = 1_000  # 10 % per proven offence
 DEFAULT_REPORTER_REWARD_BPS = 1_000  # 10 % of the slashed amount
 
 
 @dataclass(frozen=True)
 class RegistryParams:
+    """Constructor arguments of a registry; the contract checks them (tests deploy bad ones
+    on purpose to see `InvalidConfig`), so a command line checks its own with
+    `check_unbonding_delay` before paying for a deployment."""
+
     min_bond: int = DEFAULT_MIN_BOND
     unbonding_delay: int = DEFAULT_UNBONDING_DELAY
     slash_bps: int = DEFAULT_SLASH_BPS
     reporter_reward_bps: int = DEFAULT_REPORTER_REWARD_BPS
+
+
+def check_unbonding_delay(seconds: int) -> int:
+    """`seconds` if the registry would accept it as its unbonding delay, else ValueError
+    (said before deploying: the contract's revert names only the parameter)."""
+    if not 1 <= seconds <= MAX_UNBONDING_DELAY:
+        raise ValueError(
+            f"the unbonding delay must be 1..{MAX_UNBONDING_DELAY} seconds (365 days), "
+            f"got {seconds}"
+        )
+    return seconds
 
 
 def _transactor(w3: Web3) -> Transactor:

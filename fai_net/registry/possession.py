@@ -25,6 +25,10 @@ forwards a verifier's challenge "prove K for M", or asks for a binding proof for
   advertises under (configured once); a challenge naming any other operator is refused;
 * the verifier checks that the operator named in the proof is the operator whose current
   advertisement carries the key (`RegistryClient.verify_peer_possession` does both halves).
+
+The key is also the node's libp2p identity: `peer_id_of` gives the peer id peers know it by,
+and `multiaddr_problem` checks that an address to advertise is one peers can dial and that
+its /p2p/ part names this key, not another node.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from dataclasses import dataclass
 from eth_utils import to_canonical_address, to_checksum_address
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
+
+from fai_net.peer_ids import peer_id_of
 
 CHALLENGE_TAG = b"FAI peer-key possession v1\x00"
 BINDING_TAG = b"FAI peer-key binding v1\x00"
@@ -184,3 +190,49 @@ def verify_possession(
     except (BadSignatureError, ValueError, TypeError, OverflowError, AttributeError):
         return False
     return True
+
+
+# -- the peer id a key stands for, and addresses that name it ---------------------------
+
+#: The host protocols an advertised address may start with (then /tcp/PORT).
+_HOST_PROTOCOLS = frozenset({"ip4", "ip6", "dns", "dns4", "dns6"})
+
+
+def multiaddr_problem(text: str, peer_key: bytes, *, need_peer_id: bool = True) -> str | None:
+    """What makes `text` unusable as an advertised address of the node `peer_key`, or None.
+
+    Peers dial advertisements over TCP and check the dialled node's identity against the
+    address: so it must parse, be /ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT with a host and port
+    others can dial, and end in /p2p/ with this node's own peer id. A bare address (no
+    /p2p/) passes when `need_peer_id` is False: nodes append the advertised key's peer id
+    before dialling (`fai_net.node`), so one already on-chain is still usable.
+    """
+    import multiaddr
+
+    try:
+        parts = [(p.name, v) for p, v in multiaddr.Multiaddr(text).items()]
+    except Exception as exc:  # py-multiaddr raises several unrelated types
+        return f"not a multiaddr ({_parse_error(exc)})"
+    names = [name for name, _ in parts]
+    if len(names) < 2 or names[0] not in _HOST_PROTOCOLS or names[1] != "tcp":
+        return "no dialable transport: it must start /ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT"
+    host, port = parts[0][1], parts[1][1]
+    if host in ("0.0.0.0", "::") or int(port) == 0:
+        return f"{'port 0' if int(port) == 0 else host} cannot be dialled by other peers"
+    if len(names) == 2:
+        return "it has no /p2p/<peer id>" if need_peer_id else None
+    if names[2:] != ["p2p"]:
+        return "only /p2p/<peer id> may follow /tcp/PORT"
+    if parts[2][1] != peer_id_of(peer_key):
+        return f"its /p2p/{parts[2][1]} is not this node's peer id {peer_id_of(peer_key)}"
+    return None
+
+
+def _parse_error(exc: Exception) -> str:
+    """py-multiaddr's reason without the address it repeats ("unknown protocol: x")."""
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if text.startswith("Invalid MultiAddr '") and "': " in text:
+        text = text.split("': ", 1)[1]
+    text = text.rsplit(" (string: ", 1)[0][:160]
+    # It quotes the input, which may come from the chain: no control characters pass.
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

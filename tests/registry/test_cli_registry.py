@@ -26,6 +26,7 @@ from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 from fai_core.wire import BatchHeader, encode_batch
 from fai_net import cli_registry, evidence
+from fai_net.peer_ids import peer_id_of
 from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 from fai_net.registry.deploy import TOKEN
 
@@ -166,6 +167,7 @@ def test_deploy_stake_advertise_peers_unbond_withdraw(env: Env, anvil, tmp_path:
     assert peers == [
         {
             "operator": deployer.address,
+            "peer_id": peer_id_of(NodeKey(seed).public_key),
             "peer_key": public_key,
             "stake": 15 * TOKEN,
             "expiry": ad["expiry"],
