@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -188,11 +189,40 @@ def _state_dir(args: argparse.Namespace):
 
     from fai_net import devnet
 
-    return Path(args.state_dir) if args.state_dir else devnet.DEFAULT_STATE_DIR
+    if args.state_dir:
+        return Path(args.state_dir)
+    # The variable every other command reads names the state *file*; its directory is the
+    # devnet's, so one export points `devnet up` and `fai stake --node 1` at the same devnet.
+    state_file = os.environ.get("FAI_DEVNET_STATE")
+    return Path(state_file).parent if state_file else devnet.DEFAULT_STATE_DIR
+
+
+def _unbonding_delay(text: str) -> int:
+    """An argparse type: seconds the registry accepts as its unbonding delay."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    from fai_net.registry.deploy import check_unbonding_delay
+
+    try:
+        return check_unbonding_delay(seconds)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _node_lines(node: dict) -> list[str]:
+    """How every devnet command shows a node: its peer id with its operator beside it, and
+    its data directory (which `--node N` stands for in the node and registry commands)."""
+    return [
+        f"    peer {node['peer_id']}  operator {node['operator']}",
+        f"    data {node['data_dir']}",
+    ]
 
 
 def _devnet_up(args: argparse.Namespace) -> int:
     from fai_net import devnet
+    from fai_net.cli_registry import format_duration
 
     domains = [tuple(d.split("+")) for d in args.domains.split(",")] if args.domains else None
     state = devnet.up(
@@ -201,16 +231,27 @@ def _devnet_up(args: argparse.Namespace) -> int:
         state_dir=_state_dir(args),
         embedder=args.embedder,
         allow_raw_publish=args.allow_raw_publish,
+        unbonding_delay=args.unbonding_delay,
         progress=_progress(args),
     )
     if args.json:
         print(json.dumps(state, indent=2))
-    else:
-        print(f"devnet up: chain {state['rpc_url']}, registry {state['registry']}")
-        for node in state["nodes"]:
-            print(f"  {node['name']}: {node['addr']}  domains={','.join(node['domains'])}")
-            print(f"    socket {node['control_socket']}")
-        print(f"state: {devnet.state_path(_state_dir(args))}; stop with `fai devnet down`")
+        return 0
+    print(
+        f"devnet up: chain {state['rpc_url']}, registry {state['registry']} (unbonding delay "
+        f"{format_duration(state['unbonding_delay'])})"
+    )
+    for node in state["nodes"]:
+        print(f"  {node['name']}: {node['addr']}  domains={','.join(node['domains'])}")
+        print("\n".join(_node_lines(node)))
+    print(f"state: {devnet.state_path(_state_dir(args))}; stop with `fai devnet down`")
+    print("name a node in other commands with --node N, e.g. `fai node status --node 0`")
+    old = devnet.old_runs(state)
+    if old:
+        print(
+            f"{len(old)} run director{'y' if len(old) == 1 else 'ies'} of earlier devnets "
+            f"stay in {state['state_dir']} (oldest {old[0].name}): delete them when done"
+        )
     return 0
 
 
@@ -234,6 +275,7 @@ def _devnet_status(args: argparse.Namespace) -> int:
             f"{row.get('stake', 0):>6g} {row.get('live')!s:5} {row.get('jailed')!s:6} "
             f"{rep:>5} {expires_text:>10}  {library or '-'}"
         )
+        print("\n".join(_node_lines(row)))
     return 0
 
 
@@ -248,20 +290,138 @@ def _devnet_down(args: argparse.Namespace) -> int:
             f"devnet down: stopped {', '.join(result['stopped']) or 'nothing'}"
             + (f"; killed {', '.join(result['killed'])}" if result["killed"] else "")
         )
+        if result.get("run_dir"):
+            print(
+                f"its files (keys, logs, node libraries) stay in {result['run_dir']}: "
+                "nothing was deleted"
+            )
+    return 0
+
+
+def _devnet_fund(args: argparse.Namespace) -> int:
+    """Tokens and gas for an address or a key file's address, from the devnet's owner."""
+    from fai_net import devnet
+    from fai_net.cli_registry import format_tokens, parse_address, read_private_key, to_base_units
+
+    if (args.address is None) == (args.key_file is None):
+        raise ValueError("give the ADDRESS to fund or --key-file FILE (one of them)")
+    if args.address is not None:
+        address = parse_address(args.address, "ADDRESS")
+    else:
+        from eth_account import Account
+
+        private_key = read_private_key(args.key_file)
+        try:
+            address = Account.from_key(private_key).address
+        except Exception:  # never echo the key
+            raise ValueError(f"{args.key_file} does not hold a valid private key") from None
+    state = devnet.load_state(_state_dir(args))
+    result = devnet.fund(state, address, to_base_units(args.amount, 10**18))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"sent {format_tokens(result['amount'])} test tokens to {address}: it now holds "
+        f"{format_tokens(result['token_balance'])} tokens and "
+        f"{format_tokens(result['eth_balance'])} ETH for gas"
+    )
+    print(f"tx {result['tx']}")
+    return 0
+
+
+def _devnet_advance_time(args: argparse.Namespace) -> int:
+    """Move the devnet's chain clock (Anvil's stands still while no block is mined)."""
+    import time
+
+    from fai_net import devnet
+    from fai_net.cli_registry import format_duration, format_utc
+
+    devnet.check_advance(args.seconds)
+    result = devnet.advance_time(devnet.load_state(_state_dir(args)), args.seconds)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    ahead = result["timestamp"] - int(time.time())
+    if abs(ahead) <= 2:
+        relation = "in step with this machine's clock"
+    else:
+        relation = f"{format_duration(ahead)} {'ahead of' if ahead > 0 else 'behind'} this "
+        relation += "machine's clock"
+    print(
+        f"chain clock {format_utc(result['timestamp'])} at block {result['block']} (moved "
+        f"{format_duration(result['timestamp'] - result['before'])}; {relation})"
+    )
+    if result["expired"]:
+        print(
+            f"the advertisements of {', '.join(result['expired'])} expired: not live until "
+            "renewed (`fai advertise --node N`)"
+        )
     return 0
 
 
 def _devnet_equivocate(args: argparse.Namespace) -> int:
     from fai_net import devnet
-    from fai_net.devnet_demo import equivocate
+    from fai_net.devnet_demo import equivocate, evidence_files, wait_for
+    from fai_net.settings import devnet_node
 
-    result = equivocate(devnet.load_state(_state_dir(args)), args.node)
+    state = devnet.load_state(_state_dir(args))
+    result = equivocate(state, args.node)
+    rogue = devnet_node(state, result["node"])
+    found = []
+    if args.wait > 0:
+        try:
+            found = wait_for(
+                lambda: evidence_files(state, rogue, result["seq"]), args.wait, "evidence"
+            )
+        except devnet.DevnetError:
+            found = []
+    if found:
+        witness, path = found[0]
+        result.update(
+            witness=witness["name"], evidence=str(path), submit=_slash_command(path, witness)
+        )
+    else:
+        result.update(witness=None, evidence=None, submit=None)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
     print(
-        json.dumps(result, indent=2)
-        if args.json
-        else f"{result['node']} published a second batch at seq {result['seq']}: {result['second']}"
+        f"{result['node']} published a second batch at seq {result['seq']}: "
+        f"{result['second']} (its first: {result['first']})"
     )
+    if found:
+        print(f"{result['witness']} caught it and wrote the evidence to {result['evidence']}")
+        print(f"submit it on-chain: {result['submit']}")
+    else:
+        print(
+            f"no node wrote evidence within {args.wait:g} s: a node that stored the first "
+            f"batch writes it to <its data dir>/evidence/ when the second arrives"
+        )
     return 0
+
+
+def _slash_command(path, witness: dict) -> str:
+    """The command that submits an evidence file with the witness's operator key: by
+    `--node` where `fai slash equivocation` takes it, else by the key file."""
+    import shlex
+
+    if _takes_option(("slash", "equivocation"), "--node"):
+        who = f"--node {witness['name'].removeprefix('node')}"
+    else:
+        who = f"--key-file {shlex.quote(witness['operator_key_file'])}"
+    return f"fai slash equivocation --evidence {shlex.quote(str(path))} {who}"
+
+
+def _takes_option(command: tuple[str, ...], option: str) -> bool:
+    """Whether `fai COMMAND...` accepts `option`: a hint must never print a flag the
+    command would refuse, and the registry commands' flags are defined in cli_registry."""
+    parser = build_parser()
+    for name in command:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers or name not in subparsers[0].choices:
+            return False
+        parser = subparsers[0].choices[name]
+    return option in parser._option_string_actions
 
 
 def _devnet_demo(args: argparse.Namespace) -> int:
@@ -274,12 +434,68 @@ def _devnet_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_devnet_operator_commands(sub, common) -> None:
+    """`fai devnet fund|advance-time|equivocate`: what a devnet operator does by hand."""
+    fund = sub.add_parser(
+        "fund",
+        help="send test tokens and gas to an address or a key file's address",
+        description="Send AMOUNT test tokens from the devnet's owner to ADDRESS (or to the "
+        "address of --key-file FILE), and enough ETH for gas, so the key can `fai stake`. "
+        "Prints the new token balance. Devnet only.",
+        usage="fai devnet fund [-h] (ADDRESS | --key-file FILE) AMOUNT [--state-dir DIR] "
+        "[--json] [--quiet]",
+    )
+    fund.add_argument("address", nargs="?", metavar="ADDRESS", help="0x address to fund")
+    fund.add_argument("amount", type=_token_amount, metavar="AMOUNT", help="whole tokens")
+    fund.add_argument("--key-file", metavar="FILE", help="fund this private key's address")
+    common(fund)
+    fund.set_defaults(handler=_devnet_fund)
+    adv = sub.add_parser(
+        "advance-time",
+        help="move the devnet chain's clock ahead and mine a block",
+        description="Move the devnet chain's clock SECONDS ahead (evm_increaseTime) and mine "
+        "a block, then print the chain's time. Anvil's clock stands still while no block is "
+        "mined: `advance-time 0` just mines one, bringing the chain's time to now. Devnet "
+        "only.",
+    )
+    adv.add_argument("seconds", type=int, metavar="SECONDS", help="0 .. 2 years")
+    common(adv)
+    adv.set_defaults(handler=_devnet_advance_time)
+    eq = sub.add_parser(
+        "equivocate",
+        help="demo: make a node publish a conflicting batch",
+        description="Make a node publish a second, different batch under a seq it already "
+        "used (the devnet must be up with --allow-raw-publish), wait for a peer to write "
+        "the evidence file, and print its path and the command that submits it.",
+    )
+    eq.add_argument("--node", required=True, metavar="N", help="the node: 4 or node4")
+    eq.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the evidence file (default 30; 0 = do not wait)",
+    )
+    common(eq)
+    eq.set_defaults(handler=_devnet_equivocate)
+
+
+def _token_amount(text: str):
+    from fai_net.cli_registry import token_amount
+
+    return token_amount(text)
+
+
 def _add_devnet_commands(commands) -> None:
     devnet_cmd = commands.add_parser("devnet", help="a local chain and fleet on 127.0.0.1")
     sub = devnet_cmd.add_subparsers(dest="devnet_command", metavar="SUBCOMMAND")
 
     def common(p, json_help="print JSON"):
-        p.add_argument("--state-dir", help="where the devnet keeps its state (devnet/state)")
+        p.add_argument(
+            "--state-dir",
+            help="where the devnet keeps its state (default: the directory of "
+            "$FAI_DEVNET_STATE, else devnet/state)",
+        )
         p.add_argument("--json", action="store_true", help=json_help)
         p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -298,19 +514,36 @@ def _add_devnet_commands(commands) -> None:
         "(default coding+writing: every node on both)",
     )
     up_cmd.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
-    up_cmd.add_argument("--allow-raw-publish", action="store_true", help="for demos")
+    up_cmd.add_argument(
+        "--allow-raw-publish",
+        action="store_true",
+        help="let nodes publish unchecked bytes (needed by `fai devnet equivocate`)",
+    )
+    up_cmd.add_argument(
+        "--unbonding-delay",
+        type=_unbonding_delay,
+        metavar="SECONDS",
+        help="the registry's unbonding delay, 1 s .. 365 days (default 7 days)",
+    )
     common(up_cmd)
     up_cmd.set_defaults(handler=_devnet_up)
-    st = sub.add_parser("status", help="nodes, peers, library per domain, stake, reputation")
+    st = sub.add_parser(
+        "status",
+        help="nodes, peers, library per domain, stake, reputation",
+        description="Each node's process, peers, stake, liveness, reputation among its "
+        "peers and library, with its peer id, operator address and data directory.",
+    )
     common(st)
     st.set_defaults(handler=_devnet_status)
-    dn = sub.add_parser("down", help="stop everything the devnet started")
+    dn = sub.add_parser(
+        "down",
+        help="stop everything the devnet started",
+        description="Stop the devnet's nodes and chain. Its run directory (keys, logs, "
+        "libraries) is kept.",
+    )
     common(dn)
     dn.set_defaults(handler=_devnet_down)
-    eq = sub.add_parser("equivocate", help="demo: make a node publish a conflicting batch")
-    eq.add_argument("--node", required=True, help="node name, e.g. node4")
-    common(eq)
-    eq.set_defaults(handler=_devnet_equivocate)
+    _add_devnet_operator_commands(sub, common)
     demo_cmd = sub.add_parser(
         "demo",
         help="the main job: learn from telemetry, catch and slash an equivocator",
@@ -352,19 +585,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mark_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's parser itself as the default `_fai_parser`: after parsing,
+    the innermost one chosen wins, so errors can show that command's usage line."""
+    parser.set_defaults(_fai_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _mark_parsers(sub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run the command's handler, and turn input mistakes into exit code 2.
+
+    Arguments no parser takes are reported by the command that was chosen (argparse's own
+    `parse_args` reports them with the top-level usage, `fai [-h] COMMAND ...`, which says
+    nothing about the command typed). FAI's own input errors (a bad value, a missing
+    setting) print one `fai: error:` line, then that command's usage.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    _mark_parsers(parser)
+    args, extras = parser.parse_known_args(argv)
+    command = getattr(args, "_fai_parser", parser)
+    if extras:
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
     from fai_core.errors import FaiError
+    from fai_net.settings import SettingsError
 
     try:
         return args.handler(args)
     except (ValueError, FaiError) as exc:
+        code = getattr(exc, "exit_code", 2)  # cli_registry.CliError says 1 or 2
         print(f"fai: error: {exc}", file=sys.stderr)
-        return 2
+        input_error = isinstance(exc, ValueError | SettingsError) or hasattr(exc, "exit_code")
+        if code == 2 and input_error and command is not parser:
+            print(command.format_usage().rstrip(), file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         return 130
 

@@ -60,6 +60,11 @@ def add_node_client_commands(node_subparsers, commands) -> None:
         help="the node's data directory: uses DIR/control.sock (env FAI_DATA_DIR)",
     )
     where.add_argument(
+        "--node",
+        metavar="N",
+        help="node N of the running devnet (0 or node0): its data directory and socket",
+    )
+    where.add_argument(
         "--timeout", type=_positive_float, default=60.0, metavar="S", help="seconds per call"
     )
     out = argparse.ArgumentParser(add_help=False)
@@ -287,25 +292,39 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 
 
 def resolve_socket(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(control socket path, data dir or None) from flags, environment or fai.toml.
+    """(control socket path, data dir or None) from flags, a devnet node, environment or
+    fai.toml.
 
-    A flag beats the environment, which beats fai.toml; at the same level --socket beats
-    --data-dir. Raises SettingsError when nothing names a node.
+    A flag beats `--node N` (a devnet node's socket and data dir, as typed flags: the run
+    directory changes with every `fai devnet up`, the node's name does not), which beats the
+    environment, which beats fai.toml; at the same level --socket beats --data-dir. Raises
+    SettingsError when nothing names a node, or --node names none of the devnet's.
     """
     from fai_net.settings import SettingsError, resolve
 
-    flags = {"socket": getattr(args, "socket", None), "data_dir": getattr(args, "data_dir", None)}
+    flags = {
+        "socket": getattr(args, "socket", None),
+        "data_dir": getattr(args, "data_dir", None),
+        "node": getattr(args, "node", None),
+    }
     settings = resolve(flags, config=getattr(args, "config", None))
-    rank = {"flag": 0, "environment": 1}
+
+    def rank(name: str) -> int:
+        source = settings.sources[name]
+        if source.startswith("--node"):
+            return 1
+        return {"flag": 0, "environment": 2}.get(source, 3)
+
     found = [
-        (rank.get(settings.sources[name], 2), order, name)
+        (rank(name), order, name)
         for order, name in enumerate(("socket", "data_dir"))
         if settings.get(name) not in (None, "")
     ]
     if not found:
         raise SettingsError(
-            "which node? give --data-dir DIR (uses DIR/control.sock) or --socket PATH, set "
-            "FAI_DATA_DIR or FAI_SOCKET, or put `data_dir = ...` in fai.toml"
+            "which node? give --data-dir DIR (uses DIR/control.sock), --socket PATH or "
+            "--node N (a devnet node), set FAI_DATA_DIR or FAI_SOCKET, or put `data_dir = "
+            "...` in fai.toml"
         )
     _, _, name = min(found)
     data_dir = settings.get("data_dir")
@@ -413,6 +432,36 @@ def _short_id(node_id: str) -> str:
     return node_id if len(node_id) <= 16 else f"{node_id[:4]}…{node_id[-10:]}"
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """'1 experience', '2 experiences': counts printed to people can be 1."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def peer_id_of_key(key_hex: str | None) -> str | None:
+    """The libp2p peer id of a hex Ed25519 public key: what `fai node peers` lists and the
+    node logs, so an experience's source reads the same as a peer (None if not a key)."""
+    from fai_net.peer_ids import peer_id_of_hex
+
+    return peer_id_of_hex(key_hex)
+
+
+def with_source_node(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """--json items keep `source` (the hex key) and gain `source_node`, its peer id: the
+    name the node's own `recall` answers already use, so every output spells it one way."""
+    return [
+        {**item, "source_node": item.get("source_node") or peer_id_of_key(item.get("source"))}
+        for item in items
+    ]
+
+
+def source_text(source_hex: str | None, own_peer_id: str | None) -> str:
+    """An experience's source as people see peers: a short peer id, or 'this node'."""
+    peer = peer_id_of_key(source_hex)
+    if peer is None:
+        return "?"
+    return "this node" if peer == own_peer_id else _short_id(peer)
+
+
 def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -483,14 +532,14 @@ def format_status(s: dict[str, Any]) -> str:
         ("membership", s.get("membership", "?")),
         ("domains", ", ".join(domains) or "none"),
         ("peers", f"{s.get('peers', 0)} connected"),
-        ("library", f"{s.get('library_size', 0)} experiences"),
+        ("library", plural(s.get("library_size", 0), "experience")),
     ]
     for domain in sorted(set(sizes) | set(domains)):
         mark = "" if domain in domains else " (not subscribed)"
         lines.append((f"  {domain}", f"{sizes.get(domain, 0)}{mark}"))
     lines += [
         ("batches", f"{s.get('batches_stored', 0)} stored, {s.get('pending', 0)} awaiting merge"),
-        ("outbox", f"{s.get('outbox', 0)} experiences waiting to be published"),
+        ("outbox", f"{plural(s.get('outbox', 0), 'experience')} waiting to be published"),
         ("last sync", _ago(s.get("last_sync"))),
         (
             "traffic",
@@ -498,7 +547,7 @@ def format_status(s: dict[str, Any]) -> str:
         ),
         ("rejections", _counts(s.get("rejections"))),
         ("drops", _counts(s.get("drops"))),
-        ("evidence", f"{s.get('evidence', 0)} equivocation files"),
+        ("evidence", plural(s.get("evidence", 0), "equivocation file")),
     ]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
@@ -671,9 +720,8 @@ def _add(args: argparse.Namespace) -> int:
         _print_json({**result, "by_domain": by_domain})
     else:
         per = ", ".join(f"{d} {n}" for d, n in sorted(by_domain.items()))
-        print(
-            f"added {result['added']} experiences ({result['inserted']} new to the library): {per}"
-        )
+        added = plural(result["added"], "experience")
+        print(f"added {added} ({result['inserted']} new to the library): {per}")
     return 0
 
 
@@ -683,19 +731,22 @@ def _search(args: argparse.Namespace) -> int:
     call: dict[str, Any] = {"query": args.query, "k": args.k}
     if args.domain is not None:
         call["domain"] = args.domain
-    hits = _Node(args).call("search", **call).get("hits", [])
+    node = _Node(args)
+    hits = node.call("search", **call).get("hits", [])
     if args.json:
-        _print_json({"hits": hits})
+        _print_json({"hits": with_source_node(hits)})
         return 0
     if not hits:
         print("no experiences found")
         return 0
+    own = node.call("info").get("node_id")
     rows = [
         (
             f"{h.get('distance', 0):.3f}",
             f"{h.get('quality', 0):.2f}",
             h.get("domain", "?"),
-            h.get("origin", "?"),
+            # The source beside the origin, as `fai node peers` names it (the header stays).
+            f"{h.get('origin', '?')} ({source_text(h.get('source'), own)})",
             h.get("text", ""),
         )
         for h in hits
@@ -730,7 +781,8 @@ def _recall(args: argparse.Namespace) -> int:
             print(found["prompt"])
         return 0
     if args.json:
-        _print_json(found)
+        experiences = with_source_node(found.get("experiences") or [])
+        _print_json({**found, "experiences": experiences})
         return 0
     items = found.get("experiences") or []
     if not items:
@@ -776,7 +828,7 @@ def _feedback(args: argparse.Namespace) -> int:
         )
     result = _client(args).feedback(ident, outcome)
     if args.json:
-        _print_json(result)
+        _print_json(with_source_node([result])[0])
         return 0
     reports = int(result.get("reports", 0))
     print(
@@ -855,7 +907,7 @@ def send_items(node: _Node, items: list[dict], args: argparse.Namespace, progres
     skipped = Counter(item["domain"] for item in items if item["domain"] not in subscribed)
 
     def step(done: int, total: int) -> None:
-        progress(f"imported {done}/{total} experiences from {label} ...")
+        progress(f"imported {done}/{plural(total, 'experience')} from {label} ...")
 
     result = _send(node, sendable, args.chunk_size, step) if sendable else {"added": 0}
     return {
@@ -931,5 +983,5 @@ def _export(args: argparse.Namespace) -> int:
         _print_json({"exported": total, "file": str(target), "by_domain": dict(by_domain)})
     else:
         per = ", ".join(f"{d} {n}" for d, n in sorted(by_domain.items())) or "nothing"
-        print(f"exported {total} experiences to {target}: {per}")
+        print(f"exported {plural(total, 'experience')} to {target}: {per}")
     return 0

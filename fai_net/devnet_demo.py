@@ -223,8 +223,32 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise devnet.DevnetError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def equivocate(state: dict[str, Any], name: str) -> dict[str, Any]:
-    """Make node `name` publish a second batch under a seq it already published."""
+RAW_PUBLISH_OFF = (
+    "this devnet was started without --allow-raw-publish, so its nodes refuse to publish a "
+    "forged batch: `fai devnet down`, then `fai devnet up --allow-raw-publish ...`"
+)
+
+
+def equivocate(state: dict[str, Any], which: str) -> dict[str, Any]:
+    """Make node `which` ("4" or "node4") publish a second batch under a seq it already
+    published. Refused up front when the devnet's nodes cannot publish raw bytes."""
+    from fai_net.control import ControlError
+    from fai_net.settings import devnet_node
+
+    node = devnet_node(state, which)
+    if state.get("allow_raw_publish") is False:
+        raise devnet.DevnetError(RAW_PUBLISH_OFF)
+    try:
+        return _publish_twin(state, node)
+    except ControlError as exc:
+        if exc.code == "forbidden":  # a state file from before allow_raw_publish was kept
+            raise devnet.DevnetError(RAW_PUBLISH_OFF) from None
+        raise
+
+
+def _publish_twin(state: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """Re-sign node's latest own batch with a changed text under the same seq, and have the
+    node publish it unchecked (`publish_raw`)."""
     import numpy as np
     from eth_account import Account
 
@@ -233,7 +257,7 @@ def equivocate(state: dict[str, Any], name: str) -> dict[str, Any]:
     from fai_net.node_identity import load_or_create
     from fai_net.registry import eip712
 
-    node = next(n for n in state["nodes"] if n["name"] == name)
+    name = node["name"]
     data_dir = Path(node["data_dir"])
     store = sqlite3.connect(f"file:{data_dir / 'batches' / 'store.sqlite'}?mode=ro", uri=True)
     try:
@@ -243,7 +267,12 @@ def equivocate(state: dict[str, Any], name: str) -> dict[str, Any]:
     finally:
         store.close()
     if row is None:
-        raise devnet.DevnetError(f"{name} has not published anything to equivocate on")
+        number = name.removeprefix("node")
+        raise devnet.DevnetError(
+            f"{name} has not published anything to equivocate on: add and publish first "
+            f"(`fai experiences add --node {number} --domain D --text ...`, then "
+            f"`fai node broadcast D --node {number}`)"
+        )
     original = decode_envelope(bytes(row[0])).batch
     identity = load_or_create(data_dir)
     operator = Account.from_key(Path(node["operator_key_file"]).read_text().strip())
@@ -286,6 +315,23 @@ def equivocate(state: dict[str, Any], name: str) -> dict[str, Any]:
         "first": original.cid_text,
         "second": twin.batch.cid_text,
     }
+
+
+def evidence_files(
+    state: dict[str, Any], rogue: dict[str, Any], seq: int | None = None
+) -> list[tuple[dict[str, Any], Path]]:
+    """(witness node, evidence file) for every file the other nodes wrote about `rogue`
+    (at `seq`, if given). A receiver that already holds one batch of a (sender, seq) and
+    gets a different one writes `<its data dir>/evidence/equivocation-<sender>-<seq>.json`
+    (fai_net.evidence.write)."""
+    prefix = f"equivocation-{rogue['public_key'][:16]}-"
+    pattern = f"{prefix}{seq}.json" if seq is not None else f"{prefix}*.json"
+    found = []
+    for node in state["nodes"]:
+        if node["name"] != rogue["name"]:
+            for path in sorted((Path(node["data_dir"]) / "evidence").glob(pattern)):
+                found.append((node, path))
+    return found
 
 
 def slash_from_evidence(state: dict[str, Any], evidence_file: Path, reporter_key: str) -> dict:
@@ -426,11 +472,8 @@ def run_demo(
         witnesses = [n for n in state["nodes"] if n is not rogue]
 
         def evidence_file():
-            for n in witnesses:
-                files = sorted((Path(n["data_dir"]) / "evidence").glob("equivocation-*.json"))
-                if files:
-                    return n, files[0]
-            return None
+            found = evidence_files(state, rogue)
+            return found[0] if found else None
 
         witness, proof = wait_for(evidence_file, 30, "a node to catch the equivocation")
         progress(f"{witness['name']} caught it: {proof.name}; submitting to the registry")
