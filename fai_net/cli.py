@@ -301,7 +301,13 @@ def _devnet_down(args: argparse.Namespace) -> int:
 def _devnet_fund(args: argparse.Namespace) -> int:
     """Tokens and gas for an address or a key file's address, from the devnet's owner."""
     from fai_net import devnet
-    from fai_net.cli_registry import format_tokens, parse_address, read_private_key, to_base_units
+    from fai_net.cli_registry import (
+        format_tokens,
+        parse_address,
+        read_private_key,
+        to_base_units,
+        token_count,
+    )
 
     if (args.address is None) == (args.key_file is None):
         raise ValueError("give the ADDRESS to fund or --key-file FILE (one of them)")
@@ -322,7 +328,7 @@ def _devnet_fund(args: argparse.Namespace) -> int:
         return 0
     print(
         f"sent {format_tokens(result['amount'])} test tokens to {address}: it now holds "
-        f"{format_tokens(result['token_balance'])} tokens and "
+        f"{token_count(result['token_balance'])} and "
         f"{format_tokens(result['eth_balance'])} ETH for gas"
     )
     print(f"tx {result['tx']}")
@@ -377,6 +383,8 @@ def _devnet_equivocate(args: argparse.Namespace) -> int:
             found = []
     if found:
         witness, path = found[0]
+        if args.save:
+            path = _save_evidence(path, args.save)
         result.update(
             witness=witness["name"], evidence=str(path), submit=_slash_command(path, witness)
         )
@@ -390,7 +398,8 @@ def _devnet_equivocate(args: argparse.Namespace) -> int:
         f"{result['second']} (its first: {result['first']})"
     )
     if found:
-        print(f"{result['witness']} caught it and wrote the evidence to {result['evidence']}")
+        saved = "saved a copy of the evidence" if args.save else "wrote the evidence"
+        print(f"{result['witness']} caught it; {saved} to {result['evidence']}")
         print(f"submit it on-chain: {result['submit']}")
     else:
         print(
@@ -400,28 +409,25 @@ def _devnet_equivocate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save_evidence(source, target: str):
+    """Copy an evidence file to where the user asked (0600: it is the user's to keep), so a
+    script can name it without knowing the witness's data directory."""
+    import shutil
+    from pathlib import Path
+
+    target_path = Path(target).expanduser()
+    fd = os.open(target_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out)
+    return target_path
+
+
 def _slash_command(path, witness: dict) -> str:
-    """The command that submits an evidence file with the witness's operator key: by
-    `--node` where `fai slash equivocation` takes it, else by the key file."""
+    """The command that submits an evidence file with the witness's operator key."""
     import shlex
 
-    if _takes_option(("slash", "equivocation"), "--node"):
-        who = f"--node {witness['name'].removeprefix('node')}"
-    else:
-        who = f"--key-file {shlex.quote(witness['operator_key_file'])}"
-    return f"fai slash equivocation --evidence {shlex.quote(str(path))} {who}"
-
-
-def _takes_option(command: tuple[str, ...], option: str) -> bool:
-    """Whether `fai COMMAND...` accepts `option`: a hint must never print a flag the
-    command would refuse, and the registry commands' flags are defined in cli_registry."""
-    parser = build_parser()
-    for name in command:
-        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        if not subparsers or name not in subparsers[0].choices:
-            return False
-        parser = subparsers[0].choices[name]
-    return option in parser._option_string_actions
+    node = witness["name"].removeprefix("node")
+    return f"fai slash equivocation --evidence {shlex.quote(str(path))} --node {node}"
 
 
 def _devnet_demo(args: argparse.Namespace) -> int:
@@ -475,6 +481,9 @@ def _add_devnet_operator_commands(sub, common) -> None:
         default=30.0,
         metavar="S",
         help="seconds to wait for the evidence file (default 30; 0 = do not wait)",
+    )
+    eq.add_argument(
+        "--save", metavar="FILE", help="also copy the evidence file to FILE (mode 0600)"
     )
     common(eq)
     eq.set_defaults(handler=_devnet_equivocate)

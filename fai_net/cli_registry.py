@@ -80,6 +80,11 @@ def to_base_units(tokens: Decimal, unit: int) -> int:
     return value
 
 
+def token_count(amount: int, unit: int = 10**18) -> str:
+    """ "1 token", "0.5 tokens", "15 tokens": amounts printed to people can be one."""
+    return f"{format_tokens(amount, unit)} {'token' if amount == unit else 'tokens'}"
+
+
 def format_tokens(amount: int, unit: int = 10**18) -> str:
     """Base units -> "12.5" (exact, no exponent, no trailing zeros)."""
     sign = "-" if amount < 0 else ""
@@ -372,7 +377,7 @@ def revert_message(exc) -> str:
             if isinstance(value, bytes | bytearray):
                 value = "0x" + bytes(value).hex()
             elif isinstance(value, int) and name in _AMOUNT_ARGS:
-                value = f"{format_tokens(value)} tokens"
+                value = f"{token_count(value)}"
             elif isinstance(value, int) and name in _TIME_ARGS:
                 value = format_utc(value)
             shown[name] = value
@@ -458,7 +463,7 @@ def _deploy(args: argparse.Namespace) -> int:
         "by the owner)",
         f"owner     {deployer.address}",
         f"chain     {client.chain_id} at {session.rpc}, deployed in block {client.from_block}",
-        f"rules     minimum bond {format_tokens(params.min_bond)} tokens, unbonding delay "
+        f"rules     minimum bond {token_count(params.min_bond)}, unbonding delay "
         f"{format_duration(params.unbonding_delay)}",
         f"next: export FAI_REGISTRY={client.address}",
     ]
@@ -494,19 +499,19 @@ def _stake(args: argparse.Namespace) -> int:
         if amount < client.min_bond:
             raise CliError(
                 f"the first stake must be at least the minimum bond, "
-                f"{format_tokens(client.min_bond)} tokens (asked {format_tokens(amount)})",
+                f"{token_count(client.min_bond)} (asked {format_tokens(amount)})",
                 2,
             )
     elif amount is None:
         raise CliError(
-            f"{account.address} is already registered with {format_tokens(info.stake)} tokens "
+            f"{account.address} is already registered with {token_count(info.stake)} "
             "bonded: give an amount (e.g. `fai stake 5`) to add stake",
             2,
         )
     balance = client.token_balance(account.address)
     if balance < amount:
         raise CliError(
-            f"{account.address} holds {format_tokens(balance)} tokens of {client.token_address}"
+            f"{account.address} holds {token_count(balance)} of {client.token_address}"
             f", {format_tokens(amount)} needed"
         )
     receipt = client.register(account, amount) if first else client.add_stake(account, amount)
@@ -522,7 +527,7 @@ def _stake(args: argparse.Namespace) -> int:
     }
     verb = "registered" if first else "added stake for"
     lines = [
-        f"{verb} {account.address}: +{format_tokens(amount)} tokens, "
+        f"{verb} {account.address}: +{token_count(amount)}, "
         f"{format_tokens(after.stake)} bonded (minimum {format_tokens(client.min_bond)})",
         f"tx {data['tx']}",
     ]
@@ -692,7 +697,7 @@ def _unbond(args: argparse.Namespace) -> int:
     except BelowMinimumBond:
         stake = client.operator(account.address).stake
         raise CliError(
-            f"unbonding {format_tokens(amount)} tokens would leave {format_tokens(stake - amount)}"
+            f"unbonding {token_count(amount)} would leave {format_tokens(stake - amount)}"
             f" bonded, below the minimum bond {format_tokens(client.min_bond)}: unbond all "
             f"{format_tokens(stake)} or at most {format_tokens(max(stake - client.min_bond, 0))}"
             " (BelowMinimumBond)"
@@ -709,7 +714,7 @@ def _unbond(args: argparse.Namespace) -> int:
         "tx": _tx(receipt),
     }
     lines = [
-        f"unbonding {format_tokens(amount)} tokens for {account.address}: "
+        f"unbonding {token_count(amount)} for {account.address}: "
         f"{format_tokens(info.unbonding)} unbonding, {format_tokens(info.stake)} still bonded",
         f"withdrawable at {format_utc(info.unbond_ready_at)} "
         f"({format_relative(info.unbond_ready_at, now)}) with `fai withdraw`",
@@ -732,7 +737,7 @@ def _not_ready_message(session: _Session, unbonding: int, ready: int) -> str:
     block = session.w3.eth.get_block("latest")
     chain_now, wall = int(block["timestamp"]), int(time.time())
     lines = [
-        f"{format_tokens(unbonding)} tokens unbonding become withdrawable at "
+        f"{token_count(unbonding)} unbonding become withdrawable at "
         f"{format_utc(ready)} ({format_relative(ready, chain_now)}) (UnbondingNotReady)",
         f"  the chain's clock reads {format_utc(chain_now)} (latest block, "
         f"#{block['number']}); withdrawable at {format_utc(ready)}",
@@ -781,7 +786,7 @@ def _withdraw(args: argparse.Namespace) -> int:
         "tx": _tx(receipt),
     }
     lines = [
-        f"withdrew {format_tokens(withdrawn)} tokens to {account.address}; "
+        f"withdrew {token_count(withdrawn)} to {account.address}; "
         f"{format_tokens(info.stake)} still bonded",
         *(["the operator holds nothing any more and left the registry"] if left else []),
         f"tx {data['tx']}",
@@ -837,9 +842,9 @@ def _slash_equivocation(args: argparse.Namespace) -> int:
         "tx": _tx(receipt),
     }
     lines = [
-        f"slashed operator {operator}: {format_tokens(data['amount'])} tokens for equivocating "
+        f"slashed operator {operator}: {token_count(data['amount'])} for equivocating "
         f"on seq {proof.seq} of peer key {proof.sender.hex()}",
-        f"reporter {reporter.address} rewarded {format_tokens(data['reward'])} tokens",
+        f"reporter {reporter.address} rewarded {token_count(data['reward'])}",
         *(["the operator is jailed: it can only withdraw what is left"] if jailed else []),
         f"tx {data['tx']}",
     ]
@@ -879,12 +884,12 @@ def _slash_report(args: argparse.Namespace) -> int:
     }
     lines = [
         f"{'opened' if opened else 'voted on'} fraud case {data['case_id']} against {target}",
-        f"your weight {format_tokens(weight)} tokens; reported {format_tokens(case.reported_stake)}"
+        f"your weight {token_count(weight)}; reported {format_tokens(case.reported_stake)}"
         f" of {format_tokens(case.snapshot_bonded_stake)} snapshotted bonded stake "
         f"({case.reporters} reporter(s); the slash needs more than 2/3)",
     ]
     if executed:
-        lines.append(f"threshold passed: {target} slashed {format_tokens(data['slashed'])} tokens")
+        lines.append(f"threshold passed: {target} slashed {token_count(data['slashed'])}")
     lines.append(f"tx {data['tx']}")
     _emit(args, data, lines)
     return 0
@@ -992,11 +997,11 @@ def _operator_report(client, operator: str, now: int) -> tuple[dict[str, Any], l
         f"peer       {data['peer_id']}  operator {operator} ({state})"
         if has_key
         else f"operator   {operator} ({state}); no peer key advertised",
-        f"bonded     {format_tokens(info.stake)} tokens (minimum {format_tokens(client.min_bond)})",
+        f"bonded     {token_count(info.stake)} (minimum {format_tokens(client.min_bond)})",
     ]
     if info.unbonding:
         lines.append(
-            f"unbonding  {format_tokens(info.unbonding)} tokens, withdrawable "
+            f"unbonding  {token_count(info.unbonding)}, withdrawable "
             f"{format_utc(info.unbond_ready_at)} ({format_relative(info.unbond_ready_at, now)})"
         )
     if has_key:
@@ -1010,7 +1015,7 @@ def _operator_report(client, operator: str, now: int) -> tuple[dict[str, Any], l
         lines.append("advert     none")
     if data["signer"]:
         lines.append(f"signer     {data['signer']}")
-    lines.append(f"balance    {format_tokens(data['token_balance'])} tokens in the wallet")
+    lines.append(f"balance    {token_count(data['token_balance'])} in the wallet")
     return data, lines
 
 
