@@ -563,6 +563,8 @@ def _peers(args: argparse.Namespace) -> int:
         print("no peers yet")
         return 0
     peers = sorted(peers, key=lambda p: (not p.get("connected"), p.get("node_id", "")))
+    # In registry mode each peer is shown with its operator, as `fai registry peers` shows it.
+    operators = any(p.get("operator") for p in peers)
     rows = [
         (
             _short_id(p.get("node_id", "?")),
@@ -570,14 +572,12 @@ def _peers(args: argparse.Namespace) -> int:
             _num(p.get("latency_ms"), 1),
             _num(p.get("reputation"), 3),
             _ago(p.get("last_seen")) if p.get("last_seen") else "never",
+            *([p.get("operator") or "?"] if operators else []),
         )
         for p in peers
     ]
-    print(
-        format_table(
-            ("NODE", "CONNECTED", "LATENCY MS", "REPUTATION", "LAST SEEN"), rows, right=(2, 3)
-        )
-    )
+    headers = ("NODE", "CONNECTED", "LATENCY MS", "REPUTATION", "LAST SEEN")
+    print(format_table(headers + (("OPERATOR",) if operators else ()), rows, right=(2, 3)))
     connected = sum(1 for p in peers if p.get("connected"))
     print(f"\n{connected} connected, {len(peers)} known")
     return 0

@@ -385,7 +385,8 @@ class FaiClient:
         return self.call("info")
 
     def peers(self) -> list[dict[str, Any]]:
-        """Known peers: ``[{node_id, latency_ms, reputation, last_seen, connected}]``."""
+        """Known peers: ``[{node_id, operator, latency_ms, reputation, last_seen, connected}]``
+        (`operator` is the peer's live operator address in registry mode, else None)."""
         return list(self.call("peers").get("peers", []))
 
     def subscribe(self, domain: str) -> bool:

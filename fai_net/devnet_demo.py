@@ -13,7 +13,7 @@ node, and slashes it on-chain.
 4. The last node equivocates: a second, different batch under a seq it already used, signed
    with its own node key and operator key. Receivers refuse it and write evidence.
 5. The evidence is submitted (`slashEquivocation`); the operator is slashed and jailed; the
-   other nodes drop it at their next membership refresh.
+   other nodes see the slash on-chain within about a second and drop its node for good.
 6. Report: per node, what it learned from the fleet (library entries by source node), and
    the registry state. Then everything is stopped.
 """

@@ -24,6 +24,11 @@ Two defects of py-libp2p 0.8.1 that a peer can reach are closed here (`GuardedPu
   them, so two writers interleave their bytes and the receiver's decoder sees garbage
   (`invalid wire type`, `Message length too long`) after any batch larger than the yamux
   window. One lock per stream makes every RPC write atomic on the stream.
+
+Dropped peers (a registry operator no longer live) are kept out with what 0.8.1 offers
+(`GuardedPubsub.exclude`, `refuse_peers`): its connection gate filters by IP only, and a
+loopback or NATed fleet shares IPs, so the peer id is checked right after the Noise
+handshake, the first moment it is known, before the connection exists for the swarm.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import hashlib
 import logging
 import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -50,6 +55,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.transport.exceptions import SecurityUpgradeFailure
 
 from fai_core.errors import FaiError
 from fai_core.wire import MAX_ENVELOPE_BYTES
@@ -119,6 +125,22 @@ class GuardedPubsub(Pubsub):
         async with lock:
             return await super().write_msg(stream, rpc_msg)
 
+    def exclude(self, peer_id: ID) -> None:
+        """Blacklist `peer_id` and forget it everywhere in pubsub and gossipsub now.
+
+        `add_to_blacklist` alone leaves the peer in gossipsub's mesh and fanout: its
+        teardown task removes the peer's stream entry first, so the disconnect that follows
+        finds an unknown peer and never reaches `router.remove_peer`. The blacklist also
+        makes py-libp2p refuse the peer's pubsub stream should it reconnect.
+        """
+        self.add_to_blacklist(peer_id)
+        self._handle_dead_peer(peer_id)  # stream entry, queue, subscriptions, router
+        self.router.remove_peer(peer_id)  # idempotent: for a peer without a stream entry
+
+    def readmit(self, peer_id: ID) -> None:
+        """Undo `exclude` (its operator is live again)."""
+        self.remove_from_blacklist(peer_id)
+
 
 async def _reset_quietly(stream: INetStream) -> None:
     with trio.move_on_after(2.0, shield=True):
@@ -146,6 +168,33 @@ def guard_stream_handlers(host: IHost, faults: Counter[str]) -> None:
             await _reset_quietly(stream)
 
     network.set_stream_handler(guarded)
+
+
+def refuse_peers(host: IHost, refused: Callable[[ID], bool]) -> None:
+    """Refuse every new connection, inbound or outbound, with a peer `refused` names.
+
+    The check runs as soon as the Noise handshake has authenticated the remote peer id,
+    before the muxer and before the swarm registers the connection, so a refused peer never
+    counts as connected, never opens a stream and never reaches pubsub or identify. The
+    refusal is a `SecurityUpgradeFailure`, which py-libp2p handles as a failed handshake
+    (the socket is closed; inbound it is logged at debug level).
+    """
+    upgrader = host.get_network().upgrader
+    inner = upgrader.upgrade_security
+
+    async def upgrade_security(raw_conn, is_initiator: bool, peer_id: ID | None = None):
+        secured = await inner(raw_conn, is_initiator, peer_id)
+        remote = secured.get_remote_peer()
+        if refused(remote):
+            with trio.move_on_after(2.0, shield=True):
+                try:
+                    await secured.close()
+                except Exception as exc:  # already gone: nothing left to close
+                    log.debug("closing refused peer %s: %r", remote, exc)
+            raise SecurityUpgradeFailure(f"peer {remote} is refused")
+        return secured
+
+    upgrader.upgrade_security = upgrade_security
 
 
 def build_host(

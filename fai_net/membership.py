@@ -16,6 +16,14 @@ A batch is attributable on-chain only with the operator's EIP-712 signature over
 header; without it an equivocation could not be slashed, so registry mode refuses batches
 that lack it (`no_operator_sig`) or whose signer is not the key's operator or an authorised
 signer of that operator (`bad_operator_sig`).
+
+A key that was live and is no longer (its operator slashed, jailed, unbonded, or its
+advertisement expired or moved to another key) is *dropped*: the node hangs up on it and
+refuses it until it is live again. `dropped()` gives each such key with its operator and
+why, worked out once when the key leaves the live set (a chain read per change, not per
+refresh), so the node can say so once. Between refreshes `changed()` looks for the
+registry events that end an operator's liveness (one `eth_getLogs`), so a slash is acted
+on within a second or so instead of a whole refresh interval.
 """
 
 from __future__ import annotations
@@ -46,11 +54,28 @@ class Membership(Protocol):
     def is_dropped(self, peer_key: bytes) -> bool:
         """True for a key whose operator is slashed, jailed, unbonded or expired."""
 
+    def dropped(self) -> dict[bytes, Dropped]:
+        """Every dropped key (see `is_dropped`), with its operator and why it was dropped."""
+
+    def changed(self) -> bool:
+        """True when the member set may have shrunk since the last refresh (cheap)."""
+
+    def operator_of(self, peer_key: bytes) -> str | None:
+        """The live operator this peer key is attributed to, if any."""
+
     def operator_signer(self) -> Callable[[BatchHeader], bytes] | None:
         """Signs this node's batch headers for the registry, when it has an operator key."""
 
     def stake_weight(self, peer_key: bytes) -> float:
         """The factor on this peer's receive budget (fai_net/admission.py)."""
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A peer key that left the live set: its last operator and why (for one log line)."""
+
+    operator: str | None
+    reason: str
 
 
 @dataclass
@@ -71,12 +96,25 @@ class OpenMembership:
     def is_dropped(self, peer_key: bytes) -> bool:
         return False
 
+    def dropped(self) -> dict[bytes, Dropped]:
+        return {}
+
+    def changed(self) -> bool:
+        return False
+
+    def operator_of(self, peer_key: bytes) -> str | None:
+        return None
+
     def operator_signer(self) -> Callable[[BatchHeader], bytes] | None:
         return None
 
     def stake_weight(self, peer_key: bytes) -> float:
         return 1.0  # no stake in open mode: the forwarder budget does the work
 
+
+#: Registry events after which an operator may no longer be live: `changed()` looks for
+#: these between refreshes. Advertisement expiry has no event; the periodic refresh sees it.
+LIVENESS_ENDING_EVENTS = ("Slashed", "Jailed", "UnbondForced", "UnbondRequested", "Deregistered")
 
 #: Stake weights are the stake over the median live stake, clamped to this range: more
 #: stake buys more bandwidth, but no operator's budget falls to nothing or grows unbounded.
@@ -92,8 +130,11 @@ class RegistryMembership:
     mode: str = "registry"
     _live: dict[bytes, object] = field(default_factory=dict)  # peer key -> LivePeer
     _ever_seen: set[bytes] = field(default_factory=set)
+    _last_operator: dict[bytes, str] = field(default_factory=dict)  # peer key -> operator
+    _dropped: dict[bytes, Dropped] = field(default_factory=dict)
     _signer_operator: dict[str, str] = field(default_factory=dict)
     _scanned_block: int = -1
+    _watched_block: int = -1
     _median_stake: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     refreshed: bool = False
@@ -113,15 +154,73 @@ class RegistryMembership:
             ):
                 signer = to_checksum_address(entry.args.signer)
                 signers.setdefault(signer, to_checksum_address(entry.args.operator))
+        dropped = self._dropped_at(block, live)
         stakes = sorted(p.stake for p in live.values())
         with self._lock:
             self._live = live
             self._median_stake = stakes[len(stakes) // 2] if stakes else 0
             self._ever_seen |= set(live)
+            self._last_operator.update((k, p.operator) for k, p in live.items())
+            self._dropped = dropped
             for signer, operator in signers.items():
                 self._signer_operator.setdefault(signer, operator)  # the first binding is final
             self._scanned_block = block
             self.refreshed = True
+
+    def _dropped_at(self, block: int, live: dict[bytes, object]) -> dict[bytes, Dropped]:
+        """Keys seen live before and not in `live`. A key dropped already keeps its entry;
+        only a key that has just left is explained, with a chain read, so a refresh costs
+        nothing more while nothing changes."""
+        with self._lock:
+            gone = self._ever_seen - set(live)
+            known = {k: v for k, v in self._dropped.items() if k in gone}
+            operators = {k: self._last_operator.get(k) for k in gone - set(known)}
+        for key, operator in operators.items():
+            known[key] = Dropped(operator, self._why_not_live(operator, key, block))
+        return known
+
+    def _why_not_live(self, operator: str | None, peer_key: bytes, block: int) -> str:
+        """The first reason `isLive` (or key attribution) fails, for the log line."""
+        if operator is None:
+            return "no operator"
+        client = self.client
+        try:
+            info = client.operator(operator, block)
+            now = client.w3.eth.get_block(block)["timestamp"]
+        except Exception as exc:  # the log line loses its reason, nothing else
+            return f"reason unknown: {exc}"
+        if info.jailed:
+            return "jailed: slashed for equivocation"
+        if not info.registered:
+            return "left the registry"
+        if info.stake < client.min_bond:
+            return "bonded stake below the minimum: slashed or unbonding"
+        if info.ad_expiry <= now:
+            return "advertisement expired"
+        if bytes(info.peer_key) != bytes(peer_key):
+            return "its operator advertises another key"
+        return "advertisement no longer attributed to this key"
+
+    def changed(self) -> bool:
+        """One `eth_getLogs` over the blocks since the last look: did the registry log an
+        event that may end an operator's liveness? A True is not consumed here: the refresh
+        it prompts moves `_scanned_block` past those blocks."""
+        client = self.client
+        block = client.w3.eth.block_number
+        with self._lock:
+            start = max(self._scanned_block, self._watched_block) + 1
+        if block < start:
+            return False
+        events = client.contract.events
+        topics = [getattr(events, name).topic for name in LIVENESS_ENDING_EVENTS]
+        logs = client.w3.eth.get_logs(
+            {"address": client.address, "fromBlock": start, "toBlock": block, "topics": [topics]}
+        )
+        if logs:
+            return True
+        with self._lock:
+            self._watched_block = max(self._watched_block, block)
+        return False
 
     def live_addresses(self) -> dict[bytes, tuple[str, ...]]:
         with self._lock:
@@ -130,6 +229,10 @@ class RegistryMembership:
     def is_dropped(self, peer_key: bytes) -> bool:
         with self._lock:
             return peer_key in self._ever_seen and peer_key not in self._live
+
+    def dropped(self) -> dict[bytes, Dropped]:
+        with self._lock:
+            return dict(self._dropped)
 
     def stake_weight(self, peer_key: bytes) -> float:
         with self._lock:

@@ -10,8 +10,11 @@ Tasks (one nursery, one idea each):
 - the broadcast loop: a domain's outbox is published every `broadcast_interval_s` or as
   soon as it holds `broadcast_threshold` experiences, paced so no publish is dropped;
 - the repair loop: anti-entropy with every connected peer over `/fai/repair/1.0.0`;
-- discovery: seeds, live registry advertisements, drop slashed/jailed operators;
-- membership refresh (a chain read, in a worker thread), metrics, the control socket.
+- discovery: seeds and live registry advertisements, never a dropped operator's node;
+- membership: a refresh (chain reads, in a worker thread) every `membership_refresh_s`, or
+  as soon as the registry logs a slash, jail or unbond; then peers whose operator left the
+  live set are dropped for good (hung up on, forgotten by gossipsub, refused on
+  reconnect, not listed) and readmitted if it comes back; metrics, the control socket.
 
 The library is not thread-safe, so every library call goes through one worker thread at a
 time (`_lib_limiter`); the batch store and the reputation book are touched only on the event
@@ -48,8 +51,8 @@ from fai_net import evidence, repair, seq_clock
 from fai_net.admission import ReceiveBudget
 from fai_net.batch_store import BatchStore
 from fai_net.control import ControlError, UnknownAction, serve_control, validate_dso_args
-from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs, running
-from fai_net.membership import Membership, OpenMembership, RegistryMembership
+from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs, refuse_peers, running
+from fai_net.membership import Dropped, Membership, OpenMembership, RegistryMembership
 from fai_net.metrics import NodeMetrics, serve_metrics
 from fai_net.node_config import NodeConfig
 from fai_net.node_identity import NodeIdentity, load_or_create, public_key_of
@@ -71,12 +74,16 @@ from fai_net.validation import (
 
 log = logging.getLogger(__name__)
 _clock_log = RateLimitedLog(log, interval_s=60.0)
+_membership_log = RateLimitedLog(log, interval_s=60.0)
 
 REPAIR_PAGE = 512
 REPAIR_FETCH = 64
 #: Pages per peer per pass, and seconds per peer per pass: bounds what a peer can cost us.
 REPAIR_MAX_PAGES = 64
 REPAIR_PEER_BUDGET_S = 60
+#: Between membership refreshes, how often to look for a registry event that ends an
+#: operator's liveness (a slash, a jail, an unbond): one cheap chain read.
+MEMBERSHIP_WATCH_S = 1.0
 #: Stored batches are kept this long beyond the repair window, so that an equivocation
 #: on a batch repair may still deliver is always caught against the stored first one.
 PRUNE_MARGIN_MS = 24 * 3_600_000
@@ -122,6 +129,10 @@ class Node:
         #: Library size by domain, refreshed after every merge and add: `status` reads it.
         self._library_sizes: dict[str, int] = {}
         self.peers: dict[ID, PeerState] = {}
+        #: Peers whose operator left the live set: refused, not dialled, not listed.
+        self.dropped_peers: dict[ID, Dropped] = {}
+        #: Set when this node's own operator is not live (logged once per change).
+        self._self_dropped: Dropped | None = None
         self.last_sync_ms: int | None = None
         self.started_ms = now_ms()
         self._lib_limiter = trio.CapacityLimiter(1)
@@ -196,6 +207,7 @@ class Node:
         self.host, self.pubsub, self.router = build_host(
             self.identity.key_pair, GossipSettings(mdns=cfg.mdns, seen_ttl=cfg.seen_ttl_s)
         )
+        refuse_peers(self.host, self.dropped_peers.__contains__)
         self.ingest = TelemetryIngest(
             cfg.spool_path,
             self.add_experiences,
@@ -744,6 +756,12 @@ class Node:
             await self.sync_all()
 
     def connected_peers(self) -> list[ID]:
+        """Connected peers of the fleet: a dropped peer is not one, even in the moment
+        between its operator leaving the live set and the hang-up (`_apply_membership`)."""
+        return [p for p in self._connections() if p not in self.dropped_peers]
+
+    def _connections(self) -> list[ID]:
+        """Every peer with a libp2p connection, dropped or not (the transport's view)."""
         return [p for p in self.host.get_connected_peers() if p != self.peer_id]
 
     async def sync_all(self, domains: list[str] | None = None) -> int:
@@ -850,16 +868,9 @@ class Node:
             await trio.sleep(self.config.discovery_interval_s)
 
     async def _discover(self, seeds) -> None:
+        """Dial the seeds and the live advertisements we are not connected to. Dropped
+        operators' nodes are never dialled (`_apply_membership` hangs up on them)."""
         connected = set(self.connected_peers())
-        for peer in connected:
-            key = public_key_of(peer)
-            if key is not None and self.membership.is_dropped(key):
-                log.warning("dropping %s: its operator is no longer live", peer)
-                self.pubsub.add_to_blacklist(peer)
-                try:
-                    await self.host.disconnect(peer)
-                except Exception as exc:
-                    log.info("disconnect %s: %s", peer, exc)
         targets = list(seeds)
         for key, addrs in self.membership.live_addresses().items():
             if key == self.identity.public_key:
@@ -882,6 +893,8 @@ class Node:
             if info.peer_id == self.peer_id or info.peer_id in connected:
                 continue
             key = public_key_of(info.peer_id)
+            if info.peer_id in self.dropped_peers:
+                continue
             if key is not None and self.membership.is_dropped(key):
                 continue
             if key is not None and self.reputation.deprioritised(key) and not few:
@@ -896,12 +909,86 @@ class Node:
                     log.debug("dial %s failed: %s", addr, exc)
 
     async def _membership_loop(self) -> None:
+        """Refresh the member set every `membership_refresh_s`, and sooner when the registry
+        has logged a slash, jail or unbond since the last refresh (`Membership.changed`,
+        one chain read a second): a slashed node is dropped within about a second, without
+        re-reading every operator each second."""
+        refresh_s = self.config.membership_refresh_s
+        last = trio.current_time()
         while True:
-            await trio.sleep(self.config.membership_refresh_s)
+            await trio.sleep(min(MEMBERSHIP_WATCH_S, refresh_s))
+            due = trio.current_time() - last >= refresh_s
+            if not due:
+                try:
+                    due = await trio.to_thread.run_sync(self.membership.changed)
+                except Exception as exc:  # the periodic refresh still comes
+                    _membership_log.warning("watch", "membership watch failed: %s", exc)
+                    continue
+                if not due:
+                    continue
+            last = trio.current_time()
             try:
                 await trio.to_thread.run_sync(self.membership.refresh)
             except Exception as exc:  # a chain hiccup must not stop the node
                 log.warning("membership refresh failed: %s", exc)
+                continue
+            await self._apply_membership()
+
+    async def _apply_membership(self) -> None:
+        """Act on the snapshot just refreshed, logging once per peer per change: drop the
+        peers whose operator left the live set, readmit those that came back, and hang up
+        on any dropped peer still connected (a connection that raced the drop)."""
+        dropped = self.membership.dropped()
+        now_dropped: dict[ID, Dropped] = {}
+        for key, why in dropped.items():
+            if key == self.identity.public_key:
+                continue
+            try:
+                now_dropped[ID.from_pubkey(_ed25519_public(key))] = why
+            except Exception:  # a key that is not an Ed25519 point has no peer id
+                continue
+        for peer in [p for p in self.dropped_peers if p not in now_dropped]:
+            del self.dropped_peers[peer]
+            self.pubsub.readmit(peer)
+            operator = self.membership.operator_of(public_key_of(peer) or b"")
+            log.warning("readmitting %s (operator %s): live in the registry again", peer, operator)
+        for peer, why in now_dropped.items():
+            if peer not in self.dropped_peers:
+                self.dropped_peers[peer] = why
+                log.warning(
+                    "dropping %s (operator %s): no longer live in the registry (%s)",
+                    peer,
+                    why.operator,
+                    why.reason,
+                )
+                self.pubsub.exclude(peer)
+                self.peers.pop(peer, None)
+                _forget_addresses(self.host, peer)
+        self._note_own_membership(dropped.get(self.identity.public_key))
+        for peer in self._connections():
+            if peer in self.dropped_peers:
+                await self._hang_up(peer)
+
+    async def _hang_up(self, peer: ID) -> None:
+        with trio.move_on_after(5):
+            try:
+                await self.host.disconnect(peer)
+            except Exception as exc:  # the connection may be closing already
+                log.info("disconnect %s: %s", peer, exc)
+
+    def _note_own_membership(self, why: Dropped | None) -> None:
+        """Say once that this node's own operator left the live set (its peers now refuse
+        its batches), and once that it is back."""
+        if why is not None and self._self_dropped is None:
+            log.warning(
+                "this node's operator %s is no longer live in the registry (%s): "
+                "peers refuse its batches and hang up on it",
+                why.operator,
+                why.reason,
+            )
+        elif why is None and self._self_dropped is not None:
+            log.warning("this node's operator is live in the registry again")
+        self._self_dropped = why
 
     async def _prune_loop(self) -> None:
         """Delete stored batches older than anything the gate may still accept (the repair
@@ -949,7 +1036,7 @@ class Node:
         a status call never waits for the library (a round may be inserting)."""
         sizes = dict(self._library_sizes)
         self.metrics.set_library_sizes(sizes)
-        self.metrics.set_peers_connected(len(self.connected_peers()))
+        self.metrics.set_peers_connected(len(self._connections()))
         self.metrics.set_reputations({k.hex()[:16]: v for k, v in self.reputation.peers().items()})
         return sizes
 
@@ -982,14 +1069,20 @@ class Node:
         return out
 
     def peer_table(self) -> list[dict]:
+        """The `peers` rows: connected or known peers, minus those whose operator left the
+        live set (listed by membership, not by connection: a dropped peer is gone at once,
+        even before its connection closes). `operator` is the live operator the peer's key
+        belongs to (registry mode), else None."""
         rows = []
         connected = set(self.connected_peers())
-        for peer in sorted(connected | set(self.peers), key=str):
+        known = connected | {p for p in self.peers if p not in self.dropped_peers}
+        for peer in sorted(known, key=str):
             state = self.peers.get(peer, PeerState())
             key = public_key_of(peer)
             rows.append(
                 {
                     "node_id": str(peer),
+                    "operator": None if key is None else self.membership.operator_of(key),
                     "latency_ms": state.latency_ms,
                     "reputation": None if key is None else round(self.reputation.score(key), 4),
                     "last_seen": state.last_seen_ms or None,
@@ -1218,6 +1311,16 @@ def _received_json(entry) -> dict:
         "origin": entry.origin,
         "created_ms": int(e.created_ms),
     }
+
+
+def _forget_addresses(host, peer: ID) -> None:
+    """Remove a dropped peer's addresses from the peer store: py-libp2p's auto-connector
+    dials peer-store peers with addresses whenever the node has fewer than its low
+    watermark (100) of connections, which would re-dial the dropped node every 30 s."""
+    try:
+        host.get_peerstore().clear_addrs(peer)
+    except Exception as exc:  # an unknown peer has no addresses to forget
+        log.debug("forgetting %s's addresses: %s", peer, exc)
 
 
 def _peer_id_text(key: bytes) -> str | None:
