@@ -355,11 +355,12 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         try:
             return handler(args)
         except NodeNotRunning as exc:
-            where = f"--data-dir {exc.path.removesuffix('/control.sock')}"
-            _err(
-                f"no node is running at {exc.path} "
-                f"(start one with `fai node run {where} --domain ...`)"
-            )
+            if getattr(args, "node", None) not in (None, ""):
+                hint = "is the devnet up? `fai devnet status` shows its nodes"
+            else:
+                where = f"--data-dir {exc.path.removesuffix('/control.sock')}"
+                hint = f"start one with `fai node run {where} --domain ...`"
+            _err(f"no node is running at {exc.path} ({hint})")
             return 1
         except ControlError as exc:
             if exc.code == Code.BAD_REQUEST:

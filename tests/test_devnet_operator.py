@@ -95,6 +95,16 @@ def test_an_input_error_shows_the_message_then_the_command_usage(isolated, capsy
     assert "\nusage: fai devnet fund" in err
 
 
+def test_a_devnet_node_that_does_not_answer_points_at_the_devnet(isolated, monkeypatch, capsys):
+    monkeypatch.setenv("FAI_DEVNET_STATE", str(fake_devnet(isolated)))
+    assert main(["node", "status", "--node", "1", "--timeout", "2"]) == 1
+    err = capsys.readouterr().err
+    assert f"no node is running at {isolated / 'node1' / 'control.sock'}" in err
+    assert "is the devnet up? `fai devnet status`" in err and "fai node run" not in err
+    assert main(["node", "status", "--data-dir", str(isolated / "mine"), "--timeout", "2"]) == 1
+    assert f"fai node run --data-dir {isolated / 'mine'}" in capsys.readouterr().err
+
+
 def test_node_flag_is_on_every_node_command_and_names_a_devnet_node(isolated, monkeypatch):
     state = fake_devnet(isolated)
     monkeypatch.setenv("FAI_DEVNET_STATE", str(state))
