@@ -156,7 +156,7 @@ def why_nothing(stats, mixed: int) -> list[str]:
 
 
 def import_telemetry(args: argparse.Namespace) -> int:
-    from fai_net.cli_node import _Node, _print_json, _Progress, format_table, send_items
+    from fai_net.cli_node import _Node, _print_json, _Progress, format_table, plural, send_items
 
     label = args.source_name or args.file
     policy = policy_from(args.domain, args.domain_rule)
@@ -177,7 +177,9 @@ def import_telemetry(args: argparse.Namespace) -> int:
             f"{label}: no tool call could be read from {converted.units} {fmt} unit(s) "
             f"({converted.ignored} without a tool call, {len(converted.problems)} refused)"
         )
-    progress(f"extracting experiences from {len(converted.records)} records of {label} ...")
+    progress(
+        f"extracting experiences from {plural(len(converted.records), 'record')} of {label} ..."
+    )
     items, stats, mixed = extract(converted)
     node = _Node(args)
     sent = send_items(node, items, args, progress, label)
@@ -199,9 +201,10 @@ def import_telemetry(args: argparse.Namespace) -> int:
         _print_json(summary)
         return 0
     print(
-        f"{label}: {fmt}, {len(converted.records)} records ({len(converted.problems)} bad "
-        f"skipped), {stats.tasks} tasks, {stats.groups} groups ({stats.pooled_groups} of "
-        f"single attempts) -> {len(items)} experiences"
+        f"{label}: {fmt}, {plural(len(converted.records), 'record')} "
+        f"({len(converted.problems)} bad skipped), {plural(stats.tasks, 'task')}, "
+        f"{plural(stats.groups, 'group')} ({stats.pooled_groups} of single attempts) -> "
+        f"{plural(len(items), 'experience')}"
     )
     if not items:
         print("no experiences: " + "; ".join(summary["why_not_more"] or ["no groups formed"]))
@@ -214,10 +217,10 @@ def import_telemetry(args: argparse.Namespace) -> int:
     rows += [(d, f"0 (skipped {n}: not subscribed)") for d, n in sorted(skipped.items())]
     if rows:
         print(format_table(("DOMAIN", "IMPORTED"), rows))
-    print(f"imported {sent['added']} experiences ({sent['inserted']} new to the library)")
+    print(f"imported {plural(sent['added'], 'experience')} ({sent['inserted']} new to the library)")
     if skipped:
         print(
-            f"skipped {sum(skipped.values())} experiences of unsubscribed domains "
+            f"skipped {plural(sum(skipped.values()), 'experience')} of unsubscribed domains "
             f"({', '.join(sorted(skipped))}); use --subscribe to import them"
         )
     return 0
