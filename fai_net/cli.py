@@ -81,6 +81,10 @@ def _mcp(args: argparse.Namespace) -> int:
     from fai_net.mcp_server import main as mcp_main
 
     argv = ["--timeout", str(args.timeout)]
+    if args.node not in (None, "") and not (args.socket or args.data_dir):
+        from fai_net.settings import resolve
+
+        argv += ["--socket", resolve({"node": args.node}).get("socket")]
     if args.socket:
         argv += ["--socket", args.socket]
     if args.data_dir:
@@ -173,6 +177,7 @@ def _add_node_commands(commands) -> None:
         metavar="DIR",
         help="the node's data directory: uses DIR/control.sock (env FAI_DATA_DIR)",
     )
+    mcp.add_argument("--node", metavar="N", help="node N of the running devnet (0 or node0)")
     mcp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     mcp.set_defaults(handler=_mcp)
 

@@ -338,3 +338,13 @@ def test_equivocate_prints_the_evidence_file_and_the_command_that_submits_it(net
     assert command.startswith(f"fai slash equivocation --evidence {path} ")
     slash = fai(*shlex.split(command)[1:], "--json", state_dir=root)
     assert node1["operator"].lower() in slash.stdout.lower()
+
+
+def test_mcp_serves_a_devnet_node_named_by_node(isolated, monkeypatch):
+    monkeypatch.setenv("FAI_DEVNET_STATE", str(fake_devnet(isolated)))
+    seen = []
+    monkeypatch.setattr("fai_net.mcp_server.main", seen.append)
+    assert main(["mcp", "--node", "2"]) == 0
+    assert seen[-1][seen[-1].index("--socket") + 1] == str(isolated / "node2" / "control.sock")
+    assert main(["mcp", "--node", "2", "--data-dir", "/mine"]) == 0  # an explicit flag wins
+    assert "--socket" not in seen[-1] and seen[-1][-2:] == ["--data-dir", "/mine"]
