@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from _devnetkit import run_fai
 
 from fai_net.control import ControlClient
 
@@ -23,19 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fai(*args: str, state_dir: Path, check: bool = True, timeout: float = 240):
-    env = dict(os.environ, FAI_DEVNET_STATE=str(state_dir / "devnet.json"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "fai_net.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"fai {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+    return run_fai(*args, state_dir=state_dir, code=0 if check else None, timeout=timeout)
 
 
 def wait_for(predicate, timeout: float, what: str):

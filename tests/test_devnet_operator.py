@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _devnetkit import run_fai
 
 from fai_net import devnet
 from fai_net.cli import main
@@ -189,19 +190,7 @@ def test_a_stale_state_file_sends_nothing(isolated):
 
 
 def fai(*args: str, state_dir: Path, code: int = 0, timeout: float = 120):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAI_")}
-    env["FAI_DEVNET_STATE"] = str(state_dir / "devnet.json")
-    proc = subprocess.run(
-        [sys.executable, "-m", "fai_net.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    assert proc.returncode == code, (args, proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+    return run_fai(*args, state_dir=state_dir, code=code, timeout=timeout, clean_env=True)
 
 
 def wait_for(predicate, timeout: float, what: str):
