@@ -93,8 +93,8 @@ STYLE = {
 }
 SHORT = {"isolated": "isolated", "central": "oracle", "naive": "naive", "fai": "FAI"}
 
-# The paper's claims (fai-paper.txt section 9). SWE-bench resolved rate in %; not comparable
-# in scale to the retrieval proxy, shown beside it only to compare shapes.
+# The paper's claims (its section 9; docs/design.md#d30). SWE-bench resolved rate in %;
+# not comparable in scale to the retrieval proxy, shown beside it only to compare shapes.
 PAPER_T1 = {
     "isolated": ({10: 18.2, 50: 18.2, 100: 18.2}, None),
     "central": ({10: 22.1, 50: 23.4, 100: 24.0}, "up to +5.8"),
@@ -853,8 +853,8 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
     L += [
         "## Table 3: bytes per experience and per batch",
         "",
-        "Paper: d = 768 (paper-notes row 4: its 288 bytes are not what its own format "
-        "gives). Measured: d = "
+        "Paper: d = 768 ([docs/design.md#d6](design.md#d6): its 288 bytes are not what its "
+        "own format gives). Measured: d = "
         f"{d} (all-MiniLM-L6-v2, the model FAI ships). The envelope row is "
         "`wire.encode_batch` on real corpus experiences with their shipped vectors (one "
         "domain per batch, the first M patterns of each domain, baseline = their mean), "
@@ -973,14 +973,14 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
         ),
         "",
         "g = 1 gives every coordinate its own scale, so reconstruction is exact and costs more "
-        "than float32 (paper-notes row 5)"
+        "than float32 ([docs/design.md#d8](design.md#d8))"
         + (
             f": measured mean cos {g1['cos_mean']:.6f}, compression {g1['compression']:.2f}x"
             if g1
             else ""
         )
         + ". For g >= 16 cosine hardly depends on g: it is bounded by how far the vectors sit "
-        "from their mean (paper-notes row 11), not by the number of scales.",
+        "from their mean ([docs/design.md#d9](design.md#d9)), not by the number of scales.",
         "",
     ]
 

@@ -85,7 +85,8 @@ def markdown(result: dict) -> str:
         "",
         "The paper's Table 4 (cos 0.957 at g = 128; 0.704 at g = 1) is not reproduced: at g = d "
         "a single scale is used, at g = 1 reconstruction is exact, and cosine is bounded by "
-        "how far the embeddings sit from their mean (see paper-notes.md row 11).",
+        "how far the embeddings sit from their mean (see [docs/design.md, D8](design.md#d8) "
+        "and [D9](design.md#d9)).",
         "",
         "Regenerate: `.venv/bin/python bench/fidelity.py --markdown docs/fidelity.md`",
     ]

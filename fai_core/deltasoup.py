@@ -1,9 +1,10 @@
 """DeltaSoup: Byzantine-robust aggregation of received batches (paper section 5, Algorithm 3).
 
 The four phases of Algorithm 3, with the filter redesigned because the paper's, applied as
-written to BitDelta reconstructions, rejects every honest vector (paper-notes row 10; see
-`paper_filter_scores`, kept for comparison) and never rejects a vector inside the honest
-spread. docs/deltasoup.md has the measurements behind every threshold below.
+written to BitDelta reconstructions, keeps only about half of the honest vectors, and with
+MAD scaled to a standard deviation rejects nothing inside the honest spread
+(docs/design.md#d11; see `paper_filter_scores`, kept for comparison). docs/deltasoup.md has
+the measurements behind every threshold below.
 
 1. Verify (per batch; `decode_envelope` already checked hash, signature, shape and
    finiteness): model id and dimension are the receiver's, timestamp within T_max, CID not
