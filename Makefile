@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVNET_STAMP := devnet/node_modules/.installed
 
-.PHONY: demo test lint bench evaluate contracts clean
+.PHONY: demo test test-fast lint bench evaluate contracts clean
 
 # The main job: a devnet of 5 staked nodes shares experiences, catches an equivocating
 # node and slashes it on-chain, prints what each node learned, and stops everything.
@@ -19,6 +19,14 @@ test: $(STAMP) $(DEVNET_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+# The fast path while editing (under 2 minutes): lint, then every test not marked `slow`.
+# It skips what starts Anvil, node processes or a devnet (marked by a rule in
+# tests/conftest.py) and two long tests marked by hand. `make test` still runs everything.
+test-fast: $(STAMP) $(DEVNET_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP) $(DEVNET_STAMP)
 	$(PY) bench/codec.py --json

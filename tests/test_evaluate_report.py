@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # the smallest evaluation grid still takes ~5 s
 def test_quick_evaluation_writes_every_table_and_plot(tmp_path):
     md, img = tmp_path / "evaluation.md", tmp_path / "img"
     cmd = [

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fai_core.library import ExperienceLibrary
 
@@ -56,6 +57,7 @@ def _check_library(path: Path, acked: set[bytes]) -> int:
         return len(ids)
 
 
+@pytest.mark.slow  # a SIGKILL soak: ~15 s
 def test_sigkill_mid_write_keeps_every_acknowledged_experience(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with open(tmp_path / "writer.stderr", "wb") as err:
