@@ -227,6 +227,7 @@ def _node_lines(node: dict) -> list[str]:
 
 def _devnet_up(args: argparse.Namespace) -> int:
     from fai_net import devnet
+    from fai_net.cli_node import plural
     from fai_net.cli_registry import format_duration
 
     domains = [tuple(d.split("+")) for d in args.domains.split(",")] if args.domains else None
@@ -254,7 +255,7 @@ def _devnet_up(args: argparse.Namespace) -> int:
     old = devnet.old_runs(state)
     if old:
         print(
-            f"{len(old)} run director{'y' if len(old) == 1 else 'ies'} of earlier devnets "
+            f"{plural(len(old), 'run directory', 'run directories')} of earlier devnets "
             f"stay in {state['state_dir']} (oldest {old[0].name}): delete them when done"
         )
     return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fai_core import jsonlimits
+from fai_net.peer_ids import peer_id_of_hex
 
 #: Experiences per `add` call during an import (the node takes at most 1000 per call).
 IMPORT_CHUNK = 200
@@ -438,26 +439,18 @@ def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else many or word + 's'}"
 
 
-def peer_id_of_key(key_hex: str | None) -> str | None:
-    """The libp2p peer id of a hex Ed25519 public key: what `fai node peers` lists and the
-    node logs, so an experience's source reads the same as a peer (None if not a key)."""
-    from fai_net.peer_ids import peer_id_of_hex
-
-    return peer_id_of_hex(key_hex)
-
-
 def with_source_node(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """--json items keep `source` (the hex key) and gain `source_node`, its peer id: the
     name the node's own `recall` answers already use, so every output spells it one way."""
     return [
-        {**item, "source_node": item.get("source_node") or peer_id_of_key(item.get("source"))}
+        {**item, "source_node": item.get("source_node") or peer_id_of_hex(item.get("source"))}
         for item in items
     ]
 
 
 def source_text(source_hex: str | None, own_peer_id: str | None) -> str:
     """An experience's source as people see peers: a short peer id, or 'this node'."""
-    peer = peer_id_of_key(source_hex)
+    peer = peer_id_of_hex(source_hex)
     if peer is None:
         return "?"
     return "this node" if peer == own_peer_id else _short_id(peer)

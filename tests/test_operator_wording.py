@@ -21,7 +21,8 @@ import pytest
 
 from fai_net import cli_node
 from fai_net.cli import build_parser, main
-from fai_net.cli_node import format_status, peer_id_of_key, plural, source_text
+from fai_net.cli_node import format_status, plural, source_text
+from fai_net.peer_ids import peer_id_of_hex
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,20 +153,20 @@ def _identity(byte: int):
 @pytest.mark.parametrize("byte", [0, 1, 7, 200, 255])
 def test_peer_id_of_key_is_libp2ps_peer_id(byte):
     identity = _identity(byte)
-    assert peer_id_of_key(identity.public_key.hex()) == str(identity.peer_id)
+    assert peer_id_of_hex(identity.public_key.hex()) == str(identity.peer_id)
 
 
 def test_peer_id_of_key_refuses_what_is_not_a_key():
-    assert peer_id_of_key(None) is None
-    assert peer_id_of_key("zz") is None
-    assert peer_id_of_key("ab" * 31) is None
+    assert peer_id_of_hex(None) is None
+    assert peer_id_of_hex("zz") is None
+    assert peer_id_of_hex("ab" * 31) is None
 
 
 def test_peer_ids_do_not_import_libp2p_or_numpy():
     """The CLI stays fast: libp2p takes ~0.7 s to import, numpy is kept out of `fai`."""
     code = (
-        "import sys; from fai_net import cli; from fai_net.cli_node import peer_id_of_key; "
-        "peer_id_of_key('00' * 32); print('libp2p' in sys.modules, 'numpy' in sys.modules)"
+        "import sys; from fai_net import cli; from fai_net.peer_ids import peer_id_of_hex; "
+        "peer_id_of_hex('00' * 32); print('libp2p' in sys.modules, 'numpy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
