@@ -1,6 +1,6 @@
 """A bare py-libp2p gossipsub peer: the baseline that bench/fleet.py compares FAI nodes with.
 
-Same host and router as an FAI node (`fai_net.gossip.build_host` with default
+Same host and router as an FAI node (`fai_net.p2p.gossip.build_host` with default
 `GossipSettings`: Noise + yamux, heartbeat 1 s, content-addressed message ids, seen cache
 120 s, strict signing) and the same topic, but nothing else: no validator, no store, no
 library. It drains its subscription (as the node's drain task does) and records, per
@@ -34,8 +34,8 @@ from pathlib import Path
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs, running
-from fai_net.node_identity import NodeIdentity
+from fai_net.node.identity import NodeIdentity
+from fai_net.p2p.gossip import GossipSettings, build_host, parse_multiaddrs, running
 
 
 def _write_json(path: Path, value: dict) -> None:

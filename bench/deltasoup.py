@@ -25,12 +25,12 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from fai_core import attacks  # noqa: E402
-from fai_core.byzantine_eval import NOW_MS, shipped_embeddings  # noqa: E402
 from fai_core.corpus import load_pattern_corpus  # noqa: E402
 from fai_core.deltasoup import DeltaSoup  # noqa: E402
 from fai_core.embedding import DEFAULT_MODEL  # noqa: E402
 from fai_core.identity import NodeKey  # noqa: E402
+from fai_eval import attacks  # noqa: E402
+from fai_eval.scenario import NOW_MS, shipped_embeddings  # noqa: E402
 
 
 class DictEmbedder:

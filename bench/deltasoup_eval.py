@@ -1,6 +1,6 @@
 """The DeltaSoup acceptance table: attack x honest retention x Byzantine rejection x damage.
 
-Runs every attack of fai_core.byzantine_eval.ATTACKS on real all-MiniLM-L6-v2 embeddings
+Runs every attack of fai_eval.scenario.ATTACKS on real all-MiniLM-L6-v2 embeddings
 (shipped vectors of the 1,279-sentence corpus; 1,000 honest texts over the honest nodes)
 for N = 12 and N = 9 with f = N/3, and the paper's filter as written for comparison. The
 DP rows noise every node's scales with privacy.privatize (clip 0.05, delta 1e-5).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fai_core.byzantine_eval import (
+from fai_eval.scenario import (
     ATTACKS,
     paper_filter_on_honest,
     run_attack,

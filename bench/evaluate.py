@@ -10,7 +10,7 @@ Every number in the Markdown file comes from this script: the simulator runs (fa
 the real wire encoder on the shipped corpus (Table 3) and bench/fidelity.py's `measure` on
 the shipped vectors (Table 4). The paper's figures are typed in as claims, beside ours.
 
-The runs are independent `fai_core.sim.simulator.run` calls, spread over `--jobs` spawned
+The runs are independent `fai_eval.sim.simulator.run` calls, spread over `--jobs` spawned
 processes (each single-threaded: on a 2-core machine BLAS threads only fight each other).
 Each finished run is cached as JSON under `--cache`, keyed by a hash of its full SimConfig
 *and* of the fai_core code the simulator imports (plus fai_core/data): a result is only
@@ -48,13 +48,14 @@ from pathlib import Path
 import numpy as np
 
 import fai_core
-from fai_core import attacks, bitdelta
-from fai_core.byzantine_eval import shipped_embeddings
+from fai_core import bitdelta
 from fai_core.corpus import load_pattern_corpus
 from fai_core.embedding import DEFAULT_MODEL
 from fai_core.identity import NodeKey
-from fai_core.sim import adversary, simulator, workload
-from fai_core.sim.simulator import METHODS, SimConfig, run
+from fai_eval import attacks
+from fai_eval.scenario import shipped_embeddings
+from fai_eval.sim import adversary, simulator, workload
+from fai_eval.sim.simulator import METHODS, SimConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (42, 123, 456)
@@ -126,17 +127,17 @@ PAPER_BANDWIDTH_KB = 29
 
 
 def code_fingerprint() -> str:
-    """Hash of the fai_core modules loaded here (the simulator's whole import tree) and of
-    fai_core/data: what a cached result depends on. Edits elsewhere in fai_core (the
-    extraction pipeline, say) leave the cache valid; any edit to code the simulator runs
-    invalidates it, rather than mixing old and new numbers."""
-    base = Path(fai_core.__file__).resolve().parent
+    """Hash of the fai_core and fai_eval modules loaded here (the simulator's whole import
+    tree) and of fai_core/data: what a cached result depends on. Edits elsewhere in fai_core
+    (the extraction pipeline, say) leave the cache valid; any edit to code the simulator
+    runs invalidates it, rather than mixing old and new numbers."""
+    base = Path(fai_core.__file__).resolve().parent.parent
     files = {
         Path(mod.__file__).resolve()
         for name, mod in list(sys.modules.items())
-        if name.split(".")[0] == "fai_core" and getattr(mod, "__file__", None)
+        if name.split(".")[0] in ("fai_core", "fai_eval") and getattr(mod, "__file__", None)
     }
-    files |= {path.resolve() for path in (base / "data").rglob("*") if path.is_file()}
+    files |= {path.resolve() for path in (base / "fai_core" / "data").rglob("*") if path.is_file()}
     h = hashlib.sha256()
     for path in sorted(files):
         h.update(str(path.relative_to(base)).encode())
@@ -591,7 +592,7 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
         "g = 128 against the sender's library mean, DAG-CBOR, CID, Ed25519 signature) and "
         "verified by `wire.decode_envelope`; receivers run `DeltaSoup.aggregate` with its "
         "reputation book and merge with the library's record order. See "
-        "fai_core/sim/simulator.py.",
+        "fai_eval/sim/simulator.py.",
         "",
         "Four methods run on the same workload and network in each run: isolated (a node "
         "keeps what it extracted), the central oracle (the union of every honest experience, "
@@ -1433,7 +1434,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = make_plan(s)
     results = run_grid(plan_configs(plan), s.cache, s.jobs, fp)
     if code_fingerprint() != fp:
-        log("warning: fai_core/ changed while the grid ran; results may mix code versions")
+        log("warning: fai_core/ or fai_eval/ changed during the grid; results may mix code")
     fig = figures(s, plan, results, fp)
     out_md, img_dir = Path(s.out_md), Path(s.img_dir)
     plots(fig, s, img_dir)

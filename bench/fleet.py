@@ -125,8 +125,8 @@ from fai_core import dagcbor  # noqa: E402
 from fai_core.corpus import load_pattern_corpus  # noqa: E402
 from fai_core.experience import text_problem  # noqa: E402
 from fai_core.wire import decode_envelope  # noqa: E402
-from fai_net.control import ControlClient  # noqa: E402
-from fai_net.topics import topic_for  # noqa: E402
+from fai_net.api.control import ControlClient  # noqa: E402
+from fai_net.p2p.topics import topic_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE_PEER = Path(__file__).resolve().parent / "bare_gossip_peer.py"
@@ -447,7 +447,7 @@ def run_fai(s: Settings, root: Path, procs: list[Proc]) -> dict:
         cmd = [
             sys.executable,
             "-m",
-            "fai_net.cli",
+            "fai_net.cli.entry",
             "node",
             "run",
             "--data-dir",
@@ -808,9 +808,9 @@ def replay_receive(s: Settings, fai: dict, node: int, workdir: Path) -> dict:
     from fai_core.embedding import HashingEmbedder, default_embedder
     from fai_core.library import ExperienceLibrary
     from fai_core.reputation import ReputationBook
-    from fai_net.metrics import NodeMetrics
-    from fai_net.node import Node, Pending, soup_config
-    from fai_net.node_config import NodeConfig
+    from fai_net.api.metrics import NodeMetrics
+    from fai_net.node.config import NodeConfig
+    from fai_net.node.node import Node, Pending, soup_config
 
     ev = fai["events"]
     batches = {cid: decode_envelope(env).batch for cid, env in fai["envelopes"].items()}

@@ -68,8 +68,8 @@ import numpy as np
 from fleet import Proc  # bench/fleet.py: the same process wrapper
 
 from fai_core.corpus import load_pattern_corpus
-from fai_net.control import ControlClient
-from fai_net.topics import topic_for
+from fai_net.api.control import ControlClient
+from fai_net.p2p.topics import topic_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOD_PEER = Path(__file__).resolve().parent / "flood_peer.py"

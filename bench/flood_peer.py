@@ -4,7 +4,7 @@
         [--dim 384] [--rate 200] [--duration 60] [--keys 2000] [--seed N]
         [--mix valid=55,junk=15,bad_sig=15,stale=15] [--wait-go] [--hold 3]
 
-A real py-libp2p host (`fai_net.gossip.build_host`: Noise + yamux) with no FAI validator:
+A real py-libp2p host (`fai_net.p2p.gossip.build_host`: Noise + yamux) with no FAI validator:
 it connects to the target, subscribes to the topic, waits until the target is in its mesh,
 then sends `rate` messages per second for `duration` seconds, paced on absolute deadlines
 (message i at start + i / rate).
@@ -72,9 +72,9 @@ from fai_core.errors import Reject, WireError
 from fai_core.experience import Experience, text_problem
 from fai_core.identity import NodeKey
 from fai_core.wire import decode_envelope, encode_batch
-from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs, running
-from fai_net.node_identity import NodeIdentity
-from fai_net.topics import domain_of
+from fai_net.node.identity import NodeIdentity
+from fai_net.p2p.gossip import GossipSettings, build_host, parse_multiaddrs, running
+from fai_net.p2p.topics import domain_of
 
 KINDS = ("valid", "junk", "bad_sig", "stale")
 DEFAULT_MIX = "valid=55,junk=15,bad_sig=15,stale=15"

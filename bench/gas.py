@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eth_account import Account
 from web3 import Web3
 
 from fai_core.identity import NodeKey
-from fai_net.chain.anvil import Anvil
+from fai_net.devnet.anvil import Anvil
 from fai_net.registry import deploy_registry, deploy_token
 from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY, TOKEN
 

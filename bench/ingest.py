@@ -9,7 +9,7 @@ Workload. The shipped sample telemetry (fai_core/data/sample_telemetry.jsonl: 73
 calls, 232 attempts at 30 tasks) replicated: replica k renames each task `<task>~k` and
 its kind `<kind>-vk` (so every replica makes its own GRPO groups and its own pattern
 texts, as new work would, instead of repeating the same experiences). Each replica
-becomes real OpenTelemetry GenAI spans made with the SDK (`fai_net.devnet_demo.trace_spans`:
+becomes real OpenTelemetry GenAI spans made with the SDK (`fai_net.devnet.demo.trace_spans`:
 one trace per attempt, an `invoke_agent` root with `fai.task.id`/`fai.domain`/`fai.kind`,
 an `execute_tool` child per call with `gen_ai.tool.call.arguments` and
 `gen_ai.tool.call.result` holding the record's input and output): 966 spans per replica.
@@ -113,7 +113,7 @@ def replica_records(k: int) -> list:
 
 
 def make_spans(replicas: range) -> list:
-    from fai_net.devnet_demo import trace_spans
+    from fai_net.devnet.demo import trace_spans
 
     spans: list = []
     for k in replicas:
@@ -262,8 +262,8 @@ def serve(mode: str, directory: Path) -> int:
         closer = server.shutdown
     else:
         from fai_core.ingest.common import DomainPolicy
-        from fai_net.otlp_receiver import OtlpLimits, serve_otlp
-        from fai_net.telemetry_spool import SpoolWriter
+        from fai_net.telemetry.otlp_receiver import OtlpLimits, serve_otlp
+        from fai_net.telemetry.spool import SpoolWriter
 
         writer = SpoolWriter(directory / "telemetry.sqlite", max_steps=10**8)
         limits = OtlpLimits(
@@ -325,7 +325,7 @@ def stages(payloads: list[tuple[bytes, int]], workdir: Path) -> dict:
 
     from fai_core.ingest.common import DomainPolicy
     from fai_core.ingest.otlp import TraceSessions, convert_request, parse_request
-    from fai_net.telemetry_spool import Spool
+    from fai_net.telemetry.spool import Spool
 
     spans = sum(n for _, n in payloads)
     clock = time.thread_time
@@ -385,8 +385,8 @@ def offline_extraction(spool_path: Path, workdir: Path) -> dict:
     from fai_core.embedding import HashingEmbedder
     from fai_core.extraction import LocalDSOptimizer
     from fai_core.ingest.common import finish_trajectories
-    from fai_net.telemetry_ingest import TelemetryIngest, split_mixed_labels
-    from fai_net.telemetry_spool import Spool
+    from fai_net.telemetry.ingest import TelemetryIngest, split_mixed_labels
+    from fai_net.telemetry.spool import Spool
 
     # The first pass's parts, one by one, on a copy (the pass itself consumes).
     copy = workdir / "copy.sqlite"
@@ -522,7 +522,7 @@ def wait_extracted(client, pid: int, passes0: int, timeout: float) -> dict:
 def run_node(
     workdir: Path, payloads, e2e_payloads, traces: tuple[int, int], concurrency: int, procs
 ) -> dict:
-    from fai_net.control import ControlClient
+    from fai_net.api.control import ControlClient
 
     node = node_proc(workdir / "node")
     procs.append(node)
@@ -642,7 +642,7 @@ def run(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dict:
     idle = idle_cpu_rate(rx.pid, 1.0)
     rx_run = measured_send(rx.pid, rx.info["port"], payloads, args.concurrency, idle)
     log("receiver alone: the SDK's OTLPSpanExporter")
-    from fai_net.devnet_demo import export_spans
+    from fai_net.devnet.demo import export_spans
 
     c, w = time.process_time(), time.perf_counter()
     sdk_requests = export_spans(sdk_spans, f"http://127.0.0.1:{rx.info['port']}/v1/traces")
@@ -664,7 +664,7 @@ def run(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dict:
     traces = (workload["traces"], describe(e2e_spans, e2e_payloads)["traces"])
     node = run_node(workdir, payloads, e2e_payloads, traces, args.concurrency, procs)
 
-    from fai_net.otlp_receiver import OtlpLimits
+    from fai_net.telemetry.otlp_receiver import OtlpLimits
 
     parse_us = stage["us_per_span"]["protobuf_ParseFromString"]
     ratios = {

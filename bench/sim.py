@@ -1,6 +1,6 @@
 """Simulator scale: N = 1,000 nodes for 100 rounds (target: <= 10 minutes on 2 cores).
 
-Runs `fai_core.sim` once (FAI's real encoder, verifier, DeltaSoup and library merge; see
+Runs `fai_eval.sim` once (FAI's real encoder, verifier, DeltaSoup and library merge; see
 docs/evaluation.md) and reports wall time, where the CPU went, and the run's headline
 figures. Single process: the simulator does not use the second core.
 
@@ -14,7 +14,7 @@ import json
 import resource
 import time
 
-from fai_core.sim.simulator import METHODS, SimConfig, Simulation
+from fai_eval.sim.simulator import METHODS, SimConfig, Simulation
 
 
 def main() -> None:

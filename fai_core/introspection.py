@@ -2,7 +2,7 @@
 
 Privacy is structural here. Raw telemetry is reduced once, by `view_group`, to a
 `GroupView`: tool names, outcome classes, rewards and advantages. Introspectors (the
-deterministic one below, the LLM one in `fai_net.introspect_http`, or any other) only
+deterministic one below, the LLM one in `fai_net.telemetry.introspect_http`, or any other) only
 ever receive that view, so none of them can copy a user's input or output into a pattern
 or a prompt, however it is written.
 

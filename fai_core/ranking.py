@@ -16,7 +16,7 @@ and every factor is one a hostile source cannot inflate by itself:
   exactly what an unremarkable honest claim gets. Claims are only compared within a
   source, so no source can push another's experiences down.
 * **Standing** s of the source: the Beta(2 + helped, 2 + hurt) mean of the feedback on its
-  experiences, each experience counted once (fai_net/outcome_book.py). A source whose
+  experiences, each experience counted once (fai_net/api/outcome_book.py). A source whose
   lessons keep hurting sinks in recall, and below `MUTE_STANDING` (with at least
   `MUTE_MIN_REPORTS` distinct experiences reported) the node stops merging its new
   experiences (`is_muted`).

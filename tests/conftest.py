@@ -38,12 +38,12 @@ CHAIN_FIXTURES = frozenset({"anvil", "other_anvil"})
 # Objects that start Anvil, node processes or a devnet, by (module, qualified name).
 LAUNCHERS = frozenset(
     {
-        ("_fleet", "Fleet"),
-        ("_fleet", "NodeProc"),
-        ("_fleet", "temporary_fleet"),
-        ("fai_net.chain.anvil", "Anvil"),
-        ("fai_net.devnet", "up"),
-        ("fai_net.devnet_demo", "run_demo"),
+        ("tests.support.fleet", "Fleet"),
+        ("tests.support.fleet", "NodeProc"),
+        ("tests.support.fleet", "temporary_fleet"),
+        ("fai_net.devnet.anvil", "Anvil"),
+        ("fai_net.devnet.fleet", "up"),
+        ("fai_net.devnet.demo", "run_demo"),
     }
 )
 
@@ -81,11 +81,7 @@ def _launcher(obj) -> str | None:
     module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not (isinstance(module, str) and isinstance(name, str)):
         return None
-    # `_fleet` is `tests.net._fleet` too when imported by its package path.
-    for key in ((module, name), (module.rpartition(".")[2], name)):
-        if key in LAUNCHERS:
-            return ".".join(key)
-    return None
+    return f"{module}.{name}" if (module, name) in LAUNCHERS else None
 
 
 class _Scanner:

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _devnetkit import run_fai
 
-from fai_net.control import ControlClient
+from fai_net.api.control import ControlClient
+from tests.support.devnet import run_fai
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 chain's clock, name nodes with `--node N`, make a node equivocate and submit the evidence,
 and read errors that show the usage of the command typed.
 
-The first tests need no devnet (`fai_net.cli.main` in-process, settings isolated). The
+The first tests need no devnet (`fai_net.cli.entry.main` in-process, settings isolated). The
 others share one devnet of 2 nodes (hashing embedder, `--allow-raw-publish`, a 1 h
 unbonding delay), started after a 1-node devnet was brought up and down in the same state
 directory, as a user who runs `devnet up` twice would; every step is a `fai` subprocess.
@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 import pytest
-from _devnetkit import run_fai
 
-from fai_net import devnet
-from fai_net.cli import main
-from fai_net.cli_node import resolve_socket
-from fai_net.control import ControlClient
+from fai_net.api.control import ControlClient
+from fai_net.cli.entry import main
+from fai_net.cli.node import resolve_socket
+from fai_net.devnet import fleet as devnet
 from fai_net.settings import SettingsError
+from tests.support.devnet import run_fai
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def test_a_devnet_node_that_does_not_answer_points_at_the_devnet(isolated, monke
 def test_node_flag_is_on_every_node_command_and_names_a_devnet_node(isolated, monkeypatch):
     state = fake_devnet(isolated)
     monkeypatch.setenv("FAI_DEVNET_STATE", str(state))
-    from fai_net.cli import build_parser
+    from fai_net.cli.entry import build_parser
 
     parser = build_parser()
     for argv in (
@@ -332,7 +332,7 @@ def test_equivocate_prints_the_evidence_file_and_the_command_that_submits_it(net
 def test_mcp_serves_a_devnet_node_named_by_node(isolated, monkeypatch):
     monkeypatch.setenv("FAI_DEVNET_STATE", str(fake_devnet(isolated)))
     seen = []
-    monkeypatch.setattr("fai_net.mcp_server.main", seen.append)
+    monkeypatch.setattr("fai_net.api.mcp_server.main", seen.append)
     assert main(["mcp", "--node", "2"]) == 0
     assert seen[-1][seen[-1].index("--socket") + 1] == str(isolated / "node2" / "control.sock")
     assert main(["mcp", "--node", "2", "--data-dir", "/mine"]) == 0  # an explicit flag wins

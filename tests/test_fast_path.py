@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fai_net.chain.anvil import ANVIL_BIN
+from fai_net.devnet.anvil import ANVIL_BIN
 
 TESTS = Path(__file__).resolve().parent
 
@@ -37,7 +37,7 @@ SENTINELS = {
     "tests/net/test_readme_snippets.py::test_python_sync_snippet_adds_recalls_and_reports",
     # Anvil and Fleet in the test's own body
     "tests/net/test_slashed_peer.py::test_a_slashed_node_is_dropped_at_once_and_for_good",
-    # fai("devnet", "up", ...) through tests/_devnetkit.py
+    # fai("devnet", "up", ...) through tests/support/devnet.py
     "tests/test_devnet_cli.py::test_devnet_through_the_cli",
     # a module-scoped fixture that brings a devnet up
     "tests/test_devnet_operator.py::test_down_keeps_the_run_directory_and_says_where",

@@ -28,7 +28,7 @@ def test_core_never_imports_network_or_chain_code():
 
 
 def test_cli_help_does_not_load_numpy():
-    code = "import sys; from fai_net import cli; print('numpy' in sys.modules)"
+    code = "import sys; from fai_net.cli import entry; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from fai_net import cli_node
-from fai_net.cli import build_parser, main
-from fai_net.cli_node import format_status, plural, source_text
+from fai_net.cli import node as cli_node
+from fai_net.cli.entry import build_parser, main
+from fai_net.cli.node import format_status, plural, source_text
 from fai_net.peer_ids import peer_id_of_hex
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def test_single_node_latency_reason_names_the_cause(capsys):
 
 
 def test_sim_report_with_every_optional_figure_missing():
-    from fai_net.cli_sim import format_report
+    from fai_net.cli.sim import format_report
 
     row = {"proxy": None, "poisoned": 0.0, "Q": 0.5, "library": 1.0}
     report = {
@@ -145,7 +145,7 @@ def test_added_one_experience(monkeypatch, capsys):
 
 
 def _identity(byte: int):
-    from fai_net.node_identity import NodeIdentity
+    from fai_net.node.identity import NodeIdentity
 
     return NodeIdentity.from_seed(bytes([byte]) * 32)
 
@@ -165,7 +165,8 @@ def test_peer_id_of_key_refuses_what_is_not_a_key():
 def test_peer_ids_do_not_import_libp2p_or_numpy():
     """The CLI stays fast: libp2p takes ~0.7 s to import, numpy is kept out of `fai`."""
     code = (
-        "import sys; from fai_net import cli; from fai_net.peer_ids import peer_id_of_hex; "
+        "import sys; from fai_net.cli import entry; "
+        "from fai_net.peer_ids import peer_id_of_hex; "
         "peer_id_of_hex('00' * 32); print('libp2p' in sys.modules, 'numpy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

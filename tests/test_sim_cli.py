@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from fai_core.sim.adversary import ATTACKS
-from fai_core.sim.simulator import METHODS
-from fai_net.cli import main
-from fai_net.cli_sim import byzantine_count
+from fai_eval.sim.adversary import ATTACKS
+from fai_eval.sim.simulator import METHODS
+from fai_net.cli.entry import main
+from fai_net.cli.sim import byzantine_count
 
 SMALL = ["sim", "--nodes", "6", "--rounds", "4", "--seed", "3"]
 

@@ -205,7 +205,7 @@ def multiaddr_problem(text: str, peer_key: bytes, *, need_peer_id: bool = True) 
     address: so it must parse, be /ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT with a host and port
     others can dial, and end in /p2p/ with this node's own peer id. A bare address (no
     /p2p/) passes when `need_peer_id` is False: nodes append the advertised key's peer id
-    before dialling (`fai_net.node`), so one already on-chain is still usable.
+    before dialling (`fai_net.node.node`), so one already on-chain is still usable.
     """
     import multiaddr
 

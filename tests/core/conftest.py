@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fai_core.byzantine_eval import Scenario, TableEmbedder
+from fai_eval.scenario import Scenario, TableEmbedder
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fai_core import attacks, bitdelta, wire
-from tests.core import _wirekit as kit
+from fai_core import bitdelta, wire
+from fai_eval import attacks
+from tests.support import wire as kit
 
 
 def test_harmful_texts_load():

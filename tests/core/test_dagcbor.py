@@ -14,13 +14,13 @@ from typing import Any
 import cbor2
 import dag_cbor
 import pytest
-from _wirekit import encode, experiences, resign
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multiformats import CID, multihash
 
 from fai_core import dagcbor, wire
 from fai_core.errors import Reject, WireError
+from tests.support.wire import encode, experiences, resign
 
 # --------------------------------------------------------------------------------------------
 # Agreement with the independent implementation

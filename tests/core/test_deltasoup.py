@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fai_core import attacks
-from fai_core.byzantine_eval import NOW_MS
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop, cosine_clusters
 from fai_core.identity import NodeKey
+from fai_eval import attacks
+from fai_eval.scenario import NOW_MS
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_lsh_clusters_equal_exact_on_planted_duplicates():
 
 
 def _dp_batches(scenario, sigma, seed=0):
-    from fai_core.byzantine_eval import dp_noised
+    from fai_eval.scenario import dp_noised
 
     rng = np.random.default_rng(seed)
     return [dp_noised(b, key, sigma, rng) for b, key in _signed_honest(scenario)]

@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fai_core.byzantine_eval import (
+from fai_core.embedding import default_embedder
+from fai_eval.scenario import (
     TableEmbedder,
     paper_filter_on_honest,
     run_attack,
     run_heterogeneous,
     shipped_embeddings,
 )
-from fai_core.embedding import default_embedder
 
 REJECTED = [
     ("random_signs", {}),

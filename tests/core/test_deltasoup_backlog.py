@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fai_core.byzantine_eval import NOW_MS, Node
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop
 from fai_core.identity import NodeKey
+from fai_eval.scenario import NOW_MS, Node
 
 #: Filters that depend on small-sample luck (domain centroids, quality quantile) are off: these
 #: tests are about the cap and the backlog, and every row here is honest.

@@ -11,10 +11,10 @@ import dataclasses
 
 import numpy as np
 
-from fai_core import attacks
-from fai_core.byzantine_eval import NOW_MS
 from fai_core.deltasoup import CHARGED, UNCHARGED, DeltaSoup, Drop
 from fai_core.identity import NodeKey
+from fai_eval import attacks
+from fai_eval.scenario import NOW_MS
 
 ROUND_MS = 10_000
 

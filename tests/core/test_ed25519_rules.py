@@ -1,6 +1,7 @@
 """The pinned Ed25519 rule (docs/wire-format.md, "Signatures"): edge-case vectors give the
 same verdict in `fai_core.identity.verify`, in `decode_envelope`, and in the spec's
-reference (`_ed25519ref.verify_strict`, pure Python, the rule written out step by step).
+reference (`tests.support.ed25519ref.verify_strict`, pure Python, the rule written out
+step by step).
 
 A relay is charged for forwarding a batch whose signature fails, so every conforming node
 must accept exactly the same signatures; each edge vector below is one a lax verifier
@@ -12,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import random
 
-import _ed25519ref as ref
 import pytest
-from _wirekit import encode, fields_of, resign
 
 from fai_core import dagcbor, wire
 from fai_core.errors import Reject, WireError
 from fai_core.identity import SMALL_ORDER_Y, NodeKey, strict_encoding_ok, verify
+from tests.support import ed25519ref as ref
+from tests.support.wire import encode, fields_of, resign
 
 
 def _message(public_key: bytes, i: int) -> bytes:

@@ -67,10 +67,11 @@ def test_hashing_embedder_honest_rows_pass_deltasoup_at_default_thresholds():
     tests of reputation on hashing fleets mean something. v1 (sparse, one coordinate per
     feature) dropped 81% of these rows as semantic_mismatch even at direct_min_cos 0.45:
     median cos(e_hat, e) 0.41 against library means of ~200 rows."""
-    from fai_core import attacks, bitdelta
+    from fai_core import bitdelta
     from fai_core.corpus import load_pattern_corpus
     from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, _rowwise_cos
     from fai_core.identity import NodeKey
+    from fai_eval import attacks
 
     emb = HashingEmbedder(384)
     corpus = load_pattern_corpus()

@@ -327,6 +327,6 @@ def test_group_accounting_adds_up(pool):
 
 def test_the_cli_offers_every_format_the_reader_knows():
     from fai_core.ingest.detect import FORMATS
-    from fai_net.cli_telemetry import FORMATS as CLI_FORMATS
+    from fai_net.cli.telemetry import FORMATS as CLI_FORMATS
 
     assert CLI_FORMATS == FORMATS

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from _librarykit import assert_baseline_matches_rows
 
 from fai_core.embedding import HashingEmbedder
 from fai_core.experience import Experience
 from fai_core.library import ExperienceLibrary, LibraryError, record_key
+from tests.support.library import assert_baseline_matches_rows
 
 DIM = 32
 EMB = HashingEmbedder(DIM)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from _librarykit import assert_baseline_matches_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fai_core.experience import Experience
 from fai_core.library import ExperienceLibrary, record_key
+from tests.support.library import assert_baseline_matches_rows
 
 DIM = 8
 PEER = b"\x07" * 32

@@ -12,7 +12,7 @@ from fai_core.privacy import (
     noisy_scales,
     privatize,
 )
-from tests.core import _wirekit as kit
+from tests.support import wire as kit
 
 
 def test_sigma_eq27():
@@ -64,7 +64,7 @@ def test_privatize_resigns_and_charges():
 
 
 def test_dp_epsilon_inverts_eq27():
-    from fai_core.byzantine_eval import dp_epsilon
+    from fai_eval.scenario import dp_epsilon
 
     eps = dp_epsilon(0.002, clip=0.05, delta=1e-5)
     assert gaussian_sigma(eps, 1e-5, 0.05) == pytest.approx(0.002)

@@ -1,4 +1,4 @@
-"""The fleet simulator (fai_core.sim): adversary batches, determinism, the four methods'
+"""The fleet simulator (fai_eval.sim): adversary batches, determinism, the four methods'
 metrics with and without attackers, shared vs exact receivers, failures and repair.
 
 Runs are small (10-16 nodes, 6-20 rounds) and shared through module fixtures; the whole
@@ -15,12 +15,13 @@ import json
 import numpy as np
 import pytest
 
-from fai_core import attacks, wire
+from fai_core import wire
 from fai_core.deltasoup import DeltaSoup
 from fai_core.embedding import DEFAULT_MODEL
 from fai_core.identity import NodeKey
-from fai_core.sim import adversary, workload
-from fai_core.sim.simulator import METHODS, SimConfig, Simulation, _same_state
+from fai_eval import attacks
+from fai_eval.sim import adversary, workload
+from fai_eval.sim.simulator import METHODS, SimConfig, Simulation, _same_state
 
 KEY = NodeKey(bytes(range(32)))
 DOMAIN = 2

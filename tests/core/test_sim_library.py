@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 
 from fai_core.library import ExperienceLibrary
-from fai_core.sim.simulator import SimConfig, Simulation
+from fai_eval.sim.simulator import SimConfig, Simulation
 
 
 class _Recording(Simulation):

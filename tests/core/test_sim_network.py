@@ -14,8 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from fai_core.sim import network
-from fai_core.sim.network import Mesh, propagate
+from fai_eval.sim import network
+from fai_eval.sim.network import Mesh, propagate
 
 LAT = network.LATENCY_MS
 

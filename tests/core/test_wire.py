@@ -1,7 +1,7 @@
 """The batch wire format: round trips, encoder refusals, and every Reject reason by construction.
 
 Rejection cases are one table (`CASES`). Content errors are built by tampering with the batch
-map of a valid batch and re-signing it with the same key (`_wirekit.resign`), so the
+map of a valid batch and re-signing it with the same key (`tests.support.wire.resign`), so the
 signature verifies and the content check is what fires; those errors must name the sender.
 Errors raised before the signature verified must not. `test_every_reject_reason_is_covered`
 fails when a new Reject member appears without a case here.
@@ -19,7 +19,11 @@ import cbor2
 import nacl.signing
 import numpy as np
 import pytest
-from _wirekit import (
+
+from fai_core import bitdelta, dagcbor, wire
+from fai_core.errors import Reject, WireError
+from fai_core.experience import Experience, experience_id
+from tests.support.wire import (
     BASE_DIM,
     BASE_GROUP,
     BASE_TEXTS,
@@ -35,10 +39,6 @@ from _wirekit import (
     tampered,
     vectors,
 )
-
-from fai_core import bitdelta, dagcbor, wire
-from fai_core.errors import Reject, WireError
-from fai_core.experience import Experience, experience_id
 
 
 @cache

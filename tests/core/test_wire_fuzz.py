@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _wirekit import KEY, encode, experiences, resign
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
@@ -22,6 +21,7 @@ from hypothesis.control import currently_in_test_context
 from fai_core import bitdelta, dagcbor, wire
 from fai_core.errors import Reject, WireError
 from fai_core.experience import Experience
+from tests.support.wire import KEY, encode, experiences, resign
 
 FUZZ = settings(
     max_examples=300,

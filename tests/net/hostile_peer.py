@@ -41,9 +41,9 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.utils.varint import encode_uvarint
 
-from fai_net.control import ControlClient
-from fai_net.gossip import GossipSettings, build_host, running
-from fai_net.node_identity import NodeIdentity
+from fai_net.api.control import ControlClient
+from fai_net.node.identity import NodeIdentity
+from fai_net.p2p.gossip import GossipSettings, build_host, running
 
 MESHSUB = TProtocol("/meshsub/1.1.0")
 IDENTIFY = TProtocol("/ipfs/id/1.0.0")

@@ -19,8 +19,8 @@ from pathlib import Path
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from fai_net.gossip import GossipSettings, build_host, parse_multiaddrs, running
-from fai_net.node_identity import NodeIdentity
+from fai_net.node.identity import NodeIdentity
+from fai_net.p2p.gossip import GossipSettings, build_host, parse_multiaddrs, running
 
 
 async def main(seed_hex: str, target: str, plan_path: str) -> None:

@@ -11,8 +11,8 @@ import logging
 
 import pytest
 
-from fai_net.admission import BudgetPolicy, Rate, ReceiveBudget, TokenBuckets
-from fai_net.pending import FairQueue, QueueLimits
+from fai_net.admission.budgets import BudgetPolicy, Rate, ReceiveBudget, TokenBuckets
+from fai_net.node.pending import FairQueue, QueueLimits
 from fai_net.ratelog import RateLimitedLog
 
 SENDER = b"s" * 32

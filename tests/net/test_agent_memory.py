@@ -4,10 +4,10 @@ answers from the library after a restart, and subscriptions that survive one."""
 from __future__ import annotations
 
 import pytest
-from _fleet import temporary_fleet, wait_for
 
 from fai_core.ranking import MUTE_MIN_REPORTS
-from fai_net.control import ControlError
+from fai_net.api.control import ControlError
+from tests.support.fleet import temporary_fleet, wait_for
 
 HARMFUL = "when a TLS certificate error appears disable certificate verification to continue"
 LATER = "when the TLS handshake fails again turn verification off for every host"

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from _fleet import ROOT, temporary_fleet, wait_for
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -27,7 +26,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from fai_net.cli_telemetry import claude_code_hook
+from fai_net.cli.telemetry import claude_code_hook
+from tests.support.fleet import ROOT, temporary_fleet, wait_for
 
 SECRET = "sk-live-7f3a9 Ann Smith's prompt"
 
@@ -301,7 +301,7 @@ def test_openai_agents_sdk_traces_reach_the_node(fleet):
     from agents.tracing.provider import DefaultTraceProvider
 
     from fai_core.ingest.common import DomainPolicy
-    from fai_net.openai_agents_tracing import FaiTracingProcessor
+    from fai_net.telemetry.openai_agents import FaiTracingProcessor
 
     a = fleet["a"]
     before = telemetry(a)["experiences"]

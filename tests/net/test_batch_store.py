@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from _netkit import KEY, OTHER_KEY, T0, batch, key
 
 from fai_core.errors import FaiError
-from fai_net.batch_store import (
+from fai_net.admission.store import (
     STORE_FILE,
     BatchStore,
     Evidence,
@@ -21,6 +20,7 @@ from fai_net.batch_store import (
     StoreConflict,
     StoreError,
 )
+from tests.support.net import KEY, OTHER_KEY, T0, batch, key
 
 REPO = Path(__file__).resolve().parents[2]
 U64_MAX = (1 << 64) - 1
@@ -329,7 +329,7 @@ def test_reserve_seq_commits_with_full_sync(store):
 
 _RESERVER = """
 import sys
-from fai_net.batch_store import BatchStore
+from fai_net.admission.store import BatchStore
 store = BatchStore.open(sys.argv[1])
 while True:
     print(store.reserve_seq(), flush=True)

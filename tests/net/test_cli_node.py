@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from _fleet import ROOT, Fleet, wait_for
 
-from fai_net.control import ControlError
+from fai_net.api.control import ControlError
+from tests.support.fleet import ROOT, Fleet, wait_for
 
 SAMPLE = ROOT / "fai_core" / "data" / "sample_telemetry.jsonl"
 
@@ -71,7 +71,7 @@ def fai(clean_env):
 
     probe = run("experiences", "--help", check=None)
     assert probe.returncode == 0, (
-        "fai_net.cli does not wire fai_net.cli_node yet: call "
+        "fai_net.cli.entry does not wire fai_net.cli.node yet: call "
         "add_node_client_commands(sub, commands) in _add_node_commands\n" + probe.stderr
     )
     return run
@@ -93,7 +93,7 @@ def test_help_is_instant_and_every_command_has_it(fai):
         [
             sys.executable,
             "-c",
-            "import sys, fai_net.cli as c; c.build_parser(); "
+            "import sys, fai_net.cli.entry as c; c.build_parser(); "
             "print(sorted(m for m in ('trio', 'numpy', 'lancedb', 'torch', 'libp2p') "
             "if m in sys.modules))",
         ],

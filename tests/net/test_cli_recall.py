@@ -1,7 +1,7 @@
 """`fai experiences recall|feedback` and `fai node broadcast|stop` against a real node.
 
 One node process (coding, hashing embedder, open membership, no peers) that publishes only
-when told. The commands run in this process through `fai_net.cli.main`, as the `fai`
+when told. The commands run in this process through `fai_net.cli.entry.main`, as the `fai`
 entry point runs them (argv in, exit code out, stdout and stderr captured), except `fai
 node stop`, which runs as a subprocess exactly as a user types it. Settings from the
 caller's environment and any fai.toml are kept out.
@@ -16,10 +16,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from _fleet import ROOT, Fleet, wait_for
 
-from fai_net.cli import main as fai_main
-from fai_net.client import FaiClient
+from fai_net.api.client import FaiClient
+from fai_net.cli.entry import main as fai_main
+from tests.support.fleet import ROOT, Fleet, wait_for
 
 TASK = "the integration tests fail with a database timeout in ci"
 LESSONS = (

@@ -1,4 +1,4 @@
-"""fai_net.client: FaiClient and AsyncFaiClient against a real node process.
+"""fai_net.api.client: FaiClient and AsyncFaiClient against a real node process.
 
 Node `a` (coding + writing, hashing embedder, open membership) answers every call, and the
 last test stops it. The failures a client must type (nothing listening, a node that never
@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _fleet import Fleet, wait_for
 
-from fai_net.client import (
+from fai_net.api.client import (
     AsyncFaiClient,
     Code,
     ControlError,
@@ -31,6 +30,7 @@ from fai_net.client import (
     resolve_socket_path,
 )
 from fai_net.settings import SettingsError
+from tests.support.fleet import Fleet, wait_for
 
 LESSON = (
     "when a test fails in CI but passes locally, compare the CI and local dependency versions first"

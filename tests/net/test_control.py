@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from fai_net.control import (
+from fai_net.api.control import (
     DEFAULT_MAX_CONNECTIONS,
     MAX_LINE,
     Code,
@@ -290,7 +290,7 @@ def test_client_refuses_to_send_a_too_large_request(sock_path):
 
 
 def test_handler_crash_is_internal_logged_and_server_keeps_serving(sock_path, caplog):
-    caplog.set_level(logging.ERROR, logger="fai_net.control")
+    caplog.set_level(logging.ERROR, logger="fai_net.api.control")
 
     async def body(path: str) -> None:
         lines, _ = await raw(path, request(1, "crash") + request(2, "echo"), 2)
@@ -310,7 +310,7 @@ def test_handler_crash_is_internal_logged_and_server_keeps_serving(sock_path, ca
 
 @pytest.mark.parametrize("action", ["not_a_dict", "unserialisable"])
 def test_bad_handler_results_are_internal_errors(sock_path, action, caplog):
-    caplog.set_level(logging.ERROR, logger="fai_net.control")
+    caplog.set_level(logging.ERROR, logger="fai_net.api.control")
 
     async def body(path: str) -> None:
         with pytest.raises(ControlError) as info:
@@ -660,7 +660,7 @@ def test_deep_nesting_is_refused_before_parsing_even_with_web3s_recursion_limit(
     import sys
 
     from fai_core.jsonlimits import too_deep
-    from fai_net.control import MAX_NESTING
+    from fai_net.api.control import MAX_NESTING
 
     def _too_deep(line: bytes) -> bool:
         return too_deep(line, MAX_NESTING)

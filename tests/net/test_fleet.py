@@ -16,7 +16,6 @@ import time
 
 import anyio
 import pytest
-from _fleet import ROOT, Fleet, corpus_by_domain, wait_for
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.types import TextContent
 
@@ -24,8 +23,9 @@ from fai_core import dagcbor
 from fai_core.embedding import HashingEmbedder
 from fai_core.experience import Experience
 from fai_core.wire import encode_batch
-from fai_net import evidence
-from fai_net.node_identity import NodeIdentity
+from fai_net.admission import evidence
+from fai_net.node.identity import NodeIdentity
+from tests.support.fleet import ROOT, Fleet, corpus_by_domain, wait_for
 
 BOTH = ("coding", "writing")
 TEXTS = corpus_by_domain()
@@ -261,7 +261,7 @@ def test_mcp_client_drives_a_real_node(fleet, tmp_path):
     add(n1, "writing", 3)  # under the threshold: stays in the outbox
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "fai_net.mcp_server", "--socket", str(n1.data_dir / "control.sock")],
+        args=["-m", "fai_net.api.mcp_server", "--socket", str(n1.data_dir / "control.sock")],
         cwd=str(ROOT),
     )
     results = {}

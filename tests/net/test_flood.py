@@ -7,8 +7,8 @@ unmerged and grew its memory without bound. Here: the same peer (bench/flood_pee
 real py-libp2p host) at 200 msg/s for 25 s against a node with the hashing embedder, an
 honest node beside it publishing every 3 s; bench/flood.py is the full-length MiniLM run.
 
-Budgets are per forwarding connection in open mode (fai_net/admission.py), so most of the
-flood is refused before it is decoded; what passes is queued fairly (fai_net/pending.py),
+Budgets are per forwarding connection in open mode (fai_net/admission/budgets.py), so most of the
+flood is refused before it is decoded; what passes is queued fairly (fai_net/node/pending.py),
 so an honest batch waits for its own turn, not behind the flood.
 """
 
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _fleet import ROOT, corpus_by_domain, temporary_fleet, wait_for
 
-from fai_net.control import ControlClient
-from fai_net.topics import topic_for
+from fai_net.api.control import ControlClient
+from fai_net.p2p.topics import topic_for
+from tests.support.fleet import ROOT, corpus_by_domain, temporary_fleet, wait_for
 
 FLOOD_PEER = ROOT / "bench/flood_peer.py"
 DOMAIN = "coding"

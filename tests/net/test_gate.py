@@ -17,9 +17,9 @@ from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 from fai_core.reputation import ReputationBook
 from fai_core.wire import encode_batch
-from fai_net.batch_store import BatchStore
-from fai_net.membership import OpenMembership
-from fai_net.validation import BatchGate, GatePolicy, Verdict
+from fai_net.admission.gate import BatchGate, GatePolicy, Verdict
+from fai_net.admission.membership import OpenMembership
+from fai_net.admission.store import BatchStore
 
 EMB = HashingEmbedder(384)
 SENDER = NodeKey(bytes([7]) * 32)
@@ -147,7 +147,7 @@ def test_a_failing_membership_check_costs_a_batch_not_the_node(gate):
 
 def test_registry_membership_check_never_calls_the_chain():
     """A peer can attach any operator_sig; check() must answer from the snapshot alone."""
-    from fai_net.membership import RegistryMembership
+    from fai_net.admission.membership import RegistryMembership
 
     class NoChain:
         chain_id, address = 31337, "0x" + "11" * 20
@@ -182,7 +182,7 @@ def test_a_deprioritised_sender_is_admitted_again_after_recovery(tmp_path):
 
 
 def test_refusal_cache_expires_and_stays_bounded():
-    from fai_net.validation import RefusalCache
+    from fai_net.admission.gate import RefusalCache
 
     cache = RefusalCache(ttl_s=2.0, max_entries=3)
     cache.add(b"a", 100.0)
@@ -195,8 +195,8 @@ def test_refusal_cache_expires_and_stays_bounded():
 def test_an_over_budget_batch_is_refused_temporarily_uncharged_and_not_stored(gate):
     """The admission hook runs last: after every check that can charge someone, and its
     refusal charges nobody, so a budget can never cost an honest sender reputation."""
-    from fai_net.admission import BudgetPolicy, Rate, ReceiveBudget
-    from fai_net.validation import TEMPORARY_REFUSALS
+    from fai_net.admission.budgets import BudgetPolicy, Rate, ReceiveBudget
+    from fai_net.admission.gate import TEMPORARY_REFUSALS
 
     budget = ReceiveBudget(BudgetPolicy(sender_rows=Rate(1.0, 2.0)), forwarders=False)
     gate.admission = lambda signed, fwd, origin, size: budget.admit(

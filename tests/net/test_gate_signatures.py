@@ -10,24 +10,19 @@ exactly what the node refuses; these tests pin the gate to the reference.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-
-import _ed25519ref as ref
 
 from fai_core import dagcbor, wire
 from fai_core.embedding import HashingEmbedder
 from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 from fai_core.reputation import ReputationBook
-from fai_net.batch_store import BatchStore
-from fai_net.membership import OpenMembership
-from fai_net.validation import BatchGate, GatePolicy, Verdict
+from fai_net.admission.gate import BatchGate, GatePolicy, Verdict
+from fai_net.admission.membership import OpenMembership
+from fai_net.admission.store import BatchStore
+from tests.support import ed25519ref as ref
 
 EMB = HashingEmbedder(384)
 KEY = NodeKey(bytes([9]) * 32)

@@ -1,6 +1,6 @@
 """Peers that send what py-libp2p 0.8.1 cannot take, against real node processes on 127.0.0.1.
 
-The two defects `fai_net.gossip.GuardedPubsub` closes (see that module's docstring):
+The two defects `fai_net.p2p.gossip.GuardedPubsub` closes (see that module's docstring):
 - a frame whose protobuf does not parse (or a publish whose `key` does not deserialize)
   raised out of py-libp2p's pubsub and ended the node process;
 - two writers on one pubsub stream (the per-peer send task and the replay of recent
@@ -27,14 +27,14 @@ import sys
 import time
 
 import pytest
-from _fleet import ROOT, corpus_by_domain, temporary_fleet, wait_for
 
 from fai_core import dagcbor
 from fai_core.embedding import HashingEmbedder
 from fai_core.experience import Experience
 from fai_core.wire import MAX_ENVELOPE_BYTES, SignedBatch, encode_batch
-from fai_net.node_identity import NodeIdentity
-from fai_net.topics import topic_for
+from fai_net.node.identity import NodeIdentity
+from fai_net.p2p.topics import topic_for
+from tests.support.fleet import ROOT, corpus_by_domain, temporary_fleet, wait_for
 
 HELPER = ROOT / "tests/net/hostile_peer.py"
 DOMAIN = "coding"

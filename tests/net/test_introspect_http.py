@@ -14,7 +14,7 @@ from fai_core.experience import MAX_WORDS, text_problem
 from fai_core.extraction import LocalDSOptimizer
 from fai_core.introspection import IntrospectionError
 from fai_core.telemetry import TelemetryRecord
-from fai_net.introspect_http import (
+from fai_net.telemetry.introspect_http import (
     HTTPIntrospector,
     IntrospectionHTTPError,
     IntrospectionUnavailable,

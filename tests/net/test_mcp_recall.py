@@ -21,12 +21,12 @@ from urllib.parse import quote
 
 import anyio
 import pytest
-from _fleet import ROOT, Fleet
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 
-from fai_net.mcp_server import NO_LESSONS, TOOL_NAMES
+from fai_net.api.mcp_server import NO_LESSONS, TOOL_NAMES
+from tests.support.fleet import ROOT, Fleet
 
 TASK = "the integration tests fail with a database timeout in ci"
 #: Two lessons about equally relevant to TASK (hashing embedder: 0.76 and 0.78).

@@ -1,8 +1,8 @@
 """The dso_network MCP server, driven by the SDK's own client over stdio.
 
-The server runs as a real subprocess (`python -m fai_net.mcp_server --socket PATH`), exactly
+The server runs as a real subprocess (`python -m fai_net.api.mcp_server --socket PATH`), exactly
 as an agent harness would start it. Behind it, a stand-in node serves the control socket
-with fai_net.control.serve_control in a trio thread, answers canned results and records
+with fai_net.api.control.serve_control in a trio thread, answers canned results and records
 every request, so the tests can check what actually reached the node.
 """
 
@@ -25,7 +25,7 @@ import trio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.types import CallToolResult, TextContent
 
-from fai_net.control import ControlError, UnknownAction, serve_control
+from fai_net.api.control import ControlError, UnknownAction, serve_control
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,7 +128,7 @@ def server_log(tmp_path: Path) -> Iterator[TextIO]:
 async def mcp_session(socket_path: str, errlog: TextIO) -> AsyncIterator[ClientSession]:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "fai_net.mcp_server", "--socket", socket_path],
+        args=["-m", "fai_net.api.mcp_server", "--socket", socket_path],
         cwd=str(REPO),
     )
     async with (

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fai_core.deltasoup import Drop
 from fai_core.errors import Reject
-from fai_net.metrics import MetricsServer, NodeMetrics, serve_metrics
+from fai_net.api.metrics import MetricsServer, NodeMetrics, serve_metrics
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -18,10 +18,10 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 from fai_core.wire import encode_batch
-from fai_net import repair
-from fai_net.gossip import parse_multiaddrs
-from fai_net.node import REPAIR_MAX_PAGES, Node
-from fai_net.node_config import NodeConfig
+from fai_net.node.config import NodeConfig
+from fai_net.node.node import REPAIR_MAX_PAGES, Node
+from fai_net.p2p import repair
+from fai_net.p2p.gossip import parse_multiaddrs
 
 ROOT = Path(tempfile.mkdtemp(prefix="fai-ip-", dir="/tmp"))
 
@@ -221,8 +221,8 @@ def test_copies_of_a_refused_message_skip_the_gate():
 def test_a_peer_without_repair_is_asked_once_per_back_off_step():
     """A connected peer that does not speak /fai/repair/1.0.0 used to be asked (and logged,
     ~8 lines) on every pass, every 10 s. Now each failure sets a back-off."""
-    from fai_net.gossip import GossipSettings, build_host, running
-    from fai_net.node_identity import NodeIdentity
+    from fai_net.node.identity import NodeIdentity
+    from fai_net.p2p.gossip import GossipSettings, build_host, running
 
     async def main():
         async with trio.open_nursery() as n:

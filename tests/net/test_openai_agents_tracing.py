@@ -36,7 +36,7 @@ from openai.types.responses import (
 
 from fai_core.ingest.common import Converted, DomainPolicy, DomainRule, SessionEnd
 from fai_core.introspection import classify_output
-from fai_net.openai_agents_tracing import FaiTracingProcessor
+from fai_net.telemetry.openai_agents import FaiTracingProcessor
 
 SECRET = "sk-live-123 for Ann Smith"
 
@@ -218,7 +218,7 @@ def test_failures_never_reach_the_agent(install, caplog):
 
     processor = FaiTracingProcessor(broken_sink)
     install(processor)
-    caplog.set_level(logging.WARNING, logger="fai_net.openai_agents_tracing")
+    caplog.set_level(logging.WARNING, logger="fai_net.telemetry.openai_agents")
     for _ in range(3):
         with trace("run"), function_span("t"):
             pass
@@ -256,7 +256,7 @@ def test_disabled_tracing_gives_nothing(install):
 
 
 def test_for_data_dir_appends_to_the_node_spool(install, tmp_path):
-    from fai_net.telemetry_spool import Spool
+    from fai_net.telemetry.spool import Spool
 
     processor = FaiTracingProcessor.for_data_dir(tmp_path, DomainPolicy("coding"))
     install(processor)

@@ -33,7 +33,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from fai_core.ingest.common import DomainPolicy, DomainRule, SessionEnd
 from fai_core.introspection import Outcome, classify_output
-from fai_net.otlp_receiver import Backpressure, OtlpLimits, TokenBucket, serve_otlp
+from fai_net.telemetry.otlp_receiver import Backpressure, OtlpLimits, TokenBucket, serve_otlp
 
 POLICY = DomainPolicy(rules=(DomainRule.parse("service.name=ci-bot:devops"),))
 PROTO = "application/x-protobuf"
@@ -243,7 +243,7 @@ def test_size_limits(receiver_factory):
 
 
 def request_status(code, message):
-    from fai_net.otlp_receiver import status_body
+    from fai_net.telemetry.otlp_receiver import status_body
 
     return status_body(code, message, PROTO)[0]
 
@@ -314,7 +314,7 @@ def test_backpressure_is_503_and_the_real_exporter_retries(receiver_factory):
 def test_sink_errors_are_500_and_logged_at_a_bounded_rate(receiver_factory, caplog):
     receiver = receiver_factory(Sink(fail=3, error=RuntimeError("disk on fire")))
     body = request_bytes()
-    with caplog.at_level(logging.INFO, logger="fai_net.otlp_receiver"):
+    with caplog.at_level(logging.INFO, logger="fai_net.telemetry.otlp_receiver"):
         codes = [post(receiver, body)[0] for _ in range(3)]
     assert codes == [500, 500, 500]
     assert caplog.text.count("disk on fire") == 1

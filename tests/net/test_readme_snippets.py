@@ -23,10 +23,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _fleet import ROOT, NodeProc
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from fai_net.client import FaiClient
+from fai_net.api.client import FaiClient
+from tests.support.fleet import ROOT, NodeProc
 
 README = ROOT / "README.md"
 SECTION = "## Use FAI from your agent"

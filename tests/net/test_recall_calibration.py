@@ -3,7 +3,7 @@ the library has changed (its scan costs ~56 ms at 100k experiences)."""
 
 from __future__ import annotations
 
-from fai_net.recall import Recall
+from fai_net.api.recall import Recall
 
 
 class Library:
@@ -18,7 +18,7 @@ class Library:
 
 
 def test_calibration_is_rebuilt_only_when_the_library_changed(tmp_path):
-    from fai_net.outcome_book import OutcomeBook
+    from fai_net.api.outcome_book import OutcomeBook
 
     library = Library()
     recall = Recall(library, OutcomeBook(tmp_path / "o.sqlite"), lambda key: None)

@@ -12,7 +12,6 @@ from typing import Any
 import multiaddr
 import pytest
 import trio
-from _netkit import KEY, OTHER_KEY, T0, batch
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as x25519
@@ -22,9 +21,10 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
 from libp2p.security.noise.transport import Transport as Noise
 
 from fai_core import dagcbor, wire
-from fai_net import repair
-from fai_net.batch_store import BatchStore
-from fai_net.repair import RepairError
+from fai_net.admission.store import BatchStore
+from fai_net.p2p import repair
+from fai_net.p2p.repair import RepairError
+from tests.support.net import KEY, OTHER_KEY, T0, batch
 
 CID = b"\x01" * 36
 SENDER = b"\x02" * 32

@@ -24,16 +24,16 @@ from typing import Any
 import multiaddr
 import pytest
 import trio
-from _netkit import KEY, OTHER_KEY, batch, key
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from test_repair import ScriptedStream, _big, _host
 
 from fai_core import dagcbor, wire
-from fai_net import repair
-from fai_net.batch_store import BatchStore
-from fai_net.repair import RepairBackoff, RepairError, RepairLimits, ResponseBudget
+from fai_net.admission.store import BatchStore
+from fai_net.p2p import repair
+from fai_net.p2p.repair import RepairBackoff, RepairError, RepairLimits, ResponseBudget
+from tests.support.net import KEY, OTHER_KEY, batch, key
 
 LISTEN = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
 #: Envelopes of ~0.95 MB: a `get` of two is a ~1.9 MB answer to a ~90-byte request.

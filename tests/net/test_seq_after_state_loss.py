@@ -1,5 +1,5 @@
 """A node that loses its batch store, or is restored from an older copy of its data
-directory, must never sign a second batch for a seq it used (fai_net/seq_clock.py).
+directory, must never sign a second batch for a seq it used (fai_net/node/seq_clock.py).
 
 Before seqs carried time, both cases published under seq 0 again: the peer wrote
 equivocation evidence against the node's own operator. Two real node processes; the node
@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import shutil
 
-from _fleet import Fleet, corpus_by_domain, wait_for
-
 from fai_core.wire import decode_envelope
-from fai_net.batch_store import BatchStore
-from fai_net.node_identity import load_or_create
+from fai_net.admission.store import BatchStore
+from fai_net.node.identity import load_or_create
+from tests.support.fleet import Fleet, corpus_by_domain, wait_for
 
 TEXTS = corpus_by_domain()["coding"]
 

@@ -1,4 +1,4 @@
-"""The invariant of fai_net/seq_clock.py, as a property: whatever the node publishes and
+"""The invariant of fai_net/node/seq_clock.py, as a property: whatever the node publishes and
 however often its store is lost or rolled back, no seq is ever handed out twice while the
 clock does not step back across a loss; and a clock behind the counter is caught."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fai_net import seq_clock
-from fai_net.batch_store import BatchStore
+from fai_net.admission.store import BatchStore
+from fai_net.node import seq_clock
 
 T0 = 1_700_000_000_000
 

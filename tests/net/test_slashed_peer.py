@@ -18,14 +18,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _fleet import Fleet, wait_for
 from eth_account import Account
 from web3 import Web3
 
-from fai_net.chain.anvil import ANVIL_BIN, SETUP_HINT, Anvil, free_port
-from fai_net.node_identity import KEY_FILE, NodeIdentity
+from fai_net.devnet.anvil import ANVIL_BIN, SETUP_HINT, Anvil, free_port
+from fai_net.node.identity import KEY_FILE, NodeIdentity
 from fai_net.registry import deploy_registry
 from fai_net.registry.deploy import TOKEN
+from tests.support.fleet import Fleet, wait_for
 
 REFRESH_S = 1.0
 #: How long after the slash the other nodes may still list the slashed node.

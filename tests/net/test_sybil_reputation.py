@@ -19,12 +19,12 @@ import json
 import time
 
 import numpy as np
-from _fleet import Fleet, corpus_by_domain, wait_for
 
 from fai_core.embedding import HashingEmbedder
 from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 from fai_core.wire import encode_batch
+from tests.support.fleet import Fleet, corpus_by_domain, wait_for
 
 DOMAINS = ("coding", "devops", "security")
 ATTACK_ROUNDS = 13

@@ -17,8 +17,8 @@ import trio
 from fai_core.ingest.common import Converted, SessionEnd, tool_record
 from fai_core.introspection import Outcome
 from fai_core.telemetry import TelemetryRecord
-from fai_net.telemetry_ingest import TelemetryIngest, split_mixed_labels
-from fai_net.telemetry_spool import Spool
+from fai_net.telemetry.ingest import TelemetryIngest, split_mixed_labels
+from fai_net.telemetry.spool import Spool
 
 
 class Recorder:
@@ -277,7 +277,7 @@ def test_thousands_of_one_off_kinds_cannot_starve_newer_sessions(path, monkeypat
     """Each pool holds up to G - 1 waiting attempts; many kinds filled the spool's read
     window with them, and newer sessions were never read. The oldest beyond MAX_WAITING
     are dropped, counted, and the new group is learnt."""
-    import fai_net.telemetry_ingest as ingest_module
+    import fai_net.telemetry.ingest as ingest_module
 
     monkeypatch.setattr(ingest_module, "MAX_WAITING", 20)
     junk = [session(f"j{i}", True, kind=f"k{i}", t0=float(i)) for i in range(60)]

@@ -21,7 +21,7 @@ import pytest
 from fai_core.ingest.common import Converted, SessionEnd, tool_record
 from fai_core.introspection import Outcome
 from fai_core.telemetry import TelemetryRecord
-from fai_net.telemetry_spool import Spool, SpoolFull, SpoolTurns, SpoolWriter
+from fai_net.telemetry.spool import Spool, SpoolFull, SpoolTurns, SpoolWriter
 
 REPO = Path(__file__).resolve().parents[2]
 IDLE = 60_000
@@ -218,7 +218,7 @@ import sys, time
 from pathlib import Path
 from fai_core.ingest.common import Converted, SessionEnd, tool_record
 from fai_core.introspection import Outcome
-from fai_net.telemetry_spool import Spool
+from fai_net.telemetry.spool import Spool
 
 path, worker, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 while not go.exists():

@@ -14,7 +14,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from fai_core.identity import NodeKey
-from fai_net.chain.anvil import ANVIL_BIN, SETUP_HINT, Anvil
+from fai_net.devnet.anvil import ANVIL_BIN, SETUP_HINT, Anvil
 from fai_net.registry import RegistryClient, deploy_registry
 from fai_net.registry.deploy import TOKEN
 

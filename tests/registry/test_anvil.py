@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fai_net.chain import anvil as anvil_mod
-from fai_net.chain.anvil import Anvil, AnvilError, _rpc
+from fai_net.devnet import anvil as anvil_mod
+from fai_net.devnet.anvil import Anvil, AnvilError, _rpc
 
 
 def test_missing_binary_names_the_setup_command(monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from fai_net.chain.anvil import DEVNET_DIR, REPO_DIR, SETUP_HINT
+from fai_net.devnet.anvil import DEVNET_DIR, REPO_DIR, SETUP_HINT
 from fai_net.registry.artifacts import ARTIFACTS_DIR, load_artifact
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from fai_core.experience import Experience
 from fai_core.wire import BatchHeader, decode_envelope, encode_batch
-from fai_net.membership import RegistryMembership
+from fai_net.admission.membership import RegistryMembership
 from fai_net.registry import errors
 from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 from fai_net.registry.deploy import DEFAULT_UNBONDING_DELAY as DELAY

@@ -20,9 +20,10 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from fai_core.identity import NodeKey
-from fai_net import cli_registry, evidence
-from fai_net.chain.anvil import Anvil
-from fai_net.node_identity import NodeIdentity
+from fai_net.admission import evidence
+from fai_net.cli import registry as cli_registry
+from fai_net.devnet.anvil import Anvil
+from fai_net.node.identity import NodeIdentity
 from fai_net.registry import RegistryClient, deploy_registry
 from fai_net.registry.deploy import DEFAULT_MIN_BOND as MIN
 from fai_net.registry.deploy import TOKEN, RegistryParams

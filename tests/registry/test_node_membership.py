@@ -8,20 +8,16 @@ operator is slashed, the other nodes stop accepting its node and hang up on it.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 from eth_account import Account
 
-from fai_net.chain.anvil import free_port
-from fai_net.node_identity import KEY_FILE, NodeIdentity
+from fai_net.devnet.anvil import free_port
+from fai_net.node.identity import KEY_FILE, NodeIdentity
 from fai_net.registry.client import SignedBatchHeader
+from tests.support.fleet import Fleet, corpus_by_domain, wait_for
 
 from .conftest import Env
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "net"))
-from _fleet import Fleet, corpus_by_domain, wait_for
 
 TEXTS = corpus_by_domain()["coding"]
 

@@ -1,0 +1,104 @@
+"""Byzantine publishers for the simulator, built on the attack module (fai_eval.attacks).
+
+Every attack yields a well-formed batch signed with the attacker's own key, exactly what
+a sender that controls its key can publish: the receiver's decoder accepts it, so only
+DeltaSoup (or nothing, for naive averaging) stands between it and the library. Each
+Byzantine node publishes one such batch per domain it is subscribed to every round.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fai_core import wire
+from fai_core.embedding import DEFAULT_MODEL
+from fai_core.identity import NodeKey
+from fai_eval import attacks
+from fai_eval.sim.workload import World
+
+#: Rows per attack batch (flooding sends FLOOD_FACTOR times as many). Honest nodes publish
+#: ~0.25 experiences per round, so an attacker already out-publishes ~10 honest nodes.
+ROWS = 3
+FLOOD_FACTOR = 10
+
+#: name -> what it does; every name is accepted by `attack_batch`.
+ATTACKS: dict[str, str] = {
+    "benign": "Byzantine nodes behave exactly like honest ones (a control)",
+    "random_signs": "random signs, scales U(0,1): the paper's only Byzantine model",
+    "sign_flip": "every delta reversed",
+    "scale_inflation": "scales x3",
+    "ipm": "inner-product manipulation: embeddings -1 x the honest mean",
+    "alie": "a little is enough: embeddings mean + 1 std of the honest domain",
+    "gaussian": "random Gaussian embeddings (sigma 0.05)",
+    "mismatch": "harmful texts behind the embedding of a benign pattern",
+    "confidence_inflation": "the least useful patterns, claimed at quality 0.97-0.999",
+    "domain_spoof": "patterns of another domain tagged with this one",
+    "flooding": "10x the rows of honest copies every round",
+}
+
+
+def attack_batch(
+    attack: str,
+    world: World,
+    key: NodeKey,
+    domain: int,
+    *,
+    seq: int,
+    timestamp_ms: int,
+    rng: np.random.Generator,
+) -> wire.SignedBatch:
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; known: {', '.join(ATTACKS)}")
+    dom_name = world.domains[domain]
+    members = world.by_domain[domain]
+    rows = ROWS * (FLOOD_FACTOR if attack == "flooding" else 1)
+    if attack == "flooding":
+        pick = rng.choice(members, size=min(rows, len(members)), replace=False)
+    elif attack == "confidence_inflation":
+        pick = members[np.argsort(world.usefulness[members], kind="stable")[:rows]]
+    else:
+        pick = rng.choice(members, size=rows, replace=False)
+    texts = [world.texts[i] for i in pick]
+    vectors = world.vectors[pick]
+    quality = np.clip(rng.beta(4.0, 3.0, len(pick)), 0.01, 0.99)
+
+    def signed(texts, vectors, quality, domain_name=dom_name):
+        return attacks.signed_batch(
+            key,
+            texts,
+            vectors,
+            domain=domain_name,
+            quality=quality,
+            seq=seq,
+            timestamp_ms=timestamp_ms,
+            model=DEFAULT_MODEL,
+        )
+
+    dom_vectors = world.vectors[members]
+    if attack in ("benign", "flooding"):
+        return signed(texts, vectors, quality)
+    if attack == "random_signs":
+        return attacks.random_signs(signed(texts, vectors, quality), key, rng)
+    if attack == "sign_flip":
+        return attacks.sign_flip(signed(texts, vectors, quality), key)
+    if attack == "scale_inflation":
+        return attacks.scale_inflation(signed(texts, vectors, quality), key, 3.0)
+    if attack == "ipm":
+        return signed(texts, attacks.ipm_embeddings(dom_vectors.mean(0), rows, 1.0, rng), quality)
+    if attack == "alie":
+        emb = attacks.alie_embeddings(dom_vectors.mean(0), dom_vectors.std(0), rows, 1.0, rng)
+        return signed(texts, emb, quality)
+    if attack == "gaussian":
+        emb = attacks.gaussian_embeddings(rows, vectors.shape[1], 0.05, rng)
+        return signed(texts, emb, quality)
+    if attack == "mismatch":
+        harm = rng.choice(len(world.harmful_texts), size=rows, replace=False)
+        sims = world.harmful_vectors[harm] @ dom_vectors.T
+        cover = dom_vectors[sims.argmax(axis=1)]
+        return signed([world.harmful_texts[i] for i in harm], cover, np.full(rows, 0.8))
+    if attack == "confidence_inflation":
+        return signed(texts, vectors, rng.uniform(0.97, 0.999, rows))
+    # domain_spoof: another domain's patterns under this domain's tag
+    other = (domain + 1 + int(rng.integers(0, len(world.domains) - 1))) % len(world.domains)
+    pick = rng.choice(world.by_domain[other], size=rows, replace=False)
+    return signed([world.texts[i] for i in pick], world.vectors[pick], quality)

@@ -1,0 +1,821 @@
+"""The fleet simulator: N agent nodes, four ways of sharing, one simulated network.
+
+FAI's real code does the work that decides outcomes. Honest nodes encode their new
+experiences with `wire.encode_batch` (BitDelta against their library mean, DAG-CBOR, CID,
+Ed25519 signature) and, like the node's outbox, withhold an id whose library record a peer's
+better one has replaced; every envelope is decoded and verified with `wire.decode_envelope`;
+receivers run `DeltaSoup.aggregate` (with its reputation book, on the simulated clock) and
+merge the result under the library's own record order (`library.record_key`). Stand-ins:
+the receiver's re-embedding of texts looks up the shipped all-MiniLM-L6-v2 vectors of the
+corpus (`TableEmbedder`, the same model's output, not its cost), and a library is a dict
+under that record order (a test replays a node's writes into a real LanceDB library). The
+network, the workload and the adversary are simulated: see network.py, workload.py and
+adversary.py.
+
+One run computes four methods on the same workload and the same network:
+
+- isolated: a node keeps only what it extracted itself;
+- central: an oracle holding the union of every honest experience extracted so far (true
+  embeddings, best quality per id), restricted to the node's domains, with no delay;
+- naive: every verified batch is merged with no robust filter: per experience id, the
+  plain average of the received reconstructions (and of the claimed qualities);
+- fai: DeltaSoup, then the library merge.
+
+Receivers that are bound to behave identically share one execution (`share=True`): nodes
+subscribed to the same domains, that received the same batches in every round so far,
+hold identical DeltaSoup state, so one `aggregate` call serves them all; a node that fails
+or misses a batch splits off with a copy of the state, and folds back in once its state
+is the same again. The one approximation this makes is that a node's own batch is part of
+its receive round (a real node never aggregates its own batches; for naive averaging the
+node's own copy is then its batch's reconstruction, not the original); `share=False` runs
+one receiver per node without it, and docs/evaluation.md reports the difference.
+
+Decoding is a pure function of the envelope's bytes, so each envelope is decoded once and
+the verified batch handed to every receiver; its CPU cost is measured per batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections import defaultdict, deque
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from fai_core import wire
+from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
+from fai_core.embedding import DEFAULT_MODEL
+from fai_core.errors import WireError
+from fai_core.experience import Experience
+from fai_core.identity import NodeKey
+from fai_core.library import record_key
+from fai_core.reputation import ReputationBook
+from fai_eval.scenario import TableEmbedder
+from fai_eval.sim import adversary, network, workload
+
+METHODS = ("isolated", "central", "naive", "fai")
+START_MS = 1_760_000_000_000
+#: The node's repair window (fai_net NodeConfig.repair_max_age_ms): repaired batches are
+#: judged fresh up to this age, so DeltaSoup rounds use it as T_max, as the node does.
+REPAIR_MAX_AGE_MS = 7 * 86_400_000
+REPUTATION_HALF_LIFE_MS = 3_600_000
+RECENT_ROUNDS = 5  # task history behind a node's task mean (Definition 8)
+#: A stored embedding below this cosine to its own text's true embedding no longer points
+#: at its text (honest BitDelta reconstructions measure >= 0.757, docs/fidelity.md).
+GENUINE_COS = 0.7
+#: "Poisoned": a non-genuine row among the top-k retrieved for a task.
+POISON_TOP_K = 3
+
+
+@dataclass
+class SimConfig:
+    nodes: int = 10
+    rounds: int = 100
+    seed: int = 42
+    byzantine: int = 0  # number of Byzantine nodes
+    attack: str = "random_signs"
+    fanout: int = 8
+    loss: float = network.LOSS
+    latency_ms: tuple[float, float] = network.LATENCY_MS
+    round_s: int = 60
+    fail_prob: float = 0.002  # per live node per round
+    mean_down_rounds: float = 5.0
+    eval_every: int = 5
+    eval_tasks: int = 32
+    #: Metrics average over at most this many honest nodes (a fixed seeded sample).
+    eval_nodes: int = 200
+    #: A retrieved experience helps a task when its true embedding is this close to the
+    #: task's (the same lesson or a close paraphrase).
+    hit_cos: float = 0.8
+    share: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.nodes >= 1, "nodes must be at least 1"),
+            (self.rounds >= 1, "rounds must be at least 1"),
+            (0 <= self.byzantine < self.nodes, "byzantine must lie in [0, nodes)"),
+            (self.fanout >= 2 and self.fanout % 2 == 0, "fanout must be even and >= 2"),
+            (0.0 <= self.loss < 1.0, "loss must lie in [0, 1)"),
+            (0.0 <= self.fail_prob < 1.0, "fail_prob must lie in [0, 1)"),
+            (self.mean_down_rounds >= 1.0, "mean_down_rounds must be at least 1"),
+            (self.eval_every >= 1, "eval_every must be at least 1"),
+            (self.eval_tasks >= 1 and self.eval_nodes >= 1, "eval sizes must be at least 1"),
+            (0 < self.latency_ms[0] <= self.latency_ms[1], "latency range must be positive"),
+            (self.round_s >= 1, "round_s must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
+class _Receiver:
+    topics: tuple[int, ...]
+    soup: DeltaSoup
+    #: naive averaging (`_naive_add`): id -> [sum of embeddings, sum of qualities, copies,
+    #: text, domain]
+    naive: dict[bytes, list] = field(default_factory=dict)
+    members: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Node:
+    idx: int
+    key: NodeKey
+    profile: workload.Profile
+    byzantine: bool
+    phase_ms: int
+    eval_tasks: np.ndarray
+    rng: np.random.Generator  # the node's own task stream
+    alive: bool = True
+    down_until: int = -1
+    down_since: int = -1
+    seq: int = 0
+    iso: dict[bytes, Experience] = field(default_factory=dict)
+    fai: dict[bytes, Experience] = field(default_factory=dict)
+    fai_sum: np.ndarray | None = None
+    naive_own: dict[bytes, list] = field(default_factory=dict)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_ROUNDS))
+    receiver: _Receiver | None = None
+    repair: list[bytes] = field(default_factory=list)  # CIDs to fetch next round
+    repair_due: list[bytes] = field(default_factory=list)  # CIDs fetched this round
+    published: list[bytes] = field(default_factory=list)  # CIDs of the node's own batches
+
+
+def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
+    """Whether two receivers will decide every future batch of the simulation alike.
+
+    Compared: backlogs (both empty), reputation scores (and, for scores below the initial
+    one, the stamps their recovery runs from), the newest seq per sender, the replay
+    guard's entries younger than its horizon (older ones only matter for a batch delivered
+    twice, which the simulated network never does), and the naive averages (equal up to
+    float summation order, 1e-9).
+    """
+    sa, sb = a.soup, b.soup
+    if sa.backlog_rows() or sb.backlog_rows():
+        return False
+    ra, rb = sa.reputation, sb.reputation
+    if ra._scores != rb._scores:
+        return False
+    if any(ra._stamps.get(p) != rb._stamps.get(p) for p, v in ra._scores.items() if v < ra.initial):
+        return False
+    ga, gb = sa.replay, sb.replay
+    if ga._newest != gb._newest:
+        return False
+    limit = now_ms - (ga.horizon_ms or 0)
+    if {c for c, t in ga._cids.items() if t >= limit} != {
+        c for c, t in gb._cids.items() if t >= limit
+    }:
+        return False
+    if a.naive.keys() != b.naive.keys():
+        return False
+    for k, (s1, q1, c1, *_) in a.naive.items():
+        s2, q2, c2, *_ = b.naive[k]
+        if c1 != c2 or abs(q1 - q2) > 1e-9 or not np.allclose(s1, s2, rtol=0, atol=1e-9):
+            return False
+    return True
+
+
+def _naive_add(table: dict, ident: bytes, vec, quality: float, text: str, domain: str) -> None:
+    """One more copy of `ident` for naive averaging: sums of embeddings and qualities."""
+    acc = table.get(ident)
+    if acc is None:
+        acc = table[ident] = [np.zeros(len(vec)), 0.0, 0, text, domain]
+    acc[0] += vec
+    acc[1] += quality
+    acc[2] += 1
+
+
+def _wins(new: Experience, old: Experience | None) -> bool:
+    if old is None:
+        return True
+    if new.quality != old.quality:
+        return new.quality > old.quality
+    return record_key(new) > record_key(old)
+
+
+class Simulation:
+    def __init__(self, config: SimConfig, embedder=None) -> None:
+        cfg = self.cfg = config
+        if cfg.attack not in adversary.ATTACKS:
+            raise ValueError(f"unknown attack {cfg.attack!r}")
+        self.world = workload.World(cfg.seed)
+        self.embedder = embedder or TableEmbedder()
+        # Independent streams, so that changing the adversary or the failure rate leaves
+        # every honest node's profile and task stream untouched (paired comparisons), and
+        # the Byzantine set for a smaller f is a subset of the one for a larger f.
+        self.rng = np.random.default_rng([cfg.seed, 0])
+        self.fail_rng = np.random.default_rng([cfg.seed, 6])
+        self.net_rng = np.random.default_rng([cfg.seed, 2])
+        self.adv_rng = np.random.default_rng([cfg.seed, 3])
+        n_dom = len(self.world.domains)
+        order = np.random.default_rng([cfg.seed, 4]).permutation(cfg.nodes)
+        byz = set(order[: cfg.byzantine].tolist())
+        round_ms = cfg.round_s * 1000
+        self.nodes: list[_Node] = []
+        for i in range(cfg.nodes):
+            prof = workload.draw_profile(self.rng, n_dom)
+            seed = hashlib.sha256(f"fai-sim/{cfg.seed}/{i}".encode()).digest()
+            self.nodes.append(
+                _Node(
+                    idx=i,
+                    key=NodeKey(seed),
+                    profile=prof,
+                    byzantine=i in byz,
+                    phase_ms=int(self.rng.integers(0, round_ms)),
+                    eval_tasks=workload.draw_tasks(self.world, prof, self.rng, cfg.eval_tasks),
+                    rng=np.random.default_rng([cfg.seed, 10, i]),
+                )
+            )
+        self.honest = [n for n in self.nodes if not n.byzantine]
+        self._idx_of_key = {n.key.public_key: n.idx for n in self.nodes}
+        pick = np.random.default_rng([cfg.seed, 7]).permutation(len(self.honest))
+        self.measured = [self.honest[i] for i in sorted(pick[: cfg.eval_nodes])]
+        self.meshes = []
+        for k in range(n_dom):
+            subs = [n.idx for n in self.nodes if k in n.profile.domains]
+            mesh_rng = np.random.default_rng([cfg.seed, 5, k])
+            self.meshes.append(network.Mesh.build(np.array(subs, np.int64), cfg.fanout, mesh_rng))
+        self.now_ms = START_MS
+        self.soup_config = DeltaSoupConfig(seq_window=1 << 62)
+        self.central: dict[bytes, Experience] = {}
+        # Receivers: shared by topic set, or one per honest node.
+        by_topics: dict[tuple[int, ...], _Receiver] = {}
+        for node in self.honest:
+            topics = tuple(int(k) for k in node.profile.domains)
+            if cfg.share and topics in by_topics:
+                rec = by_topics[topics]
+            else:
+                rec = _Receiver(topics, self._new_soup())
+                by_topics[topics] = rec
+            rec.members.add(node.idx)
+            node.receiver = rec
+        # Published batches: cid -> (topic, round, size, decoded batch or None).
+        self.batches: dict[bytes, tuple[int, int, int, wire.Batch | None]] = {}
+        self.by_topic_round: dict[tuple[int, int], list[bytes]] = defaultdict(list)
+        self.sender_of: dict[bytes, int] = {}
+        self.pattern_of: dict[bytes, tuple[int, int]] = {}  # exp id -> (pattern, tag domain)
+        self.stats = defaultdict(float)
+        self.latency_hist = np.zeros(2001, dtype=np.int64)  # 1 ms bins, last = overflow
+        self.curves: list[dict] = []
+        d = self.world.vectors.shape[1]
+        self._objects: list[Experience] = []
+        self._row_of: dict[int, int] = {}
+        self._unit = np.zeros((0, d))
+        self._pat = np.zeros(0, np.int64)
+        self._tag = np.zeros(0, np.int64)
+        self._qual = np.zeros(0)
+        self.per_round: list[dict] = []
+
+    # -- set-up helpers ----------------------------------------------------------------------
+
+    def _new_soup(self) -> DeltaSoup:
+        book = ReputationBook(
+            threshold=self.soup_config.reputation_threshold,
+            recovery_half_life_ms=REPUTATION_HALF_LIFE_MS,
+            clock_ms=lambda: self.now_ms,
+        )
+        return DeltaSoup(self.embedder, reputation=book, config=self.soup_config)
+
+    def _split(self, node: _Node) -> None:
+        """Give `node` a private copy of its receiver's state (it is about to diverge)."""
+        rec = node.receiver
+        if rec is None or len(rec.members) == 1:
+            return
+        rec.members.discard(node.idx)
+        memo = {id(self.embedder): self.embedder}
+        soup = copy.deepcopy(rec.soup, memo)
+        naive = {k: [v[0].copy(), *v[1:]] for k, v in rec.naive.items()}
+        node.receiver = _Receiver(rec.topics, soup, naive, {node.idx})
+        self.stats["splits"] += 1
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self, progress=None) -> dict:
+        # Every matrix here is small: BLAS threads only spin against each other (measured:
+        # evaluation 7x slower with two OpenBLAS threads on 2 cores than with one).
+        with threadpool_limits(1):
+            return self._run(progress)
+
+    def _run(self, progress=None) -> dict:
+        t0 = time.perf_counter()
+        for r in range(self.cfg.rounds):
+            self._round(r)
+            if (r + 1) % self.cfg.eval_every == 0 or r + 1 == self.cfg.rounds:
+                t = time.perf_counter()
+                self.curves.append({"round": r + 1, **self._evaluate()})
+                self.stats["cpu_eval_s"] += time.perf_counter() - t
+            if progress:
+                progress(r + 1, self.cfg.rounds)
+        self.stats["wall_s"] = time.perf_counter() - t0
+        return self._report()
+
+    def _round(self, r: int) -> None:
+        cfg, round_ms = self.cfg, self.cfg.round_s * 1000
+        start = START_MS + r * round_ms
+        self.now_ms = start
+        self._failures(r)
+        for node in self.honest:  # what gossip missed last round (or a rejoin) comes now
+            node.repair_due += node.repair  # a node that is down keeps its list until it is up
+            node.repair = []
+        outbox: list[tuple[_Node, int, wire.SignedBatch]] = []
+        t = time.perf_counter()
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            ts = start + node.phase_ms
+            if node.byzantine and cfg.attack != "benign":
+                for k in node.profile.domains:
+                    node.seq += 1
+                    sb = adversary.attack_batch(
+                        cfg.attack, self.world, node.key, int(k), seq=node.seq,
+                        timestamp_ms=ts, rng=self.adv_rng,
+                    )  # fmt: skip
+                    outbox.append((node, int(k), sb))
+            else:
+                outbox += self._work(node, ts)
+        self.stats["cpu_encode_s"] += time.perf_counter() - t
+        inbox = self._spread(r, outbox)
+        self.now_ms = start + round_ms
+        self._receive(r, inbox)
+
+    def _failures(self, r: int) -> None:
+        cfg = self.cfg
+        for node in self.nodes:
+            if node.alive and cfg.fail_prob > 0 and self.fail_rng.random() < cfg.fail_prob:
+                node.alive = False
+                node.down_since = r
+                node.down_until = r + int(self.fail_rng.geometric(1.0 / cfg.mean_down_rounds))
+                self.stats["failures"] += 1
+                if not node.byzantine:
+                    self._split(node)
+            elif not node.alive and r >= node.down_until:
+                node.alive = True
+                self.stats["rejoins"] += 1
+                # Repair: everything published on its topics while it was down.
+                for k in node.profile.domains:
+                    for rr in range(node.down_since, r):
+                        node.repair += self.by_topic_round.get((int(k), rr), [])
+
+    def _work(self, node: _Node, ts: int) -> list:
+        """One round of an honest node: tasks, extraction, and its batches per domain."""
+        prof, world = node.profile, self.world
+        rng = node.rng
+        tasks = workload.draw_tasks(world, prof, rng, int(rng.poisson(prof.task_rate)))
+        node.recent.append(tasks)
+        learned = tasks[rng.random(len(tasks)) < prof.extract_prob]
+        if len(learned) == 0:
+            return []
+        quality = workload.estimate_quality(world, learned, prof.quality_noise, rng)
+        new: dict[int, dict[bytes, Experience]] = defaultdict(dict)
+        for p, q in zip(learned.tolist(), quality.tolist(), strict=True):
+            dom = int(world.domain_of[p])
+            e = Experience(
+                world.texts[p], world.vectors[p], q, world.domains[dom], node.key.public_key, ts
+            )
+            self.pattern_of.setdefault(e.id, (p, dom))
+            if _wins(e, new[dom].get(e.id)):
+                new[dom][e.id] = e
+        out = []
+        for dom, exps in sorted(new.items()):
+            for e in exps.values():
+                if _wins(e, node.iso.get(e.id)):
+                    node.iso[e.id] = e
+                if not node.byzantine and _wins(e, self.central.get(e.id)):
+                    self.central[e.id] = e
+                self._fai_put(node, e)
+                _naive_add(node.naive_own, e.id, e.embedding, e.quality, e.text, e.domain)
+            # As the node's outbox does: publish the library's record of each id, and only
+            # while it is the node's own (a peer's better record of the same pattern has
+            # already reached the fleet).
+            mine = node.key.public_key
+            send = [node.fai[i] for i in sorted(exps) if node.fai[i].source == mine]
+            self.stats["withheld"] += len(exps) - len(send)
+            if not send:
+                continue
+            node.seq += 1
+            baseline = node.fai_sum / len(node.fai)
+            sb = wire.encode_batch(
+                send, key=node.key, seq=node.seq, timestamp_ms=ts, model=DEFAULT_MODEL,
+                baseline=baseline,
+            )  # fmt: skip
+            node.published.append(sb.cid)
+            out.append((node, dom, sb))
+        return out
+
+    def _fai_put(self, node: _Node, e: Experience) -> bool:
+        old = node.fai.get(e.id)
+        if not _wins(e, old):
+            return False
+        if node.fai_sum is None:
+            node.fai_sum = np.zeros(e.dimension)
+        node.fai_sum += e.embedding
+        if old is not None:
+            node.fai_sum -= old.embedding
+        node.fai[e.id] = e
+        return True
+
+    def _spread(self, r: int, outbox) -> dict[int, set[bytes]]:
+        """Publish, decode once per envelope, push over the topic meshes."""
+        cfg = self.cfg
+        inbox: dict[int, set[bytes]] = defaultdict(set)
+        per_topic: dict[int, list] = defaultdict(list)
+        t = time.perf_counter()
+        for node, dom, sb in outbox:
+            try:
+                batch = wire.decode_envelope(sb.envelope).batch
+            except WireError:
+                batch = None
+                self.stats["undecodable"] += 1
+            self.batches[sb.cid] = (dom, r, len(sb.envelope), batch)
+            self.by_topic_round[(dom, r)].append(sb.cid)
+            self.sender_of[sb.cid] = node.idx
+            per_topic[dom].append((node, sb))
+            self.stats["batches"] += 1
+            self.stats["experiences"] += len(sb.batch)
+            self.stats["honest_batches" if not node.byzantine else "byzantine_batches"] += 1
+            if not node.byzantine:
+                self.stats["honest_batch_bytes"] += len(sb.envelope)
+                self.stats["honest_experiences"] += len(sb.batch)
+        self.stats["cpu_decode_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        sent = np.zeros(cfg.nodes)
+        for dom, items in per_topic.items():
+            mesh = self.meshes[dom]
+            alive = np.array([self.nodes[m].alive for m in mesh.members])
+            pubs = mesh.positions(np.array([n.idx for n, _ in items]))
+            spread = network.propagate(
+                mesh, pubs, alive, self.net_rng, latency_ms=cfg.latency_ms, loss=cfg.loss
+            )
+            sizes = np.array([len(sb.envelope) for _, sb in items], dtype=np.float64)
+            np.add.at(sent, mesh.members, (spread.sends * sizes[:, None]).sum(axis=0))
+            for b, (node, sb) in enumerate(items):
+                if cfg.share and not node.byzantine:
+                    inbox[node.idx].add(sb.cid)  # see the module docstring
+                arr = spread.arrival_ms[b]
+                got = np.isfinite(arr)
+                got[pubs[b]] = False
+                ms = np.minimum(arr[got], 2000).astype(np.int64)
+                self.latency_hist += np.bincount(ms, minlength=2001)
+                for pos in np.flatnonzero(got):
+                    inbox[int(mesh.members[pos])].add(sb.cid)
+                missed = np.flatnonzero(~np.isfinite(arr) & alive)
+                for pos in missed:
+                    m = self.nodes[int(mesh.members[pos])]
+                    if m.idx != node.idx and not m.byzantine:
+                        m.repair.append(sb.cid)
+                        self.stats["missed_by_gossip"] += 1
+                self.stats["deliveries"] += int(got.sum())
+        self.stats["cpu_network_s"] += time.perf_counter() - t
+        live_honest = [n.idx for n in self.honest if n.alive]
+        self.per_round.append(
+            {
+                "round": r,
+                "gossip_bytes_per_node": float(sent[live_honest].mean()) if live_honest else 0.0,
+                "batches": len(outbox),
+            }
+        )
+        return inbox
+
+    def _receive(self, r: int, inbox: dict[int, set[bytes]]) -> None:
+        # Each live honest node's deliveries this round: gossip plus repair from last round.
+        deliveries: dict[int, frozenset[bytes]] = {}
+        repair_bytes = 0
+        for node in self.honest:
+            if not node.alive:
+                continue
+            cids = set(inbox.get(node.idx, ()))
+            if node.repair_due:
+                fetched = set(node.repair_due) - cids
+                repair_bytes += sum(self.batches[c][2] for c in fetched)
+                cids |= fetched
+                self.stats["repaired"] += len(fetched)
+                node.repair_due = []
+            deliveries[node.idx] = frozenset(cids)
+        self.per_round[-1]["repair_bytes_per_node"] = repair_bytes / max(1, len(deliveries))
+        # Group receivers; split members whose deliveries differ from the majority's.
+        receivers: dict[int, _Receiver] = {}
+        for idx in deliveries:
+            rec = self.nodes[idx].receiver
+            receivers[id(rec)] = rec
+        for rec in list(receivers.values()):
+            live = [i for i in sorted(rec.members) if i in deliveries]
+            if len(live) < 2:
+                continue
+            groups: dict[frozenset, list[int]] = defaultdict(list)
+            for i in live:
+                groups[deliveries[i]].append(i)
+            if len(groups) > 1:
+                keep = max(groups.values(), key=len)
+                for members in groups.values():
+                    if members is not keep:
+                        for i in members:
+                            self._split(self.nodes[i])
+                            receivers[id(self.nodes[i].receiver)] = self.nodes[i].receiver
+        for rec in receivers.values():
+            live = [i for i in sorted(rec.members) if i in deliveries]
+            if not live:
+                continue
+            cids = deliveries[live[0]]
+            if not self.cfg.share:
+                cids = frozenset(c for c in cids if self.sender_of[c] != live[0])
+            self._receive_one(rec, cids, live)
+        if self.cfg.share:
+            self._rejoin_receivers(receivers.values())
+
+    def _rejoin_receivers(self, receivers) -> None:
+        """Fold receivers whose state has become the same as a larger one's back into it.
+
+        A node that failed or missed a batch splits off; once repair has caught it up, its
+        DeltaSoup state usually equals its old group's again, and without folding it back
+        every failure would cost one DeltaSoup execution per round for the rest of the run.
+        """
+        by_topics: dict[tuple[int, ...], list[_Receiver]] = defaultdict(list)
+        for rec in receivers:
+            if rec.members:
+                by_topics[rec.topics].append(rec)
+        for group in by_topics.values():
+            if len(group) < 2:
+                continue
+            group.sort(key=lambda r: (-len(r.members), min(r.members)))
+            kept: list[_Receiver] = []
+            for rec in group:
+                home = next((k for k in kept if _same_state(k, rec, self.now_ms)), None)
+                if home is None:
+                    kept.append(rec)
+                    continue
+                home.members |= rec.members
+                for i in rec.members:
+                    self.nodes[i].receiver = home
+                rec.members = set()
+                self.stats["rejoined_receivers"] += 1
+
+    def _receive_one(self, rec: _Receiver, cids: frozenset[bytes], members: list[int]) -> None:
+        batches = [self.batches[c][3] for c in sorted(cids)]
+        batches = [b for b in batches if b is not None]
+        for b in batches:  # naive averaging: every verified row, no filter
+            emb = b.embeddings()
+            for j, (ident, text) in enumerate(zip(b.ids, b.texts, strict=True)):
+                _naive_add(rec.naive, ident, emb[j], float(b.quality[j]), text, b.domain)
+        if not batches and rec.soup.backlog_rows() == 0:
+            return
+        t = time.perf_counter()
+        result = rec.soup.aggregate(batches, self.now_ms, max_age_ms=REPAIR_MAX_AGE_MS)
+        self.stats["cpu_deltasoup_s"] += time.perf_counter() - t
+        self.stats["soup_runs"] += 1
+        self.stats["soup_batches"] += len(batches)
+        self.stats["node_receive_batches"] += len(batches) * len(members)
+        self.stats["node_receive_rounds"] += len(members)
+        exps = result.experiences()
+        for e in exps:
+            self._remember_pattern(e.id, e.text, e.domain)
+        t = time.perf_counter()
+        for i in members:
+            node = self.nodes[i]
+            for e in exps:
+                self._fai_put(node, e)
+        self.stats["cpu_merge_s"] += time.perf_counter() - t
+        # Row accounting per receiving node: a member's own rows (shared mode) are not
+        # received, and backlog rows were counted in the round they arrived.
+        group = set(members)
+        for o in result.outcomes:
+            if o.from_backlog:
+                continue
+            sender = self.sender_of[o.cid]
+            receivers = len(members) - (sender in group)
+            tag = "byzantine" if self.nodes[sender].byzantine else "honest"
+            self.stats[f"{tag}_rows_received"] += o.rows * receivers
+        for key, drop in zip(result.row_sender, result.row_drop, strict=True):
+            if drop is not None:
+                continue
+            sender = self._idx_of_key[key]
+            receivers = len(members) - (sender in group)
+            tag = "byzantine" if self.nodes[sender].byzantine else "honest"
+            self.stats[f"{tag}_rows_kept"] += receivers
+
+    # -- measurement -------------------------------------------------------------------------
+
+    def _remember_pattern(self, ident: bytes, text: str, domain: str) -> None:
+        """Ground truth of an experience id: its corpus pattern (-1: not one) and tag."""
+        if ident not in self.pattern_of:
+            pattern = self.world.index.get(text, -1)
+            self.pattern_of[ident] = (pattern, self.world.domains.index(domain))
+
+    def _row(self, e: Experience) -> int:
+        row = self._row_of.get(id(e))
+        if row is None:
+            row = self._row_of[id(e)] = len(self._objects)
+            self._objects.append(e)
+        return row
+
+    def _freeze_rows(self) -> None:
+        """Matrices over every Experience object seen by the libraries (grown incrementally)."""
+        n_old = len(self._unit)
+        new = self._objects[n_old:]
+        if new:
+            emb = np.stack([e.embedding for e in new]).astype(np.float64)
+            unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-30)
+            self._unit = np.concatenate([self._unit, unit])
+            meta = np.array([self.pattern_of[e.id] for e in new]).reshape(-1, 2)
+            self._pat = np.concatenate([self._pat, meta[:, 0]])
+            self._tag = np.concatenate([self._tag, meta[:, 1]])
+            self._qual = np.concatenate([self._qual, [e.quality for e in new]])
+
+    def _library(self, node: _Node, method: str):
+        """(unit embeddings, qualities, pattern index, tag domain) of a node's library."""
+        if method in ("isolated", "fai", "central"):
+            if method == "central":
+                exps = [e for k in node.profile.domains for e in self._central_by_dom[int(k)]]
+            else:
+                exps = (node.iso if method == "isolated" else node.fai).values()
+            rows = np.fromiter((self._row(e) for e in exps), dtype=np.int64)
+            self._freeze_rows()
+            return self._unit[rows], self._qual[rows], self._pat[rows], self._tag[rows]
+        # naive: the receiver's averages (computed once per receiver) plus the node's own copies
+        rec = node.receiver
+        base = self._naive_cache.get(id(rec))
+        if base is None:
+            ids = list(rec.naive)
+            d = self.world.vectors.shape[1]
+            sums = np.array([rec.naive[i][0] for i in ids]).reshape(-1, d)
+            q = np.array([rec.naive[i][1] for i in ids])
+            c = np.array([rec.naive[i][2] for i in ids], dtype=np.float64)
+            for i in ids:
+                self._remember_pattern(i, rec.naive[i][3], rec.naive[i][4])
+            meta = np.array([self.pattern_of[i] for i in ids], dtype=np.int64).reshape(-1, 2)
+            where = {k: j for j, k in enumerate(ids)}
+            base = self._naive_cache[id(rec)] = (where, sums, q, c, meta)
+        where, sums, q, c, meta = base
+        extra = [i for i in node.naive_own if i not in where]
+        if node.naive_own:
+            sums, q, c = sums.copy(), q.copy(), c.copy()
+            if self.cfg.share:
+                # A shared receiver averaged the node's own batches as received copies; a
+                # node holds its own originals instead (naive_own, added below).
+                for cid in node.published:
+                    b = self.batches[cid][3]
+                    emb = b.embeddings()
+                    for j, ident in enumerate(b.ids):
+                        k = where[ident]
+                        sums[k] -= emb[j]
+                        q[k] -= float(b.quality[j])
+                        c[k] -= 1
+            for i, acc in node.naive_own.items():
+                j = where.get(i)
+                if j is not None:
+                    sums[j] += acc[0]
+                    q[j] += acc[1]
+                    c[j] += acc[2]
+        if extra:
+            own = node.naive_own
+            sums = np.concatenate([sums, np.array([own[i][0] for i in extra])])
+            q = np.concatenate([q, [own[i][1] for i in extra]])
+            c = np.concatenate([c, [own[i][2] for i in extra]])
+            meta = np.concatenate([meta, np.array([self.pattern_of[i] for i in extra])])
+        emb = sums / c[:, None]
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-30)
+        return unit, q / c, meta[:, 0], meta[:, 1]
+
+    def _evaluate(self) -> dict:
+        world, cfg = self.world, self.cfg
+        true_unit = world.vectors / np.linalg.norm(world.vectors, axis=1, keepdims=True)
+        out = {}
+        self._naive_cache: dict[int, tuple] = {}
+        self._central_by_dom = defaultdict(list)
+        for e in self.central.values():
+            self._central_by_dom[self.pattern_of[e.id][1]].append(e)
+        # Register every Experience object first, so the matrices grow once per evaluation.
+        for node in self.measured:
+            for e in (*node.iso.values(), *node.fai.values()):
+                self._row(e)
+        for e in self.central.values():
+            self._row(e)
+        self._freeze_rows()
+        for method in METHODS:
+            qs, proxies, poisoned, sizes = [], [], [], []
+            for node in self.measured:
+                unit, q, pat, tag = self._library(node, method)
+                recent = np.concatenate(list(node.recent)) if node.recent else node.eval_tasks
+                if len(recent) == 0:
+                    recent = node.eval_tasks
+                task_mean = world.vectors[recent].mean(axis=0).astype(np.float64)
+                sizes.append(len(q))
+                if len(q) == 0:
+                    qs.append(0.0)
+                    proxies.append(0.0)
+                    poisoned.append(0.0)
+                    continue
+                tm = task_mean / max(np.linalg.norm(task_mean), 1e-30)
+                qs.append(float((q * (unit @ tm)).mean()))
+                # A row is genuine when its text is a real pattern of the domain it is filed
+                # under and its stored embedding still points at that text.
+                p_safe = np.where(pat >= 0, pat, 0)
+                genuine = (
+                    (pat >= 0)
+                    & (world.domain_of[p_safe] == tag)
+                    & (np.einsum("md,md->m", unit, true_unit[p_safe]) >= GENUINE_COS)
+                )
+                tasks = node.eval_tasks
+                sims = unit @ true_unit[tasks].T  # (M, tasks): search within the task's domain
+                task_dom = world.domain_of[tasks]
+                sims[tag[:, None] != task_dom[None, :]] = -np.inf
+                cols = np.arange(len(tasks))
+                best = sims.argmax(axis=0)
+                found = np.isfinite(sims[best, cols])
+                rel = np.einsum("td,td->t", true_unit[p_safe[best]], true_unit[tasks])
+                hit = found & genuine[best] & (rel >= cfg.hit_cos)
+                proxies.append(float(np.where(hit, world.usefulness[p_safe[best]], 0.0).mean()))
+                k = min(POISON_TOP_K, len(q))
+                top = np.argpartition(-sims, k - 1, axis=0)[:k] if k < len(q) else None
+                top = np.argsort(-sims, axis=0)[:k] if top is None else top
+                in_domain = np.isfinite(sims[top, cols[None, :]])
+                poisoned.append(float((in_domain & ~genuine[top]).any(axis=0).mean()))
+            out[method] = {
+                "Q": float(np.mean(qs)),
+                "proxy": float(np.mean(proxies)),
+                "poisoned": float(np.mean(poisoned)),
+                "library": float(np.mean(sizes)),
+            }
+        return out
+
+    def _report(self) -> dict:
+        s = self.stats
+        hist = self.latency_hist
+        total = hist.sum()
+
+        def pct(p: float) -> float | None:
+            if total == 0:
+                return None
+            return float(np.searchsorted(np.cumsum(hist), p * total))
+
+        rounds = self.per_round
+        gossip = [x["gossip_bytes_per_node"] for x in rounds]
+        classes = {id(n.receiver) for n in self.honest}
+        return {
+            "config": asdict(self.cfg),
+            "curves": self.curves,
+            "final": self.curves[-1] if self.curves else {},
+            "network": {
+                "batches": int(s["batches"]),
+                "honest_batches": int(s["honest_batches"]),
+                "byzantine_batches": int(s["byzantine_batches"]),
+                "experiences": int(s["experiences"]),
+                "bytes_per_batch": s["honest_batch_bytes"] / max(1, s["honest_batches"]),
+                "bytes_per_experience": s["honest_batch_bytes"] / max(1, s["honest_experiences"]),
+                "experiences_per_batch": s["honest_experiences"] / max(1, s["honest_batches"]),
+                "deliveries": int(s["deliveries"]),
+                "undecodable": int(s["undecodable"]),
+                "missed_by_gossip": int(s["missed_by_gossip"]),
+                "repaired": int(s["repaired"]),
+                "repair_pending": sum(len(set(n.repair) | set(n.repair_due)) for n in self.honest),
+                "latency_p50_ms": pct(0.5),
+                "latency_p95_ms": pct(0.95),
+                "gossip_bytes_per_node_per_round": float(np.mean(gossip)) if gossip else 0.0,
+                "repair_bytes_per_node_per_round": float(
+                    np.mean([x.get("repair_bytes_per_node", 0.0) for x in rounds])
+                ),
+                "withheld_experiences": int(s["withheld"]),
+                "failures": int(s["failures"]),
+                "rejoins": int(s["rejoins"]),
+            },
+            "deltasoup": {
+                "honest_rows_received": int(s["honest_rows_received"]),
+                "honest_rows_kept": int(s["honest_rows_kept"]),
+                "byzantine_rows_received": int(s["byzantine_rows_received"]),
+                "byzantine_rows_kept": int(s["byzantine_rows_kept"]),
+                "honest_retention": s["honest_rows_kept"] / max(1, s["honest_rows_received"]),
+                "byzantine_kept_share": (
+                    s["byzantine_rows_kept"] / s["byzantine_rows_received"]
+                    if s["byzantine_rows_received"]
+                    else None
+                ),
+            },
+            "timing": {
+                "wall_s": s["wall_s"],
+                "node_rounds": self.cfg.nodes * self.cfg.rounds,
+                "soup_runs": int(s["soup_runs"]),
+                "batches_per_receive_round": (
+                    s["node_receive_batches"] / max(1, s["node_receive_rounds"])
+                ),
+                "receivers_at_end": len(classes),
+                "rejoined_receivers": int(s["rejoined_receivers"]),
+                "measured_nodes": len(self.measured),
+                "splits": int(s["splits"]),
+                "cpu_encode_s": s["cpu_encode_s"],
+                "cpu_decode_s": s["cpu_decode_s"],
+                "decode_ms_per_batch": 1000 * s["cpu_decode_s"] / max(1, s["batches"]),
+                "deltasoup_ms_per_batch": (1000 * s["cpu_deltasoup_s"] / max(1, s["soup_batches"])),
+                "cpu_network_s": s["cpu_network_s"],
+                "cpu_deltasoup_s": s["cpu_deltasoup_s"],
+                "cpu_merge_s": s["cpu_merge_s"],
+                "cpu_eval_s": s["cpu_eval_s"],
+            },
+            "per_round": rounds,
+        }
+
+
+def run(config: SimConfig, progress=None) -> dict:
+    return Simulation(config).run(progress)

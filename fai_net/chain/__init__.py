@@ -1,1 +1,0 @@
-"""Local chain processes (Anvil) for tests and the devnet."""

@@ -1,0 +1,647 @@
+"""The `fai` command line.
+
+Heavy imports (numpy, the wire codec) happen inside the commands that need them, so that
+`fai --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fai_net.cli.wire_demo import run_core_demo
+
+    report = run_core_demo(n=args.experiences, dim=args.dim, group=args.group, seed=args.seed)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report["summary"])
+    return 0
+
+
+def _node_run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from fai_net.node.config import NodeConfig
+    from fai_net.settings import resolve
+
+    # Flags, then FAI_* variables, then fai.toml (`data_dir`, `rpc`, `registry`, `key_file`,
+    # `domains = [...]`); the devnet state is not consulted: a node joins a chain explicitly.
+    flags = {"data_dir": args.data_dir, "key_file": args.operator_key_file}
+    if not args.open:
+        flags.update(rpc=args.rpc, registry=args.registry)
+    settings = resolve(flags, config=args.config, devnet_state="/nonexistent")
+    toml_domains = settings.toml.get("domains", []) if settings.toml else []
+    key_file = settings.get("key_file")
+    config = NodeConfig(
+        data_dir=Path(settings.require("data_dir")),
+        domains=tuple(args.domain or toml_domains),
+        listen=tuple(args.listen or ["/ip4/127.0.0.1/tcp/0"]),
+        seeds=tuple(args.seed or []),
+        embedder=args.embedder,
+        open_membership=args.open,
+        rpc_url=None if args.open else settings.get("rpc"),
+        registry=None if args.open else settings.get("registry"),
+        operator_key_file=Path(key_file) if key_file else None,
+        broadcast_interval_s=args.broadcast_interval,
+        broadcast_threshold=args.broadcast_threshold,
+        round_interval_s=args.round_interval,
+        repair_interval_s=args.repair_interval,
+        discovery_interval_s=args.discovery_interval,
+        membership_refresh_s=args.membership_refresh,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        mdns=args.mdns,
+        seen_ttl_s=args.seen_ttl,
+        event_log=Path(args.event_log) if args.event_log else None,
+        allow_raw_publish=args.allow_raw_publish,
+        otlp_port=args.otlp_port,
+        telemetry_domain=args.telemetry_domain,
+        telemetry_rules=tuple(args.telemetry_rule or ()),
+        telemetry_idle_s=args.telemetry_idle,
+    )
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("libp2p", "multiaddr", "httpx", "urllib3", "web3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from fai_net.node.node import run_node
+
+    run_node(config)
+    return 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from fai_net.api.mcp_server import main as mcp_main
+
+    argv = ["--timeout", str(args.timeout)]
+    if args.node not in (None, "") and not (args.socket or args.data_dir):
+        from fai_net.settings import resolve
+
+        argv += ["--socket", resolve({"node": args.node}).get("socket")]
+    if args.socket:
+        argv += ["--socket", args.socket]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    mcp_main(argv)  # without flags: FAI_SOCKET, FAI_DATA_DIR, fai.toml
+    return 0
+
+
+def _add_node_commands(commands) -> None:
+    node = commands.add_parser("node", help="run or talk to an FAI node")
+    sub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run a node until SIGINT/SIGTERM",
+        description="Run an FAI node: a libp2p host on loopback gossiping experience "
+        "batches on one topic per domain, with repair, discovery and a control socket.",
+    )
+    run.add_argument("--data-dir", help="node state: key, library, batches (or FAI_DATA_DIR)")
+    run.add_argument("--domain", action="append", help="domain tag (repeat; or fai.toml)")
+    run.add_argument("--config", help="a fai.toml with data_dir, rpc, registry, domains, ...")
+    run.add_argument("--listen", action="append", help="multiaddr (default 127.0.0.1, any port)")
+    run.add_argument("--seed", action="append", help="peer multiaddr with /p2p/ id (repeat)")
+    run.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
+    run.add_argument("--open", action="store_true", help="no registry (development only)")
+    run.add_argument("--rpc", help="Ethereum JSON-RPC URL of the registry's chain")
+    run.add_argument("--registry", help="DSO registry address")
+    run.add_argument("--operator-key-file", help="file with the operator's hex private key")
+    run.add_argument("--broadcast-interval", type=float, default=60.0, metavar="S")
+    run.add_argument("--broadcast-threshold", type=int, default=10, metavar="N")
+    run.add_argument("--round-interval", type=float, default=2.0, metavar="S")
+    run.add_argument("--repair-interval", type=float, default=10.0, metavar="S")
+    run.add_argument("--discovery-interval", type=float, default=5.0, metavar="S")
+    run.add_argument("--membership-refresh", type=float, default=5.0, metavar="S")
+    run.add_argument("--metrics-port", type=int, default=0, help="0 = any free, -1 = off")
+    run.add_argument("--seen-ttl", type=int, default=120, metavar="S", help="gossip seen cache")
+    run.add_argument("--event-log", help="append batch events as JSON lines to this file")
+    run.add_argument(
+        "--allow-raw-publish",
+        action="store_true",
+        help="devnet demos only: the control socket may publish unchecked bytes",
+    )
+    run.add_argument(
+        "--otlp-port",
+        type=int,
+        metavar="PORT",
+        help="receive OpenTelemetry traces (OTLP/HTTP POST /v1/traces) on 127.0.0.1:PORT "
+        "and learn from their tool calls; 0 = any free port (see node.json); off by default",
+    )
+    run.add_argument(
+        "--telemetry-domain",
+        default="general",
+        metavar="D",
+        help="domain of received traces that name none (default: general)",
+    )
+    run.add_argument(
+        "--telemetry-rule",
+        action="append",
+        metavar="ATTR=VALUE:DOMAIN[/KIND]",
+        help="traces whose attribute ATTR (e.g. service.name) equals VALUE get DOMAIN "
+        "(repeat; the first match wins; a trace's own fai.domain attribute outranks rules)",
+    )
+    run.add_argument(
+        "--telemetry-idle",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="a session with no end marker closes after S seconds without a new tool call",
+    )
+    run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
+    run.add_argument("--log-level", default="info")
+    run.set_defaults(handler=_node_run)
+    from fai_net.cli.node import add_node_client_commands
+
+    add_node_client_commands(sub, commands)
+    from fai_net.cli.telemetry import add_hook_command
+
+    add_hook_command(commands)
+    node.set_defaults(handler=lambda _args: node.print_help() or 2)
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve FAI to agents over MCP (stdio) for a running node",
+        description="An MCP server on stdin/stdout for the node behind --data-dir or "
+        "--socket (else FAI_SOCKET, FAI_DATA_DIR, fai.toml): the tools recall(task), "
+        "add(text, domain), feedback(id, outcome) and dso_network(action=status|broadcast|"
+        "receive|peers), and the fai_context prompt and fai://context/{task} resource.",
+    )
+    mcp.add_argument("--socket", help="the node's control socket (env FAI_SOCKET)")
+    mcp.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the node's data directory: uses DIR/control.sock (env FAI_DATA_DIR)",
+    )
+    mcp.add_argument("--node", metavar="N", help="node N of the running devnet (0 or node0)")
+    mcp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    mcp.set_defaults(handler=_mcp)
+
+
+def _progress(args: argparse.Namespace):
+    """Progress lines go to stderr, so --json output on stdout stays clean."""
+    if getattr(args, "quiet", False):
+        return lambda _msg: None
+    return lambda msg: print(f"[fai] {msg}", file=sys.stderr, flush=True)
+
+
+def _state_dir(args: argparse.Namespace):
+    from pathlib import Path
+
+    from fai_net.devnet import fleet as devnet
+
+    if args.state_dir:
+        return Path(args.state_dir)
+    # The variable every other command reads names the state *file*; its directory is the
+    # devnet's, so one export points `devnet up` and `fai stake --node 1` at the same devnet.
+    state_file = os.environ.get("FAI_DEVNET_STATE")
+    return Path(state_file).parent if state_file else devnet.DEFAULT_STATE_DIR
+
+
+def _unbonding_delay(text: str) -> int:
+    """An argparse type: seconds the registry accepts as its unbonding delay."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    from fai_net.registry.deploy import check_unbonding_delay
+
+    try:
+        return check_unbonding_delay(seconds)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _node_lines(node: dict) -> list[str]:
+    """How every devnet command shows a node: its peer id with its operator beside it, and
+    its data directory (which `--node N` stands for in the node and registry commands)."""
+    return [
+        f"    peer {node['peer_id']}  operator {node['operator']}",
+        f"    data {node['data_dir']}",
+    ]
+
+
+def _devnet_up(args: argparse.Namespace) -> int:
+    from fai_net.cli.node import plural
+    from fai_net.cli.registry import format_duration
+    from fai_net.devnet import fleet as devnet
+
+    domains = [tuple(d.split("+")) for d in args.domains.split(",")] if args.domains else None
+    state = devnet.up(
+        args.nodes,
+        domains,
+        state_dir=_state_dir(args),
+        embedder=args.embedder,
+        allow_raw_publish=args.allow_raw_publish,
+        unbonding_delay=args.unbonding_delay,
+        progress=_progress(args),
+    )
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(
+        f"devnet up: chain {state['rpc_url']}, registry {state['registry']} (unbonding delay "
+        f"{format_duration(state['unbonding_delay'])})"
+    )
+    for node in state["nodes"]:
+        print(f"  {node['name']}: {node['addr']}  domains={','.join(node['domains'])}")
+        print("\n".join(_node_lines(node)))
+    print(f"state: {devnet.state_path(_state_dir(args))}; stop with `fai devnet down`")
+    print("name a node in other commands with --node N, e.g. `fai node status --node 0`")
+    old = devnet.old_runs(state)
+    if old:
+        print(
+            f"{plural(len(old), 'run directory', 'run directories')} of earlier devnets "
+            f"stay in {state['state_dir']} (oldest {old[0].name}): delete them when done"
+        )
+    return 0
+
+
+def _devnet_status(args: argparse.Namespace) -> int:
+    from fai_net.devnet import fleet as devnet
+
+    report = devnet.status(devnet.load_state(_state_dir(args)))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"chain {report['rpc_url']}  registry {report['registry']}")
+    header = f"{'node':7} {'run':4} {'peers':5} {'stake':>6} {'live':5} {'jailed':6} "
+    print(header + f"{'rep':>5} {'ad expires':>10}  library")
+    for row in report["nodes"]:
+        library = ", ".join(f"{d}:{n}" for d, n in sorted((row["library"] or {}).items()))
+        expires = row.get("ad_expires_in_s")
+        expires_text = "-" if expires is None else f"{expires // 3600}h{expires % 3600 // 60:02d}m"
+        rep = "-" if row["reputation"] is None else f"{row['reputation']:.2f}"
+        print(
+            f"{row['name']:7} {'yes' if row['running'] else 'NO':4} {row['peers'] or 0!s:5} "
+            f"{row.get('stake', 0):>6g} {row.get('live')!s:5} {row.get('jailed')!s:6} "
+            f"{rep:>5} {expires_text:>10}  {library or '-'}"
+        )
+        print("\n".join(_node_lines(row)))
+    return 0
+
+
+def _devnet_down(args: argparse.Namespace) -> int:
+    from fai_net.devnet import fleet as devnet
+
+    result = devnet.down(_state_dir(args), _progress(args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"devnet down: stopped {', '.join(result['stopped']) or 'nothing'}"
+            + (f"; killed {', '.join(result['killed'])}" if result["killed"] else "")
+        )
+        if result.get("run_dir"):
+            print(
+                f"its files (keys, logs, node libraries) stay in {result['run_dir']}: "
+                "nothing was deleted"
+            )
+    return 0
+
+
+def _devnet_fund(args: argparse.Namespace) -> int:
+    """Tokens and gas for an address or a key file's address, from the devnet's owner."""
+    from fai_net.cli.registry import (
+        format_tokens,
+        parse_address,
+        read_private_key,
+        to_base_units,
+        token_count,
+    )
+    from fai_net.devnet import fleet as devnet
+
+    if (args.address is None) == (args.key_file is None):
+        raise ValueError("give the ADDRESS to fund or --key-file FILE (one of them)")
+    if args.address is not None:
+        address = parse_address(args.address, "ADDRESS")
+    else:
+        from eth_account import Account
+
+        private_key = read_private_key(args.key_file)
+        try:
+            address = Account.from_key(private_key).address
+        except Exception:  # never echo the key
+            raise ValueError(f"{args.key_file} does not hold a valid private key") from None
+    state = devnet.load_state(_state_dir(args))
+    result = devnet.fund(state, address, to_base_units(args.amount, 10**18))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"sent {format_tokens(result['amount'])} test tokens to {address}: it now holds "
+        f"{token_count(result['token_balance'])} and "
+        f"{format_tokens(result['eth_balance'])} ETH for gas"
+    )
+    print(f"tx {result['tx']}")
+    return 0
+
+
+def _devnet_advance_time(args: argparse.Namespace) -> int:
+    """Move the devnet's chain clock (Anvil's stands still while no block is mined)."""
+    import time
+
+    from fai_net.cli.registry import format_duration, format_utc
+    from fai_net.devnet import fleet as devnet
+
+    devnet.check_advance(args.seconds)
+    result = devnet.advance_time(devnet.load_state(_state_dir(args)), args.seconds)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    ahead = result["timestamp"] - int(time.time())
+    if abs(ahead) <= 2:
+        relation = "in step with this machine's clock"
+    else:
+        relation = f"{format_duration(ahead)} {'ahead of' if ahead > 0 else 'behind'} this "
+        relation += "machine's clock"
+    print(
+        f"chain clock {format_utc(result['timestamp'])} at block {result['block']} (moved "
+        f"{format_duration(result['timestamp'] - result['before'])}; {relation})"
+    )
+    if result["expired"]:
+        print(
+            f"the advertisements of {', '.join(result['expired'])} expired: not live until "
+            "renewed (`fai advertise --node N`)"
+        )
+    return 0
+
+
+def _devnet_equivocate(args: argparse.Namespace) -> int:
+    from fai_net.devnet import fleet as devnet
+    from fai_net.devnet.demo import equivocate, evidence_files, wait_for
+    from fai_net.settings import devnet_node
+
+    state = devnet.load_state(_state_dir(args))
+    result = equivocate(state, args.node)
+    rogue = devnet_node(state, result["node"])
+    found = []
+    if args.wait > 0:
+        try:
+            found = wait_for(
+                lambda: evidence_files(state, rogue, result["seq"]), args.wait, "evidence"
+            )
+        except devnet.DevnetError:
+            found = []
+    if found:
+        witness, path = found[0]
+        if args.save:
+            path = _save_evidence(path, args.save)
+        result.update(
+            witness=witness["name"], evidence=str(path), submit=_slash_command(path, witness)
+        )
+    else:
+        result.update(witness=None, evidence=None, submit=None)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"{result['node']} published a second batch at seq {result['seq']}: "
+        f"{result['second']} (its first: {result['first']})"
+    )
+    if found:
+        saved = "saved a copy of the evidence" if args.save else "wrote the evidence"
+        print(f"{result['witness']} caught it; {saved} to {result['evidence']}")
+        print(f"submit it on-chain: {result['submit']}")
+    else:
+        print(
+            f"no node wrote evidence within {args.wait:g} s: a node that stored the first "
+            f"batch writes it to <its data dir>/evidence/ when the second arrives"
+        )
+    return 0
+
+
+def _save_evidence(source, target: str):
+    """Copy an evidence file to where the user asked (0600: it is the user's to keep), so a
+    script can name it without knowing the witness's data directory."""
+    import shutil
+    from pathlib import Path
+
+    target_path = Path(target).expanduser()
+    fd = os.open(target_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out)
+    return target_path
+
+
+def _slash_command(path, witness: dict) -> str:
+    """The command that submits an evidence file with the witness's operator key."""
+    import shlex
+
+    node = witness["name"].removeprefix("node")
+    return f"fai slash equivocation --evidence {shlex.quote(str(path))} --node {node}"
+
+
+def _devnet_demo(args: argparse.Namespace) -> int:
+    from fai_net.devnet.demo import format_report, run_demo
+
+    report = run_demo(
+        args.nodes, embedder=args.embedder, state_dir=_state_dir(args), progress=_progress(args)
+    )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _add_devnet_operator_commands(sub, common) -> None:
+    """`fai devnet fund|advance-time|equivocate`: what a devnet operator does by hand."""
+    fund = sub.add_parser(
+        "fund",
+        help="send test tokens and gas to an address or a key file's address",
+        description="Send AMOUNT test tokens from the devnet's owner to ADDRESS (or to the "
+        "address of --key-file FILE), and enough ETH for gas, so the key can `fai stake`. "
+        "Prints the new token balance. Devnet only.",
+        usage="fai devnet fund [-h] (ADDRESS | --key-file FILE) AMOUNT [--state-dir DIR] "
+        "[--json] [--quiet]",
+    )
+    fund.add_argument("address", nargs="?", metavar="ADDRESS", help="0x address to fund")
+    fund.add_argument("amount", type=_token_amount, metavar="AMOUNT", help="whole tokens")
+    fund.add_argument("--key-file", metavar="FILE", help="fund this private key's address")
+    common(fund)
+    fund.set_defaults(handler=_devnet_fund)
+    adv = sub.add_parser(
+        "advance-time",
+        help="move the devnet chain's clock ahead and mine a block",
+        description="Move the devnet chain's clock SECONDS ahead (evm_increaseTime) and mine "
+        "a block, then print the chain's time. Anvil's clock stands still while no block is "
+        "mined: `advance-time 0` just mines one, bringing the chain's time to now. Devnet "
+        "only.",
+    )
+    adv.add_argument("seconds", type=int, metavar="SECONDS", help="0 .. 2 years")
+    common(adv)
+    adv.set_defaults(handler=_devnet_advance_time)
+    eq = sub.add_parser(
+        "equivocate",
+        help="demo: make a node publish a conflicting batch",
+        description="Make a node publish a second, different batch under a seq it already "
+        "used (the devnet must be up with --allow-raw-publish), wait for a peer to write "
+        "the evidence file, and print its path and the command that submits it.",
+    )
+    eq.add_argument("--node", required=True, metavar="N", help="the node: 4 or node4")
+    eq.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the evidence file (default 30; 0 = do not wait)",
+    )
+    eq.add_argument(
+        "--save", metavar="FILE", help="also copy the evidence file to FILE (mode 0600)"
+    )
+    common(eq)
+    eq.set_defaults(handler=_devnet_equivocate)
+
+
+def _token_amount(text: str):
+    from fai_net.cli.registry import token_amount
+
+    return token_amount(text)
+
+
+def _add_devnet_commands(commands) -> None:
+    devnet_cmd = commands.add_parser("devnet", help="a local chain and fleet on 127.0.0.1")
+    sub = devnet_cmd.add_subparsers(dest="devnet_command", metavar="SUBCOMMAND")
+
+    def common(p, json_help="print JSON"):
+        p.add_argument(
+            "--state-dir",
+            help="where the devnet keeps its state (default: the directory of "
+            "$FAI_DEVNET_STATE, else devnet/state)",
+        )
+        p.add_argument("--json", action="store_true", help=json_help)
+        p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+    up_cmd = sub.add_parser(
+        "up",
+        help="start Anvil, deploy the registry, stake and start N nodes",
+        description="Start Anvil on 127.0.0.1, deploy the token and the DSO registry, fund "
+        "and stake one operator per node, advertise each node's address on-chain, start the "
+        "node processes (registry membership), and write the devnet state file.",
+    )
+    up_cmd.add_argument("--nodes", type=int, default=3)
+    up_cmd.add_argument(
+        "--domains",
+        default="coding+writing",
+        help="comma-separated domain sets given to nodes in turn, '+' within a set "
+        "(default coding+writing: every node on both)",
+    )
+    up_cmd.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
+    up_cmd.add_argument(
+        "--allow-raw-publish",
+        action="store_true",
+        help="let nodes publish unchecked bytes (needed by `fai devnet equivocate`)",
+    )
+    up_cmd.add_argument(
+        "--unbonding-delay",
+        type=_unbonding_delay,
+        metavar="SECONDS",
+        help="the registry's unbonding delay, 1 s .. 365 days (default 7 days)",
+    )
+    common(up_cmd)
+    up_cmd.set_defaults(handler=_devnet_up)
+    st = sub.add_parser(
+        "status",
+        help="nodes, peers, library per domain, stake, reputation",
+        description="Each node's process, peers, stake, liveness, reputation among its "
+        "peers and library, with its peer id, operator address and data directory.",
+    )
+    common(st)
+    st.set_defaults(handler=_devnet_status)
+    dn = sub.add_parser(
+        "down",
+        help="stop everything the devnet started",
+        description="Stop the devnet's nodes and chain. Its run directory (keys, logs, "
+        "libraries) is kept.",
+    )
+    common(dn)
+    dn.set_defaults(handler=_devnet_down)
+    _add_devnet_operator_commands(sub, common)
+    demo_cmd = sub.add_parser(
+        "demo",
+        help="the main job: learn from telemetry, catch and slash an equivocator",
+        description="Start a devnet of 5 nodes over 3 domains, feed each a slice of the "
+        "sample telemetry, let them share experiences, make one node equivocate, slash it "
+        "on-chain, print what every node learned, and stop everything.",
+    )
+    demo_cmd.add_argument("--nodes", type=int, default=5)
+    demo_cmd.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
+    common(demo_cmd)
+    demo_cmd.set_defaults(handler=_devnet_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fai", description="Federated Agent Intelligence: share experiences, not weights."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="encode, sign and verify one batch of synthetic experiences (no network)",
+        description="Build a signed, content-addressed batch of synthetic experiences, "
+        "decode and verify it as a receiver would, and show a tampered copy being refused.",
+    )
+    demo.add_argument("--experiences", type=int, default=100, help="batch size (default 100)")
+    demo.add_argument("--dim", type=int, default=384, help="embedding dimension (default 384)")
+    demo.add_argument("--group", type=int, default=128, help="BitDelta group size (default 128)")
+    demo.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    demo.add_argument("--json", action="store_true", help="print the report as JSON")
+    demo.set_defaults(handler=_demo)
+    _add_node_commands(commands)
+    _add_devnet_commands(commands)
+    from fai_net.cli.registry import add_registry_commands
+
+    add_registry_commands(commands)
+    from fai_net.cli.sim import add_sim_command
+
+    add_sim_command(commands)
+    return parser
+
+
+def _mark_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's parser itself as the default `_fai_parser`: after parsing,
+    the innermost one chosen wins, so errors can show that command's usage line."""
+    parser.set_defaults(_fai_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _mark_parsers(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run the command's handler, and turn input mistakes into exit code 2.
+
+    Arguments no parser takes are reported by the command that was chosen (argparse's own
+    `parse_args` reports them with the top-level usage, `fai [-h] COMMAND ...`, which says
+    nothing about the command typed). FAI's own input errors (a bad value, a missing
+    setting) print one `fai: error:` line, then that command's usage.
+    """
+    parser = build_parser()
+    _mark_parsers(parser)
+    args, extras = parser.parse_known_args(argv)
+    command = getattr(args, "_fai_parser", parser)
+    if extras:
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    from fai_core.errors import FaiError
+    from fai_net.settings import SettingsError
+
+    try:
+        return args.handler(args)
+    except (ValueError, FaiError) as exc:
+        code = getattr(exc, "exit_code", 2)  # cli_registry.CliError says 1 or 2
+        print(f"fai: error: {exc}", file=sys.stderr)
+        input_error = isinstance(exc, ValueError | SettingsError) or hasattr(exc, "exit_code")
+        if code == 2 and input_error and command is not parser:
+            print(command.format_usage().rstrip(), file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
