@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from fai_core.clock import now_ms
 from fai_core.embedding import Embedder
 from fai_core.errors import FaiError
 from fai_core.experience import PUBLIC_KEY_LEN, Experience
@@ -164,10 +165,6 @@ def _id_list(ids: Iterable[bytes]) -> str:
 def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _embeddings(column: pa.ChunkedArray | pa.Array, dimension: int) -> np.ndarray:
@@ -481,7 +478,7 @@ class ExperienceLibrary:
         n = len(rows)
         d = self._dimension
         emb = np.stack([e.embedding for e in rows]) if rows else np.zeros((0, d), np.float32)
-        now = _now_ms()
+        now = now_ms()
         return pa.table(
             {
                 "id": pa.array([e.id.hex() for e in rows], pa.string()),
@@ -786,7 +783,7 @@ class ExperienceLibrary:
         Reads three narrow columns; the self-improvement loop calls this rarely.
         """
         self._check_open()
-        now = _now_ms() if now_ms is None else now_ms
+        now = now_ms() if now_ms is None else now_ms
         table = self._select(None, ["domain", "quality", "created_ms", "origin"])
         quality = table.column("quality").to_numpy()
         created = table.column("created_ms").to_numpy().astype(np.float64)

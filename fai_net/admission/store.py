@@ -31,12 +31,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import time
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fai_core.clock import now_ms
 from fai_core.errors import FaiError
 from fai_core.wire import SignedBatch
 
@@ -152,10 +152,6 @@ def _from_sql(value: int) -> int:
 def _clamp_u64(value: int) -> int:
     """Range bounds outside u64 select nothing beyond u64 anyway; clamp instead of failing."""
     return min(max(value, 0), _U64_MAX)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _check_limit(limit: int) -> None:
@@ -508,7 +504,7 @@ class BatchStore:
                     pair,
                     first,
                     second,
-                    _now_ms() if found_ms is None else found_ms,
+                    now_ms() if found_ms is None else found_ms,
                 ),
             )
             return cursor.rowcount == 1

@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from fai_core.clock import now_ms
 from fai_core.ranking import Tally, is_muted
 
 _SCHEMA = """
@@ -39,10 +39,6 @@ CREATE TABLE IF NOT EXISTS sightings (
 
 #: Largest id list one lookup binds (SQLite's default variable limit is 32,766).
 _CHUNK = 500
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class OutcomeBook:
@@ -71,7 +67,7 @@ class OutcomeBook:
         experiences once, by the share of help and hurt reported on it: repeating `hurt`
         on one experience (an agent told to by the text it recalled) moves the source
         no further, and muting takes MUTE_MIN_REPORTS distinct experiences that hurt."""
-        now = _now_ms()
+        now = now_ms()
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")

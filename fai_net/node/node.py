@@ -41,6 +41,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from fai_core import bitdelta, dagcbor
+from fai_core.clock import now_ms
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop
 from fai_core.errors import FaiError
 from fai_core.experience import Experience, domain_problem
@@ -89,10 +90,6 @@ MEMBERSHIP_WATCH_S = 1.0
 #: Stored batches are kept this long beyond the repair window, so that an equivocation
 #: on a batch repair may still deliver is always caught against the stored first one.
 PRUNE_MARGIN_MS = 24 * 3_600_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fai_core.clock import now_ms
 from fai_core.errors import FaiError
 from fai_core.ingest.common import Converted, SessionEnd
 from fai_core.telemetry import TelemetryRecord, parse_line
@@ -74,10 +75,6 @@ class SpoolFull(FaiError):
     """The spool holds `max_steps` steps: retry after the node has consumed some."""
 
     retry_after = 30.0
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
