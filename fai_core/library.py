@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fai_core.clock import now_ms
+from fai_core import clock
 from fai_core.embedding import Embedder
 from fai_core.errors import FaiError
 from fai_core.experience import PUBLIC_KEY_LEN, Experience
@@ -478,7 +478,7 @@ class ExperienceLibrary:
         n = len(rows)
         d = self._dimension
         emb = np.stack([e.embedding for e in rows]) if rows else np.zeros((0, d), np.float32)
-        now = now_ms()
+        now = clock.now_ms()
         return pa.table(
             {
                 "id": pa.array([e.id.hex() for e in rows], pa.string()),
@@ -783,7 +783,7 @@ class ExperienceLibrary:
         Reads three narrow columns; the self-improvement loop calls this rarely.
         """
         self._check_open()
-        now = now_ms() if now_ms is None else now_ms
+        now = clock.now_ms() if now_ms is None else now_ms
         table = self._select(None, ["domain", "quality", "created_ms", "origin"])
         quality = table.column("quality").to_numpy()
         created = table.column("created_ms").to_numpy().astype(np.float64)
