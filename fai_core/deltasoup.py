@@ -12,7 +12,8 @@ the measurements behind every threshold below.
    sender's reputation not below the threshold. The replay guard forgets CIDs and
    (sender, seq) entries whose batch is older than 2 T_max (freshness refuses those).
 2. Decompress: BitDelta reconstruction e_hat of every experience.
-3. Filter, in this order:
+3. Filter, in this order (each check is a `deltasoup_filters` object; `DeltaSoup(filters=)`
+   composes others, `DEFAULT_FILTERS` is the order below):
    a. per-node cap: a sender keeps at most `cap` rows per round, cap = the median over
       senders of their NEW row counts this round (one vote per sender; a sender with only
       a backlog votes 0), so one node sending 10x more weighs no more than one node; every
@@ -39,8 +40,9 @@ the measurements behind every threshold below.
       that median, is refused for the round.
    e. domain tag: a batch whose mean text embedding is nearer another domain's centroid
       (sender-weighted coordinate-wise median of the round) than its own is refused.
-4. Merge: per domain, single-linkage clusters of cosine > theta_dup (exact in matrix blocks
-   up to `exact_cluster_rows` rows, random-hyperplane LSH above: a numba union-find kernel
+4. Merge (a `deltasoup_merge` rule object, `DeltaSoup(merge=)`): per domain,
+   single-linkage clusters of cosine > theta_dup (exact in matrix blocks up to
+   `exact_cluster_rows` rows, random-hyperplane LSH above: a numba union-find kernel
    compares each colliding pair once, with enough tables for a miss rate <= `lsh_miss` at
    cos = theta_dup); Eq. 19 confidence-weighted mean, q = max of the cluster, text and
    provenance of the cluster's best member (highest q, then smallest id).
@@ -61,54 +63,33 @@ of rows and of the backlog, itself a function of earlier rounds' sets.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 
 from fai_core import bitdelta
+
+# The filters and merge rules live in their own modules; the statistics and clustering
+# they use stay importable from here as before.
+from fai_core.deltasoup_filters import DEFAULT_FILTERS, RoundRows, RowFilter, Stage
+from fai_core.deltasoup_filters import rowwise_cos as _rowwise_cos  # noqa: F401
+from fai_core.deltasoup_filters import weighted_median as weighted_median
+from fai_core.deltasoup_filters import weighted_quantile as weighted_quantile
+from fai_core.deltasoup_merge import MergeRule, merge_rule_for
+from fai_core.deltasoup_merge import cosine_clusters as cosine_clusters
 from fai_core.embedding import Embedder
 from fai_core.errors import Reject, WireError
 from fai_core.experience import Experience
+
+# Drop and its CHARGED/UNCHARGED split live in fai_core.refusals (every refusal vocabulary
+# in one module); importable from here as before.
+from fai_core.refusals import CHARGED as CHARGED
+from fai_core.refusals import UNCHARGED as UNCHARGED
+from fai_core.refusals import Drop as Drop
 from fai_core.reputation import ReputationBook
 from fai_core.wire import Batch, check_freshness
-
-
-class Drop(StrEnum):
-    """Why a batch (phase 1) or an experience (phase 3) was not merged. Stable metric labels."""
-
-    WRONG_MODEL = "wrong_model"
-    STALE = "stale"
-    FUTURE = "future"
-    REPLAY = "replay"
-    EQUIVOCATION = "equivocation"
-    OLD_SEQ = "old_seq"
-    LOW_REPUTATION = "low_reputation"
-    OVER_CAP = "over_cap"
-    SEMANTIC_MISMATCH = "semantic_mismatch"
-    SCALE_MISMATCH = "scale_mismatch"
-    SCALE_OUTLIER = "scale_outlier"
-    QUALITY_OUTLIER = "quality_outlier"
-    DOMAIN_MISMATCH = "domain_mismatch"
-    #: Not a refusal: over the round's cap, held in the sender's backlog for a later round.
-    DEFERRED = "deferred"
-
-
-#: Refusals this node proves from the signed batch alone, against its own model and rules:
-#: the only ones that cost the sender reputation (docs/deltasoup.md, "What costs
-#: reputation"). The sender signed the batch, and the receiver re-embeds the texts itself.
-CHARGED = frozenset(
-    {Drop.WRONG_MODEL, Drop.EQUIVOCATION, Drop.SEMANTIC_MISMATCH, Drop.SCALE_MISMATCH}
-)
-#: Refusals that cost nobody anything. Relative ones (scale_outlier, quality_outlier,
-#: domain_mismatch) compare a sender with the round's other senders, whose statistics
-#: Sybils choose; stale, future, replay and old_seq depend on delivery and clocks, and
-#: anyone can re-publish a signed batch late or twice; low_reputation, over_cap and
-#: deferred are consequences of budgets, not findings. Rows are still dropped.
-UNCHARGED = frozenset(Drop) - CHARGED
 
 #: Row reason codes: 0 = kept, i + 1 = the i-th Drop.
 _DROPS = tuple(Drop)
@@ -193,6 +174,9 @@ class DeltaSoupConfig:
 
 @dataclass
 class BatchOutcome:
+    """What one round decided about one received batch: the whole-batch refusal if any, the
+    rows dropped by reason, and whether the sender is charged (node metrics and reputation)."""
+
     cid: bytes
     sender: bytes
     rows: int
@@ -239,6 +223,7 @@ class RoundResult:
         return len(self.texts)
 
     def experiences(self) -> list[Experience]:
+        """The merged rows as experiences, in merge order: what the library receives."""
         return [
             Experience(
                 text=self.texts[i],
@@ -271,6 +256,8 @@ class ReplayGuard:
         return len(self._cids) + len(self._seqs)
 
     def check(self, batch: Batch) -> Drop | None:
+        """The phase-1 refusal for a batch already seen (replay), a second batch under a seen
+        seq (equivocation) or a seq far behind the sender's newest (old_seq); None if new."""
         if batch.cid in self._cids:
             return Drop.REPLAY
         other = self._seqs.get((batch.sender, batch.seq))
@@ -282,6 +269,7 @@ class ReplayGuard:
         return None
 
     def remember(self, batch: Batch) -> None:
+        """Record an admitted batch, so later copies and rival batches under its seq are caught."""
         self._cids[batch.cid] = batch.timestamp_ms
         self._seqs[(batch.sender, batch.seq)] = (batch.cid, batch.timestamp_ms)
         self._newest[batch.sender] = max(batch.seq, self._newest.get(batch.sender, batch.seq))
@@ -299,7 +287,13 @@ class ReplayGuard:
 
 
 class DeltaSoup:
-    """A receiver's aggregation state: replay guard and reputation book, plus its embedder."""
+    """A receiver's aggregation state: replay guard and reputation book, plus its embedder.
+
+    Implements `fai_core.aggregation.Aggregator`. The phase-3 checks are `filters` (run in
+    order, `deltasoup_filters.DEFAULT_FILTERS` by default) and phase 4 is `merge` (by
+    default the rule `config.merge_space` names), so a caller can compose a different
+    pipeline without touching phase 1, the backlog or the reputation rules.
+    """
 
     def __init__(
         self,
@@ -307,9 +301,13 @@ class DeltaSoup:
         *,
         reputation: ReputationBook | None = None,
         config: DeltaSoupConfig | None = None,
+        filters: Sequence[RowFilter] | None = None,
+        merge: MergeRule | None = None,
     ) -> None:
         self.embedder = embedder
         self.config = config or DeltaSoupConfig()
+        self.filters: tuple[RowFilter, ...] = tuple(DEFAULT_FILTERS if filters is None else filters)
+        self.merge: MergeRule = merge or merge_rule_for(self.config.merge_space)
         self.reputation = reputation or ReputationBook(threshold=self.config.reputation_threshold)
         self.replay = ReplayGuard(self.config.seq_window, 2 * self.config.max_age_ms)
         #: Deferred rows per sender: verified batches or row subsets of them (same CID).
@@ -362,6 +360,19 @@ class DeltaSoup:
     def aggregate(
         self, batches: Iterable[Batch], now_ms: int, *, max_age_ms: int | None = None
     ) -> RoundResult:
+        """One round: phase 1 on `batches` (the backlog first), the filters, reputation, the
+        merge. `max_age_ms` widens T_max as in `verify`."""
+        outcomes, accepted, n_backlog = self._admit(batches, now_ms, max_age_ms)
+        rows = _filter_rows(accepted, self.embedder, self.config, n_backlog, self.filters)
+        self._judge(outcomes, accepted, rows)
+        result = _merge(rows, outcomes, self.config, self.merge)
+        result.row_backlog = rows.batch < n_backlog
+        return result
+
+    def _admit(
+        self, batches: Iterable[Batch], now_ms: int, max_age_ms: int | None
+    ) -> tuple[list[BatchOutcome], list[Batch], int]:
+        """Phase 1: (outcomes, accepted batches backlog first, how many are backlog parts)."""
         cfg = self.config
         ordered = sorted(batches, key=lambda b: (b.sender, b.seq, b.cid))
         outcomes: list[BatchOutcome] = []
@@ -389,8 +400,12 @@ class DeltaSoup:
             elif outcome.drop is not Drop.LOW_REPUTATION:
                 outcome.passed = False
             outcomes.append(outcome)
+        return outcomes, accepted, n_backlog
+
+    def _judge(self, outcomes: list[BatchOutcome], accepted: list[Batch], rows: RoundRows) -> None:
+        """Row counts per outcome, deferral into the backlog, and reputation (CHARGED only)."""
+        cfg = self.config
         passed_outcomes = [o for o in outcomes if o.drop is None]
-        rows = _filter_rows(accepted, self.embedder, cfg, n_backlog)
         deferred_code = _CODE[Drop.DEFERRED]
         judged: set[int] = set()
         for bi, outcome in enumerate(passed_outcomes):
@@ -423,9 +438,6 @@ class DeltaSoup:
             if outcome.drop is None or outcome.drop in CHARGED:
                 outcome.charged = True
                 self.reputation.record(outcome.sender, outcome.passed)
-        result = _merge(accepted, rows, outcomes, cfg)
-        result.row_backlog = rows.batch < n_backlog
-        return result
 
 
 def _subset(batch: Batch, rows: np.ndarray) -> Batch:
@@ -446,454 +458,60 @@ def _subset(batch: Batch, rows: np.ndarray) -> Batch:
 # -- phase 2 and 3 ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Rows:
-    batch: np.ndarray  # batch index per row
-    node: np.ndarray  # sender index per row
-    received: np.ndarray  # e_hat
-    own: np.ndarray  # receiver's embedding of the text
-    quality: np.ndarray
-    ids: list[bytes]
-    drop: np.ndarray  # 0 kept, else _CODE
-    scores: dict[str, np.ndarray]
-
-
-def _id_rank(ids: Sequence[bytes]) -> np.ndarray:
-    """Rank of each id in byte order (equal ids share a rank)."""
-    if not ids:
-        return np.zeros(0, dtype=np.int64)
-    _, inverse = np.unique(np.array(ids, dtype=object), return_inverse=True)
-    return inverse.astype(np.int64)
-
-
-def _rowwise_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    num = np.einsum("ij,ij->i", a, b)
-    den = np.sqrt(np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", b, b))
-    return num / np.maximum(den, 1e-30)
-
-
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Median of each column of `values` (n,) or (n, k) with row weights (lower median)."""
-    return weighted_quantile(values, weights, 0.5)
-
-
-def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
-    v = values if values.ndim == 2 else values[:, None]
-    order = np.argsort(v, axis=0, kind="stable")
-    cum = np.cumsum(weights[order], axis=0)
-    idx = np.argmax(cum >= q * cum[-1], axis=0)
-    out = np.take_along_axis(v, order, axis=0)[idx, np.arange(v.shape[1])]
-    return out if values.ndim == 2 else out[0]
-
-
-def _robust_z(values: np.ndarray, weights: np.ndarray, cfg: DeltaSoupConfig) -> np.ndarray:
-    med = weighted_median(values, weights)
-    mad = weighted_median(np.abs(values - med), weights)
-    return np.abs(values - med) / (cfg.mad_scale * mad + cfg.eps)
-
-
 def _filter_rows(
-    batches: Sequence[Batch], embedder: Embedder, cfg: DeltaSoupConfig, n_backlog: int = 0
-) -> _Rows:
-    """Phases 2 and 3 over `batches`, whose first `n_backlog` entries come from the backlog."""
-    d = embedder.dimension
+    batches: Sequence[Batch],
+    embedder: Embedder,
+    cfg: DeltaSoupConfig,
+    n_backlog: int = 0,
+    filters: Sequence[RowFilter] = DEFAULT_FILTERS,
+) -> RoundRows:
+    """Phases 2 and 3 over `batches`, whose first `n_backlog` entries come from the backlog.
+
+    Each filter refuses rows still kept, in order (a row keeps the first reason it gets);
+    phase 2 runs before the first filter past the BUDGET stage and the relative checks'
+    reference population is fixed before the first RELATIVE one (deltasoup_filters.py).
+    """
+    rows = RoundRows.collect(batches, embedder.dimension, n_backlog)
     if not batches:
-        empty = np.zeros(0, dtype=np.int64)
-        return _Rows(
-            empty,
-            empty,
-            np.zeros((0, d), np.float32),
-            np.zeros((0, d), np.float32),
-            np.zeros(0, np.float32),
-            [],
-            empty,
-            {},
-        )
-    senders = sorted({b.sender for b in batches})
-    node_of = {s: i for i, s in enumerate(senders)}
-    sizes = [len(b) for b in batches]
-    batch_idx = np.repeat(np.arange(len(batches)), sizes)
-    node = np.repeat(np.array([node_of[b.sender] for b in batches]), sizes)
-    ids = [i for b in batches for i in b.ids]
-    texts = [t for b in batches for t in b.texts]
-    quality = np.concatenate([b.quality for b in batches]).astype(np.float64)
-    n = len(ids)
-    drop = np.zeros(n, dtype=np.int64)
-
-    # (a) per-node cap: each sender keeps `cap` of the rows it offers (backlog + new),
-    # its backlog first in (seq, id) order, then new rows by smallest id (a function of the
-    # set and the backlog); the next `max_backlog_rows` are deferred, the rest dropped.
-    fresh = batch_idx >= n_backlog
-    # Votes: NEW rows per sender (a sender with only a backlog votes 0), so backlogs cannot
-    # raise the cap, and a round without new traffic drains at `min_cap` per sender.
-    counts = np.bincount(node[fresh], minlength=len(senders))
-    cap = max(cfg.min_cap, math.floor(cfg.cap_factor * float(np.median(counts))))
-    if cfg.max_cap is not None:
-        cap = min(cap, cfg.max_cap)
-    seqs = np.repeat(np.array([b.seq for b in batches]), sizes)
-    id_rank = _id_rank(ids)
-    # lexsort: last key is the primary one.
-    order = np.lexsort((batch_idx, id_rank, np.where(fresh, 0, seqs), fresh, node))
-    first = np.searchsorted(node[order], np.arange(len(senders)))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - first[node[order]]
-    drop[rank >= cap] = _CODE[Drop.DEFERRED]
-    drop[rank >= cap + cfg.max_backlog_rows] = _CODE[Drop.OVER_CAP]
-
-    # Phase 2: decompress; and the receiver's own embedding of every text.
-    # Only rows inside the cap are embedded (deferred ones will be, in their round).
-    received = np.concatenate([b.embeddings() for b in batches])
-    live = drop == 0
-    own = np.zeros((n, d), dtype=np.float32)
-    live_idx = np.flatnonzero(live)
-    if len(live_idx):
-        own[live_idx] = embedder.embed([texts[i] for i in live_idx])
-    weight = np.zeros(n)
-    kept_counts = np.bincount(node[live], minlength=len(senders))
-    weight[live] = 1.0 / kept_counts[node[live]]
-
-    # (b) semantic consistency in delta space, plus scale ratios and the direct cosine.
-    sem_cos = np.empty(n)
-    ratio = np.empty(n)
-    row_med = np.zeros(n)  # median over groups of ln(sent / own), per row
-    noise = np.zeros(n)  # the row's batch: 1.4826 MAD of ln(sent / own)
-    batch_loc = np.zeros(n)  # the row's batch: median of ln(sent / own)
-    batch_loc_tol = np.full(n, cfg.scale_ratio_tol)
-    start = 0
-    for b, m in zip(batches, sizes, strict=True):
-        sl = slice(start, start + m)
-        code = bitdelta.encode(own[sl], b.baseline, b.group)
-        mine = bitdelta.decode(code, b.baseline)
-        sent_delta, own_delta = received[sl] - b.baseline, mine - b.baseline
-        sem_cos[sl] = _rowwise_cos(sent_delta, own_delta)
-        # Text equal to the baseline (a one-experience library): no delta on either side.
-        both_zero = (np.abs(sent_delta).max(axis=1) < 1e-7) & (np.abs(own_delta).max(axis=1) < 1e-7)
-        sem_cos[sl][both_zero] = 1.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lr = np.log((b.scales.astype(np.float64) + cfg.eps) / (code.scales + cfg.eps))
-        ratio[sl] = np.abs(lr).max(axis=1)
-        row_med[sl] = np.median(lr, axis=1)
-        # Noise estimate and location over the batch's rows evaluated this round (own
-        # embeddings exist only for those); deferred rows are judged in their own round.
-        lv = lr[live[sl]]
-        if len(lv):
-            loc = float(np.median(lv))
-            spread = 1.4826 * float(np.median(np.abs(lv - loc)))
-            noise[sl], batch_loc[sl] = spread, loc
-            batch_loc_tol[sl] = cfg.scale_ratio_tol + cfg.scale_location_k * 1.2533 * spread / (
-                math.sqrt(lv.size)
-            )
-        start += m
-    direct = _rowwise_cos(received, own)
-    bad = live & ((sem_cos < cfg.semantic_min_cos) | (direct < cfg.direct_min_cos))
-    drop[bad] = _CODE[Drop.SEMANTIC_MISMATCH]
-    # Scale checks robust to zero-mean (DP) noise: the noise widens the per-group bound;
-    # the row and batch medians, which noise leaves near 0 and inflation shifts, stay tight.
-    groups = max(b.scales.shape[1] for b in batches)
-    row_loc_tol = cfg.scale_ratio_tol + cfg.scale_location_k * 1.2533 * noise / math.sqrt(groups)
-    bad = (drop == 0) & (
-        (ratio > cfg.scale_ratio_tol + cfg.scale_noise_k * noise)
-        | (np.abs(row_med) > row_loc_tol)
-        | (np.abs(batch_loc) > batch_loc_tol)
-        | (noise > cfg.scale_noise_max)
-    )
-    drop[bad] = _CODE[Drop.SCALE_MISMATCH]
-
-    # The relative checks (c, d) compare a row with the round's other rows. Only rows that
-    # passed every check the receiver verifies itself take part: a flood of rows whose
-    # vectors do not match their texts (a Sybil's cheapest attack) must not set the median
-    # that honest rows are measured against. Sender weights are recomputed over them.
-    live = drop == 0
-    weight = np.zeros(n)
-    kept_counts = np.bincount(node[live], minlength=len(senders))
-    weight[live] = 1.0 / kept_counts[node[live]]
-
-    # (c) scale distribution (sender-weighted robust z of ln scale, per group).
-    log_scales = np.log(np.concatenate([b.scales for b in batches]).astype(np.float64) + cfg.eps)
-    scale_z = np.zeros(n)
-    if live.sum() >= cfg.scale_min_rows and log_scales.shape[1] == max(
-        b.scales.shape[1] for b in batches
-    ):
-        scale_z[live] = _robust_z(log_scales[live], weight[live], cfg).max(axis=1)
-    drop[(drop == 0) & (scale_z > cfg.scale_tau)] = _CODE[Drop.SCALE_OUTLIER]
-
-    # (d) confidence inflation: a sender whose median quality is above the pooled quantile.
-    if live.any():
-        ceiling = weighted_quantile(quality[live], weight[live], cfg.quality_quantile)
-        q_med = weighted_median(quality[live], weight[live])
-        sigma = 1.4826 * weighted_median(np.abs(quality[live] - q_med), weight[live])
-        for k in range(len(senders)):
-            mine_q = quality[live & (node == k)]
-            if len(mine_q) < cfg.quality_min_rows:
-                continue
-            own_med = float(np.median(mine_q))
-            own_sigma = 1.4826 * float(np.median(np.abs(mine_q - own_med)))
-            err = 1.2533 * min(own_sigma, sigma) / math.sqrt(len(mine_q))
-            if own_med > ceiling + cfg.quality_z * err:
-                drop[live & (node == k) & (drop == 0)] = _CODE[Drop.QUALITY_OUTLIER]
-
-    # (e) domain tag: batch mean text embedding vs sender-weighted domain centroids.
-    domain_margin = np.zeros(n)
-    ok = drop == 0
-    domains = sorted({b.domain for b in batches})
-    cents, cent_names = [], []
-    for dom in domains:
-        rows_d = ok & np.isin(batch_idx, [i for i, b in enumerate(batches) if b.domain == dom])
-        nodes_d = np.unique(node[rows_d])
-        if len(nodes_d) >= cfg.domain_min_senders:
-            # Aggregate per sender first (its mean), then the coordinate-wise median over
-            # senders: each sender one vote, whatever it sent.
-            means = np.stack([own[rows_d & (node == k)].mean(axis=0) for k in nodes_d])
-            c = np.median(means, axis=0)
-            cents.append(c / max(np.linalg.norm(c), 1e-30))
-            cent_names.append(dom)
-    if len(cents) >= 2:
-        cmat = np.stack(cents)
-        start = 0
-        for b, m in zip(batches, sizes, strict=True):
-            sl = slice(start, start + m)
-            start += m
-            if b.domain not in cent_names:
-                continue
-            mean = own[sl][ok[sl]].mean(axis=0) if ok[sl].any() else own[sl].mean(axis=0)
-            sims = cmat @ (mean / max(np.linalg.norm(mean), 1e-30))
-            j = cent_names.index(b.domain)
-            margin = sims[j] - np.delete(sims, j).max()
-            domain_margin[sl] = margin
-            if margin < -cfg.domain_margin:
-                drop[sl][ok[sl]] = _CODE[Drop.DOMAIN_MISMATCH]
-    scores = {
-        "semantic_cos": sem_cos,
-        "direct_cos": direct,
-        "scale_log_ratio": ratio,
-        "scale_log_median": row_med,
-        "scale_noise": noise,
-        "scale_batch_median": batch_loc,
-        "scale_z": scale_z,
-        "domain_margin": domain_margin,
-    }
-    return _Rows(batch_idx, node, received, own, quality, ids, drop, scores)
+        return rows
+    for f in filters:
+        if f.stage is not Stage.BUDGET and rows.embedded is None:
+            rows.decompress_and_embed(embedder)
+        if f.stage is Stage.RELATIVE and rows.reference is None:
+            rows.fix_reference()
+        verdict = f.refuse(rows, cfg)
+        rows.drop[verdict.refused & (rows.drop == 0)] = _CODE[f.drop]
+        rows.scores.update(verdict.scores)
+    if rows.embedded is None:
+        rows.decompress_and_embed(embedder)
+    return rows
 
 
 # -- phase 4 ---------------------------------------------------------------------------------
 
 
-def _lsh_union_rows(
-    unit: np.ndarray,
-    keys: np.ndarray,
-    sorted_keys: np.ndarray,
-    orders: np.ndarray,
-    theta: float,
-    parent: np.ndarray,
-) -> int:
-    """Union-find over pairs sharing a bucket in some table with cos > theta (numba).
-
-    keys (n, tables) bucket of each row per table (row-major, so one pair's keys are two
-    contiguous runs), orders (tables, n) rows sorted by key, sorted_keys their keys.
-    A pair is compared once: in the first table where it shares a bucket (later tables skip
-    it by comparing the earlier keys), and not at all when already in one component, which
-    cannot change the components. Returns the number of dot products computed.
-    """
-    n, tables = keys.shape
-    d = unit.shape[1]
-    dots = 0
-    for t in range(tables):
-        o = orders[t]
-        kt = sorted_keys[t]
-        s = 0
-        while s < n:
-            e = s + 1
-            while e < n and kt[e] == kt[s]:
-                e += 1
-            for a in range(s, e):
-                i = o[a]
-                for b in range(a + 1, e):
-                    j = o[b]
-                    seen = False
-                    for u in range(t):
-                        if keys[i, u] == keys[j, u]:
-                            seen = True
-                            break
-                    if seen:
-                        continue
-                    ri = i
-                    while parent[ri] != ri:
-                        parent[ri] = parent[parent[ri]]  # path halving
-                        ri = parent[ri]
-                    rj = j
-                    while parent[rj] != rj:
-                        parent[rj] = parent[parent[rj]]
-                        rj = parent[rj]
-                    if ri == rj:
-                        continue
-                    acc = np.float32(0.0)
-                    for k in range(d):
-                        acc += unit[i, k] * unit[j, k]
-                    dots += 1
-                    if acc > theta:
-                        if ri < rj:
-                            parent[rj] = ri
-                        else:
-                            parent[ri] = rj
-            s = e
-    return dots
-
-
-_lsh_kernel = None
-
-
-def _lsh_union():
-    """The numba-compiled `_lsh_union_rows` (disk-cached), imported on first use."""
-    global _lsh_kernel
-    if _lsh_kernel is None:
-        from numba import njit
-
-        _lsh_kernel = njit(cache=True, nogil=True, fastmath=True)(_lsh_union_rows)
-    return _lsh_kernel
-
-
-def _canonical_labels(roots: np.ndarray) -> np.ndarray:
-    """Component labels numbered by each component's smallest row (scipy's order)."""
-    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inverse]
-
-
-def cosine_clusters(
-    x: np.ndarray,
-    theta: float,
-    *,
-    exact_rows: int = 8192,
-    block_rows: int = 2048,
-    tables: int = 0,
-    bucket_rows: int = 16,
-    miss: float = 2e-4,
-    seed: int = 0x5EED,
-) -> np.ndarray:
-    """Single-linkage cluster labels of the rows of x over edges cos > theta.
-
-    Exact (all pairs, in blocks of `block_rows`) up to `exact_rows` rows. Above that, only
-    pairs that share a bucket in one of the random-hyperplane hash tables are compared (a
-    numba union-find kernel, each pair at most once): k bits per table so buckets hold
-    ~`bucket_rows` rows on average; a pair at cos theta (angle a) shares a k-bit bucket with
-    probability p = (1 - a/pi)^k, and `tables` = 0 takes the fewest tables T with
-    (1 - p)^T <= `miss` (theta 0.95: p = 0.899^k; k = 10 needs 21 tables). A pair more
-    similar than theta is found with higher probability still.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n = x.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
-    unit = unit.astype(np.float32)
-    rows_e: list[np.ndarray] = []
-    cols_e: list[np.ndarray] = []
-    if n <= exact_rows:
-        for lo in range(0, n, block_rows):
-            hit = (unit[lo : lo + block_rows] @ unit[lo:].T) > theta
-            np.fill_diagonal(hit, False)  # self-pairs; hit[i, i] is row lo + i with itself
-            any_row = np.flatnonzero(hit.any(axis=1))
-            if len(any_row) == 0:
-                continue
-            r, c = np.nonzero(hit[any_row])
-            r, c = any_row[r] + lo, c + lo
-            keep = c > r
-            rows_e.append(r[keep])
-            cols_e.append(c[keep])
-    else:
-        bits = max(1, min(30, round(math.log2(n / bucket_rows))))
-        if tables <= 0:
-            p = (1.0 - math.acos(min(max(theta, -1.0), 1.0)) / math.pi) ** bits
-            tables = max(1, math.ceil(math.log(miss) / math.log1p(-p)))
-        rng = np.random.default_rng(seed)
-        planes = rng.standard_normal((tables * bits, x.shape[1])).astype(np.float32)
-        code_bits = ((unit @ planes.T) > 0).reshape(n, tables, bits).astype(np.int64)
-        keys = np.ascontiguousarray((code_bits << np.arange(bits)).sum(axis=2))  # (n, T)
-        orders = np.ascontiguousarray(np.argsort(keys.T, axis=1, kind="stable"))
-        sorted_keys = np.ascontiguousarray(np.take_along_axis(keys.T, orders, axis=1))
-        parent = np.arange(n, dtype=np.int64)
-        _lsh_union()(unit, keys, sorted_keys, orders, np.float32(theta), parent)
-        roots = parent.copy()
-        for _ in range(64):  # full path compression (halving left chains of length <= 2^k)
-            nxt = roots[roots]
-            if np.array_equal(nxt, roots):
-                break
-            roots = nxt
-        return _canonical_labels(roots)
-    r = np.concatenate(rows_e) if rows_e else np.zeros(0, np.int64)
-    c = np.concatenate(cols_e) if cols_e else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return labels.astype(np.int64)
-
-
 def _merge(
-    batches: Sequence[Batch], rows: _Rows, outcomes: list[BatchOutcome], cfg: DeltaSoupConfig
+    rows: RoundRows, outcomes: list[BatchOutcome], cfg: DeltaSoupConfig, rule: MergeRule
 ) -> RoundResult:
-    d = rows.own.shape[1]
-    kept = np.flatnonzero(rows.drop == 0)
-    space = rows.own if cfg.merge_space == "own" else rows.received
-    batch_domain = np.array([b.domain for b in batches], dtype=object)
-    row_domain = batch_domain[rows.batch] if len(batches) else np.zeros(0, dtype=object)
-    label = np.full(len(rows.ids), -1, dtype=np.int64)
-    next_label = 0
-    for dom in sorted(set(row_domain[kept].tolist())):
-        members = kept[row_domain[kept] == dom]
-        local = cosine_clusters(
-            space[members],
-            cfg.dedup_cosine,
-            exact_rows=cfg.exact_cluster_rows,
-            block_rows=cfg.block_rows,
-            tables=cfg.lsh_tables,
-            bucket_rows=cfg.lsh_bucket_rows,
-            miss=cfg.lsh_miss,
-            seed=cfg.lsh_seed,
-        )
-        label[members] = local + next_label
-        next_label += int(local.max()) + 1 if len(local) else 0
-    k = next_label
-    q = rows.quality
-    # Eq. 19: sum q e / sum q per cluster. Most clusters are single rows (copied as they
-    # are); the rest are summed as sorted segments.
-    merged = np.zeros((k, d), dtype=np.float32)
-    sizes_k = np.bincount(label[kept], minlength=k) if k else np.zeros(0, np.int64)
-    single = kept[sizes_k[label[kept]] == 1]
-    merged[label[single]] = space[single]
-    multi = kept[sizes_k[label[kept]] > 1]
-    if len(multi):
-        multi = multi[np.argsort(label[multi], kind="stable")]
-        lab = label[multi]
-        starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-        sums = np.add.reduceat(space[multi] * q[multi, None], starts, axis=0)
-        merged[lab[starts]] = sums / np.add.reduceat(q[multi], starts)[:, None]
-    # Representative: highest quality, then smallest id (order-independent).
-    id_rank = _id_rank(rows.ids)
-    ranked = kept[np.lexsort((id_rank[kept], -q[kept], label[kept]))]
-    lab_sorted = label[ranked]
-    heads = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]]) if len(kept) else kept
-    reps = ranked[heads].tolist()
-    row_sender = [batches[b].sender for b in rows.batch]
-    row_text = [t for b in batches for t in b.texts]
-    created = np.array([batches[rows.batch[r]].timestamp_ms for r in reps], dtype=np.int64)
-    iteration = np.concatenate([b.iteration for b in batches]) if batches else np.zeros(0)
+    """The merge rule's output plus the fate of every row, as a RoundResult."""
+    merged = rule.merge(rows, cfg)
+    batches = rows.batches
+    row_domain = [b.domain for b in batches for _ in range(len(b))]
     return RoundResult(
-        texts=[row_text[r] for r in reps],
-        domains=[str(row_domain[r]) for r in reps],
-        embeddings=merged,
-        quality=np.array([q[r] for r in reps], dtype=np.float64),
-        sources=[row_sender[r] for r in reps],
-        created_ms=created,
-        iteration=np.array([iteration[r] for r in reps], dtype=np.int64),
-        cluster_size=sizes_k,
+        texts=merged.texts,
+        domains=merged.domains,
+        embeddings=merged.embeddings,
+        quality=merged.quality,
+        sources=merged.sources,
+        created_ms=merged.created_ms,
+        iteration=merged.iteration,
+        cluster_size=merged.cluster_size,
         outcomes=outcomes,
-        row_sender=row_sender,
-        row_text=row_text,
-        row_domain=[str(x) for x in row_domain],
+        row_sender=[batches[b].sender for b in rows.batch],
+        row_text=list(rows.texts),
+        row_domain=row_domain,
         row_drop=[None if c == 0 else _DROPS[c - 1] for c in rows.drop],
-        row_cluster=label,
+        row_cluster=merged.row_cluster,
         row_scores=rows.scores,
     )
 
@@ -912,6 +530,7 @@ def paper_filter_scores(x: np.ndarray, eps: float = 1e-8, mad_scale: float = 1.0
 
 
 def rows_by_sender(result: RoundResult) -> dict[bytes, list[int]]:
+    """Merged-row indices grouped by the sender that contributed each row."""
     out: dict[bytes, list[int]] = defaultdict(list)
     for i, s in enumerate(result.row_sender):
         out[s].append(i)

@@ -2,12 +2,13 @@
 
 A node counts rejections by reason and keeps running, so every refusal of untrusted input
 is one exception type carrying a machine-readable reason code, never a bare ValueError or
-whatever the CBOR library happened to raise.
+whatever the CBOR library happened to raise. The reason codes themselves (`Reject` and the
+other stages' enums) live in fai_core.refusals; `Reject` is importable from here too.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
+from fai_core.refusals import Reject
 
 
 class FaiError(Exception):
@@ -21,32 +22,6 @@ class InvalidExperience(FaiError, ValueError):
         super().__init__(f"invalid experience {field}: {detail}")
         self.field = field
         self.detail = detail
-
-
-class Reject(StrEnum):
-    """Why a batch from the wire was refused. Values are stable: metrics are labelled by them."""
-
-    OVERSIZE = "oversize"
-    MALFORMED_CBOR = "malformed_cbor"
-    NON_CANONICAL = "non_canonical"
-    SCHEMA = "schema"
-    UNKNOWN_VERSION = "unknown_version"
-    CID_MISMATCH = "cid_mismatch"
-    BAD_SIGNATURE = "bad_signature"
-    BAD_KEY = "bad_key"
-    TOO_MANY_EXPERIENCES = "too_many_experiences"
-    BAD_DIMENSION = "bad_dimension"
-    SHAPE_MISMATCH = "shape_mismatch"
-    NON_FINITE = "non_finite"
-    OUT_OF_RANGE = "out_of_range"
-    BAD_PADDING = "bad_padding"
-    TEXT_TOO_LONG = "text_too_long"
-    BAD_TEXT = "bad_text"
-    BAD_DOMAIN = "bad_domain"
-    BAD_MODEL = "bad_model"
-    DUPLICATE_EXPERIENCE = "duplicate_experience"
-    STALE = "stale"
-    FUTURE = "future"
 
 
 class WireError(FaiError):

@@ -24,10 +24,11 @@ from importlib.resources import files
 import numpy as np
 
 from fai_core.corpus import CORPUS_DOMAINS, load_pattern_corpus
-from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, Drop, paper_filter_scores
+from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, paper_filter_scores
 from fai_core.embedding import DEFAULT_MODEL, Embedder, default_embedder
 from fai_core.identity import NodeKey
 from fai_core.privacy import PrivacyAccountant, privatize
+from fai_core.refusals import Drop
 from fai_eval import attacks
 
 NOW_MS = 1_760_000_000_000
@@ -165,86 +166,117 @@ class Scenario:
 
 def _byzantine(sc: Scenario, attack: str, **kw) -> tuple[list, list]:
     """(batches for the measured round, batches for an earlier round) of all f attackers."""
-    rng, ts, out, earlier = sc.rng, NOW_MS - 20_000, [], []
+    ts, out, earlier = NOW_MS - 20_000, [], []
     for i, key in enumerate(sc.byz_keys):
         node = sc._node(0, sc.byz_share(i), key)
         plain = node.batches(ts=ts, seq0=100)
-        if attack == "benign":
-            out += plain
-        elif attack == "random_signs":
-            out += [attacks.random_signs(b, key, rng) for b in plain]
-        elif attack == "sign_flip":
-            out += [attacks.sign_flip(b, key) for b in plain]
-        elif attack == "scale_inflation":
-            out += [attacks.scale_inflation(b, key, kw.get("factor", 3.0)) for b in plain]
-        elif attack in ("ipm", "alie", "gaussian"):
-            for b in plain:
-                m = len(b.batch)
-                if attack == "ipm":
-                    emb = attacks.ipm_embeddings(sc.honest_mean, m, kw.get("eps", 1.0), rng)
-                elif attack == "alie":
-                    emb = attacks.alie_embeddings(
-                        sc.honest_mean, sc.honest_std, m, kw.get("z", 1.0), rng
-                    )
-                else:
-                    emb = attacks.gaussian_embeddings(m, 384, kw.get("sigma", 0.05), rng)
-                out.append(_rebatch(key, b.batch, emb, ts))
-        elif attack == "mismatch":
-            sims = sc.harmful_vectors @ sc.vectors[sc.honest_idx].T
-            nearest = sc.honest_idx[sims.argmax(axis=1)]
-            mine = np.array_split(np.arange(len(sc.harmful_texts)), sc.f)[i]
-            for dom in CORPUS_DOMAINS:
-                sel = [j for j in mine if sc.domains[nearest[j]] == dom]
-                if sel:
-                    out.append(
-                        attacks.signed_batch(
-                            key,
-                            [sc.harmful_texts[j] for j in sel],
-                            sc.vectors[nearest[sel]],
-                            domain=dom,
-                            quality=np.full(len(sel), 0.8),
-                            seq=200 + len(out),
-                            timestamp_ms=ts,
-                            model=DEFAULT_MODEL,
-                        )
-                    )
-        elif attack == "confidence_inflation":
-            node.quality = np.clip(rng.uniform(0.97, 0.999, len(node.quality)), 0, 0.999)
-            out += node.batches(ts=ts, seq0=100)
-        elif attack == "domain_spoof":
-            for b in plain:
-                k = CORPUS_DOMAINS.index(b.batch.domain)
-                other = CORPUS_DOMAINS[(k + 1 + int(rng.integers(0, 7))) % 8]
-                own = sc.vectors[[sc.index[t] for t in b.batch.texts]]
-                out.append(_rebatch(key, b.batch, own, ts, domain=other))
+        if attack == "mismatch":
+            out += _mismatch_batches(sc, i, key, ts, seq0=200 + len(out))
         elif attack == "replay":
             old = node.batches(ts=NOW_MS - (120_000 if i % 2 == 0 else 600_000), seq0=1)
             out += old
             if i % 2 == 0:
                 earlier += old  # seen before: replayed CIDs; the others are stale
-        elif attack in ("flooding", "copies"):
-            reps = 10 if attack == "flooding" else 1
-            want = reps * sc.per_node
-            own = list(sc.byz_share(i)) if attack == "flooding" else []
-            size = min(want - len(own), len(sc.honest_idx))
-            extra = rng.choice(sc.honest_idx, size=size, replace=False).tolist()
-            copy = sc._node(0, np.array(own + extra), key)
-            out += _chunked(copy, ts)
-        elif attack in ("alie_plausible", "alie_plausible_nocap"):
-            z = kw.get("z", 0.0)
-            pool = sc.vectors[sc.pool_idx]
-            count = len(sc.pool_idx) if attack.endswith("nocap") else len(sc.byz_share(i))
-            idx = []
-            for dom in CORPUS_DOMAINS:
-                hd = sc.vectors[sc.honest_idx[sc.domains[sc.honest_idx] == dom]]
-                target = hd.mean(axis=0) + z * hd.std(axis=0)
-                in_dom = np.flatnonzero(sc.domains[sc.pool_idx] == dom)
-                pick = attacks.nearest_to(target, pool[in_dom], max(1, count // 8))
-                idx += sc.pool_idx[in_dom[pick]].tolist()
-            out += sc._node(0, np.array(idx), key).batches(ts=ts, seq0=100)
         else:
-            raise ValueError(f"unknown attack {attack!r}")
+            out += _attacker_batches(sc, attack, i, key, node, plain, ts, kw)
     return out, earlier
+
+
+def _attacker_batches(
+    sc: Scenario, attack: str, i: int, key: NodeKey, node: Node, plain: list, ts: int, kw: dict
+) -> list:
+    """The batches Byzantine node `i` sends under `attack` (`plain`: its honest-looking ones)."""
+    rng = sc.rng
+    if attack == "benign":
+        return plain
+    if attack == "random_signs":
+        return [attacks.random_signs(b, key, rng) for b in plain]
+    if attack == "sign_flip":
+        return [attacks.sign_flip(b, key) for b in plain]
+    if attack == "scale_inflation":
+        return [attacks.scale_inflation(b, key, kw.get("factor", 3.0)) for b in plain]
+    if attack in ("ipm", "alie", "gaussian"):
+        return [
+            _rebatch(key, b.batch, _forged_embeddings(sc, attack, len(b.batch), kw), ts)
+            for b in plain
+        ]
+    if attack == "confidence_inflation":
+        node.quality = np.clip(rng.uniform(0.97, 0.999, len(node.quality)), 0, 0.999)
+        return node.batches(ts=ts, seq0=100)
+    if attack == "domain_spoof":
+        out = []
+        for b in plain:
+            k = CORPUS_DOMAINS.index(b.batch.domain)
+            other = CORPUS_DOMAINS[(k + 1 + int(rng.integers(0, 7))) % 8]
+            own = sc.vectors[[sc.index[t] for t in b.batch.texts]]
+            out.append(_rebatch(key, b.batch, own, ts, domain=other))
+        return out
+    if attack in ("flooding", "copies"):
+        return _copy_batches(sc, attack, i, key, ts)
+    if attack in ("alie_plausible", "alie_plausible_nocap"):
+        return _plausible_batches(sc, attack, i, key, ts, kw.get("z", 0.0))
+    raise ValueError(f"unknown attack {attack!r}")
+
+
+def _forged_embeddings(sc: Scenario, attack: str, m: int, kw: dict) -> np.ndarray:
+    """`m` made-up embeddings for the IPM, ALIE or Gaussian attack."""
+    if attack == "ipm":
+        return attacks.ipm_embeddings(sc.honest_mean, m, kw.get("eps", 1.0), sc.rng)
+    if attack == "alie":
+        return attacks.alie_embeddings(sc.honest_mean, sc.honest_std, m, kw.get("z", 1.0), sc.rng)
+    return attacks.gaussian_embeddings(m, 384, kw.get("sigma", 0.05), sc.rng)
+
+
+def _mismatch_batches(sc: Scenario, i: int, key: NodeKey, ts: int, seq0: int) -> list:
+    """Node `i`'s share of the harmful texts, each sent with its nearest honest text's
+    embedding, one batch per domain numbered from `seq0`."""
+    sims = sc.harmful_vectors @ sc.vectors[sc.honest_idx].T
+    nearest = sc.honest_idx[sims.argmax(axis=1)]
+    mine = np.array_split(np.arange(len(sc.harmful_texts)), sc.f)[i]
+    out = []
+    for dom in CORPUS_DOMAINS:
+        sel = [j for j in mine if sc.domains[nearest[j]] == dom]
+        if sel:
+            out.append(
+                attacks.signed_batch(
+                    key,
+                    [sc.harmful_texts[j] for j in sel],
+                    sc.vectors[nearest[sel]],
+                    domain=dom,
+                    quality=np.full(len(sel), 0.8),
+                    seq=seq0 + len(out),
+                    timestamp_ms=ts,
+                    model=DEFAULT_MODEL,
+                )
+            )
+    return out
+
+
+def _copy_batches(sc: Scenario, attack: str, i: int, key: NodeKey, ts: int) -> list:
+    """Copies of honest texts as node `i`'s own: one node's worth, or 10x with its own
+    texts for flooding, in chunks of 100."""
+    reps = 10 if attack == "flooding" else 1
+    want = reps * sc.per_node
+    own = list(sc.byz_share(i)) if attack == "flooding" else []
+    size = min(want - len(own), len(sc.honest_idx))
+    extra = sc.rng.choice(sc.honest_idx, size=size, replace=False).tolist()
+    copy = sc._node(0, np.array(own + extra), key)
+    return _chunked(copy, ts)
+
+
+def _plausible_batches(sc: Scenario, attack: str, i: int, key: NodeKey, ts: int, z: float) -> list:
+    """ALIE with real texts: per domain, the pool texts nearest to honest mean + z std
+    (node `i`'s share of the pool, or the whole pool without the cap)."""
+    pool = sc.vectors[sc.pool_idx]
+    count = len(sc.pool_idx) if attack.endswith("nocap") else len(sc.byz_share(i))
+    idx = []
+    for dom in CORPUS_DOMAINS:
+        hd = sc.vectors[sc.honest_idx[sc.domains[sc.honest_idx] == dom]]
+        target = hd.mean(axis=0) + z * hd.std(axis=0)
+        in_dom = np.flatnonzero(sc.domains[sc.pool_idx] == dom)
+        pick = attacks.nearest_to(target, pool[in_dom], max(1, count // 8))
+        idx += sc.pool_idx[in_dom[pick]].tolist()
+    return sc._node(0, np.array(idx), key).batches(ts=ts, seq0=100)
 
 
 def _rebatch(key, batch, emb, ts, domain=None):
@@ -436,31 +468,13 @@ def run_heterogeneous(
         ts = NOW_MS + rnd * 60_000
         batches = []
         if rnd < rounds:
-            for node, rate in zip(sc.honest, rates, strict=True):
-                m = round(base * rate)
-                idx = [(rnd * m + j) % len(node.texts) for j in range(m)]
-                part = Node(
-                    node.key,
-                    [node.texts[i] for i in idx],
-                    [node.domains[i] for i in idx],
-                    node.vectors[idx],
-                    node.quality[idx],
-                )
-                batches += [b.batch for b in part.batches(ts=ts, seq0=1 + 10 * rnd)]
-            if flooding:
-                for key in sc.byz_keys:
-                    pick = sc.rng.choice(sc.honest_idx, size=10 * base, replace=False)
-                    copy = sc._node(0, pick, key)
-                    batches += [b.batch for b in copy.batches(ts=ts, seq0=1 + 10 * rnd)]
+            batches = _heterogeneous_batches(sc, rates, rnd, ts, base, flooding)
         elif all(soup.backlog_rows(k) == 0 for k in honest_keys):
             break
         for b in batches:
             sent[b.sender in honest_keys] += len(b)
         result = soup.aggregate(batches, ts + 1000)
-        round_kept = {True: 0, False: 0}
-        for s, drop in zip(result.row_sender, result.row_drop, strict=True):
-            if drop is None:
-                round_kept[s in honest_keys] += 1
+        round_kept = _kept_by_side(result, honest_keys)
         for k in (True, False):
             kept[k] += round_kept[k]
         total = round_kept[True] + round_kept[False]
@@ -485,3 +499,37 @@ def run_heterogeneous(
         "byzantine_row_share": kept[False] / (kept[True] + kept[False]),
         "rounds": per_round,
     }
+
+
+def _kept_by_side(result, honest_keys: set[bytes]) -> dict[bool, int]:
+    """Rows an aggregation kept, counted by sender: True honest, False Byzantine."""
+    kept = {True: 0, False: 0}
+    for s, drop in zip(result.row_sender, result.row_drop, strict=True):
+        if drop is None:
+            kept[s in honest_keys] += 1
+    return kept
+
+
+def _heterogeneous_batches(
+    sc: Scenario, rates: np.ndarray, rnd: int, ts: int, base: int, flooding: bool
+) -> list:
+    """Sending round `rnd` of run_heterogeneous: round(base * rate) texts from each honest
+    node (cyclically), and with `flooding` 10x base honest copies from each Byzantine node."""
+    batches = []
+    for node, rate in zip(sc.honest, rates, strict=True):
+        m = round(base * rate)
+        idx = [(rnd * m + j) % len(node.texts) for j in range(m)]
+        part = Node(
+            node.key,
+            [node.texts[i] for i in idx],
+            [node.domains[i] for i in idx],
+            node.vectors[idx],
+            node.quality[idx],
+        )
+        batches += [b.batch for b in part.batches(ts=ts, seq0=1 + 10 * rnd)]
+    if flooding:
+        for key in sc.byz_keys:
+            pick = sc.rng.choice(sc.honest_idx, size=10 * base, replace=False)
+            copy = sc._node(0, pick, key)
+            batches += [b.batch for b in copy.batches(ts=ts, seq0=1 + 10 * rnd)]
+    return batches

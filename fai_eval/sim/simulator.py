@@ -21,6 +21,12 @@ One run computes four methods on the same workload and the same network:
   plain average of the received reconstructions (and of the claimed qualities);
 - fai: DeltaSoup, then the library merge.
 
+The two that receive anything are `Aggregator` objects (fai_core.aggregation), built per
+receiver by a factory: `AGGREGATORS` maps the report names to the default factories, and
+`Simulation(config, aggregator=...)` runs another rule in the "fai" place (its rounds feed
+the library each node publishes from, so the traffic follows it). The names are used only
+at this edge: in reports, the CLI and bench/evaluate.py's cached results.
+
 Receivers that are bound to behave identically share one execution (`share=True`): nodes
 subscribed to the same domains, that received the same batches in every round so far,
 hold identical DeltaSoup state, so one `aggregate` call serves them all; a node that fails
@@ -40,12 +46,14 @@ import copy
 import hashlib
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from fai_core import wire
+from fai_core.aggregation import Aggregator, NaiveAverage
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
 from fai_core.embedding import DEFAULT_MODEL
 from fai_core.errors import WireError
@@ -56,6 +64,8 @@ from fai_core.reputation import ReputationBook
 from fai_eval.scenario import TableEmbedder
 from fai_eval.sim import adversary, network, workload
 
+#: Report names of the four methods, in report order (`Simulation._views` maps each to its
+#: library view; "naive" and "fai" are also names in `AGGREGATORS`).
 METHODS = ("isolated", "central", "naive", "fai")
 START_MS = 1_760_000_000_000
 #: The node's repair window (fai_net NodeConfig.repair_max_age_ms): repaired batches are
@@ -111,13 +121,39 @@ class SimConfig:
                 raise ValueError(message)
 
 
+#: Builds one receiver's aggregator (called per shared receiver group, or per node): it may
+#: use the Simulation's embedder, DeltaSoup thresholds and clock (`now_ms`).
+AggregatorFactory = Callable[["Simulation"], Aggregator]
+
+
+def deltasoup(sim: Simulation) -> DeltaSoup:
+    """The "fai" method: DeltaSoup with the run's thresholds, its reputation book on the
+    simulated clock (recovery half-life as the node's)."""
+    book = ReputationBook(
+        threshold=sim.soup_config.reputation_threshold,
+        recovery_half_life_ms=REPUTATION_HALF_LIFE_MS,
+        clock_ms=lambda: sim.now_ms,
+    )
+    return DeltaSoup(sim.embedder, reputation=book, config=sim.soup_config)
+
+
+def naive_average(sim: Simulation) -> NaiveAverage:
+    """The "naive" method: every verified row, averaged per id, no filter."""
+    return NaiveAverage()
+
+
+#: Report name -> factory of the aggregator behind it (the only place names meet objects;
+#: "isolated" and "central" receive nothing, so they have none).
+AGGREGATORS: dict[str, AggregatorFactory] = {"naive": naive_average, "fai": deltasoup}
+
+
 @dataclass
 class _Receiver:
     topics: tuple[int, ...]
-    soup: DeltaSoup
-    #: naive averaging (`_naive_add`): id -> [sum of embeddings, sum of qualities, copies,
-    #: text, domain]
-    naive: dict[bytes, list] = field(default_factory=dict)
+    #: The "fai" method's aggregator: its rounds feed the node's library (`_Node.fai`).
+    aggregator: Aggregator
+    #: The "naive" method (its `table` is read by `Simulation._naive_view`).
+    naive: NaiveAverage = field(default_factory=NaiveAverage)
     members: set[int] = field(default_factory=set)
 
 
@@ -137,7 +173,7 @@ class _Node:
     iso: dict[bytes, Experience] = field(default_factory=dict)
     fai: dict[bytes, Experience] = field(default_factory=dict)
     fai_sum: np.ndarray | None = None
-    naive_own: dict[bytes, list] = field(default_factory=dict)
+    naive_own: NaiveAverage = field(default_factory=NaiveAverage)  # the node's own copies
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_ROUNDS))
     receiver: _Receiver | None = None
     repair: list[bytes] = field(default_factory=list)  # CIDs to fetch next round
@@ -152,11 +188,19 @@ def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
     one, the stamps their recovery runs from), the newest seq per sender, the replay
     guard's entries younger than its horizon (older ones only matter for a batch delivered
     twice, which the simulated network never does), and the naive averages (equal up to
-    float summation order, 1e-9).
+    float summation order, 1e-9). Aggregators other than DeltaSoup have state this cannot
+    compare, so receivers using them never fold back (exact, at some cost in time).
     """
-    sa, sb = a.soup, b.soup
+    sa, sb = a.aggregator, b.aggregator
     if sa.backlog_rows() or sb.backlog_rows():
         return False
+    if not (isinstance(sa, DeltaSoup) and isinstance(sb, DeltaSoup)):
+        return False
+    return _same_soup(sa, sb, now_ms) and _same_naive(a.naive, b.naive)
+
+
+def _same_soup(sa: DeltaSoup, sb: DeltaSoup, now_ms: int) -> bool:
+    """Reputation scores (and recovery stamps below the initial score) and the replay guard."""
     ra, rb = sa.reputation, sb.reputation
     if ra._scores != rb._scores:
         return False
@@ -166,27 +210,20 @@ def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
     if ga._newest != gb._newest:
         return False
     limit = now_ms - (ga.horizon_ms or 0)
-    if {c for c, t in ga._cids.items() if t >= limit} != {
-        c for c, t in gb._cids.items() if t >= limit
-    }:
+    recent_a = {c for c, t in ga._cids.items() if t >= limit}
+    return recent_a == {c for c, t in gb._cids.items() if t >= limit}
+
+
+def _same_naive(a: NaiveAverage, b: NaiveAverage) -> bool:
+    """The naive averages: the same ids and copies, sums equal up to summation order."""
+    ta, tb = a.table, b.table
+    if ta.keys() != tb.keys():
         return False
-    if a.naive.keys() != b.naive.keys():
-        return False
-    for k, (s1, q1, c1, *_) in a.naive.items():
-        s2, q2, c2, *_ = b.naive[k]
+    for k, (s1, q1, c1, *_) in ta.items():
+        s2, q2, c2, *_ = tb[k]
         if c1 != c2 or abs(q1 - q2) > 1e-9 or not np.allclose(s1, s2, rtol=0, atol=1e-9):
             return False
     return True
-
-
-def _naive_add(table: dict, ident: bytes, vec, quality: float, text: str, domain: str) -> None:
-    """One more copy of `ident` for naive averaging: sums of embeddings and qualities."""
-    acc = table.get(ident)
-    if acc is None:
-        acc = table[ident] = [np.zeros(len(vec)), 0.0, 0, text, domain]
-    acc[0] += vec
-    acc[1] += quality
-    acc[2] += 1
 
 
 def _wins(new: Experience, old: Experience | None) -> bool:
@@ -198,8 +235,16 @@ def _wins(new: Experience, old: Experience | None) -> bool:
 
 
 class Simulation:
-    def __init__(self, config: SimConfig, embedder=None) -> None:
+    """One run: `config` fixes the workload, network and adversary; `aggregator` (default
+    `AGGREGATORS["fai"]`, DeltaSoup) builds each receiver's aggregator for the "fai"
+    method, so another rule is compared on exactly the same traffic and seeds."""
+
+    def __init__(
+        self, config: SimConfig, embedder=None, *, aggregator: AggregatorFactory | None = None
+    ) -> None:
         cfg = self.cfg = config
+        self.make_aggregator = aggregator or AGGREGATORS["fai"]
+        self.make_naive = AGGREGATORS["naive"]
         if cfg.attack not in adversary.ATTACKS:
             raise ValueError(f"unknown attack {cfg.attack!r}")
         self.world = workload.World(cfg.seed)
@@ -249,7 +294,7 @@ class Simulation:
             if cfg.share and topics in by_topics:
                 rec = by_topics[topics]
             else:
-                rec = _Receiver(topics, self._new_soup())
+                rec = _Receiver(topics, self.make_aggregator(self), self.make_naive(self))
                 by_topics[topics] = rec
             rec.members.add(node.idx)
             node.receiver = rec
@@ -272,14 +317,6 @@ class Simulation:
 
     # -- set-up helpers ----------------------------------------------------------------------
 
-    def _new_soup(self) -> DeltaSoup:
-        book = ReputationBook(
-            threshold=self.soup_config.reputation_threshold,
-            recovery_half_life_ms=REPUTATION_HALF_LIFE_MS,
-            clock_ms=lambda: self.now_ms,
-        )
-        return DeltaSoup(self.embedder, reputation=book, config=self.soup_config)
-
     def _split(self, node: _Node) -> None:
         """Give `node` a private copy of its receiver's state (it is about to diverge)."""
         rec = node.receiver
@@ -287,9 +324,10 @@ class Simulation:
             return
         rec.members.discard(node.idx)
         memo = {id(self.embedder): self.embedder}
-        soup = copy.deepcopy(rec.soup, memo)
-        naive = {k: [v[0].copy(), *v[1:]] for k, v in rec.naive.items()}
-        node.receiver = _Receiver(rec.topics, soup, naive, {node.idx})
+        aggregator = copy.deepcopy(rec.aggregator, memo)
+        naive = copy.copy(rec.naive)
+        naive.table = {k: [v[0].copy(), *v[1:]] for k, v in rec.naive.table.items()}
+        node.receiver = _Receiver(rec.topics, aggregator, naive, {node.idx})
         self.stats["splits"] += 1
 
     # -- the run -----------------------------------------------------------------------------
@@ -387,7 +425,7 @@ class Simulation:
                 if not node.byzantine and _wins(e, self.central.get(e.id)):
                     self.central[e.id] = e
                 self._fai_put(node, e)
-                _naive_add(node.naive_own, e.id, e.embedding, e.quality, e.text, e.domain)
+                node.naive_own.add(e.id, e.embedding, e.quality, e.text, e.domain)
             # As the node's outbox does: publish the library's record of each id, and only
             # while it is the node's own (a peer's better record of the same pattern has
             # already reached the fleet).
@@ -556,14 +594,11 @@ class Simulation:
     def _receive_one(self, rec: _Receiver, cids: frozenset[bytes], members: list[int]) -> None:
         batches = [self.batches[c][3] for c in sorted(cids)]
         batches = [b for b in batches if b is not None]
-        for b in batches:  # naive averaging: every verified row, no filter
-            emb = b.embeddings()
-            for j, (ident, text) in enumerate(zip(b.ids, b.texts, strict=True)):
-                _naive_add(rec.naive, ident, emb[j], float(b.quality[j]), text, b.domain)
-        if not batches and rec.soup.backlog_rows() == 0:
+        rec.naive.aggregate(batches, self.now_ms)  # every verified row, no filter
+        if not batches and rec.aggregator.backlog_rows() == 0:
             return
         t = time.perf_counter()
-        result = rec.soup.aggregate(batches, self.now_ms, max_age_ms=REPAIR_MAX_AGE_MS)
+        result = rec.aggregator.aggregate(batches, self.now_ms, max_age_ms=REPAIR_MAX_AGE_MS)
         self.stats["cpu_deltasoup_s"] += time.perf_counter() - t
         self.stats["soup_runs"] += 1
         self.stats["soup_batches"] += len(batches)
@@ -625,32 +660,47 @@ class Simulation:
             self._qual = np.concatenate([self._qual, [e.quality for e in new]])
 
     def _library(self, node: _Node, method: str):
-        """(unit embeddings, qualities, pattern index, tag domain) of a node's library."""
-        if method in ("isolated", "fai", "central"):
-            if method == "central":
-                exps = [e for k in node.profile.domains for e in self._central_by_dom[int(k)]]
-            else:
-                exps = (node.iso if method == "isolated" else node.fai).values()
-            rows = np.fromiter((self._row(e) for e in exps), dtype=np.int64)
-            self._freeze_rows()
-            return self._unit[rows], self._qual[rows], self._pat[rows], self._tag[rows]
-        # naive: the receiver's averages (computed once per receiver) plus the node's own copies
-        rec = node.receiver
+        """(unit embeddings, qualities, pattern index, tag domain) of a node's library under
+        the method a report name (`METHODS`) stands for."""
+        views = {
+            "isolated": lambda n: self._objects_view(n.iso.values()),
+            "central": lambda n: self._objects_view(
+                [e for k in n.profile.domains for e in self._central_by_dom[int(k)]]
+            ),
+            "naive": self._naive_view,
+            "fai": lambda n: self._objects_view(n.fai.values()),
+        }
+        return views[method](node)
+
+    def _objects_view(self, exps):
+        """The view of a library of Experience objects."""
+        rows = np.fromiter((self._row(e) for e in exps), dtype=np.int64)
+        self._freeze_rows()
+        return self._unit[rows], self._qual[rows], self._pat[rows], self._tag[rows]
+
+    def _naive_base(self, rec: _Receiver):
+        """(id -> row, sums, qualities, copies, meta) of a receiver's naive table, once."""
         base = self._naive_cache.get(id(rec))
         if base is None:
-            ids = list(rec.naive)
+            table = rec.naive.table
+            ids = list(table)
             d = self.world.vectors.shape[1]
-            sums = np.array([rec.naive[i][0] for i in ids]).reshape(-1, d)
-            q = np.array([rec.naive[i][1] for i in ids])
-            c = np.array([rec.naive[i][2] for i in ids], dtype=np.float64)
+            sums = np.array([table[i][0] for i in ids]).reshape(-1, d)
+            q = np.array([table[i][1] for i in ids])
+            c = np.array([table[i][2] for i in ids], dtype=np.float64)
             for i in ids:
-                self._remember_pattern(i, rec.naive[i][3], rec.naive[i][4])
+                self._remember_pattern(i, table[i][3], table[i][4])
             meta = np.array([self.pattern_of[i] for i in ids], dtype=np.int64).reshape(-1, 2)
             where = {k: j for j, k in enumerate(ids)}
             base = self._naive_cache[id(rec)] = (where, sums, q, c, meta)
-        where, sums, q, c, meta = base
-        extra = [i for i in node.naive_own if i not in where]
-        if node.naive_own:
+        return base
+
+    def _naive_view(self, node: _Node):
+        """The naive library: the receiver's averages plus the node's own copies."""
+        where, sums, q, c, meta = self._naive_base(node.receiver)
+        own = node.naive_own.table
+        extra = [i for i in own if i not in where]
+        if own:
             sums, q, c = sums.copy(), q.copy(), c.copy()
             if self.cfg.share:
                 # A shared receiver averaged the node's own batches as received copies; a
@@ -663,14 +713,13 @@ class Simulation:
                         sums[k] -= emb[j]
                         q[k] -= float(b.quality[j])
                         c[k] -= 1
-            for i, acc in node.naive_own.items():
+            for i, acc in own.items():
                 j = where.get(i)
                 if j is not None:
                     sums[j] += acc[0]
                     q[j] += acc[1]
                     c[j] += acc[2]
         if extra:
-            own = node.naive_own
             sums = np.concatenate([sums, np.array([own[i][0] for i in extra])])
             q = np.concatenate([q, [own[i][1] for i in extra]])
             c = np.concatenate([c, [own[i][2] for i in extra]])

@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from fai_core.refusals import Refusal
+
 
 @dataclass(frozen=True)
 class Rate:
@@ -99,7 +101,7 @@ class ReceiveBudget:
         self._fwd_bytes = TokenBuckets(p.forwarder_bytes, p.max_tracked)
         self._fwd_rows = TokenBuckets(p.forwarder_rows, p.max_tracked)
 
-    def before_decode(self, forwarder: str, size: int, now_s: float) -> str | None:
+    def before_decode(self, forwarder: str, size: int, now_s: float) -> Refusal | None:
         """Charge one message of `size` bytes to the connection; None if it may be decoded."""
         if not self.forwarders:
             return None
@@ -107,7 +109,7 @@ class ReceiveBudget:
             self._fwd_messages.allows(forwarder, 1, now_s)
             and self._fwd_bytes.allows(forwarder, size, now_s)
         ):
-            return "forwarder_budget"
+            return Refusal.FORWARDER_BUDGET
         self._fwd_messages.take(forwarder, 1, now_s)
         self._fwd_bytes.take(forwarder, size, now_s)
         return None
@@ -120,16 +122,16 @@ class ReceiveBudget:
         size: int,
         now_s: float,
         weight: float = 1.0,
-    ) -> str | None:
+    ) -> Refusal | None:
         """Charge a verified batch; None if it may be stored, else the temporary reason."""
         if not (
             self._sender_rows.allows(sender, rows, now_s, weight)
             and self._sender_bytes.allows(sender, size, now_s, weight)
         ):
-            return "sender_budget"
+            return Refusal.SENDER_BUDGET
         by_forwarder = self.forwarders and forwarder is not None
         if by_forwarder and not self._fwd_rows.allows(forwarder, rows, now_s):
-            return "forwarder_budget"
+            return Refusal.FORWARDER_BUDGET
         self._sender_rows.take(sender, rows, now_s, weight)
         self._sender_bytes.take(sender, size, now_s, weight)
         if by_forwarder:

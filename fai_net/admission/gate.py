@@ -37,7 +37,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from fai_core import bitdelta
-from fai_core.errors import Reject, WireError
+from fai_core.errors import WireError
+from fai_core.refusals import Ignore, Refusal, Reject
 from fai_core.reputation import ReputationBook
 from fai_core.wire import SignedBatch, decode_envelope
 from fai_net.admission.membership import Membership
@@ -52,13 +53,13 @@ _ratelog = RateLimitedLog(log)
 #: repair cursor does not move past them.
 TEMPORARY_REFUSALS = frozenset(
     {
-        "not_member",
-        "future",
-        "low_reputation",
-        "internal",
-        "sender_budget",
-        "forwarder_budget",
-        "busy",
+        Refusal.NOT_MEMBER,
+        Refusal.FUTURE,
+        Refusal.LOW_REPUTATION,
+        Refusal.INTERNAL,
+        Refusal.SENDER_BUDGET,
+        Refusal.FORWARDER_BUDGET,
+        Refusal.BUSY,
     }
 )
 
@@ -69,7 +70,7 @@ FORWARDER_UNCHARGED = frozenset({Reject.BAD_TEXT})
 
 #: The node's last word before a batch is stored: (batch, forwarder, origin, envelope
 #: size) -> None to store it, or a temporary refusal reason.
-Admission = Callable[[SignedBatch, bytes | None, str, int], str | None]
+Admission = Callable[[SignedBatch, bytes | None, str, int], Refusal | None]
 
 
 class Verdict(enum.Enum):
@@ -81,7 +82,9 @@ class Verdict(enum.Enum):
 @dataclass(frozen=True)
 class GateResult:
     verdict: Verdict
-    reason: str | None = None
+    #: A `Reject` (decode failed), a `Refusal` or an `Ignore` (fai_core.refusals); None
+    #: when accepted. Every value is a metric label.
+    reason: Reject | Refusal | Ignore | None = None
     signed: SignedBatch | None = None
     #: The sender's earlier envelope for the same seq, when `reason` is equivocation.
     conflicting: bytes | None = None
@@ -139,8 +142,8 @@ class BatchGate:
             return self._admit(data, now_ms, origin, topic_domain, forwarder, wanted)
         except Exception as exc:  # a bug or a store error must cost one batch, not the node
             log.exception("gate failed on a batch")
-            self.on_reject("internal")
-            return GateResult(Verdict.REJECT, "internal", None, None, str(exc))
+            self.on_reject(Refusal.INTERNAL)
+            return GateResult(Verdict.REJECT, Refusal.INTERNAL, None, None, str(exc))
 
     def _admit(self, data, now_ms, origin, topic_domain, forwarder, wanted) -> GateResult:
         try:
@@ -154,22 +157,24 @@ class BatchGate:
                 and exc.reason not in FORWARDER_UNCHARGED
             ):
                 self.reputation.record(forwarder, passed=False)
-            return self._reject(exc.reason.value, f"{exc.detail} (from {_short(forwarder)})")
+            return self._reject(exc.reason, f"{exc.detail} (from {_short(forwarder)})")
         batch = signed.batch
         if wanted is not None and batch.cid not in wanted:
             if forwarder is not None:
                 self.reputation.record(forwarder, passed=False)
-            return self._reject("unrequested", f"repair reply from {_short(forwarder)}", signed)
+            return self._reject(
+                Refusal.UNREQUESTED, f"repair reply from {_short(forwarder)}", signed
+            )
         if self.store.has(batch.cid):
-            return GateResult(Verdict.IGNORE, "duplicate", signed)
+            return GateResult(Verdict.IGNORE, Ignore.DUPLICATE, signed)
         if topic_domain is not None and batch.domain != topic_domain:
             # The gossip publisher need not be the sender (anyone can re-publish a signed
             # batch), but an honest relay checks the topic before forwarding: charge it.
             if forwarder is not None:
                 self.reputation.record(forwarder, passed=False)
-            return self._reject("topic_mismatch", f"{batch.domain} on {topic_domain}", signed)
+            return self._reject(Refusal.TOPIC_MISMATCH, f"{batch.domain} on {topic_domain}", signed)
         if batch.domain not in self.domains:
-            return GateResult(Verdict.IGNORE, "unsubscribed", signed)
+            return GateResult(Verdict.IGNORE, Ignore.UNSUBSCRIBED, signed)
         policy = self.policy
         if (batch.model, batch.dim, batch.group) != (
             policy.model_id,
@@ -178,12 +183,14 @@ class BatchGate:
         ):
             # Mixed group sizes cannot be compared (or aggregated) row by row: the fleet
             # agrees on one, like it agrees on the model.
-            return self._reject("wrong_model", f"{batch.model}/{batch.dim}/g{batch.group}", signed)
+            return self._reject(
+                Refusal.WRONG_MODEL, f"{batch.model}/{batch.dim}/g{batch.group}", signed
+            )
         max_age = policy.max_age_ms if origin == "gossip" else policy.repair_max_age_ms
         if batch.timestamp_ms < now_ms - max_age:
-            return self._reject("stale", f"{now_ms - batch.timestamp_ms} ms old", signed)
+            return self._reject(Refusal.STALE, f"{now_ms - batch.timestamp_ms} ms old", signed)
         if batch.timestamp_ms > now_ms + policy.max_age_ms:  # the future is never repaired
-            return self._reject("future", f"{batch.timestamp_ms - now_ms} ms ahead", signed)
+            return self._reject(Refusal.FUTURE, f"{batch.timestamp_ms - now_ms} ms ahead", signed)
         refusal = self.membership.check(signed)
         if refusal is not None:
             return self._reject(refusal, _short(batch.sender), signed)
@@ -191,21 +198,21 @@ class BatchGate:
         if earlier is not None:  # a different CID: equal CIDs were caught as duplicates
             self.reputation.record(batch.sender, passed=False)
             if self.store.has_evidence(batch.sender, batch.seq):
-                return self._reject("equivocation", f"{_short(batch.sender)} again", signed)
+                return self._reject(Refusal.EQUIVOCATION, f"{_short(batch.sender)} again", signed)
             first = self.store.get(earlier)
             if first is not None:
                 self.store.add_evidence(first, signed.envelope, batch.sender, batch.seq)
-            result = GateResult(Verdict.REJECT, "equivocation", signed, first)
-            self.on_reject("equivocation")
+            result = GateResult(Verdict.REJECT, Refusal.EQUIVOCATION, signed, first)
+            self.on_reject(Refusal.EQUIVOCATION)
             log.warning("equivocation by %s at seq %d", _short(batch.sender), batch.seq)
             self.on_equivocation(result)
             return result
         newest = self.store.newest_seq(batch.sender)
         if origin == "gossip" and newest is not None and batch.seq + policy.seq_window < newest:
             # Only live traffic: repair legitimately delivers a sender's old batches late.
-            return self._reject("old_seq", f"seq {batch.seq}, newest {newest}", signed)
+            return self._reject(Refusal.OLD_SEQ, f"seq {batch.seq}, newest {newest}", signed)
         if self.reputation.deprioritised(batch.sender):
-            return self._reject("low_reputation", _short(batch.sender), signed)
+            return self._reject(Refusal.LOW_REPUTATION, _short(batch.sender), signed)
         if self.admission is not None:
             refusal = self.admission(signed, forwarder, origin, len(data))
             if refusal is not None:
@@ -213,7 +220,9 @@ class BatchGate:
         self.store.put(signed, received_ms=now_ms, origin=origin)
         return GateResult(Verdict.ACCEPT, None, signed)
 
-    def _reject(self, reason: str, detail: str, signed: SignedBatch | None = None) -> GateResult:
+    def _reject(
+        self, reason: Reject | Refusal, detail: str, signed: SignedBatch | None = None
+    ) -> GateResult:
         self.on_reject(reason)
         _ratelog.info(reason, "rejected batch: %s: %s", reason, detail)
         return GateResult(Verdict.REJECT, reason, signed)

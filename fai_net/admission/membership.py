@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fai_core.refusals import Refusal
 from fai_core.wire import BatchHeader, SignedBatch
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 class Membership(Protocol):
     mode: str
 
-    def check(self, signed: SignedBatch) -> str | None:
-        """A refusal reason (metric label) or None when the sender may publish."""
+    def check(self, signed: SignedBatch) -> Refusal | None:
+        """None when the sender may publish, else the `Refusal` (fai_core.refusals, a metric
+        label): `not_member`, `no_operator_sig` or `bad_operator_sig`."""
 
     def refresh(self) -> None:
         """Re-read the member set (blocking; run it off the event loop)."""
@@ -84,7 +86,7 @@ class OpenMembership:
 
     mode: str = "open"
 
-    def check(self, signed: SignedBatch) -> str | None:
+    def check(self, signed: SignedBatch) -> Refusal | None:
         return None
 
     def refresh(self) -> None:
@@ -248,15 +250,15 @@ class RegistryMembership:
             peer = self._live.get(peer_key)
         return None if peer is None else peer.operator
 
-    def check(self, signed: SignedBatch) -> str | None:
+    def check(self, signed: SignedBatch) -> Refusal | None:
         """Reads the snapshot only: no chain call, whatever the batch carries."""
         from fai_net.registry import eip712
 
         operator = self.operator_of(signed.batch.sender)
         if operator is None:
-            return "not_member"
+            return Refusal.NOT_MEMBER
         if signed.operator_signature is None:
-            return "no_operator_sig"
+            return Refusal.NO_OPERATOR_SIG
         header = signed.batch.header
         try:
             signer = eip712.recover_batch_header_signer(
@@ -269,12 +271,12 @@ class RegistryMembership:
                 header.timestamp_ms,
             )
         except Exception:  # eth-keys raises several types for junk signatures
-            return "bad_operator_sig"
+            return Refusal.BAD_OPERATOR_SIG
         if signer == operator:
             return None
         with self._lock:
             bound = self._signer_operator.get(signer)
-        return None if bound == operator else "bad_operator_sig"
+        return None if bound == operator else Refusal.BAD_OPERATOR_SIG
 
     def operator_signer(self) -> Callable[[BatchHeader], bytes] | None:
         if self.operator_account is None:

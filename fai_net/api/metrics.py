@@ -129,7 +129,7 @@ class NodeMetrics:
     # -- verdicts --------------------------------------------------------------------------
 
     def reject(self, reason: str) -> None:
-        """Count one refused batch; `reason` is a Reject/Drop value or a node-level code."""
+        """Count one refused batch; `reason` is a member of a fai_core.refusals vocabulary."""
         self.batches_rejected.labels(_label(reason, "reason")).inc()
 
     def drop(self, reason: str, count: int = 1) -> None:

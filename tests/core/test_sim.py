@@ -343,10 +343,10 @@ def test_same_state_tells_receivers_apart():
     rec = next(
         n.receiver
         for n in sim.honest
-        if n.receiver.soup.backlog_rows() == 0
-        and min(n.receiver.soup.reputation._scores.values()) < 0.5
+        if n.receiver.aggregator.backlog_rows() == 0
+        and min(n.receiver.aggregator.reputation._scores.values()) < 0.5
     )
-    assert rec.naive and rec.soup.replay._cids
+    assert rec.naive.table and rec.aggregator.replay._cids
     now = sim.now_ms
 
     def twin():
@@ -355,35 +355,35 @@ def test_same_state_tells_receivers_apart():
 
     assert _same_state(rec, twin(), now)
     other = twin()
-    book = other.soup.reputation
+    book = other.aggregator.reputation
     low = min(book._scores, key=book._scores.get)
     book._scores[low] = book._scores[low] / 2
     assert not _same_state(rec, other, now)
     other = twin()
-    book = other.soup.reputation
+    book = other.aggregator.reputation
     book._stamps[low] = book._stamps[low] - 1
     assert not _same_state(rec, other, now)
     other = twin()
-    other.soup.replay._cids.pop(next(iter(other.soup.replay._cids)))
+    other.aggregator.replay._cids.pop(next(iter(other.aggregator.replay._cids)))
     assert not _same_state(rec, other, now)
     other = twin()
-    newest = other.soup.replay._newest
+    newest = other.aggregator.replay._newest
     newest[low] = newest[low] + 1
     assert not _same_state(rec, other, now)
     other = twin()
-    acc = next(iter(other.naive.values()))
+    acc = next(iter(other.naive.table.values()))
     acc[2] += 1
     assert not _same_state(rec, other, now)
     other = twin()
-    acc = next(iter(other.naive.values()))
+    acc = next(iter(other.naive.table.values()))
     acc[0] = acc[0] + 1e-6
     assert not _same_state(rec, other, now)
     other = twin()
-    other.naive.pop(next(iter(other.naive)))
+    other.naive.table.pop(next(iter(other.naive.table)))
     assert not _same_state(rec, other, now)
     other = twin()
     batch = next(b for _, _, _, b in sim.batches.values() if b is not None)
-    other.soup._backlog[batch.sender] = [batch]
+    other.aggregator._backlog[batch.sender] = [batch]
     assert not _same_state(rec, other, now) and not _same_state(other, other, now)
 
 
