@@ -54,10 +54,14 @@ _PICK = np.uint64(0x0102040810204080)
 
 
 def group_count(d: int, g: int) -> int:
+    """Scale groups per embedding, ceil(d / g): the width of the scales column, which the
+    encoder allocates and the wire decoder checks (the last group may be shorter)."""
     return -(-d // g)
 
 
 def sign_bytes(d: int) -> int:
+    """Bytes of packed sign bits per embedding, ceil(d / 8): the width of the signs column,
+    which the encoder allocates and the wire decoder checks."""
     return -(-d // 8)
 
 

@@ -36,12 +36,18 @@ class Embedder(Protocol):
     """Texts in, an (n, dimension) float32 matrix of unit-norm rows out."""
 
     @property
-    def model_id(self) -> str: ...
+    def model_id(self) -> str:
+        """The model's name: batches carry it, and vectors of different models are never
+        compared (DeltaSoup drops a batch whose model is not the receiver's)."""
 
     @property
-    def dimension(self) -> int: ...
+    def dimension(self) -> int:
+        """Coordinates per vector, known without embedding anything, so a library can be
+        opened (and a mismatch refused) before the model is loaded."""
 
-    def embed(self, texts: list[str]) -> np.ndarray: ...
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """One unit-norm float32 row per text, in order, so that cosine distance is a dot
+        product and every producer of a batch agrees on the vectors."""
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -70,13 +76,18 @@ class HashingEmbedder:
 
     @property
     def model_id(self) -> str:
+        """Versioned and sized (e.g. fai-hashing-v2-d384), so vectors of another hashing
+        scheme or dimension are never mistaken for these."""
         return f"fai-hashing-v2-d{self._dimension}"
 
     @property
     def dimension(self) -> int:
+        """The dimension chosen at construction (8..4096)."""
         return self._dimension
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        """Deterministic unit vectors from word and bigram hashes: no model files, the same
+        on every machine, which is what tests and offline runs need."""
         d = self._dimension
         width = (d + 7) // 8
         out = np.zeros((len(texts), d), dtype=np.float64)
@@ -102,10 +113,14 @@ class SentenceTransformerEmbedder:
 
     @property
     def model_id(self) -> str:
+        """The sentence-transformers model name given at construction; batches carry it,
+        so vectors of different models are never compared."""
         return self._model_id
 
     @property
     def dimension(self) -> int:
+        """From KNOWN_DIMENSIONS when the model is listed there, so asking does not load the
+        model; otherwise the loaded model's own dimension."""
         known = KNOWN_DIMENSIONS.get(self._model_id)
         return known if known is not None else int(self._load().get_embedding_dimension())
 
@@ -125,6 +140,8 @@ class SentenceTransformerEmbedder:
             return self._model
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm float32 rows from the model (loaded on first use, offline, on CPU);
+        raises RuntimeError when the files on disk do not match the model id's dimension."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         # show_progress_bar=False: by default sentence-transformers draws a tqdm "Batches:"
@@ -158,4 +175,6 @@ def _installed_model_dir() -> str:
 
 
 def default_embedder() -> Embedder:
+    """The embedder a node uses unless told otherwise: all-MiniLM-L6-v2 from its installed
+    package, loaded lazily, so every node of the fleet compares the same vectors."""
     return SentenceTransformerEmbedder()

@@ -140,6 +140,8 @@ class Experience:
 
     @property
     def dimension(self) -> int:
+        """Coordinates of the embedding, checked against a library's or batch's dimension
+        before the experience is stored or encoded."""
         return int(self.embedding.shape[0])
 
     def __eq__(self, other: object) -> bool:

@@ -60,6 +60,10 @@ class ExtractionStats:
 
 @dataclass
 class Extraction:
+    """What one extraction pass produced: the experiences, the counts, and which
+    trajectories the caller may now discard (`consumed`) or must keep for a later pass
+    (`waiting`)."""
+
     experiences: list[Experience] = field(default_factory=list)
     stats: ExtractionStats = field(default_factory=ExtractionStats)
     #: (task_id, attempt) of every trajectory that is done with: scored, or past K groups
@@ -115,6 +119,9 @@ class LocalDSOptimizer:
         return self.extract(records).experiences
 
     def extract(self, records: Iterable[TelemetryRecord]) -> Extraction:
+        """Group `records` into tasks and attempts, score each group (GRPO) and introspect
+        it into a pattern; the Extraction says what came out, what was skipped and why, and
+        which trajectories are done with, so a spool knows what it may delete."""
         result = Extraction()
         stats = result.stats
         records = list(records)

@@ -64,6 +64,10 @@ def has_signal(returns: np.ndarray | list[float], rel_tol: float = 1e-9) -> bool
 
 @dataclass(frozen=True, slots=True)
 class QualityWeights:
+    """The weights of the quality score (see the module doc): `alpha` for contrast,
+    `beta` for absolute success (summing to 1), and the `floor` that keeps q inside
+    (0, 1). Validated once here, so a bad configuration fails before any extraction."""
+
     alpha: float = ALPHA
     beta: float = BETA
     floor: float = QUALITY_FLOOR

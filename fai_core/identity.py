@@ -36,14 +36,19 @@ class NodeKey:
 
     @classmethod
     def generate(cls) -> NodeKey:
+        """A fresh key from the OS's secure random source, for a new node identity."""
         return cls(bytes(nacl.signing.SigningKey.generate()))
 
     @property
     def seed(self) -> bytes:
+        """The 32-byte secret seed, for persisting the key; asked for explicitly, never
+        shown by repr."""
         return bytes(self._signing)
 
     @property
     def public_key(self) -> bytes:
+        """The 32-byte Ed25519 public key: the node's identity as peers, batches and
+        experiences name it (`source`, `sender`)."""
         return bytes(self._signing.verify_key)
 
     def sign(self, context: bytes, message: bytes) -> bytes:

@@ -117,6 +117,8 @@ class Outcome:
 
     @property
     def failed(self) -> bool:
+        """True when any field says the call went wrong (an exception, a nonzero exit, an
+        HTTP status >= 400, a failure status word): what step rewards penalise."""
         return (
             self.exception is not None
             or (self.exit_code is not None and self.exit_code != 0)
@@ -159,6 +161,8 @@ class Outcome:
 
     @property
     def label(self) -> str:
+        """A short text of the class (e.g. 'SyntaxError exit=2'), or 'unclassified': what
+        the deterministic introspector writes into patterns."""
         parts = [
             self.exception,
             None if self.exit_code is None else f"exit={self.exit_code}",
@@ -242,6 +246,9 @@ def classify_output(output: Any, *, reduced: bool = True) -> Outcome:
 
 @dataclass(frozen=True, slots=True)
 class StepView:
+    """One step as an introspector sees it: the tool, its outcome class and its reward,
+    never the tool's input or output."""
+
     tool: str
     outcome: Outcome
     reward: float
@@ -249,6 +256,9 @@ class StepView:
 
 @dataclass(frozen=True, slots=True)
 class TrajectoryView:
+    """One attempt of a group as an introspector sees it: its steps, return, GRPO
+    advantage and whether it succeeded."""
+
     steps: tuple[StepView, ...]
     total_reward: float
     advantage: float
@@ -256,6 +266,7 @@ class TrajectoryView:
 
     @property
     def tools(self) -> tuple[str, ...]:
+        """The tools called, in order, for comparing what the best and worst attempt did."""
         return tuple(step.tool for step in self.steps)
 
 
@@ -323,7 +334,9 @@ class Introspector(Protocol):
     May raise IntrospectionError; the optimizer then skips the group and counts it.
     """
 
-    def introspect(self, group: GroupView) -> str | None: ...
+    def introspect(self, group: GroupView) -> str | None:
+        """The lesson the group teaches, as one pattern, or None when there is none worth
+        stating (the group is then skipped)."""
 
 
 def fit_pattern(text: str) -> str | None:
@@ -389,6 +402,8 @@ class DeterministicIntrospector:
     """
 
     def introspect(self, group: GroupView) -> str | None:
+        """The pattern described above, from the best and worst attempt, or None when they
+        look identical."""
         best = group.trajectories[group.best]
         worst = group.trajectories[group.worst]
         if not best.steps or not worst.steps:

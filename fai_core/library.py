@@ -111,12 +111,18 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
+    """One search result: the stored entry and its cosine distance to the query, which
+    recall turns into relevance and cuts off at max_distance."""
+
     entry: Entry
     distance: float  # cosine distance: 0 same direction, 2 opposite
 
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
+    """What one merge or add_local did, counted so the node can report it (the API's
+    `inserted`, a round's library delta) and name the ids capacity dropped."""
+
     inserted: int = 0  # ids new to the library
     replaced: int = 0  # ids whose stored record lost to the incoming one
     ignored: int = 0  # incoming records that lost to (or equal) a stored or sibling record
@@ -272,6 +278,7 @@ class ExperienceLibrary:
         )
 
     def close(self) -> None:
+        """Release the writer lock, so another process may open the library; idempotent."""
         if self._lock is not None:
             self._lock.close()  # releases the flock
             self._lock = None
@@ -361,65 +368,22 @@ class ExperienceLibrary:
         received_from: bytes | None,
         batch_cid: bytes | None,
     ) -> MergeResult:
+        """Apply one batch with the set semantics of `merge` and `add_local`.
+
+        Per id the greatest record key wins (within the batch and against the stored row),
+        then the capacity evicts the lowest (quality, id); the survivors, the baseline sum
+        and the count change together in one commit and one state write.
+        """
         self._check_open()
-        best: dict[bytes, tuple[tuple, Experience]] = {}
-        for e in incoming:
-            if not isinstance(e, Experience):
-                raise LibraryError(f"expected Experience, got {type(e).__name__}")
-            if e.dimension != self._dimension:
-                raise LibraryError(f"experience has dimension {e.dimension}, not {self._dimension}")
-            key = record_key(e)
-            held = best.get(e.id)
-            if held is None or key > held[0]:
-                best[e.id] = (key, e)
-        ignored = len(incoming) - len(best)
-
-        # One query for every stored record the batch touches; winners decided here.
-        stored = self._fetch_keys(self._maybe_stored(list(best)))
-        winners: list[Experience] = []
-        replaced: dict[bytes, np.ndarray] = {}  # id -> stored embedding that loses
-        for ident, (key, e) in best.items():
-            old = stored.get(ident)
-            if old is None:
-                winners.append(e)
-            elif key > old[0]:
-                winners.append(e)
-                replaced[ident] = old[1]
-            else:
-                ignored += 1
-
-        # Capacity: keep the `capacity` greatest (quality, id) of stored + winners.
-        evict_stored: list[bytes] = []
-        dropped_winners: set[bytes] = set()
-        count_after = self._count + len(winners) - len(replaced)
-        if self._capacity is not None and count_after > self._capacity:
-            evicted = self._choose_evictions(winners, count_after - self._capacity)
-            winner_ids = {e.id for e in winners}
-            for ident in evicted:
-                if ident in winner_ids:
-                    dropped_winners.add(ident)
-                    if ident in replaced:  # the stored row goes too, as does the newcomer
-                        evict_stored.append(ident)
-                else:
-                    evict_stored.append(ident)
-            winners = [e for e in winners if e.id not in dropped_winners]
-        else:
-            evicted = []
+        best = self._best_per_id(incoming)
+        winners, replaced, ignored = self._decide_winners(best)
+        ignored += len(incoming) - len(best)
+        winners, evict_stored, evicted = self._fit_capacity(winners, replaced)
 
         if not winners and not evict_stored:
             return MergeResult(ignored=ignored, evicted=tuple(sorted(evicted)))
 
-        # Baseline delta: + surviving winners - rows they replace - evicted stored rows.
-        delta = np.zeros(self._dimension, dtype=np.float64)
-        if winners:
-            delta += np.stack([e.embedding for e in winners]).sum(axis=0, dtype=np.float64)
-        removed_embeddings = [replaced[e.id] for e in winners if e.id in replaced]
-        evict_only = [i for i in evict_stored if i not in replaced]
-        if evict_only:
-            removed_embeddings.extend(self._fetch_embeddings(evict_only))
-        removed_embeddings.extend(replaced[i] for i in evict_stored if i in replaced)
-        if removed_embeddings:
-            delta -= np.stack(removed_embeddings).sum(axis=0, dtype=np.float64)
+        delta = self._baseline_delta(winners, replaced, evict_stored)
         inserted = sum(1 for e in winners if e.id not in replaced)
         updated = len(winners) - inserted
 
@@ -439,6 +403,84 @@ class ExperienceLibrary:
             ignored=ignored,
             evicted=tuple(sorted(evicted)),
         )
+
+    def _best_per_id(self, incoming: list[Experience]) -> dict[bytes, tuple[tuple, Experience]]:
+        """The batch's record with the greatest key per id; wrong types or dimensions refused."""
+        best: dict[bytes, tuple[tuple, Experience]] = {}
+        for e in incoming:
+            if not isinstance(e, Experience):
+                raise LibraryError(f"expected Experience, got {type(e).__name__}")
+            if e.dimension != self._dimension:
+                raise LibraryError(f"experience has dimension {e.dimension}, not {self._dimension}")
+            key = record_key(e)
+            held = best.get(e.id)
+            if held is None or key > held[0]:
+                best[e.id] = (key, e)
+        return best
+
+    def _decide_winners(
+        self, best: dict[bytes, tuple[tuple, Experience]]
+    ) -> tuple[list[Experience], dict[bytes, np.ndarray], int]:
+        """(records that beat or are new to the store, id -> stored embedding each one
+        replaces, how many lost to a stored row)."""
+        # One query for every stored record the batch touches; winners decided here.
+        stored = self._fetch_keys(self._maybe_stored(list(best)))
+        winners: list[Experience] = []
+        replaced: dict[bytes, np.ndarray] = {}  # id -> stored embedding that loses
+        lost = 0
+        for ident, (key, e) in best.items():
+            old = stored.get(ident)
+            if old is None:
+                winners.append(e)
+            elif key > old[0]:
+                winners.append(e)
+                replaced[ident] = old[1]
+            else:
+                lost += 1
+        return winners, replaced, lost
+
+    def _fit_capacity(
+        self, winners: list[Experience], replaced: dict[bytes, np.ndarray]
+    ) -> tuple[list[Experience], list[bytes], list[bytes]]:
+        """(surviving winners, stored ids to delete, every evicted id) under the capacity."""
+        # Capacity: keep the `capacity` greatest (quality, id) of stored + winners.
+        evict_stored: list[bytes] = []
+        dropped_winners: set[bytes] = set()
+        count_after = self._count + len(winners) - len(replaced)
+        if self._capacity is not None and count_after > self._capacity:
+            evicted = self._choose_evictions(winners, count_after - self._capacity)
+            winner_ids = {e.id for e in winners}
+            for ident in evicted:
+                if ident in winner_ids:
+                    dropped_winners.add(ident)
+                    if ident in replaced:  # the stored row goes too, as does the newcomer
+                        evict_stored.append(ident)
+                else:
+                    evict_stored.append(ident)
+            winners = [e for e in winners if e.id not in dropped_winners]
+        else:
+            evicted = []
+        return winners, evict_stored, evicted
+
+    def _baseline_delta(
+        self,
+        winners: list[Experience],
+        replaced: dict[bytes, np.ndarray],
+        evict_stored: list[bytes],
+    ) -> np.ndarray:
+        """The change to the embedding sum: + surviving winners - rows they replace -
+        evicted stored rows."""
+        delta = np.zeros(self._dimension, dtype=np.float64)
+        if winners:
+            delta += np.stack([e.embedding for e in winners]).sum(axis=0, dtype=np.float64)
+        removed_embeddings = [replaced[e.id] for e in winners if e.id in replaced]
+        evict_only = [i for i in evict_stored if i not in replaced]
+        if evict_only:
+            removed_embeddings.extend(self._fetch_embeddings(evict_only))
+        removed_embeddings.extend(replaced[i] for i in evict_stored if i in replaced)
+        if removed_embeddings:
+            delta -= np.stack(removed_embeddings).sum(axis=0, dtype=np.float64)
+        return delta
 
     def _commit(
         self,
@@ -637,23 +679,29 @@ class ExperienceLibrary:
 
     @property
     def dimension(self) -> int:
+        """Coordinates of every stored embedding; fixed when the library is created."""
         return self._dimension
 
     @property
     def capacity(self) -> int | None:
+        """The most experiences kept (the greatest by (quality, id)), or None: unbounded."""
         return self._capacity
 
     @property
     def version(self) -> int:
+        """The table version, which every commit bumps: callers cache derived data (e.g.
+        recall's quality calibration) until it changes."""
         return self._table.version
 
     def count(self, domain: str | None = None) -> int:
+        """Stored experiences, in one domain or all; the total is kept in memory (no scan)."""
         self._check_open()
         if domain is None:
             return self._count
         return self._table.count_rows(_domain_filter(domain))
 
     def get(self, ident: bytes) -> Entry | None:
+        """The entry with id `ident` (with this replica's provenance), or None."""
         self._check_open()
         table = self._table.search().where(f"id = '{bytes(ident).hex()}'").limit(1).to_arrow()
         rows = self._entries(table)
@@ -742,6 +790,8 @@ class ExperienceLibrary:
             yield from self._entries(pa.Table.from_batches([batch]))
 
     def experiences(self, domain: str | None = None) -> Iterator[Experience]:
+        """Every stored experience without this replica's provenance, streamed: the
+        content two converged replicas hold alike."""
         return (entry.experience for entry in self.entries(domain))
 
     def claims(self) -> list[tuple[bytes, float]]:
@@ -772,6 +822,8 @@ class ExperienceLibrary:
         return [by_id[i] for i in chosen if i in by_id]
 
     def ids(self) -> set[bytes]:
+        """Every stored id, read from the id column alone: a cheap way to compare
+        replicas or check what a write kept."""
         self._check_open()
         return {bytes.fromhex(i) for i in self._select(None, ["id"]).column("id").to_pylist()}
 

@@ -94,6 +94,8 @@ class PrivacyAccountant:
         return basic
 
     def charge(self, epsilon: float, delta: float) -> None:
+        """Record one broadcast's (epsilon, delta), or raise PrivacyBudgetExceeded and
+        record nothing if it would take spending past the budget."""
         eps_total, delta_total = self.spent((epsilon, delta))
         if eps_total > self.epsilon_budget or delta_total > self.delta_budget:
             raise PrivacyBudgetExceeded(

@@ -74,10 +74,13 @@ class Tally:
     hurt: float = 0.0
 
     def add(self, reward: float) -> Tally:
+        """A new tally with one report of `reward` in [-1, 1] added (immutable, so a
+        tally can be shared and stored as is)."""
         return Tally(self.helped + (1.0 + reward) / 2.0, self.hurt + (1.0 - reward) / 2.0)
 
     @property
     def reports(self) -> float:
+        """How many reports the tally holds (each adds 1), for the muting threshold."""
         return self.helped + self.hurt
 
     def mean(self, prior: float) -> float:
@@ -86,10 +89,13 @@ class Tally:
 
 
 def utility(tally: Tally) -> float:
+    """An experience's utility u: the Beta(1 + helped, 1 + hurt) mean, 0.5 when unused."""
     return tally.mean(1.0)
 
 
 def standing(tally: Tally) -> float:
+    """A source's standing s: the Beta(2 + helped, 2 + hurt) mean, so a few bad reports
+    do not condemn a source."""
     return tally.mean(STANDING_PRIOR)
 
 
@@ -108,6 +114,9 @@ class QualityCalibration:
         self._sorted = {s: np.sort(np.asarray(q, dtype=np.float64)) for s, q in by_source.items()}
 
     def calibrated(self, source: bytes, quality: float) -> float:
+        """`quality` ranked among `source`'s own claims (mid-rank percentile), shrunk toward
+        0.5 by CALIBRATION_PRIOR; 0.5 for a source with no claims. Inflated claims thus
+        earn nothing over honest ones."""
         claims = self._sorted.get(source)
         if claims is None or claims.size == 0:
             return 0.5
@@ -131,6 +140,9 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Ranked:
+    """One ranked candidate with every factor of its score, so recall can show why it
+    ranks where it does."""
+
     candidate: Candidate
     relevance: float
     utility: float

@@ -68,6 +68,8 @@ class ReputationBook:
             self._load(self.path)
 
     def score(self, peer: bytes) -> float:
+        """The peer's current score: `initial` if unknown, with time's recovery applied
+        when the book recovers."""
         stored = self._scores.get(peer)
         if stored is None:
             return self.initial
@@ -79,6 +81,7 @@ class ReputationBook:
         )
 
     def deprioritised(self, peer: bytes) -> bool:
+        """True when the peer's score is below the threshold: its batches are skipped."""
         return self.score(peer) < self.threshold
 
     def record(self, peer: bytes, passed: bool) -> float:
@@ -90,6 +93,7 @@ class ReputationBook:
         return new
 
     def peers(self) -> dict[bytes, float]:
+        """The current score of every peer with a recorded outcome, for status reports."""
         return {peer: self.score(peer) for peer in list(self._scores)}
 
     def save(self) -> None:

@@ -53,6 +53,8 @@ class TelemetryError(FaiError, ValueError):
         self.line = line
 
     def at_line(self, line: int) -> TelemetryError:
+        """The same error located at `line`, so a record check can be reported against
+        the JSONL line it came from."""
         return TelemetryError(self.field, self.detail, line)
 
 
@@ -123,6 +125,8 @@ class TelemetryRecord:
             raise TelemetryError("record", f"serialized record exceeds {MAX_LINE_BYTES} bytes")
 
     def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object in the wire field names (`kind` left out when
+        None): the object one JSONL telemetry line holds."""
         out = {name: getattr(self, name) for name in FIELDS}
         if self.kind is None:
             del out["kind"]
@@ -134,6 +138,8 @@ class TelemetryRecord:
 
     @classmethod
     def from_json(cls, obj: object) -> TelemetryRecord:
+        """A record from a parsed JSON object; raises TelemetryError on unknown or missing
+        fields, or any value the record's checks refuse."""
         if not isinstance(obj, dict):
             raise TelemetryError("record", "a line must hold a JSON object")
         unknown = sorted(set(obj) - set(FIELDS))
@@ -295,10 +301,12 @@ class Trajectory:
 
     @property
     def start(self) -> float:
+        """Time of the first step: attempts at a task are ordered by it."""
         return self.steps[0].time
 
     @property
     def end(self) -> float:
+        """Time of the last step, e.g. for stamping the experiences of a group."""
         return self.steps[-1].time
 
 

@@ -74,6 +74,8 @@ def quantize_quality(q: np.ndarray) -> np.ndarray:
 
 
 def dequantize_quality(k: np.ndarray) -> np.ndarray:
+    """uint16 bucket k -> the quality it stands for, (k + 0.5) / 65536 (float32): the
+    centre of the bucket, so it stays strictly inside (0, 1)."""
     return ((k.astype(np.float64) + 0.5) / _QUALITY_STEPS).astype(np.float32)
 
 
@@ -118,10 +120,12 @@ class Batch:
 
     @property
     def header(self) -> BatchHeader:
+        """The fields the operator's EIP-712 signature covers, for signing or checking."""
         return BatchHeader(self.sender, self.seq, self.cid, self.timestamp_ms)
 
     @property
     def cid_text(self) -> str:
+        """The CID in its text form, for logs and APIs."""
         return dagcbor.cid_text(self.cid)
 
     def embeddings(self) -> np.ndarray:
@@ -157,6 +161,7 @@ class SignedBatch:
 
     @property
     def cid(self) -> bytes:
+        """The batch's content id: what replay checks and gossip de-duplicate on."""
         return self.batch.cid
 
 

@@ -87,6 +87,7 @@ class SessionEnd:
 
     @property
     def key(self) -> tuple[str, str]:
+        """(task_id, attempt): the trajectory this end belongs to, as records name it."""
         return (self.task_id, self.attempt)
 
 
@@ -103,6 +104,8 @@ class Converted:
     ignored: int = 0
 
     def extend(self, other: Converted) -> None:
+        """Add `other`'s records, ends, problems and counts to this one, so an importer can
+        convert part by part and report one total."""
         self.records += other.records
         self.ends += other.ends
         self.problems += other.problems
@@ -111,6 +114,8 @@ class Converted:
 
 
 def step_reward(outcome: Outcome) -> float:
+    """The reward of one imported tool call: STEP_FAILURE_PENALTY when its outcome class
+    is a failure, else 0, the same for every trace format (see the module doc)."""
     return STEP_FAILURE_PENALTY if outcome.failed else 0.0
 
 
@@ -217,6 +222,8 @@ class DomainRule:
 
     @classmethod
     def parse(cls, text: str) -> DomainRule:
+        """A rule from its command-line form, ATTRIBUTE=VALUE:DOMAIN[/KIND]; raises
+        ValueError naming the expected form or the bad tag, for the operator to fix."""
         attribute, sep, rest = text.partition("=")
         value, sep2, target = rest.rpartition(":")
         domain, slash, kind = target.partition("/")

@@ -234,6 +234,8 @@ def response_bytes(rejected: int, message: str, content_type: str) -> bytes:
 
 
 def count_spans(request: ExportTraceServiceRequest) -> int:
+    """Spans in an export request, counted without converting anything, so a receiver can
+    refuse an oversized request or rate-limit by spans before doing the work."""
     return sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
 
 
@@ -281,6 +283,9 @@ class _Attrs(Mapping[str, Any]):
 
 
 class SessionKey(NamedTuple):
+    """The (task_id, attempt) a span's records are filed under, and whether the attempt
+    is a conversation id rather than the trace id."""
+
     task_id: str
     attempt: str
     #: keyed by gen_ai.conversation.id (may span traces), not by the trace itself
@@ -300,9 +305,12 @@ class TraceSessions:
         self._keys: OrderedDict[str, SessionKey] = OrderedDict()
 
     def get(self, trace: str) -> SessionKey | None:
+        """The session `trace` was filed under, or None if it is new (or forgotten)."""
         return self._keys.get(trace)
 
     def remember(self, trace: str, key: SessionKey) -> SessionKey:
+        """File `trace` under `key` unless it already has a session, and return the one
+        that holds, so later spans of a trace join the session its first span fixed."""
         known = self._keys.setdefault(trace, key)
         self._keys.move_to_end(trace)
         while len(self._keys) > self.max_traces:

@@ -110,7 +110,8 @@ class RecalledExperience(TypedDict):
 
 
 class RecallResult(TypedDict):
-    """What `recall` returns."""
+    """What `recall` returns, typed so that callers (and type checkers) know its keys: the
+    ranked experiences, the same as a prompt block, and the cutoff used."""
 
     #: At most k experiences within max_distance of the task, highest score first.
     experiences: list[RecalledExperience]
@@ -137,7 +138,8 @@ class FeedbackResult(TypedDict):
 
 
 class AddResult(TypedDict):
-    """What `add` returns."""
+    """What `add` returns: how many lessons the node accepted and how many were new, and
+    their ids, to report feedback on later."""
 
     #: Experiences the node accepted, and how many of them were new to its library.
     added: int
@@ -305,10 +307,12 @@ class FaiClient:
 
     @property
     def socket_path(self) -> str:
+        """The node's control socket this client talks to."""
         return self._control.path
 
     @property
     def timeout(self) -> float:
+        """Seconds each call waits for the node before giving up."""
         return self._control.timeout
 
     def __repr__(self) -> str:
@@ -447,10 +451,12 @@ class AsyncFaiClient:
 
     @property
     def socket_path(self) -> str:
+        """The node's control socket this client talks to."""
         return self._path
 
     @property
     def timeout(self) -> float:
+        """Seconds each call waits for the node before giving up."""
         return self._timeout
 
     def __repr__(self) -> str:

@@ -139,15 +139,35 @@ def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
     `socket_path`."""
     client = ControlClient(socket_path, timeout=timeout)
     fai = FaiClient(socket_path, timeout=timeout)
+    tools = [
+        _dso_network_tool(client),
+        _recall_tool(fai),
+        _add_tool(fai),
+        _feedback_tool(fai),
+    ]
+    server = MCPServer(
+        name="fai",
+        instructions=INSTRUCTIONS,
+        log_level="WARNING",
+        tools=[_refuse_unknown_arguments(tool) for tool in tools],
+    )
+    server.add_prompt(_strict_prompt(_context_prompt(fai)))
+    _register_context_resource(server, fai)
+    return server
 
-    async def forward(what: str, call: Callable[[], Any]) -> Any:
-        """Run one client call in a worker thread; the node's refusals become tool errors."""
-        try:
-            return await anyio.to_thread.run_sync(call)
-        except NodeNotRunning as exc:
-            raise ToolError(str(exc)) from exc
-        except ControlError as exc:
-            raise ToolError(f"{what} failed ({exc.code}): {exc.message}") from exc
+
+async def _forward(what: str, call: Callable[[], Any]) -> Any:
+    """Run one client call in a worker thread; the node's refusals become tool errors."""
+    try:
+        return await anyio.to_thread.run_sync(call)
+    except NodeNotRunning as exc:
+        raise ToolError(str(exc)) from exc
+    except ControlError as exc:
+        raise ToolError(f"{what} failed ({exc.code}): {exc.message}") from exc
+
+
+def _recall_tool(fai: FaiClient) -> Tool:
+    """The recall tool: the experiences most relevant to a task, from `fai`."""
 
     async def recall(
         task: Annotated[
@@ -205,7 +225,13 @@ def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
         check them against what you see before relying on one.
         """
         call = functools.partial(fai.recall, task, domain, k, max_distance)
-        return await forward("recall", call)
+        return await _forward("recall", call)
+
+    return _tool(recall, title="Recall lessons for a task", read_only=True, idempotent=True)
+
+
+def _add_tool(fai: FaiClient) -> Tool:
+    """The add tool: records a lesson on the node behind `fai`."""
 
     async def add(
         text: Annotated[
@@ -246,7 +272,13 @@ def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
         follow.
         """
         call = functools.partial(fai.add, text, domain, quality)
-        return await forward("add", call)
+        return await _forward("add", call)
+
+    return _tool(add, title="Record a lesson", idempotent=True, open_world=True)
+
+
+def _feedback_tool(fai: FaiClient) -> Tool:
+    """The feedback tool: reports whether a recalled lesson helped, through `fai`."""
 
     async def feedback(
         id: Annotated[
@@ -272,7 +304,13 @@ def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
         source_muted}: utility is the lesson's new standing (0.5 neutral).
         """
         call = functools.partial(fai.feedback, id, outcome)
-        return await forward("feedback", call)
+        return await _forward("feedback", call)
+
+    return _tool(feedback, title="Report whether a lesson helped")
+
+
+def _dso_network_tool(client: ControlClient) -> Tool:
+    """The dso_network tool (the paper's four actions), sent on `client`."""
 
     async def dso_network(
         action: Annotated[
@@ -324,31 +362,25 @@ def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
         except ControlError as exc:
             raise ToolError(f"{action} failed ({exc.code}): {exc.message}") from exc
 
-    tools = [
-        _tool(dso_network, name=TOOL_NAME, title="FAI experience network", open_world=True),
-        _tool(recall, title="Recall lessons for a task", read_only=True, idempotent=True),
-        _tool(add, title="Record a lesson", idempotent=True, open_world=True),
-        _tool(feedback, title="Report whether a lesson helped"),
-    ]
-    server = MCPServer(
-        name="fai",
-        instructions=INSTRUCTIONS,
-        log_level="WARNING",
-        tools=[_refuse_unknown_arguments(tool) for tool in tools],
-    )
+    return _tool(dso_network, name=TOOL_NAME, title="FAI experience network", open_world=True)
 
-    async def context_text(task: str, domain: str | None, k: int) -> str:
-        """The top experiences for `task` as text for a model, or NO_LESSONS."""
-        try:
-            found = await anyio.to_thread.run_sync(functools.partial(fai.recall, task, domain, k))
-        except NodeNotRunning as exc:
-            raise _Unavailable(str(exc)) from exc
-        except ControlError as exc:
-            message = f"recall failed ({exc.code}): {exc.message}"
-            if exc.code == Code.BAD_REQUEST:
-                raise _Refused(message) from exc
-            raise _Unavailable(message) from exc
-        return _context_block(found)
+
+async def _context_text(fai: FaiClient, task: str, domain: str | None, k: int) -> str:
+    """The top experiences for `task` as text for a model, or NO_LESSONS."""
+    try:
+        found = await anyio.to_thread.run_sync(functools.partial(fai.recall, task, domain, k))
+    except NodeNotRunning as exc:
+        raise _Unavailable(str(exc)) from exc
+    except ControlError as exc:
+        message = f"recall failed ({exc.code}): {exc.message}"
+        if exc.code == Code.BAD_REQUEST:
+            raise _Refused(message) from exc
+        raise _Unavailable(message) from exc
+    return _context_block(found)
+
+
+def _context_prompt(fai: FaiClient) -> Prompt:
+    """The fai_context prompt: the top experiences for a task from `fai`, as text."""
 
     async def fai_context(
         task: Annotated[str, Field(description="The task or problem, in a sentence or two.")],
@@ -369,19 +401,23 @@ def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
                     count = int(k)
                 except ValueError:
                     raise _Refused(f"k must be an integer in 1..{MAX_K}, got {k!r}") from None
-            return await context_text(task, domain, count)
+            return await _context_text(fai, task, domain, count)
         except _Refused as exc:
             raise MCPError(INVALID_PARAMS, str(exc)) from exc
         except _Unavailable as exc:
             raise MCPError(INTERNAL_ERROR, str(exc)) from exc
 
-    prompt = Prompt.from_function(
+    return Prompt.from_function(
         fai_context,
         name=PROMPT_NAME,
         title="FAI lessons for a task",
         description=inspect.cleandoc(fai_context.__doc__ or ""),
     )
-    server.add_prompt(_strict_prompt(prompt))
+
+
+def _register_context_resource(server: MCPServer, fai: FaiClient) -> None:
+    """Add the fai://context/{task}{?domain} resource template to `server`, read from `fai`:
+    the same text as the fai_context prompt, for hosts that read resources."""
 
     @server.resource(
         CONTEXT_TEMPLATE,
@@ -395,11 +431,9 @@ def build_server(socket_path: str, *, timeout: float = 30.0) -> MCPServer:
     )
     async def context_resource(task: str, domain: str | None = None) -> str:
         try:
-            return await context_text(task, domain, 5)
+            return await _context_text(fai, task, domain, 5)
         except (_Refused, _Unavailable) as exc:
             raise ResourceError(str(exc)) from exc
-
-    return server
 
 
 class _Refused(Exception):

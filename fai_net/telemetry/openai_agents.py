@@ -49,6 +49,9 @@ class _Pending:
 
 @dataclass
 class TracingStats:
+    """What a processor did, counted because its hooks never raise: the only way to see
+    lost or refused data is to read these."""
+
     traces: int = 0
     spans: int = 0
     records: int = 0
@@ -108,15 +111,19 @@ class FaiTracingProcessor(TracingProcessor):
     # The SDK's hooks. Each one is a guarded call into its `_` twin.
 
     def on_trace_start(self, trace: Trace) -> None:
+        """Open the trace's entry and keep its metadata (which may name the domain and
+        task) until the trace ends."""
         self._guard("trace_start", self._trace_start, trace)
 
     def on_trace_end(self, trace: Trace) -> None:
+        """Convert the trace's kept spans and hand them to the sink, with its end marker."""
         self._guard("trace_end", self._trace_end, trace)
 
     def on_span_start(self, span: Span[Any]) -> None:
         """Nothing to do: a span is read when it ends, with its result and error."""
 
     def on_span_end(self, span: Span[Any]) -> None:
+        """Reduce the span to its tool and outcome class and keep that until its trace ends."""
         self._guard("span_end", self._span_end, span)
 
     def force_flush(self) -> None:
