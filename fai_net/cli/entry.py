@@ -7,21 +7,23 @@ Heavy imports (numpy, the wire codec) happen inside the commands that need them,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 
-
-def _demo(args: argparse.Namespace) -> int:
-    from fai_net.cli.wire_demo import run_core_demo
-
-    report = run_core_demo(n=args.experiences, dim=args.dim, group=args.group, seed=args.seed)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(report["summary"])
-    return 0
+from fai_net.cli.common import (
+    add_data_dir_flag,
+    add_json_flag,
+    add_key_file_flag,
+    add_node_flag,
+    add_registry_flag,
+    add_rpc_flag,
+    add_socket_flag,
+    add_timeout_flag,
+    group_help,
+    print_json,
+    run_command,
+)
 
 
 def _node_run(args: argparse.Namespace) -> int:
@@ -94,23 +96,36 @@ def _mcp(args: argparse.Namespace) -> int:
 
 
 def _add_node_commands(commands) -> None:
+    """`fai node run`, the node client commands, `fai experiences`, `fai hook`, `fai mcp`."""
     node = commands.add_parser("node", help="run or talk to an FAI node")
     sub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
+    _add_node_run_command(sub)
+    from fai_net.cli.node import add_node_client_commands
+
+    add_node_client_commands(sub, commands)
+    from fai_net.cli.telemetry import add_hook_command
+
+    add_hook_command(commands)
+    node.set_defaults(handler=group_help(node))
+    _add_mcp_command(commands)
+
+
+def _add_node_run_command(sub) -> None:
     run = sub.add_parser(
         "run",
         help="run a node until SIGINT/SIGTERM",
         description="Run an FAI node: a libp2p host on loopback gossiping experience "
         "batches on one topic per domain, with repair, discovery and a control socket.",
     )
-    run.add_argument("--data-dir", help="node state: key, library, batches (or FAI_DATA_DIR)")
+    add_data_dir_flag(run, help="node state: key, library, batches (or FAI_DATA_DIR)", metavar=None)
     run.add_argument("--domain", action="append", help="domain tag (repeat; or fai.toml)")
     run.add_argument("--config", help="a fai.toml with data_dir, rpc, registry, domains, ...")
     run.add_argument("--listen", action="append", help="multiaddr (default 127.0.0.1, any port)")
     run.add_argument("--seed", action="append", help="peer multiaddr with /p2p/ id (repeat)")
     run.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
     run.add_argument("--open", action="store_true", help="no registry (development only)")
-    run.add_argument("--rpc", help="Ethereum JSON-RPC URL of the registry's chain")
-    run.add_argument("--registry", help="DSO registry address")
+    add_rpc_flag(run, help="Ethereum JSON-RPC URL of the registry's chain", metavar=None)
+    add_registry_flag(run, help="DSO registry address", metavar=None)
     run.add_argument("--operator-key-file", help="file with the operator's hex private key")
     run.add_argument("--broadcast-interval", type=float, default=60.0, metavar="S")
     run.add_argument("--broadcast-threshold", type=int, default=10, metavar="N")
@@ -126,6 +141,14 @@ def _add_node_commands(commands) -> None:
         action="store_true",
         help="devnet demos only: the control socket may publish unchecked bytes",
     )
+    _add_trace_receiver_flags(run)
+    run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
+    run.add_argument("--log-level", default="info")
+    run.set_defaults(handler=_node_run)
+
+
+def _add_trace_receiver_flags(run: argparse.ArgumentParser) -> None:
+    """`fai node run`'s OpenTelemetry receiver: where traces come in, how they get a domain."""
     run.add_argument(
         "--otlp-port",
         type=int,
@@ -153,16 +176,9 @@ def _add_node_commands(commands) -> None:
         metavar="S",
         help="a session with no end marker closes after S seconds without a new tool call",
     )
-    run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
-    run.add_argument("--log-level", default="info")
-    run.set_defaults(handler=_node_run)
-    from fai_net.cli.node import add_node_client_commands
 
-    add_node_client_commands(sub, commands)
-    from fai_net.cli.telemetry import add_hook_command
 
-    add_hook_command(commands)
-    node.set_defaults(handler=lambda _args: node.print_help() or 2)
+def _add_mcp_command(commands) -> None:
     mcp = commands.add_parser(
         "mcp",
         help="serve FAI to agents over MCP (stdio) for a running node",
@@ -171,14 +187,10 @@ def _add_node_commands(commands) -> None:
         "add(text, domain), feedback(id, outcome) and dso_network(action=status|broadcast|"
         "receive|peers), and the fai_context prompt and fai://context/{task} resource.",
     )
-    mcp.add_argument("--socket", help="the node's control socket (env FAI_SOCKET)")
-    mcp.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="the node's data directory: uses DIR/control.sock (env FAI_DATA_DIR)",
-    )
-    mcp.add_argument("--node", metavar="N", help="node N of the running devnet (0 or node0)")
-    mcp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    add_socket_flag(mcp, metavar=None)
+    add_data_dir_flag(mcp)
+    add_node_flag(mcp, help="node N of the running devnet (0 or node0)")
+    add_timeout_flag(mcp, default=30.0, type=float, metavar=None)
     mcp.set_defaults(handler=_mcp)
 
 
@@ -241,7 +253,7 @@ def _devnet_up(args: argparse.Namespace) -> int:
         progress=_progress(args),
     )
     if args.json:
-        print(json.dumps(state, indent=2))
+        print_json(state)
         return 0
     print(
         f"devnet up: chain {state['rpc_url']}, registry {state['registry']} (unbonding delay "
@@ -266,7 +278,7 @@ def _devnet_status(args: argparse.Namespace) -> int:
 
     report = devnet.status(devnet.load_state(_state_dir(args)))
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return 0
     print(f"chain {report['rpc_url']}  registry {report['registry']}")
     header = f"{'node':7} {'run':4} {'peers':5} {'stake':>6} {'live':5} {'jailed':6} "
@@ -290,7 +302,7 @@ def _devnet_down(args: argparse.Namespace) -> int:
 
     result = devnet.down(_state_dir(args), _progress(args))
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         print(
             f"devnet down: stopped {', '.join(result['stopped']) or 'nothing'}"
@@ -330,7 +342,7 @@ def _devnet_fund(args: argparse.Namespace) -> int:
     state = devnet.load_state(_state_dir(args))
     result = devnet.fund(state, address, to_base_units(args.amount, 10**18))
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
         return 0
     print(
         f"sent {format_tokens(result['amount'])} test tokens to {address}: it now holds "
@@ -351,7 +363,7 @@ def _devnet_advance_time(args: argparse.Namespace) -> int:
     devnet.check_advance(args.seconds)
     result = devnet.advance_time(devnet.load_state(_state_dir(args)), args.seconds)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
         return 0
     ahead = result["timestamp"] - int(time.time())
     if abs(ahead) <= 2:
@@ -397,7 +409,7 @@ def _devnet_equivocate(args: argparse.Namespace) -> int:
     else:
         result.update(witness=None, evidence=None, submit=None)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
         return 0
     print(
         f"{result['node']} published a second batch at seq {result['seq']}: "
@@ -442,11 +454,14 @@ def _devnet_demo(args: argparse.Namespace) -> int:
     report = run_demo(
         args.nodes, embedder=args.embedder, state_dir=_state_dir(args), progress=_progress(args)
     )
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.json:
+        print_json(report)
+    else:
+        print(format_report(report))
     return 0
 
 
-def _add_devnet_operator_commands(sub, common) -> None:
+def _add_devnet_operator_commands(sub) -> None:
     """`fai devnet fund|advance-time|equivocate`: what a devnet operator does by hand."""
     fund = sub.add_parser(
         "fund",
@@ -459,8 +474,8 @@ def _add_devnet_operator_commands(sub, common) -> None:
     )
     fund.add_argument("address", nargs="?", metavar="ADDRESS", help="0x address to fund")
     fund.add_argument("amount", type=_token_amount, metavar="AMOUNT", help="whole tokens")
-    fund.add_argument("--key-file", metavar="FILE", help="fund this private key's address")
-    common(fund)
+    add_key_file_flag(fund, help="fund this private key's address")
+    _add_devnet_flags(fund)
     fund.set_defaults(handler=_devnet_fund)
     adv = sub.add_parser(
         "advance-time",
@@ -471,7 +486,7 @@ def _add_devnet_operator_commands(sub, common) -> None:
         "only.",
     )
     adv.add_argument("seconds", type=int, metavar="SECONDS", help="0 .. 2 years")
-    common(adv)
+    _add_devnet_flags(adv)
     adv.set_defaults(handler=_devnet_advance_time)
     eq = sub.add_parser(
         "equivocate",
@@ -480,7 +495,7 @@ def _add_devnet_operator_commands(sub, common) -> None:
         "used (the devnet must be up with --allow-raw-publish), wait for a peer to write "
         "the evidence file, and print its path and the command that submits it.",
     )
-    eq.add_argument("--node", required=True, metavar="N", help="the node: 4 or node4")
+    add_node_flag(eq, help="the node: 4 or node4", required=True)
     eq.add_argument(
         "--wait",
         type=float,
@@ -491,7 +506,7 @@ def _add_devnet_operator_commands(sub, common) -> None:
     eq.add_argument(
         "--save", metavar="FILE", help="also copy the evidence file to FILE (mode 0600)"
     )
-    common(eq)
+    _add_devnet_flags(eq)
     eq.set_defaults(handler=_devnet_equivocate)
 
 
@@ -501,18 +516,20 @@ def _token_amount(text: str):
     return token_amount(text)
 
 
+def _add_devnet_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every `fai devnet` command: which devnet, and how to print."""
+    parser.add_argument(
+        "--state-dir",
+        help="where the devnet keeps its state (default: the directory of "
+        "$FAI_DEVNET_STATE, else devnet/state)",
+    )
+    add_json_flag(parser, help="print JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
 def _add_devnet_commands(commands) -> None:
     devnet_cmd = commands.add_parser("devnet", help="a local chain and fleet on 127.0.0.1")
     sub = devnet_cmd.add_subparsers(dest="devnet_command", metavar="SUBCOMMAND")
-
-    def common(p, json_help="print JSON"):
-        p.add_argument(
-            "--state-dir",
-            help="where the devnet keeps its state (default: the directory of "
-            "$FAI_DEVNET_STATE, else devnet/state)",
-        )
-        p.add_argument("--json", action="store_true", help=json_help)
-        p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
     up_cmd = sub.add_parser(
         "up",
@@ -540,7 +557,7 @@ def _add_devnet_commands(commands) -> None:
         metavar="SECONDS",
         help="the registry's unbonding delay, 1 s .. 365 days (default 7 days)",
     )
-    common(up_cmd)
+    _add_devnet_flags(up_cmd)
     up_cmd.set_defaults(handler=_devnet_up)
     st = sub.add_parser(
         "status",
@@ -548,7 +565,7 @@ def _add_devnet_commands(commands) -> None:
         description="Each node's process, peers, stake, liveness, reputation among its "
         "peers and library, with its peer id, operator address and data directory.",
     )
-    common(st)
+    _add_devnet_flags(st)
     st.set_defaults(handler=_devnet_status)
     dn = sub.add_parser(
         "down",
@@ -556,9 +573,9 @@ def _add_devnet_commands(commands) -> None:
         description="Stop the devnet's nodes and chain. Its run directory (keys, logs, "
         "libraries) is kept.",
     )
-    common(dn)
+    _add_devnet_flags(dn)
     dn.set_defaults(handler=_devnet_down)
-    _add_devnet_operator_commands(sub, common)
+    _add_devnet_operator_commands(sub)
     demo_cmd = sub.add_parser(
         "demo",
         help="the main job: learn from telemetry, catch and slash an equivocator",
@@ -568,7 +585,7 @@ def _add_devnet_commands(commands) -> None:
     )
     demo_cmd.add_argument("--nodes", type=int, default=5)
     demo_cmd.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
-    common(demo_cmd)
+    _add_devnet_flags(demo_cmd)
     demo_cmd.set_defaults(handler=_devnet_demo)
 
 
@@ -577,18 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fai", description="Federated Agent Intelligence: share experiences, not weights."
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="encode, sign and verify one batch of synthetic experiences (no network)",
-        description="Build a signed, content-addressed batch of synthetic experiences, "
-        "decode and verify it as a receiver would, and show a tampered copy being refused.",
-    )
-    demo.add_argument("--experiences", type=int, default=100, help="batch size (default 100)")
-    demo.add_argument("--dim", type=int, default=384, help="embedding dimension (default 384)")
-    demo.add_argument("--group", type=int, default=128, help="BitDelta group size (default 128)")
-    demo.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    demo.add_argument("--json", action="store_true", help="print the report as JSON")
-    demo.set_defaults(handler=_demo)
+    from fai_net.cli.wire_demo import add_demo_command
+
+    add_demo_command(commands)
     _add_node_commands(commands)
     _add_devnet_commands(commands)
     from fai_net.cli.registry import add_registry_commands
@@ -615,8 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Arguments no parser takes are reported by the command that was chosen (argparse's own
     `parse_args` reports them with the top-level usage, `fai [-h] COMMAND ...`, which says
-    nothing about the command typed). FAI's own input errors (a bad value, a missing
-    setting) print one `fai: error:` line, then that command's usage.
+    nothing about the command typed). Failures are told as every command tells them
+    (`fai_net.cli.common.run_command`): one `fai: error:` line, then, for an input error
+    (a bad value, a missing setting), that command's usage.
     """
     parser = build_parser()
     _mark_parsers(parser)
@@ -627,20 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    from fai_core.errors import FaiError
-    from fai_net.settings import SettingsError
-
-    try:
-        return args.handler(args)
-    except (ValueError, FaiError) as exc:
-        code = getattr(exc, "exit_code", 2)  # cli_registry.CliError says 1 or 2
-        print(f"fai: error: {exc}", file=sys.stderr)
-        input_error = isinstance(exc, ValueError | SettingsError) or hasattr(exc, "exit_code")
-        if code == 2 and input_error and command is not parser:
-            print(command.format_usage().rstrip(), file=sys.stderr)
-        return code
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args, command, top_level=command is parser)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ opens the library or the batch store itself, so it works while the node runs and
 race it. The socket is `--socket`, else `<--data-dir>/control.sock`, resolved like every
 other setting (flag, then FAI_SOCKET / FAI_DATA_DIR, then fai.toml; `fai_net.settings`).
 
-Exit codes: 0 done; 1 no node answers, or the node failed; 2 the request was refused (bad
-text, unsubscribed domain, bad flag). Only stdlib modules are imported at module level:
-the parser is built on every `fai` invocation, and `fai --help` must stay instant.
+Exit codes (the convention of `fai_net.cli.common`): 0 done; 1 no node answers, or the node
+failed; 2 the request was refused (bad text, unsubscribed domain, bad flag). Only stdlib
+modules are imported at module level: the parser is built on every `fai` invocation, and
+`fai --help` must stay instant.
 """
 
 from __future__ import annotations
@@ -19,11 +20,22 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from fai_core import jsonlimits
+from fai_net.cli.common import (
+    Refused,
+    add_json_flag,
+    add_which_node_flags,
+    error,
+    group_help,
+    guarded,
+    int_in,
+    positive_float,
+    print_json,
+)
 from fai_net.peer_ids import peer_id_of_hex
 
 #: Experiences per `add` call during an import (the node takes at most 1000 per call).
@@ -33,8 +45,12 @@ EXPORT_PAGE = 500
 _FILE_KEYS = frozenset({"text", "domain", "quality", "iteration"})
 
 
-class _Refused(Exception):
-    """A user-level refusal already worded for people; exit code 2."""
+class _Refused(Refused):
+    """A user-level refusal already worded for people; exit code 2 (`common.explain`).
+
+    Its own name because `fai hook claude-code` reports a failure by exception type
+    ("fai hook: _Refused: ...", fai_net/cli/telemetry.py) and that text stays as it is.
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,70 +64,63 @@ def add_node_client_commands(node_subparsers, commands) -> None:
 
     `node_subparsers` is the subparsers object of `fai node`; `commands` the top-level one.
     """
-    from fai_net.cli.telemetry import add_import_arguments, import_telemetry
-
     conn = argparse.ArgumentParser(add_help=False)
-    where = conn.add_argument_group("which node")
-    where.add_argument(
-        "--socket", metavar="PATH", help="the node's control socket (env FAI_SOCKET)"
-    )
-    where.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="the node's data directory: uses DIR/control.sock (env FAI_DATA_DIR)",
-    )
-    where.add_argument(
-        "--node",
-        metavar="N",
-        help="node N of the running devnet (0 or node0): its data directory and socket",
-    )
-    where.add_argument(
-        "--timeout", type=_positive_float, default=60.0, metavar="S", help="seconds per call"
-    )
+    add_which_node_flags(conn)
     out = argparse.ArgumentParser(add_help=False)
-    out.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    common = [conn, out]
-
-    p = node_subparsers.add_parser(
-        "status",
-        parents=common,
-        help="summary of a running node",
-        description="Peers, library size per domain, stored batches, outbox, last sync, "
-        "traffic, refused batches by reason, evidence files and membership mode.",
-    )
-    p.set_defaults(handler=_guarded(_status))
-
-    p = node_subparsers.add_parser(
-        "peers",
-        parents=common,
-        help="the node's peers",
-        description="Peers the node is connected to or has seen: connection, repair "
-        "round-trip latency, reputation, last contact. --json gives full node ids.",
-    )
-    p.set_defaults(handler=_guarded(_peers))
-
-    for name, verb in (("subscribe", "start"), ("unsubscribe", "stop")):
-        p = node_subparsers.add_parser(
-            name,
-            parents=common,
-            help=f"{verb} following a domain's topic",
-            description=f"{name.capitalize()} the running node to/from a domain's gossip "
-            "topic. Subscribing also fetches the domain's history from peers by repair.",
-        )
-        p.add_argument("domain", metavar="DOMAIN", help="domain tag, e.g. coding")
-        p.set_defaults(handler=_guarded(_subscribe if name == "subscribe" else _unsubscribe))
-
+    add_json_flag(out)
+    parents = [conn, out]  # every command here: which node, and --json
+    _add_node_state_commands(node_subparsers, parents)
     group = commands.add_parser(
         "experiences",
         help="add, search, import and export a running node's experiences",
         description="Experiences in a running node's library, through its control socket.",
     )
-    sub = group.add_subparsers(dest="experiences_command", metavar="SUBCOMMAND")
-    group.set_defaults(handler=lambda _args: _usage(group))
+    experiences = group.add_subparsers(dest="experiences_command", metavar="SUBCOMMAND")
+    group.set_defaults(handler=group_help(group, stderr=True))
+    _add_library_commands(experiences, parents)
+    _add_import_command(experiences, parents)
+    _add_export_command(experiences, parents)
+    _add_agent_commands(experiences, parents)
+    _add_node_action_commands(node_subparsers, parents)
 
-    p = sub.add_parser(
+
+def _add_node_state_commands(node_subparsers, parents) -> None:
+    """`fai node status|peers|subscribe|unsubscribe`."""
+    p = node_subparsers.add_parser(
+        "status",
+        parents=parents,
+        help="summary of a running node",
+        description="Peers, library size per domain, stored batches, outbox, last sync, "
+        "traffic, refused batches by reason, evidence files and membership mode.",
+    )
+    p.set_defaults(handler=guarded(_status))
+
+    p = node_subparsers.add_parser(
+        "peers",
+        parents=parents,
+        help="the node's peers",
+        description="Peers the node is connected to or has seen: connection, repair "
+        "round-trip latency, reputation, last contact. --json gives full node ids.",
+    )
+    p.set_defaults(handler=guarded(_peers))
+
+    for name, verb in (("subscribe", "start"), ("unsubscribe", "stop")):
+        p = node_subparsers.add_parser(
+            name,
+            parents=parents,
+            help=f"{verb} following a domain's topic",
+            description=f"{name.capitalize()} the running node to/from a domain's gossip "
+            "topic. Subscribing also fetches the domain's history from peers by repair.",
+        )
+        p.add_argument("domain", metavar="DOMAIN", help="domain tag, e.g. coding")
+        p.set_defaults(handler=guarded(_subscribe if name == "subscribe" else _unsubscribe))
+
+
+def _add_library_commands(experiences, parents) -> None:
+    """`fai experiences add|search`."""
+    p = experiences.add_parser(
         "add",
-        parents=common,
+        parents=parents,
         help="add experiences (the node embeds, stores and publishes them)",
         description="Add experiences given as --text flags (all in --domain) or as a "
         "JSONL file of {text, domain?, quality?, iteration?} objects. The node refuses "
@@ -126,23 +135,28 @@ def add_node_client_commands(node_subparsers, commands) -> None:
         help="quality in (0, 1) of the --text items, default for --file lines (node: 0.5)",
     )
     p.add_argument("--file", help="JSONL file of experiences ('-' = stdin)")
-    p.set_defaults(handler=_guarded(_add))
+    p.set_defaults(handler=guarded(_add))
 
-    p = sub.add_parser(
+    p = experiences.add_parser(
         "search",
-        parents=common,
+        parents=parents,
         help="nearest experiences to a query",
         description="The node embeds QUERY and returns the k nearest experiences by "
         "cosine distance.",
     )
     p.add_argument("query", metavar="QUERY")
     p.add_argument("--domain", help="only this domain")
-    p.add_argument("-k", type=_int_in(1, 100), default=10, help="results, 1..100 (default 10)")
-    p.set_defaults(handler=_guarded(_search))
+    p.add_argument("-k", type=int_in(1, 100), default=10, help="results, 1..100 (default 10)")
+    p.set_defaults(handler=guarded(_search))
 
-    p = sub.add_parser(
+
+def _add_import_command(experiences, parents) -> None:
+    """`fai experiences import-telemetry` (the command itself: fai_net/cli/telemetry.py)."""
+    from fai_net.cli.telemetry import add_import_arguments, import_telemetry
+
+    p = experiences.add_parser(
         "import-telemetry",
-        parents=common,
+        parents=parents,
         help="extract experiences from agent traces or tool telemetry and add them",
         description="Read a trace file (FAI JSON Lines, OTLP/JSON or protobuf as the "
         "OpenTelemetry SDK and collector write them, recorded Claude Code hook events, "
@@ -159,22 +173,23 @@ def add_node_client_commands(node_subparsers, commands) -> None:
     p.add_argument(
         "--subscribe", action="store_true", help="subscribe the node to missing domains first"
     )
-    p.add_argument(
-        "--progress", action="store_true", help="progress on stderr even when it is not a TTY"
-    )
+    _add_progress_flag(p)
     p.add_argument(
         "--chunk-size",
-        type=_int_in(1, IMPORT_CHUNK),
+        type=int_in(1, IMPORT_CHUNK),
         default=IMPORT_CHUNK,
         metavar="N",
         help=f"experiences per add call, 1..{IMPORT_CHUNK} (default {IMPORT_CHUNK})",
     )
     add_import_arguments(p)
-    p.set_defaults(handler=_guarded(import_telemetry))
+    p.set_defaults(handler=guarded(import_telemetry))
 
-    p = sub.add_parser(
+
+def _add_export_command(experiences, parents) -> None:
+    """`fai experiences export`."""
+    p = experiences.add_parser(
         "export",
-        parents=common,
+        parents=parents,
         help="write the node's library as JSONL",
         description="Stream every library entry (or one domain's) as JSON lines of {id, "
         "text, domain, quality, iteration, origin, source, received_from, created_ms}.",
@@ -183,24 +198,26 @@ def add_node_client_commands(node_subparsers, commands) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.add_argument(
         "--page-size",
-        type=_int_in(1, 1000),
+        type=int_in(1, 1000),
         default=EXPORT_PAGE,
         metavar="N",
         help=f"entries per export call, 1..1000 (default {EXPORT_PAGE})",
     )
-    p.add_argument(
+    _add_progress_flag(p)
+    p.set_defaults(handler=guarded(_export))
+
+
+def _add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--progress", action="store_true", help="progress on stderr even when it is not a TTY"
     )
-    p.set_defaults(handler=_guarded(_export))
-
-    _add_agent_commands(node_subparsers, sub, common)
 
 
-def _add_agent_commands(node_subparsers, experiences, common) -> None:
-    """`fai experiences recall|feedback` and `fai node broadcast|stop`."""
+def _add_agent_commands(experiences, parents) -> None:
+    """`fai experiences recall|feedback`: what an agent asks before a task and reports after."""
     p = experiences.add_parser(
         "recall",
-        parents=common,
+        parents=parents,
         help="the experiences most useful for a task, ranked by relevance and trust",
         description="What an agent asks its node before a task: the node embeds TASK, "
         "takes the experiences within --max-distance (cosine) of it and ranks them by "
@@ -211,10 +228,10 @@ def _add_agent_commands(node_subparsers, experiences, common) -> None:
     )
     p.add_argument("task", metavar="TASK", help="the task or problem, in a sentence or two")
     p.add_argument("--domain", help="only this (subscribed) domain")
-    p.add_argument("-k", type=_int_in(1, 50), default=5, help="results, 1..50 (default 5)")
+    p.add_argument("-k", type=int_in(1, 50), default=5, help="results, 1..50 (default 5)")
     p.add_argument(
         "--max-distance",
-        type=_positive_float,
+        type=positive_float,
         metavar="X",
         help="relevance cutoff as a cosine distance, 0 < X <= 2 (node default 0.65)",
     )
@@ -223,11 +240,11 @@ def _add_agent_commands(node_subparsers, experiences, common) -> None:
         action="store_true",
         help="print only the block for a system prompt (nothing if no experience fits)",
     )
-    p.set_defaults(handler=_guarded(_recall))
+    p.set_defaults(handler=guarded(_recall))
 
     p = experiences.add_parser(
         "feedback",
-        parents=common,
+        parents=parents,
         help="report whether a recalled experience helped",
         description="Record what a recalled experience did for the agent that used it. "
         "Later recalls on this node rank it (and its source) by these reports; a source "
@@ -239,56 +256,34 @@ def _add_agent_commands(node_subparsers, experiences, common) -> None:
         metavar="OUTCOME",
         help="helped, no_effect, hurt, or a reward in [-1, 1]",
     )
-    p.set_defaults(handler=_guarded(_feedback))
+    p.set_defaults(handler=guarded(_feedback))
 
+
+def _add_node_action_commands(node_subparsers, parents) -> None:
+    """`fai node broadcast|stop`."""
     p = node_subparsers.add_parser(
         "broadcast",
-        parents=common,
+        parents=parents,
         help="publish a domain's new local experiences now",
         description="Publish the experiences added on this node that were not sent yet "
         "(the domain's outbox) now, instead of at the next broadcast interval or "
         "threshold, and print what was sent.",
     )
     p.add_argument("domain", metavar="DOMAIN", help="a subscribed domain, e.g. coding")
-    p.set_defaults(handler=_guarded(_broadcast))
+    p.set_defaults(handler=guarded(_broadcast))
 
     p = node_subparsers.add_parser(
         "stop",
-        parents=common,
+        parents=parents,
         help="stop a running node",
         description="Ask the node to shut down, and wait (up to --timeout) until its "
         "control socket is gone.",
     )
-    p.set_defaults(handler=_guarded(_stop))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
-        return value
-
-    return parse
+    p.set_defaults(handler=guarded(_stop))
 
 
 # --------------------------------------------------------------------------------------------
-# connection and error handling
+# connection
 # --------------------------------------------------------------------------------------------
 
 
@@ -345,53 +340,6 @@ class _Node:
 
     def call(self, action: str, **args: Any) -> dict[str, Any]:
         return self.client.call(action, **args)
-
-
-def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the node's refusals and absence into one-line messages and exit codes."""
-
-    def run(args: argparse.Namespace) -> int:
-        from fai_net.api.control import Code, ControlError, NodeNotRunning
-
-        try:
-            return handler(args)
-        except NodeNotRunning as exc:
-            if getattr(args, "node", None) not in (None, ""):
-                hint = "is the devnet up? `fai devnet status` shows its nodes"
-            else:
-                where = f"--data-dir {exc.path.removesuffix('/control.sock')}"
-                hint = f"start one with `fai node run {where} --domain ...`"
-            _err(f"no node is running at {exc.path} ({hint})")
-            return 1
-        except ControlError as exc:
-            if exc.code == Code.BAD_REQUEST:
-                _err(exc.message)
-                return 2
-            if exc.code == Code.UNKNOWN_ACTION:
-                _err(f"the node does not support this command ({exc.message}); upgrade the node")
-                return 1
-            _err(f"{exc.message} ({exc.code})")
-            return 1
-        except _Refused as exc:
-            _err(str(exc))
-            return 2
-        except BrokenPipeError:
-            # `fai experiences export | head`: the reader left; say nothing more.
-            with open(os.devnull, "w") as devnull:
-                os.dup2(devnull.fileno(), sys.stdout.fileno())
-            return 0
-
-    run.__name__ = handler.__name__
-    run.__doc__ = handler.__doc__
-    return run
-
-
-def _err(message: str) -> None:
-    print(f"fai: error: {message}", file=sys.stderr)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,7 +460,7 @@ def _status(args: argparse.Namespace) -> int:
     node = _Node(args)
     status = node.call("status")
     if args.json:
-        _print_json(status)
+        print_json(status)
         return 0
     print(format_status(status))
     return 0
@@ -551,7 +499,7 @@ def _peers(args: argparse.Namespace) -> int:
     node = _Node(args)
     peers = node.call("peers").get("peers", [])
     if args.json:
-        _print_json({"peers": peers})
+        print_json({"peers": peers})
         return 0
     if not peers:
         print("no peers yet")
@@ -590,7 +538,7 @@ def _subscribe(args: argparse.Namespace) -> int:
     result = _Node(args).call("subscribe", domain=args.domain)
     changed = bool(result.get("subscribed"))
     if args.json:
-        _print_json({"domain": args.domain, "subscribed": changed})
+        print_json({"domain": args.domain, "subscribed": changed})
     elif changed:
         print(f"subscribed to {args.domain} (its history is fetched from peers)")
     else:
@@ -603,7 +551,7 @@ def _unsubscribe(args: argparse.Namespace) -> int:
     result = _Node(args).call("unsubscribe", domain=args.domain)
     changed = bool(result.get("unsubscribed"))
     if args.json:
-        _print_json({"domain": args.domain, "unsubscribed": changed})
+        print_json({"domain": args.domain, "unsubscribed": changed})
     elif changed:
         print(f"unsubscribed from {args.domain} (its experiences stay in the library)")
     else:
@@ -711,7 +659,7 @@ def _add(args: argparse.Namespace) -> int:
     result = _send(node, items, IMPORT_CHUNK)
     by_domain = dict(Counter(item["domain"] for item in items))
     if args.json:
-        _print_json({**result, "by_domain": by_domain})
+        print_json({**result, "by_domain": by_domain})
     else:
         per = ", ".join(f"{d} {n}" for d, n in sorted(by_domain.items()))
         added = plural(result["added"], "experience")
@@ -728,7 +676,7 @@ def _search(args: argparse.Namespace) -> int:
     node = _Node(args)
     hits = node.call("search", **call).get("hits", [])
     if args.json:
-        _print_json({"hits": with_source_node(hits)})
+        print_json({"hits": with_source_node(hits)})
         return 0
     if not hits:
         print("no experiences found")
@@ -776,7 +724,7 @@ def _recall(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         experiences = with_source_node(found.get("experiences") or [])
-        _print_json({**found, "experiences": experiences})
+        print_json({**found, "experiences": experiences})
         return 0
     items = found.get("experiences") or []
     if not items:
@@ -822,7 +770,7 @@ def _feedback(args: argparse.Namespace) -> int:
         )
     result = _client(args).feedback(ident, outcome)
     if args.json:
-        _print_json(with_source_node([result])[0])
+        print_json(with_source_node([result])[0])
         return 0
     reports = int(result.get("reports", 0))
     print(
@@ -839,7 +787,7 @@ def _broadcast(args: argparse.Namespace) -> int:
     _check_domain(args.domain)
     result = _client(args).broadcast(args.domain)
     if args.json:
-        _print_json({"domain": args.domain, **result})
+        print_json({"domain": args.domain, **result})
         return 0
     sent = int(result.get("experiences_sent", 0))
     if not sent:
@@ -872,10 +820,10 @@ def _stop(args: argparse.Namespace) -> int:
             pass  # the node is going away; ask again
         time.sleep(0.1)
     else:
-        _err(f"the node at {client.socket_path} still answers after {args.timeout:g}s")
+        error(f"the node at {client.socket_path} still answers after {args.timeout:g}s")
         return 1
     if args.json:
-        _print_json({"stopped": True, "socket": client.socket_path})
+        print_json({"stopped": True, "socket": client.socket_path})
     else:
         print(f"stopped the node at {client.socket_path}")
     return 0
@@ -974,7 +922,7 @@ def _export(args: argparse.Namespace) -> int:
     progress.done()
     total = sum(by_domain.values())
     if args.json:
-        _print_json({"exported": total, "file": str(target), "by_domain": dict(by_domain)})
+        print_json({"exported": total, "file": str(target), "by_domain": dict(by_domain)})
     else:
         per = ", ".join(f"{d} {n}" for d, n in sorted(by_domain.items())) or "nothing"
         print(f"exported {plural(total, 'experience')} to {target}: {per}")

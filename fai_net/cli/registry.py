@@ -8,26 +8,33 @@ handlers, after the settings, the key file and the arguments have been checked, 
 
 Exit codes: 0 done; 1 the chain or the registry refused (a typed contract revert, no chain
 at the RPC URL, evidence the registry would reject); 2 bad input (missing setting, unreadable
-key file, malformed argument), reported by `fai_net.cli.entry.main`.
+key file, malformed argument). Both are told the way `fai_net.cli.common` tells every
+command's failures.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import ipaddress
 import json
 import re
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fai_core.errors import FaiError
+from fai_net.cli.common import (
+    CliError,
+    Handler,
+    add_chain_flags,
+    add_data_dir_flag,
+    emit,
+    group_help,
+    guarded,
+)
 
 DEVNET_HINT = "is the devnet up? (fai devnet up)"
 KEY_FILE_HINT = (
@@ -40,14 +47,6 @@ JSON_NOTE = "--json prints one JSON document; token amounts in it are integers i
 JSON_NOTE += "(1 token = 10^18)."
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _HEX_32 = re.compile(r"(0x)?[0-9a-fA-F]{64}")
-
-
-class CliError(FaiError):
-    """A refusal the command explains itself; `exit_code` 1 (chain/state) or 2 (input)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # -- argument types and formatting ---------------------------------------------------------
@@ -198,33 +197,6 @@ def read_private_key(path_text: str) -> str:
 # -- shared plumbing ----------------------------------------------------------------------
 
 
-def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every registry command takes (settings, output, the loopback guard)."""
-    group = parser.add_argument_group("chain and settings (flag > FAI_* env > fai.toml > devnet)")
-    group.add_argument("--rpc", metavar="URL", help="Ethereum JSON-RPC URL (FAI_RPC)")
-    group.add_argument("--registry", metavar="ADDR", help="DSO registry address (FAI_REGISTRY)")
-    group.add_argument(
-        "--key-file",
-        metavar="FILE",
-        help="file holding your Ethereum private key as hex (FAI_KEY_FILE)",
-    )
-    group.add_argument(
-        "--node",
-        metavar="N",
-        help="act as devnet node N's operator (its key file and data dir)",
-    )
-    group.add_argument("--config", metavar="FILE", help="TOML settings file (default ./fai.toml)")
-    group.add_argument(
-        "--devnet-state", metavar="FILE", help="devnet state file (default devnet/state/...)"
-    )
-    group.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="allow an RPC URL that is not on 127.0.0.1 (off: this project runs on loopback)",
-    )
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-
 def _settings(args: argparse.Namespace, **extra: Any):
     from fai_net.settings import resolve
 
@@ -322,41 +294,22 @@ def _account(private_key: str):
         raise CliError("the key file does not hold a valid secp256k1 private key", 2) from None
 
 
-def _emit(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        print("\n".join(lines))
-
-
 def _tx(receipt) -> str:
     return "0x" + bytes(receipt["transactionHash"]).hex()
 
 
-def _handler(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the chain's refusals into one plain line on stderr and exit code 1.
+def chain_command(handler: Handler) -> Handler:
+    """`common.guarded` for a command that talks to the chain: besides the typed refusals
+    (CliError), a revert or a chain that is not there is told in one line, exit code 1.
 
-    Input mistakes (ValueError, FaiError such as a missing setting) go on to `cli.main`,
-    which prints them and exits 2.
+    Input mistakes (ValueError, FaiError such as a missing setting) go on to
+    `common.run_command`, which prints them and exits 2.
     """
 
-    @functools.wraps(fn)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except CliError as exc:
-            print(f"fai: error: {exc}", file=sys.stderr)
-            return exc.exit_code
-        except (FaiError, ValueError):
-            raise
-        except Exception as exc:
-            message = _chain_failure(exc, getattr(args, "fai_rpc_url", None))
-            if message is None:
-                raise
-            print(f"fai: error: {message}", file=sys.stderr)
-            return 1
+    def explain_chain(exc: Exception, args: argparse.Namespace) -> str | None:
+        return _chain_failure(exc, getattr(args, "fai_rpc_url", None))
 
-    return run
+    return guarded(handler, also=explain_chain)
 
 
 # Revert arguments shown as token amounts or as UTC times instead of raw integers.
@@ -413,18 +366,10 @@ def _chain_failure(exc: Exception, rpc: str | None) -> str | None:
     return None
 
 
-def _print_group_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def show(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 2
-
-    return show
-
-
 # -- handlers -----------------------------------------------------------------------------
 
 
-@_handler
+@chain_command
 def _deploy(args: argparse.Namespace) -> int:
     session = _Session(args)
     if args.owner_key_file:
@@ -467,7 +412,7 @@ def _deploy(args: argparse.Namespace) -> int:
         f"{format_duration(params.unbonding_delay)}",
         f"next: export FAI_REGISTRY={client.address}",
     ]
-    _emit(args, data, lines)
+    emit(args, data, lines)
     return 0
 
 
@@ -481,7 +426,7 @@ def _amount_arg(args: argparse.Namespace, required: bool = False) -> Decimal | N
     return given[0] if given else None
 
 
-@_handler
+@chain_command
 def _stake(args: argparse.Namespace) -> int:
     tokens = _amount_arg(args)
     session = _Session(args)
@@ -533,7 +478,7 @@ def _stake(args: argparse.Namespace) -> int:
     ]
     if not data["live"]:
         lines.append("not live yet: post an advertisement with `fai advertise`")
-    _emit(args, data, lines)
+    emit(args, data, lines)
     return 0
 
 
@@ -628,7 +573,7 @@ def _advertised_node(args: argparse.Namespace, session: _Session):
     return node, node.public_key, None, posted, appended
 
 
-@_handler
+@chain_command
 def _advertise(args: argparse.Namespace) -> int:
     session = _Session(args, data_dir=args.data_dir)
     address = session.registry_address()
@@ -675,11 +620,11 @@ def _advertise(args: argparse.Namespace) -> int:
             if info.stake < client.min_bond
             else "not live (jailed or not registered)"
         )
-    _emit(args, data, lines)
+    emit(args, data, lines)
     return 0
 
 
-@_handler
+@chain_command
 def _unbond(args: argparse.Namespace) -> int:
     tokens = _amount_arg(args, required=True)
     session = _Session(args)
@@ -720,7 +665,7 @@ def _unbond(args: argparse.Namespace) -> int:
         f"({format_relative(info.unbond_ready_at, now)}) with `fai withdraw`",
         f"tx {data['tx']}",
     ]
-    _emit(args, data, lines)
+    emit(args, data, lines)
     return 0
 
 
@@ -758,7 +703,7 @@ def _not_ready_message(session: _Session, unbonding: int, ready: int) -> str:
     return "\n".join(lines)
 
 
-@_handler
+@chain_command
 def _withdraw(args: argparse.Namespace) -> int:
     session = _Session(args)
     address = session.registry_address()
@@ -791,11 +736,11 @@ def _withdraw(args: argparse.Namespace) -> int:
         *(["the operator holds nothing any more and left the registry"] if left else []),
         f"tx {data['tx']}",
     ]
-    _emit(args, data, lines)
+    emit(args, data, lines)
     return 0
 
 
-@_handler
+@chain_command
 def _slash_equivocation(args: argparse.Namespace) -> int:
     from fai_net.admission import evidence
 
@@ -848,11 +793,11 @@ def _slash_equivocation(args: argparse.Namespace) -> int:
         *(["the operator is jailed: it can only withdraw what is left"] if jailed else []),
         f"tx {data['tx']}",
     ]
-    _emit(args, data, lines)
+    emit(args, data, lines)
     return 0
 
 
-@_handler
+@chain_command
 def _slash_report(args: argparse.Namespace) -> int:
     session = _Session(args)
     address = session.registry_address()
@@ -891,7 +836,7 @@ def _slash_report(args: argparse.Namespace) -> int:
     if executed:
         lines.append(f"threshold passed: {target} slashed {token_count(data['slashed'])}")
     lines.append(f"tx {data['tx']}")
-    _emit(args, data, lines)
+    emit(args, data, lines)
     return 0
 
 
@@ -932,7 +877,7 @@ def _peer_row(p, now: int) -> tuple[dict[str, Any], tuple[str, ...], int]:
     return data, row, len(bad)
 
 
-@_handler
+@chain_command
 def _peers(args: argparse.Namespace) -> int:
     session = _Session(args)
     client = session.client(session.registry_address())
@@ -941,7 +886,7 @@ def _peers(args: argparse.Namespace) -> int:
     peers = client.live_peers(block)
     rows = [_peer_row(p, now) for p in peers]
     if args.json:
-        _emit(args, [data for data, _, _ in rows], [])
+        emit(args, [data for data, _, _ in rows], [])
         return 0
     if not peers:
         print(f"no live peers on registry {client.address} (block {block})")
@@ -1034,7 +979,7 @@ def _devnet_operators(session: _Session) -> list[tuple[str, str]] | None:
     return found or None
 
 
-@_handler
+@chain_command
 def _status(args: argparse.Namespace) -> int:
     session = _Session(args)
     address = session.registry_address()
@@ -1055,12 +1000,12 @@ def _status(args: argparse.Namespace) -> int:
             lines = [f"{name}:", *(f"  {line}" for line in lines)]
         reports.append((data, lines))
     if len(reports) == 1 and not reports[0][0].get("node"):
-        _emit(args, reports[0][0], reports[0][1])
+        emit(args, reports[0][0], reports[0][1])
         return 0
     text = [f"{len(reports)} devnet node operator(s) on registry {client.address}"]
     for _, lines in reports:
         text += ["", *lines]
-    _emit(args, [data for data, _ in reports], text)
+    emit(args, [data for data, _ in reports], text)
     return 0
 
 
@@ -1074,20 +1019,29 @@ def _leaf(sub, name: str, handler, help_text: str, description: str) -> argparse
         description=description,
         epilog=JSON_NOTE,
     )
-    add_common_flags(parser)
+    add_chain_flags(parser)
     parser.set_defaults(handler=handler)
     return parser
 
 
 def add_registry_commands(commands) -> None:
     """Add `registry`, `stake`, `advertise`, `unbond`, `withdraw` and `slash` to `fai`."""
+    _add_registry_group(commands)
+    _add_stake_command(commands)
+    _add_advertise_command(commands)
+    _add_unbond_commands(commands)
+    _add_slash_commands(commands)
+
+
+def _add_registry_group(commands) -> None:
+    """`fai registry deploy|peers|status`."""
     registry = commands.add_parser(
         "registry",
         help="deploy a DSO registry, list its live peers, show an operator",
         description="The on-chain DSO registry: stake bonds, signed peer advertisements, "
         "slashing. See docs/registry.md.",
     )
-    registry.set_defaults(handler=_print_group_help(registry))
+    registry.set_defaults(handler=group_help(registry))
     reg_sub = registry.add_subparsers(dest="registry_command", metavar="SUBCOMMAND")
     deploy = _leaf(
         reg_sub,
@@ -1129,6 +1083,8 @@ def add_registry_commands(commands) -> None:
     )
     status.add_argument("--operator", metavar="ADDR", help="operator address (default: yours)")
 
+
+def _add_stake_command(commands) -> None:
     stake = _leaf(
         commands,
         "stake",
@@ -1151,6 +1107,8 @@ def add_registry_commands(commands) -> None:
         help="whole tokens, e.g. 100 or 12.5 (first stake: default the minimum bond)",
     )
 
+
+def _add_advertise_command(commands) -> None:
     advertise = _leaf(
         commands,
         "advertise",
@@ -1165,9 +1123,8 @@ def add_registry_commands(commands) -> None:
         metavar="HEX",
         help="the node's 32-byte Ed25519 public key (with --key-proof)",
     )
-    source.add_argument(
-        "--data-dir",
-        metavar="DIR",
+    add_data_dir_flag(
+        source,
         help="a node's data directory: the key from DIR/node.key (never created here), the "
         "multiaddrs from DIR/node.json unless --multiaddr is given (FAI_DATA_DIR)",
     )
@@ -1190,6 +1147,9 @@ def add_registry_commands(commands) -> None:
         "--ttl", type=int, default=MAX_TTL, metavar="S", help="lifetime (default/max 86400)"
     )
 
+
+def _add_unbond_commands(commands) -> None:
+    """`fai unbond` and `fai withdraw`."""
     unbond = _leaf(
         commands,
         "unbond",
@@ -1211,13 +1171,16 @@ def add_registry_commands(commands) -> None:
         "Pay out your unbonding stake once the unbonding delay has passed.",
     )
 
+
+def _add_slash_commands(commands) -> None:
+    """`fai slash equivocation|report`."""
     slash = commands.add_parser(
         "slash",
         help="submit equivocation evidence or a fraud report",
         description="Slashing: prove equivocation with an evidence file, or report fraud "
         "(bonded operators vote; more than 2/3 of the snapshotted bonded stake slashes).",
     )
-    slash.set_defaults(handler=_print_group_help(slash))
+    slash.set_defaults(handler=group_help(slash))
     slash_sub = slash.add_subparsers(dest="slash_command", metavar="SUBCOMMAND")
     equivocation = _leaf(
         slash_sub,

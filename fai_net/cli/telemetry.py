@@ -25,6 +25,7 @@ from dataclasses import asdict
 from typing import Any
 
 from fai_core import jsonlimits
+from fai_net.cli.common import add_data_dir_flag, group_help, print_json
 
 #: Locations shown per refusal reason before "... and N more".
 SHOWN_PER_REASON = 5
@@ -156,7 +157,7 @@ def why_nothing(stats, mixed: int) -> list[str]:
 
 
 def import_telemetry(args: argparse.Namespace) -> int:
-    from fai_net.cli.node import _Node, _print_json, _Progress, format_table, plural, send_items
+    from fai_net.cli.node import _Node, _Progress, format_table, plural, send_items
 
     label = args.source_name or args.file
     policy = policy_from(args.domain, args.domain_rule)
@@ -198,7 +199,7 @@ def import_telemetry(args: argparse.Namespace) -> int:
         "why_not_more": why_nothing(stats, mixed),
     }
     if args.json:
-        _print_json(summary)
+        print_json(summary)
         return 0
     print(
         f"{label}: {fmt}, {plural(len(converted.records), 'record')} "
@@ -247,7 +248,7 @@ def add_hook_command(commands) -> None:
         "name and outcome class only, appends them to the node's spool and exits 0, even "
         "on error (the agent is never blocked; problems go to stderr).",
     )
-    p.add_argument("--data-dir", metavar="DIR", help="the node's data directory (FAI_DATA_DIR)")
+    add_data_dir_flag(p, help="the node's data directory (FAI_DATA_DIR)")
     p.add_argument("--config", help="a fai.toml naming data_dir")
     p.add_argument("--domain", metavar="D", help="domain of this agent's sessions")
     p.add_argument("--domain-rule", action="append", default=[], metavar="ATTR=VALUE:DOMAIN[/KIND]")
@@ -266,7 +267,7 @@ def add_hook_command(commands) -> None:
         "for it (a success: +0.5, a failure: -0.5)",
     )
     p.set_defaults(handler=claude_code_hook)
-    hook.set_defaults(handler=lambda _args: hook.print_help() or 2)
+    hook.set_defaults(handler=group_help(hook))
 
 
 def claude_code_hook(args: argparse.Namespace, stdin=None, stdout=None) -> int:
