@@ -44,6 +44,7 @@ LAUNCHERS = frozenset(
         ("fai_net.devnet.anvil", "Anvil"),
         ("fai_net.devnet.fleet", "up"),
         ("fai_net.devnet.demo", "run_demo"),
+        ("fai_net.devnet.launch", "launch_node"),
     }
 )
 

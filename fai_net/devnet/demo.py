@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fai_net.devnet import fleet as devnet
+from fai_net.devnet.launch import poll_until
 
 #: The node fed by OpenTelemetry traces through its OTLP receiver (the others get `add`).
 OTLP_NODE = "node0"
@@ -217,12 +218,9 @@ def feed_otlp(node: dict[str, Any], records, client, timeout: float = 180) -> di
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
+    value = poll_until(predicate, timeout, interval)
+    if value:
+        return value
     raise devnet.DevnetError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -407,96 +405,14 @@ def run_demo(
         )
         time.sleep(2)  # a few gossip heartbeats to build the meshes
         slices = telemetry_slices([tuple(n["domains"]) for n in state["nodes"]])
-        published: dict[str, set[str]] = {}
         for node, records in zip(state["nodes"], slices, strict=True):
-            client = clients[node["name"]]
-            if node["name"] == OTLP_NODE:
-                fed = feed_otlp(node, records, client)
-                domains, extracted = sorted(fed["by_domain"]), fed["experiences"]
-            else:
-                items = extract_items(records, bytes.fromhex(node["public_key"]))
-                domains, extracted = sorted({i["domain"] for i in items}), len(items)
-                for domain in sorted(set(domains) - set(node["domains"])):
-                    client.call("subscribe", domain=domain)
-                if items:
-                    client.call("add", experiences=items)
-            sent = 0
-            for domain in domains:
-                sent += client.call("broadcast", domain=domain)["experiences_sent"]
-            row = {"records": len(records), "extracted": extracted}
-            if node["name"] == OTLP_NODE:
-                row["otlp"] = fed
-                report["otlp_node"] = node["name"]
-                progress(
-                    f"{node['name']}: {len(records)} telemetry records as OpenTelemetry "
-                    f"traces ({fed['traces']} traces, {fed['spans']} spans, "
-                    f"{fed['requests']} request(s)) exported over OTLP to its receiver: "
-                    f"{fed['received_spans']} spans received, {fed['refused_spans']} refused "
-                    f"-> its ingest loop extracted {extracted} experiences "
-                    f"({fed['trajectories']} trajectories, {fed['groups']} GRPO groups), "
-                    f"{sent} broadcast; rewards come from the tool outcomes in the spans, not "
-                    "the sample's reward field, so these can differ from the JSONL path"
-                )
-            else:
-                progress(
-                    f"{node['name']}: {len(records)} telemetry records -> {extracted} "
-                    f"experiences, {sent} broadcast"
-                )
-            report["nodes"][node["name"]] = row
+            _feed_node(node, records, clients[node["name"]], report, progress)
+        published: dict[str, set[str]] = {}
         for node in state["nodes"]:
             published[node["name"]] = set(clients[node["name"]].call("batches")["cids"])
-
-        def settled() -> bool:
-            everyone = set().union(*published.values())
-            for node in state["nodes"]:
-                client = clients[node["name"]]
-                mine = {
-                    d: set(client.call("batches", domain=d)["cids"])
-                    for d in client.call("status")["domains"]
-                }
-                for domain, have in mine.items():
-                    theirs = {
-                        c
-                        for n in state["nodes"]
-                        for c in clients[n["name"]].call("batches", domain=domain)["cids"]
-                        if c in everyone
-                    }
-                    if not theirs <= have:
-                        return False
-                if client.call("status")["pending"]:
-                    return False
-            return True
-
         progress("waiting for every batch to reach every subscriber and be merged")
-        wait_for(settled, 90, "the fleet to converge")
-        rogue = state["nodes"][-1]
-        progress(f"{rogue['name']} equivocates: a second batch under a seq it already used")
-        report["equivocation"] = equivocate(state, rogue["name"])
-        witnesses = [n for n in state["nodes"] if n is not rogue]
-
-        def evidence_file():
-            found = evidence_files(state, rogue)
-            return found[0] if found else None
-
-        witness, proof = wait_for(evidence_file, 30, "a node to catch the equivocation")
-        progress(f"{witness['name']} caught it: {proof.name}; submitting to the registry")
-        reporter_key = Path(witness["operator_key_file"]).read_text().strip()
-        report["slash"] = slash_from_evidence(state, proof, reporter_key)
-        progress(
-            f"operator {report['slash']['operator'][:10]}… slashed "
-            f"{report['slash']['slashed_tokens']:g} tokens, jailed={report['slash']['jailed']}"
-        )
-
-        def dropped() -> bool:
-            for n in witnesses:
-                peers = {p["node_id"]: p for p in clients[n["name"]].call("peers")["peers"]}
-                row = peers.get(rogue["peer_id"])
-                if row is not None and row["connected"]:
-                    return False
-            return True
-
-        wait_for(dropped, 30, "the fleet to drop the slashed node")
-        progress("the fleet dropped it")
+        wait_for(lambda: _settled(state, clients, published), 90, "the fleet to converge")
+        _equivocate_and_slash(state, clients, report, progress)
         for node in state["nodes"]:
             report["nodes"][node["name"]]["library"] = learned_by_source(node, names)
         report["registry"] = devnet.status(state)["nodes"]
@@ -504,6 +420,101 @@ def run_demo(
         report["down"] = devnet.down(state_dir, progress)
     report["seconds"] = round(time.monotonic() - started, 1)
     return report
+
+
+def _feed_node(node: dict[str, Any], records, client, report: dict[str, Any], progress) -> None:
+    """Give `node` its telemetry slice (over OTLP for OTLP_NODE, else as extracted `add`s),
+    have it broadcast every domain it got, and record its row in `report["nodes"]`."""
+    if node["name"] == OTLP_NODE:
+        fed = feed_otlp(node, records, client)
+        domains, extracted = sorted(fed["by_domain"]), fed["experiences"]
+    else:
+        items = extract_items(records, bytes.fromhex(node["public_key"]))
+        domains, extracted = sorted({i["domain"] for i in items}), len(items)
+        for domain in sorted(set(domains) - set(node["domains"])):
+            client.call("subscribe", domain=domain)
+        if items:
+            client.call("add", experiences=items)
+    sent = 0
+    for domain in domains:
+        sent += client.call("broadcast", domain=domain)["experiences_sent"]
+    row = {"records": len(records), "extracted": extracted}
+    if node["name"] == OTLP_NODE:
+        row["otlp"] = fed
+        report["otlp_node"] = node["name"]
+        progress(
+            f"{node['name']}: {len(records)} telemetry records as OpenTelemetry "
+            f"traces ({fed['traces']} traces, {fed['spans']} spans, "
+            f"{fed['requests']} request(s)) exported over OTLP to its receiver: "
+            f"{fed['received_spans']} spans received, {fed['refused_spans']} refused "
+            f"-> its ingest loop extracted {extracted} experiences "
+            f"({fed['trajectories']} trajectories, {fed['groups']} GRPO groups), "
+            f"{sent} broadcast; rewards come from the tool outcomes in the spans, not "
+            "the sample's reward field, so these can differ from the JSONL path"
+        )
+    else:
+        progress(
+            f"{node['name']}: {len(records)} telemetry records -> {extracted} "
+            f"experiences, {sent} broadcast"
+        )
+    report["nodes"][node["name"]] = row
+
+
+def _settled(state: dict[str, Any], clients: dict, published: dict[str, set[str]]) -> bool:
+    """Every node holds every published batch of each of its domains, with no round
+    pending."""
+    everyone = set().union(*published.values())
+    for node in state["nodes"]:
+        client = clients[node["name"]]
+        mine = {
+            d: set(client.call("batches", domain=d)["cids"])
+            for d in client.call("status")["domains"]
+        }
+        for domain, have in mine.items():
+            theirs = {
+                c
+                for n in state["nodes"]
+                for c in clients[n["name"]].call("batches", domain=domain)["cids"]
+                if c in everyone
+            }
+            if not theirs <= have:
+                return False
+        if client.call("status")["pending"]:
+            return False
+    return True
+
+
+def _equivocate_and_slash(state: dict[str, Any], clients: dict, report: dict, progress) -> None:
+    """The last node equivocates; a witness's evidence slashes its operator on-chain, and
+    the fleet drops it. Records `equivocation` and `slash` in `report`."""
+    rogue = state["nodes"][-1]
+    progress(f"{rogue['name']} equivocates: a second batch under a seq it already used")
+    report["equivocation"] = equivocate(state, rogue["name"])
+    witnesses = [n for n in state["nodes"] if n is not rogue]
+
+    def evidence_file():
+        found = evidence_files(state, rogue)
+        return found[0] if found else None
+
+    witness, proof = wait_for(evidence_file, 30, "a node to catch the equivocation")
+    progress(f"{witness['name']} caught it: {proof.name}; submitting to the registry")
+    reporter_key = Path(witness["operator_key_file"]).read_text().strip()
+    report["slash"] = slash_from_evidence(state, proof, reporter_key)
+    progress(
+        f"operator {report['slash']['operator'][:10]}… slashed "
+        f"{report['slash']['slashed_tokens']:g} tokens, jailed={report['slash']['jailed']}"
+    )
+
+    def dropped() -> bool:
+        for n in witnesses:
+            peers = {p["node_id"]: p for p in clients[n["name"]].call("peers")["peers"]}
+            row = peers.get(rogue["peer_id"])
+            if row is not None and row["connected"]:
+                return False
+        return True
+
+    wait_for(dropped, 30, "the fleet to drop the slashed node")
+    progress("the fleet dropped it")
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -9,13 +9,10 @@ files of mode 0600 under the state directory; they hold only devnet funds.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +21,14 @@ from typing import Any
 from fai_core.errors import FaiError
 from fai_core.reputation import atomic_write_json
 from fai_net.devnet.anvil import free_port
+from fai_net.devnet.launch import (
+    Launched,
+    NotReady,
+    ProcessExited,
+    alive,
+    launch_node,
+    terminate_group,
+)
 from fai_net.settings import REPO_ROOT
 
 DEFAULT_STATE_DIR = REPO_ROOT / "devnet" / "state"
@@ -62,13 +67,7 @@ def _write_secret(path: Path, text: str) -> None:
 
 def _alive(pid: int | None, marker: str) -> bool:
     """True if `pid` runs and its command line contains `marker` (pids are reused)."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    return marker in cmdline
+    return alive(pid, marker)
 
 
 def up(
@@ -89,21 +88,11 @@ def up(
     of unbond/withdraw need not wait 7 days. `node_args` go to every node,
     `per_node_args[name]` only to node `name` (e.g. node0).
     """
-    from eth_account import Account
-    from web3 import Web3
-
-    from fai_net.devnet.anvil import Anvil
-    from fai_net.registry import RegistryParams, deploy_registry
-
     state_dir = Path(state_dir)
     _refuse_if_up(state_dir)
     if not 1 <= nodes <= 20:
         raise DevnetError("a devnet has 1..20 nodes")
-    params = RegistryParams()
-    if unbonding_delay is not None:
-        from fai_net.registry.deploy import check_unbonding_delay
-
-        params = RegistryParams(unbonding_delay=check_unbonding_delay(unbonding_delay))
+    params = _registry_params(unbonding_delay)
     domains = domains or [("coding", "writing")]
     state_dir.mkdir(parents=True, exist_ok=True)
     run_dir = _new_run_dir(state_dir)
@@ -117,22 +106,7 @@ def up(
     }
     started: list[int] = []
     try:
-        progress("starting anvil on 127.0.0.1")
-        anvil = Anvil(chain_id=CHAIN_ID).start()
-        started.append(anvil.process.pid)
-        state.update(rpc_url=anvil.url, chain_id=CHAIN_ID, anvil_pid=anvil.process.pid)
-        w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 30}))
-        owner = Account.from_key(secrets.token_bytes(32))
-        _write_secret(run_dir / "owner.key", owner.key.hex())
-        w3.provider.make_request("anvil_setBalance", [owner.address, hex(10**22)])
-        progress("deploying the token and the DSO registry")
-        reg = deploy_registry(w3, owner, params=params)
-        state.update(
-            registry=reg.address,
-            token=reg.token_address,
-            owner=owner.address,
-            owner_key_file=str(run_dir / "owner.key"),
-        )
+        reg, owner = _start_chain(state, params, started, progress)
         atomic_write_json(state_path(state_dir), state)
         launched = []
         for i in range(nodes):
@@ -161,6 +135,46 @@ def up(
             _terminate(pid)
         state_path(state_dir).unlink(missing_ok=True)
         raise
+
+
+def _registry_params(unbonding_delay: int | None):
+    """The registry's parameters: the defaults, with `unbonding_delay` if one is given."""
+    from fai_net.registry import RegistryParams
+
+    if unbonding_delay is None:
+        return RegistryParams()
+    from fai_net.registry.deploy import check_unbonding_delay
+
+    return RegistryParams(unbonding_delay=check_unbonding_delay(unbonding_delay))
+
+
+def _start_chain(state: dict[str, Any], params, started: list[int], progress: Progress):
+    """Start Anvil (its pid goes to `started`), make and fund the owner, deploy the token
+    and the registry; records all of it in `state`. Returns (the registry, the owner)."""
+    from eth_account import Account
+    from web3 import Web3
+
+    from fai_net.devnet.anvil import Anvil
+    from fai_net.registry import deploy_registry
+
+    run_dir = Path(state["run_dir"])
+    progress("starting anvil on 127.0.0.1")
+    anvil = Anvil(chain_id=CHAIN_ID).start()
+    started.append(anvil.process.pid)
+    state.update(rpc_url=anvil.url, chain_id=CHAIN_ID, anvil_pid=anvil.process.pid)
+    w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 30}))
+    owner = Account.from_key(secrets.token_bytes(32))
+    _write_secret(run_dir / "owner.key", owner.key.hex())
+    w3.provider.make_request("anvil_setBalance", [owner.address, hex(10**22)])
+    progress("deploying the token and the DSO registry")
+    reg = deploy_registry(w3, owner, params=params)
+    state.update(
+        registry=reg.address,
+        token=reg.token_address,
+        owner=owner.address,
+        owner_key_file=str(run_dir / "owner.key"),
+    )
+    return reg, owner
 
 
 def _refuse_if_up(state_dir: Path) -> None:
@@ -199,7 +213,7 @@ def old_runs(state: dict[str, Any]) -> list[Path]:
 
 def _start_node(i, node_domains, state, reg, owner, embedder, extra, progress):
     """Key, fund, stake and advertise node `i`'s operator, then start its process; returns
-    (its state entry, its Popen). Every node's files live in the run directory."""
+    (its state entry, its `Launched`). Every node's files live in the run directory."""
     from eth_account import Account
 
     from fai_net.node.identity import KEY_FILE, NodeIdentity
@@ -230,15 +244,13 @@ def _start_node(i, node_domains, state, reg, owner, embedder, extra, progress):
         *extra,
     ]
     log_path = run_dir / f"{name}.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fai_net.cli", "node", "run", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=REPO_ROOT,
-        )
+    proc = launch_node(
+        args,
+        data_dir=data_dir,
+        log=log_path,
+        new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
     node = {
         "name": name,
         "data_dir": str(data_dir),
@@ -255,46 +267,20 @@ def _start_node(i, node_domains, state, reg, owner, embedder, extra, progress):
     return node, proc
 
 
-def _wait_ready(data_dir: Path, proc: subprocess.Popen, log: Path, timeout: float = 180.0):
-    ready = data_dir / "node.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").splitlines()[-15:]
-            raise DevnetError(f"{data_dir.name} exited {proc.returncode}:\n" + "\n".join(tail))
-        if ready.exists():
-            try:
-                return json.loads(ready.read_text())
-            except ValueError:
-                pass
-        time.sleep(0.2)
-    raise DevnetError(f"{data_dir.name} did not start within {timeout:.0f} s (log: {log})")
+def _wait_ready(data_dir: Path, proc: Launched, log: Path, timeout: float = 180.0):
+    try:
+        return proc.wait_ready(timeout, interval=0.2, tail_lines=15)
+    except ProcessExited as exc:
+        raise DevnetError(f"{data_dir.name} exited {exc.returncode}:\n" + exc.tail) from None
+    except NotReady:
+        raise DevnetError(
+            f"{data_dir.name} did not start within {timeout:.0f} s (log: {log})"
+        ) from None
 
 
 def _terminate(pid: int, timeout: float = 20.0) -> bool:
     """SIGTERM the process group, then SIGKILL; True if it had to be killed."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return False
-        _reap(pid)
-        time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    return terminate_group(pid, timeout)
 
 
 def down(state_dir: Path = DEFAULT_STATE_DIR, progress: Progress = _quiet) -> dict[str, Any]:

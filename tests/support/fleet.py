@@ -7,14 +7,11 @@ as the CLI and the MCP server drive it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +19,7 @@ from pathlib import Path
 
 from fai_core.corpus import load_pattern_corpus
 from fai_net.api.control import ControlClient
+from fai_net.devnet.launch import Launched, launch_node, log_tail, poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +33,7 @@ class NodeProc:
     proc: subprocess.Popen | None = None
     info: dict = field(default_factory=dict)
     log_path: Path | None = None
+    launched: Launched | None = field(default=None, repr=False)
 
     @property
     def client(self) -> ControlClient:
@@ -51,56 +50,35 @@ class NodeProc:
         return self.launch().wait_ready(timeout)
 
     def launch(self) -> NodeProc:
-        (self.data_dir / "node.json").unlink(missing_ok=True)
-        self.log_path = self.data_dir.parent / f"{self.name}.log"
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fai_net.cli", "node", "run", *self.args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=env,
+        self.launched = launch_node(
+            self.args,
+            data_dir=self.data_dir,
+            name=self.name,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
-        log.close()
+        self.proc, self.log_path = self.launched.popen, self.launched.log_path
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> NodeProc:
-        ready = self.data_dir / "node.json"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n{self.tail()}")
-            if ready.exists():
-                try:
-                    self.info = json.loads(ready.read_text())
-                    return self
-                except ValueError:
-                    pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.tail()}")
+        self.info = self.launched.wait_ready(timeout, tail_lines=40)
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` and wait; a node still running after `timeout` s is killed, and then
+        TimeoutExpired is raised."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        code = self.launched.stop(timeout, sig)
+        if self.launched.killed:
+            raise subprocess.TimeoutExpired(self.proc.args, timeout)
+        return code
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.launched is not None:
+            self.launched.kill()
 
     def tail(self, n: int = 40) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return log_tail(self.log_path, n)
 
 
 class Fleet:
@@ -189,11 +167,7 @@ def corpus_by_domain() -> dict[str, list[str]]:
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
+    last = poll_until(predicate, timeout, interval)
+    if last:
+        return last
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
