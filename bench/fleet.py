@@ -52,7 +52,7 @@ Figures, and why each is computed as it is:
   and also counts the embedding of the node's own adds, so round - embed understates and
   can go far below zero (printed as `minus_embed_counter`). So after the fleet stopped,
   this process replays one receiver's merge rounds (the last node, a leaf) through the
-  node's own `Node._merge_in_thread` on one thread: the same batches (decoded from the
+  node's own merge step (`MergeRounds`) on one thread: the same batches (decoded from the
   publishers' envelopes), grouped and ordered as its `merged` events grouped them, after
   merging the warm-up round unmeasured, with a fresh library. There the embedder's thread
   CPU is timed apart. "Without re-embedding" = in-situ validate + the replay's round -
@@ -126,6 +126,13 @@ from fai_core.corpus import load_pattern_corpus  # noqa: E402
 from fai_core.experience import text_problem  # noqa: E402
 from fai_core.wire import decode_envelope  # noqa: E402
 from fai_net.api.control import ControlClient  # noqa: E402
+from fai_net.devnet.launch import (  # noqa: E402
+    NODE_READY,
+    Launched,
+    launch,
+    log_tail,
+    node_command,
+)
 from fai_net.p2p.topics import topic_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,39 +182,34 @@ class Proc:
     ready_name: str
     popen: subprocess.Popen | None = None
     info: dict = field(default_factory=dict)
+    launched: Launched | None = field(default=None, repr=False)
 
     def launch(self, env: dict[str, str]) -> Proc:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir.parent / f"{self.name}.log", "ab") as out:
-            # Own session: a Ctrl-C reaches only the bench, which then stops them in order.
-            self.popen = subprocess.Popen(
-                self.cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env=env,
-                start_new_session=True,
-            )
+        # Own session: a Ctrl-C reaches only the bench, which then stops them in order.
+        self.launched = launch(
+            self.cmd,
+            name=self.name,
+            ready=self.dir / self.ready_name,
+            log=self.log_path,
+            env=env,
+            cwd=ROOT,
+            new_session=True,
+        )
+        self.popen = self.launched.popen
         return self
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir.parent / f"{self.name}.log"
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def wait_ready(self, timeout: float) -> Proc:
-        ready = self.dir / self.ready_name
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.popen.returncode}:\n{self.tail()}")
-            if ready.exists():
-                try:
-                    self.info = json.loads(ready.read_text())
-                    return self
-                except ValueError:
-                    pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.tail()}")
+        self.info = self.launched.wait_ready(timeout, tail_lines=30)
+        return self
 
     @property
     def addr(self) -> str:
@@ -218,32 +220,23 @@ class Proc:
         return int(self.addr.split("/")[4])
 
     def tail(self, n: int = 30) -> str:
-        path = self.dir.parent / f"{self.name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+        return log_tail(self.log_path, n)
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+        if self.launched is not None:
+            self.launched.stop(timeout)
 
 
 def stop_all(procs: list[Proc]) -> None:
     for p in procs:  # signal every one first, so they shut down in parallel
-        if p.popen is not None and p.popen.poll() is None:
-            p.popen.send_signal(signal.SIGTERM)
+        if p.launched is not None:
+            p.launched.send_signal(signal.SIGTERM)
     for p in procs:
         try:
             p.stop()
         except Exception:  # teardown must reach every process
-            if p.popen is not None and p.popen.poll() is None:
-                p.popen.kill()
+            if p.launched is not None:
+                p.launched.kill()
 
 
 def child_env() -> dict[str, str]:
@@ -444,12 +437,7 @@ def run_fai(s: Settings, root: Path, procs: list[Proc]) -> dict:
     nodes = []
     for i in range(s.nodes):
         d = root / f"n{i}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "fai_net.cli.entry",
-            "node",
-            "run",
+        args = [
             "--data-dir",
             str(d),
             "--domain",
@@ -472,7 +460,8 @@ def run_fai(s: Settings, root: Path, procs: list[Proc]) -> dict:
             "--log-level",
             "info",
         ]
-        nodes.append(Proc(f"n{i}", d, cmd, "node.json"))
+        cmd = node_command(args, module="fai_net.cli.entry")
+        nodes.append(Proc(f"n{i}", d, cmd, NODE_READY))
     procs.extend(nodes)
 
     def seeds(addrs: list[str]) -> list[str]:
@@ -800,17 +789,22 @@ def replay_receive(s: Settings, fai: dict, node: int, workdir: Path) -> dict:
 
     Same batches (decoded from the publishers' envelopes), grouped and ordered as that
     node's `merged` events grouped them, `now` = the event's time; through
-    `Node._merge_in_thread` (DeltaSoup + library merge) with a fresh library and
+    the node's `MergeRounds.merge_in_thread` after DeltaSoup, with a fresh library and
     reputation book. Splits what the node's counters cannot: the embedder's thread CPU
     against the rest of the round, and the CPU LanceDB spends on its own threads.
     """
+    from types import SimpleNamespace
+
     from fai_core.deltasoup import DeltaSoup
     from fai_core.embedding import HashingEmbedder, default_embedder
     from fai_core.library import ExperienceLibrary
     from fai_core.reputation import ReputationBook
     from fai_net.api.metrics import NodeMetrics
+    from fai_net.api.outcome_book import OutcomeBook
     from fai_net.node.config import NodeConfig
-    from fai_net.node.node import Node, Pending, soup_config
+    from fai_net.node.node import Pending, soup_config
+    from fai_net.node.rounds import MergeRounds
+    from fai_net.node.state import NodeState
 
     ev = fai["events"]
     batches = {cid: decode_envelope(env).batch for cid, env in fai["envelopes"].items()}
@@ -831,37 +825,50 @@ def replay_receive(s: Settings, fai: dict, node: int, workdir: Path) -> dict:
     embedder = _CpuTimedEmbedder(inner)
     workdir.mkdir(parents=True, exist_ok=True)
     config = NodeConfig(data_dir=workdir, domains=(DOMAIN,), open_membership=True)
-    replica = Node(config)
-    replica.metrics = NodeMetrics()
-    replica.library = ExperienceLibrary.open(workdir / "library", embedder.dimension, embedder)
-    replica.soup = DeltaSoup(
-        embedder,
-        reputation=ReputationBook(workdir / "reputation.json"),
-        config=soup_config(embedder.model_id, config.max_age_ms),
+    # The node's own merge step (fai_net.node.rounds.MergeRounds) over just the parts it
+    # touches: the aggregator, the library, the outcome book and the metrics.
+    res = SimpleNamespace(
+        config=config,
+        metrics=NodeMetrics(),
+        library=ExperienceLibrary.open(workdir / "library", embedder.dimension, embedder),
+        outcomes=OutcomeBook(workdir / "outcomes.sqlite"),
+        soup=DeltaSoup(
+            embedder,
+            reputation=ReputationBook(workdir / "reputation.json"),
+            config=soup_config(embedder.model_id, config.max_age_ms),
+        ),
     )
+    replica = MergeRounds(res, NodeState(config))
+
+    def merge_round(taken, now):
+        batches = [p.batch for p in taken]
+        result = res.soup.aggregate(batches, now, max_age_ms=config.repair_max_age_ms)
+        return replica.merge_in_thread(len(taken), result)
+
     me = psutil.Process()
     merged = texts = nbatches = deferred_rounds = max_backlog = 0
     thread_cpu = other_cpu = 0.0
     try:
         if warm:
-            replica._merge_in_thread(warm, rounds[0][1] if rounds else int(time.time() * 1000))
+            merge_round(warm, rounds[0][1] if rounds else int(time.time() * 1000))
         embedder.cpu_s, embedder.texts = 0.0, 0
         for taken, now in rounds:
             t = me.cpu_times()
             c = time.thread_time()
-            report = replica._merge_in_thread(taken, now)
+            report = merge_round(taken, now)
             thread = time.thread_time() - c
             t1 = me.cpu_times()
             thread_cpu += thread
             other_cpu += max(0.0, (t1.user + t1.system) - (t.user + t.system) - thread)
             merged += report.merged
-            backlog = replica.soup.backlog_rows()
+            backlog = res.soup.backlog_rows()
             deferred_rounds += bool(backlog)
             max_backlog = max(max_backlog, backlog)
             texts += sum(len(p.batch) for p in taken)
             nbatches += len(taken)
     finally:
-        replica.library.close()
+        res.library.close()
+        res.outcomes.close()
     threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     return {
         "node": fai["nodes"][node].name,

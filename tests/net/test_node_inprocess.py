@@ -22,6 +22,7 @@ from fai_net.node.config import NodeConfig
 from fai_net.node.node import REPAIR_MAX_PAGES, Node
 from fai_net.p2p import repair
 from fai_net.p2p.gossip import parse_multiaddrs
+from tests.support.aggregation import KeepNothing
 
 ROOT = Path(tempfile.mkdtemp(prefix="fai-ip-", dir="/tmp"))
 
@@ -44,8 +45,8 @@ def config(name: str, **overrides) -> NodeConfig:
     return NodeConfig(**settings)
 
 
-async def start(nursery: trio.Nursery, cfg: NodeConfig) -> Node:
-    node = Node(cfg)
+async def start(nursery: trio.Nursery, cfg: NodeConfig, **node_options) -> Node:
+    node = Node(cfg, **node_options)
     return await nursery.start(
         lambda task_status: node.run(handle_signals=False, task_status=task_status)
     )
@@ -178,6 +179,38 @@ def test_a_failing_round_is_counted_and_the_node_keeps_running():
                     await trio.sleep(0.1)
             # Both batches kept; the failed round's batch stays unmerged for the next start.
             assert b.store.count() == 2 and len(b.store.unmerged()) == 1
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_the_node_merges_with_the_aggregator_it_is_given():
+    """`Node(aggregator=factory)` builds its merge rounds' aggregator with the factory: a
+    receiver given one that keeps nothing stores and marks the batch, merges nothing."""
+    made: list[tuple[KeepNothing, object]] = []
+
+    def keep_nothing(embedder, reputation, cfg):
+        made.append((KeepNothing(), reputation))
+        return made[-1][0]
+
+    async def main():
+        async with trio.open_nursery() as n:
+            a = await start(n, config("aga", broadcast_threshold=2))
+            b = await start(n, config("agb"), aggregator=keep_nothing)
+            await connect(b, a)
+            assert [b.soup] == [m[0] for m in made] and made[0][1] is b.reputation
+            with trio.fail_after(30):
+                while not b.pubsub.peer_topics.get("/fai/exp/1/coding"):
+                    await trio.sleep(0.1)
+                await trio.sleep(1.5)
+                await a.add_experiences(
+                    [{"text": t, "domain": "coding"} for t in ("one local pattern", "two more")]
+                )
+                while b.store.count() < 1 or b.store.unmerged():
+                    await trio.sleep(0.1)
+            assert made[0][0].batches == 1 and made[0][0].rounds >= 1
+            assert await trio.to_thread.run_sync(b.library.count) == 0
+            assert await trio.to_thread.run_sync(a.library.count) == 2
             n.cancel_scope.cancel()
 
     trio.run(main)
