@@ -7,7 +7,7 @@ of slow tests: at collection, a test is marked `slow` when
    (tests/registry/conftest.py), or
 2. its own code, one of its fixtures, or a helper of the test suite they call (followed
    through functions and classes defined under tests/) uses a launcher: `Fleet`, `NodeProc`,
-   `temporary_fleet` (tests/net/_fleet.py), `Anvil`, `devnet.up` or `run_demo`, or names a
+   `temporary_fleet` (tests/support/fleet.py), `Anvil`, `devnet.up` or `run_demo`, or names a
    launching command: `node run`, `devnet up`, `devnet demo` (as one string, or as the
    separate arguments of one call, as in `fai("devnet", "up", ...)`), or
 3. it is marked `slow` by hand (for tests that are long for other reasons).

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fai_net.api.control import ControlClient
+from fai_net.devnet.launch import poll_until
 from tests.support.devnet import run_fai
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,13 +27,9 @@ def fai(*args: str, state_dir: Path, check: bool = True, timeout: float = 240):
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
+    last = poll_until(predicate, timeout, 0.5)
+    if last:
+        return last
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
