@@ -175,7 +175,12 @@ def test_devnet_through_the_cli(state_dir: Path):
 
     wait_for(dropped, 40, "the slashed node to be dropped")
     table = fai("devnet", "status", *sd, state_dir=state_dir).stdout
-    assert "node3" in table and "True" in table
+    # The table's own columns: name, run, peers, stake, live, jailed, ...
+    cells = [line.split() for line in table.splitlines() if line[:4] == "node"]
+    rows = {c[0]: c for c in cells if c[0][4:].isdigit()}  # not the header's "node"
+    assert sorted(rows) == ["node0", "node1", "node2", "node3"]
+    assert rows["node3"][4:6] == ["False", "True"]  # not live, jailed
+    assert all(rows[f"node{i}"][4:6] == ["True", "False"] for i in range(3))
 
     down = json.loads(fai("devnet", "down", "--json", *sd, state_dir=state_dir).stdout)
     assert set(down["stopped"]) >= {"anvil", "node0", "node1", "node2", "node3"}

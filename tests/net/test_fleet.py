@@ -21,7 +21,7 @@ from mcp.types import TextContent
 
 from fai_core import dagcbor
 from fai_core.embedding import HashingEmbedder
-from fai_core.experience import Experience
+from fai_core.experience import Experience, experience_id
 from fai_core.wire import encode_batch
 from fai_net.admission import evidence
 from fai_net.node.identity import NodeIdentity
@@ -284,6 +284,7 @@ def test_mcp_client_drives_a_real_node(fleet, tmp_path):
                 ):
                     results[name] = await s.call_tool("dso_network", args)
 
+    before = n1.call("status")["library_by_domain"].get("coding", 0)
     anyio.run(session)
     assert results["tools"] == ["dso_network", "recall", "add", "feedback"]
     status = results["status"].structured_content
@@ -298,6 +299,15 @@ def test_mcp_client_drives_a_real_node(fleet, tmp_path):
     assert {"node_id", "latency_ms", "reputation", "last_seen"} <= set(peers[0])
     received = results["receive"].structured_content
     assert {"experiences_received", "library_delta"} <= set(received)
+    assert received["experiences_received"] >= 0 and received["library_delta"] >= 0
+    # The newest coding entries of n1's library, as many as the limit allows: never fewer
+    # than the library held before the call, never more than after it.
+    after = n1.call("status")["library_by_domain"].get("coding", 0)
+    shown = received["experiences"]
+    assert min(5, before) <= len(shown) <= min(5, after)
+    for e in shown:
+        assert e["domain"] == "coding" and e["text"]
+        assert e["id"] == experience_id("coding", e["text"]).hex()  # content address
     assert results["bad"].is_error
     text = " ".join(b.text for b in results["bad"].content if isinstance(b, TextContent))
     assert "domain" in text
