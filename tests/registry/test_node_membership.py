@@ -12,6 +12,8 @@ import time
 
 from eth_account import Account
 
+from fai_core import dagcbor
+from fai_net.admission.store import BatchStore
 from fai_net.devnet.anvil import free_port
 from fai_net.node.identity import KEY_FILE, NodeIdentity
 from fai_net.registry.client import SignedBatchHeader
@@ -71,11 +73,13 @@ def test_registry_membership_discovery_and_slashing(env: Env):
             for i, (name, op) in enumerate(zip(("a", "b", "c"), ops, strict=True))
         }
         for name, (_identity, _addr, port, membership) in prepared.items():
+            # b may relay raw bytes: the test makes it forward c's batch after the slash.
+            extra = ["--allow-raw-publish"] if name == "b" else []
             fleet.spawn(
                 name,
                 ("coding",),
                 seeds=[],
-                membership=membership,
+                membership=[*membership, *extra],
                 listen=f"/ip4/127.0.0.1/tcp/{port}",
             )
         for name in prepared:
@@ -126,6 +130,24 @@ def test_registry_membership_discovery_and_slashing(env: Env):
         time.sleep(3)
         for node in (a, b):
             assert not late & _cids(node), f"{node.name} accepted a slashed node's batch"
+        # Not only because c is disconnected: b, still a's peer, relays c's signed batch to
+        # a, and a's gate refuses it because its sender's operator is no longer live.
+        assert late, "c published nothing after the slash"
+        late_cid = sorted(late)[0]
+        store = BatchStore.open(c.data_dir / "batches")
+        try:
+            envelope = store.get(dagcbor.cid_parse(late_cid))
+        finally:
+            store.close()
+        assert envelope is not None
+        refused_before = a.call("status")["rejections"].get("not_member", 0)
+        b.call("publish_raw", domain="coding", envelope_hex=envelope.hex())
+        wait_for(
+            lambda: a.call("status")["rejections"].get("not_member", 0) > refused_before,
+            20,
+            "a to refuse the slashed node's batch as not_member",
+        )
+        assert late_cid not in _cids(a)
         # a and b still talk to each other.
         more = _publish(b, TEXTS[30:40])
         wait_for(lambda: more <= _cids(a), 20, "a got b's batch after the slash")
