@@ -349,9 +349,11 @@ def test_subscribe_at_run_time_catches_up_and_unsubscribe_stops(fleet):
     assert n2.call("subscribe", domain="writing") == {"subscribed": True}
     # The domain's history arrives by repair (cursors were reset), new batches by gossip.
     wait_for(lambda: cids(n2, "writing") == cids(n0, "writing"), 30, "n2 writing history")
+    before = cids(n3, "writing")
     add(n3, "writing", 10)
     wait_for(lambda: n3.call("status")["outbox"] == 0, 20, "n3 published")
-    fresh = cids(n3, "writing") - cids(n2, "writing")
+    fresh = cids(n3, "writing") - before  # n3's new batches, whether n2 has them yet or not
+    assert fresh
     wait_for(lambda: fresh <= cids(n2, "writing"), 20, "n2 gets new writing batches")
     assert "writing" in n2.call("status")["domains"]
 
@@ -360,6 +362,7 @@ def test_subscribe_at_run_time_catches_up_and_unsubscribe_stops(fleet):
     add(n3, "writing", 10)
     wait_for(lambda: n3.call("status")["outbox"] == 0, 20, "n3 published again")
     latest = cids(n3, "writing") - held
+    assert latest
     wait_for(lambda: latest <= cids(n0, "writing"), 20, "n0 got the latest writing batch")
     time.sleep(4)  # a repair interval: n2 must not fetch it either
     assert cids(n2, "writing") == held
