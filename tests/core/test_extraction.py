@@ -116,16 +116,20 @@ def test_pluggable_introspector_errors_and_invalid_texts_are_counted():
     assert result.stats.introspection_errors == 1 and result.stats.no_pattern == 3
     assert [e.text for e in result.experiences] == ["a fine pattern"]
     assert all(isinstance(v, GroupView) for v in intro.views)
-    with pytest.raises(RuntimeError):
-        LocalDSOptimizer(EMBEDDER, KEY, introspector=Scripted([RuntimeError()])).run(records)
+    # Anything but an IntrospectionError is a bug in the introspector and propagates as is.
+    bug = RuntimeError("introspector bug")
+    with pytest.raises(RuntimeError, match=r"^introspector bug$"):
+        LocalDSOptimizer(EMBEDDER, KEY, introspector=Scripted([bug])).run(records)
 
 
 def test_constructor_checks():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^source must be the node's 32-byte Ed25519 public key$"):
         LocalDSOptimizer(EMBEDDER, b"short")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^timestamps must be 'now' or 'record'$"):
         LocalDSOptimizer(EMBEDDER, KEY, timestamps="later")
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"^group_size must be >= 2 and max_iterations in \[1, 255\]$"
+    ):
         LocalDSOptimizer(EMBEDDER, KEY, group_size=1)
 
 

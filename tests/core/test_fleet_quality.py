@@ -42,17 +42,29 @@ def test_irrelevant_and_opposite_experiences():
 
 
 @pytest.mark.parametrize(
-    ("libraries", "tasks"),
+    ("libraries", "tasks", "why"),
     [
-        ([], []),
-        ([(np.ones((2, 3)), np.ones(2))], []),
-        ([(np.ones((2, 3)), np.ones(3))], [np.ones(3)]),
-        ([(np.ones((2, 3)), np.ones(2))], [np.ones(4)]),
-        ([(np.ones((2, 3)), np.array([1.0, np.nan]))], [np.ones(3)]),
+        ([], [], r"^fleet quality needs at least one node$"),
+        ([(np.ones((2, 3)), np.ones(2))], [], r"^1 libraries but 0 task means$"),
+        (
+            [(np.ones((2, 3)), np.ones(3))],
+            [np.ones(3)],
+            r"^library 0: qualities must have shape \(2,\)$",
+        ),
+        (
+            [(np.ones((2, 3)), np.ones(2))],
+            [np.ones(4)],
+            r"^library 0: embeddings must have shape \(M, 4\), got \(2, 3\)$",
+        ),
+        (
+            [(np.ones((2, 3)), np.array([1.0, np.nan]))],
+            [np.ones(3)],
+            r"^embeddings, qualities and task means must be finite$",
+        ),
     ],
 )
-def test_bad_shapes_are_refused(libraries, tasks):
-    with pytest.raises(ValueError):
+def test_bad_shapes_are_refused(libraries, tasks, why):
+    with pytest.raises(ValueError, match=why):
         fleet_quality(libraries, tasks)
 
 

@@ -65,8 +65,12 @@ def test_advantages_known_values():
 
 
 def test_advantages_refuse_bad_input():
-    for bad in ([], [[1, 2]], [1, float("nan")]):
-        with pytest.raises(ValueError):
+    for bad, why in (
+        ([], "a non-empty vector"),
+        ([[1, 2]], "a non-empty vector"),
+        ([1, float("nan")], "finite"),
+    ):
+        with pytest.raises(ValueError, match=rf"^returns must be {why}$"):
             group_advantages(bad)
 
 
@@ -104,9 +108,9 @@ def test_quality_formula_by_hand():
 
 
 def test_weights_are_checked():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^alpha and beta must be non-negative and sum to 1$"):
         QualityWeights(alpha=0.5, beta=0.6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^floor must lie in \(0, 0\.5\)$"):
         QualityWeights(floor=0.5)
     only_success = QualityWeights(alpha=0.0, beta=1.0)
     assert quality(1.0, 0.5, weights=only_success) == quality(0.0, 0.5, weights=only_success)
@@ -119,7 +123,7 @@ def test_score_group_picks_first_of_ties_and_skips_flat_groups():
     assert score_group([0.3, 0.3, 0.3, 0.3]) is None
     assert not has_signal([1e12, 1e12 + 1e-6])
     assert has_signal([0.0, 1e-6])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^a group needs at least two returns$"):
         score_group([1.0])
 
 
@@ -137,5 +141,7 @@ def test_iteration_blocks():
         range(3, 6),
         range(6, 9),
     ]
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"^group_size must be >= 2 and max_iterations in \[1, 255\]$"
+    ):
         iteration_groups(4, group_size=1)

@@ -461,9 +461,9 @@ def test_an_unreadable_file_is_refused_whole(tmp_path):
 
 @pytest.mark.parametrize("now", [-1.0, float("nan"), 1e12])
 def test_a_bad_clock_is_a_caller_error(now):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^now must be finite and within \[0, "):
         HookConverter().convert(ev(SID_A, SHOP, "Stop", stop_hook_active=False), now)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^now must be a number of seconds since the Unix epoch$"):
         HookConverter().convert({}, "now")  # type: ignore[arg-type]
 
 

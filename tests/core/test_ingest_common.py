@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -226,7 +227,7 @@ def test_terminal_reward_precedence(outcomes, end, expected):
     ],
 )
 def test_session_end_refuses_bad_feedback(feedback):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^feedback must be a number in \[-1, 1\]$"):
         SessionEnd("t", "1", feedback=feedback)
 
 
@@ -506,13 +507,14 @@ def test_domain_policy_default_is_general():
     ],
 )
 def test_bad_explicit_domain_or_kind_is_refused_not_guessed(attributes):
-    with pytest.raises(ValueError):
+    (bad,) = (key for key in attributes if key.startswith("fai."))
+    with pytest.raises(ValueError, match=rf"^{re.escape(bad)} must match \[a-z0-9-\]\{{1,32\}}$"):
         DomainPolicy("writing", RULES).resolve(attributes)
 
 
 @pytest.mark.parametrize("default", ["", "Coding", "x" * 33, "a b"])
 def test_domain_policy_refuses_a_bad_default(default):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^default domain must match \[a-z0-9-\]\{1,32\}$"):
         DomainPolicy(default)
 
 

@@ -69,9 +69,26 @@ def test_utility_is_a_beta_posterior_mean():
     assert utility(many) - utility(many.add(-1.0)) < 0.5 - utility(Tally().add(-1.0))
 
 
-@pytest.mark.parametrize("bad", ["great", "", None, True, math.nan, math.inf, 1.5, -2, [1]])
-def test_bad_outcomes_are_refused(bad):
-    with pytest.raises(ValueError):
+NOT_AN_OUTCOME = r"^outcome must be helped, no_effect, hurt or a reward in \[-1, 1\]$"
+BAD_REWARD = r"^a reward must be a finite number in \[-1, 1\]$"
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("great", NOT_AN_OUTCOME),
+        ("", NOT_AN_OUTCOME),
+        (None, NOT_AN_OUTCOME),
+        (True, NOT_AN_OUTCOME),
+        (math.nan, BAD_REWARD),
+        (math.inf, BAD_REWARD),
+        (1.5, BAD_REWARD),
+        (-2, BAD_REWARD),
+        ([1], NOT_AN_OUTCOME),
+    ],
+)
+def test_bad_outcomes_are_refused(bad, why):
+    with pytest.raises(ValueError, match=why):
         outcome_reward(bad)
 
 
@@ -111,7 +128,7 @@ def test_the_cutoff_excludes_unrelated_experiences_however_trusted():
     assert ranked([far], max_distance=1.0)[0].candidate.id == b"far"
     assert ranked([Candidate(b"n", HONEST, math.nan, 0.5)]) == []
     for bad in (0.0, -1.0, 2.5):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"^max_distance must be in \(0, 2\]$"):
             ranked([near], max_distance=bad)
 
 

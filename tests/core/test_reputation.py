@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_persisted_atomically(tmp_path):
 def test_corrupt_file_refused(tmp_path):
     path = tmp_path / "rep.json"
     path.write_text(json.dumps({"format": 1, "peers": {PEER.hex(): 7}}))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: bad entry '{PEER.hex()}': 7$"):
         ReputationBook(path)
 
 
@@ -65,7 +66,7 @@ def test_scores_recover_toward_initial_with_the_given_clock(tmp_path):
     assert reopened.score(PEER) == pytest.approx(book.score(PEER))
     now[0] += 10 * hour
     assert reopened.score(PEER) == pytest.approx(1.0, abs=1e-3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^recovery needs a positive half-life and a clock$"):
         ReputationBook(recovery_half_life_ms=hour)  # a half-life without a clock
 
 

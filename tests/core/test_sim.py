@@ -132,17 +132,20 @@ def test_attack_batch_unknown_attack(world):
         )
 
 
+BAD_BYZANTINE = r"^byzantine must lie in \[0, nodes\)$"
+
+
 @pytest.mark.parametrize(
-    "kw",
+    ("kw", "why"),
     [
-        {"attack": "nope"},
-        {"nodes": 5, "byzantine": 5},
-        {"nodes": 5, "byzantine": 6},
-        {"nodes": 5, "byzantine": -1},
+        ({"attack": "nope"}, r"^unknown attack 'nope'$"),
+        ({"nodes": 5, "byzantine": 5}, BAD_BYZANTINE),
+        ({"nodes": 5, "byzantine": 6}, BAD_BYZANTINE),
+        ({"nodes": 5, "byzantine": -1}, BAD_BYZANTINE),
     ],
 )
-def test_bad_config_raises(kw):
-    with pytest.raises(ValueError):
+def test_bad_config_raises(kw, why):
+    with pytest.raises(ValueError, match=why):
         Simulation(SimConfig(rounds=1, **kw))
 
 

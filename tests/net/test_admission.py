@@ -101,7 +101,7 @@ def test_bucket_memory_is_bounded_under_key_churn():
 
 
 def test_rate_must_be_positive():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^a rate and its burst must be positive$"):
         Rate(per_s=0.0, burst=1.0)
 
 

@@ -199,7 +199,7 @@ def test_range_is_inclusive_ordered_limited_and_per_sender(store):
     one = len(env[1])
     assert store.range(KEY.public_key, 1, 6, 10, max_bytes=2 * one + 1) == [env[1], env[2]]
     assert store.range(KEY.public_key, 1, 6, 10, max_bytes=one - 1) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^limit must be a positive integer, got 0$"):
         store.range(KEY.public_key, 1, 6, 0)
 
 
@@ -380,7 +380,9 @@ def test_peer_cursors_default_to_zero_and_persist(tmp_path):
         s.set_peer_cursor("12D3KooWpeer", 41)
         s.set_peer_cursor("12D3KooWpeer", 42)
         s.set_peer_cursor("12D3KooWother", 7)
-        with pytest.raises(ValueError):
+        with pytest.raises(
+            ValueError, match=r"^cursor must be a non-negative 63-bit integer, got -1$"
+        ):
             s.set_peer_cursor("12D3KooWpeer", -1)
     with BatchStore.open(tmp_path) as s:
         assert s.peer_cursor("12D3KooWpeer") == 42
@@ -396,7 +398,7 @@ def test_evidence_is_recorded_once_per_pair_and_persists(tmp_path):
         assert s.add_evidence(a.envelope, b.envelope, KEY.public_key, 5, found_ms=11) is False
         assert s.add_evidence(b.envelope, a.envelope, KEY.public_key, 5, found_ms=12) is False
         assert s.add_evidence(a.envelope, c.envelope, KEY.public_key, 5, found_ms=13) is True
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"^evidence needs two different envelopes$"):
             s.add_evidence(a.envelope, a.envelope, KEY.public_key, 5)
     with BatchStore.open(tmp_path) as s:
         assert s.evidence() == [

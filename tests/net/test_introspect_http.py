@@ -173,9 +173,9 @@ def test_timeouts_and_refused_connections(llm):
 
 
 def test_constructor_checks():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^url must start with http:// or https://$"):
         HTTPIntrospector("ftp://127.0.0.1", "m")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^max_retries must be in \[0, 10\], timeout > 0"):
         HTTPIntrospector("http://127.0.0.1", "m", max_retries=50)
 
 

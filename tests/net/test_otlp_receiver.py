@@ -375,7 +375,7 @@ def test_localhost_binds_loopback_and_stop_is_idempotent(receiver_factory):
     assert receiver.url == f"http://127.0.0.1:{receiver.port}/v1/traces"
     receiver.stop()
     receiver.stop()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError, match=r"Connection refused"):
         socket.create_connection(("127.0.0.1", receiver.port), timeout=1).close()
 
 

@@ -385,19 +385,26 @@ def test_response_bound_holds_the_largest_answers(tmp_path):
     assert repair.response_bound({"op": "since", "cursor": 0, "limit": 1}) < 200
 
 
+ONE_FRAME = rf"^response budgets must hold one {repair.MAX_RESPONSE_FRAME}-byte frame$"
+BAD_WAIT = r"^budget_wait_s must be >= 0$"
+
+
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "why"),
     [
-        {"per_peer_streams": 0},
-        {"response_budget_bytes": repair.MAX_RESPONSE_FRAME - 1},
-        {"per_peer_budget_bytes": repair.MAX_RESPONSE_FRAME - 1},
-        {"response_budget_bytes": 8 << 20, "per_peer_budget_bytes": 9 << 20},
-        {"budget_wait_s": -1.0},
-        {"budget_wait_s": float("nan")},
+        ({"per_peer_streams": 0}, r"^per_peer_streams must be at least 1$"),
+        ({"response_budget_bytes": repair.MAX_RESPONSE_FRAME - 1}, ONE_FRAME),
+        ({"per_peer_budget_bytes": repair.MAX_RESPONSE_FRAME - 1}, ONE_FRAME),
+        (
+            {"response_budget_bytes": 8 << 20, "per_peer_budget_bytes": 9 << 20},
+            r"^per_peer_budget_bytes exceeds response_budget_bytes$",
+        ),
+        ({"budget_wait_s": -1.0}, BAD_WAIT),
+        ({"budget_wait_s": float("nan")}, BAD_WAIT),
     ],
 )
-def test_limits_that_could_never_serve_are_refused(kwargs):
-    with pytest.raises(ValueError):
+def test_limits_that_could_never_serve_are_refused(kwargs, why):
+    with pytest.raises(ValueError, match=why):
         RepairLimits(**kwargs)
 
 

@@ -333,7 +333,7 @@ def test_spool_turns_is_a_mutable_mapping_that_persists(tmp_path):
     with Spool.open(path) as spool:
         turns = SpoolTurns(spool)
         assert len(turns) == 0 and list(turns) == [] and "s1" not in turns
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError, match=r"^'s1'$"):
             turns["s1"]
         assert turns.get("s1") is None and turns.get("s1", 0) == 0
         assert spool.turn("s1") == 0
@@ -345,7 +345,7 @@ def test_spool_turns_is_a_mutable_mapping_that_persists(tmp_path):
         assert "s3" in turns and spool.turn("s1") == 2
         del turns["s3"]
         assert "s3" not in turns and turns.pop("s2") == 7 and turns.pop("s2", None) is None
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError, match=r"^'never'$"):
             del turns["never"]
     # the next hook process (a new connection) sees the counter
     with Spool.open(path) as spool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+
 import pytest
 
 from fai_net.devnet import anvil as anvil_mod
@@ -24,7 +26,7 @@ def test_starts_on_loopback_and_stops(anvil):
     finally:
         node.stop()
     assert proc.poll() is not None
-    with pytest.raises(OSError):
+    with pytest.raises(urllib.error.URLError, match=r"Connection refused"):
         _rpc(node.url, "eth_chainId", timeout=0.5)
     node.stop()  # idempotent
 

@@ -54,11 +54,19 @@ def test_recovery_binds_every_field(change):
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [{"peer_key": b"\x11" * 31}, {"cid_digest": "00" * 32}, {"seq": -1}, {"timestamp_ms": 2**64}],
+    ("bad", "why"),
+    [
+        ({"peer_key": b"\x11" * 31}, r"^peer_key must be 32 bytes, got "),
+        ({"cid_digest": "00" * 32}, r"^cid_digest must be 32 bytes, got "),
+        ({"seq": -1}, r"^seq must be an unsigned 64-bit integer, got -1$"),
+        (
+            {"timestamp_ms": 2**64},
+            rf"^timestamp_ms must be an unsigned 64-bit integer, got {2**64}$",
+        ),
+    ],
 )
-def test_batch_header_rejects_malformed_values(bad):
-    with pytest.raises(ValueError):
+def test_batch_header_rejects_malformed_values(bad, why):
+    with pytest.raises(ValueError, match=why):
         sign_batch_header(ACCOUNT, 31337, REGISTRY, **{**HEADER, **bad})
 
 
