@@ -4,6 +4,13 @@ directory, must never sign a second batch for a seq it used (fai_net/node/seq_cl
 Before seqs carried time, both cases published under seq 0 again: the peer wrote
 equivocation evidence against the node's own operator. Two real node processes; the node
 under test publishes at once after each loss.
+
+With a clock that moves forward, the time floor alone keeps these seqs apart, so this test
+passes even if the node ignored its own batches coming back from peers
+(`BatchStore.ensure_seq_above`). That second guard, for a clock that stepped back, is
+tested in tests/net/test_node_rules.py:
+`test_own_batches_back_from_a_peer_raise_the_seq_counter` and
+`test_own_batches_in_the_store_raise_the_seq_counter_at_start`.
 """
 
 from __future__ import annotations
