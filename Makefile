@@ -5,13 +5,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The default install alone (no torch: the int8 ONNX embedder), enough for the demo.
+BASE_STAMP := $(VENV)/.installed-base
 DEVNET_STAMP := devnet/node_modules/.installed
 
 .PHONY: demo test test-fast lint bench evaluate contracts clean
 
 # The main job: a devnet of 5 staked nodes shares experiences, catches an equivocating
 # node and slashes it on-chain, prints what each node learned, and stops everything.
-demo: $(STAMP) $(DEVNET_STAMP)
+demo: $(BASE_STAMP) $(DEVNET_STAMP)
 	$(VENV)/bin/fai devnet demo
 
 # The whole test suite: lint, then pytest.
@@ -49,9 +51,14 @@ evaluate: $(STAMP)
 contracts: $(DEVNET_STAMP)
 	node devnet/compile.mjs
 
-$(STAMP): pyproject.toml constraints.txt
+$(BASE_STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "FAI needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	touch $(BASE_STAMP)
+
+# The dev extra adds the test tools and the torch backend (tests compare the two embedders).
+$(STAMP): $(BASE_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

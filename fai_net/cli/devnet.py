@@ -17,6 +17,10 @@ from fai_net.cli.common import (
     print_json,
 )
 
+#: `fai_core.embedding.EMBEDDER_NAMES`, spelled out: importing it would load numpy for --help
+#: (tests/core/test_embedding_backends.py checks that the lists agree).
+EMBEDDERS = ("minilm", "minilm-torch", "hashing")
+
 
 def _progress(args: argparse.Namespace):
     """Progress lines go to stderr, so --json output on stdout stays clean."""
@@ -369,7 +373,7 @@ def add_devnet_commands(commands) -> None:
         help="comma-separated domain sets given to nodes in turn, '+' within a set "
         "(default coding+writing: every node on both)",
     )
-    up_cmd.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
+    up_cmd.add_argument("--embedder", choices=EMBEDDERS, default="minilm")
     up_cmd.add_argument(
         "--allow-raw-publish",
         action="store_true",
@@ -408,6 +412,6 @@ def add_devnet_commands(commands) -> None:
         "on-chain, print what every node learned, and stop everything.",
     )
     demo_cmd.add_argument("--nodes", type=int, default=5)
-    demo_cmd.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
+    demo_cmd.add_argument("--embedder", choices=EMBEDDERS, default="minilm")
     _add_devnet_flags(demo_cmd)
     demo_cmd.set_defaults(handler=_devnet_demo)

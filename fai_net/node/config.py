@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from fai_core.embedding import EMBEDDER_NAMES
 from fai_core.experience import domain_problem
 from fai_net.admission.budgets import BudgetPolicy
 from fai_net.node.pending import QueueLimits
@@ -24,7 +25,8 @@ class NodeConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     #: Multiaddrs with /p2p/<peer id> of nodes to dial at start and whenever disconnected.
     seeds: tuple[str, ...] = ()
-    #: "minilm" (the real model, the default) or "hashing" (explicit test/offline option).
+    #: "minilm" (the real model as int8 ONNX, the default), "minilm-torch" (the same model on
+    #: torch, the `torch` extra) or "hashing" (explicit test/offline option).
     embedder: str = "minilm"
     #: Development mode: accept any correctly signed batch without the registry.
     open_membership: bool = False
@@ -88,8 +90,8 @@ class NodeConfig:
             problem = domain_problem(d)
             if problem:
                 raise ValueError(problem)
-        if self.embedder not in ("minilm", "hashing"):
-            raise ValueError("embedder must be 'minilm' or 'hashing'")
+        if self.embedder not in EMBEDDER_NAMES:
+            raise ValueError("embedder must be 'minilm', 'minilm-torch' or 'hashing'")
         if not self.open_membership and not (self.rpc_url and self.registry):
             raise ValueError("give --rpc and --registry, or run in --open mode (development)")
         if self.open_membership and (self.rpc_url or self.registry):

@@ -14,13 +14,19 @@ from fai_core.embedding import (
     HashingEmbedder,
     SentenceTransformerEmbedder,
     default_embedder,
+    make_embedder,
 )
+from fai_core.embedding_onnx import OnnxMiniLMEmbedder
 
 
 def test_importing_the_module_does_not_load_torch():
-    code = "import sys, fai_core.embedding; print('torch' in sys.modules)"
+    code = (
+        "import sys, fai_core.embedding, fai_core.embedding_onnx; "
+        "fai_core.embedding.default_embedder(); "
+        "print(sorted({'torch', 'onnxruntime', 'tokenizers'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
 def test_hashing_embedder_is_deterministic_unit_norm_and_word_sensitive():
@@ -40,14 +46,18 @@ def test_hashing_embedder_is_deterministic_unit_norm_and_word_sensitive():
 
 def test_the_default_is_the_real_model_not_the_stand_in():
     emb = default_embedder()
-    assert isinstance(emb, SentenceTransformerEmbedder)
+    assert isinstance(emb, OnnxMiniLMEmbedder)
     assert emb.model_id == DEFAULT_MODEL
 
 
-def test_real_model_loads_offline_and_ranks_paraphrases_first(monkeypatch):
+@pytest.mark.parametrize("name", ["minilm", "minilm-torch"])
+def test_real_model_loads_offline_and_ranks_paraphrases_first(monkeypatch, name):
     # Any attempt to reach a model hub would fail here: the model must come from site-packages.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    emb = SentenceTransformerEmbedder()
+    if name == "minilm-torch":
+        pytest.importorskip("sentence_transformers")
+    emb = make_embedder(name)
+    assert isinstance(emb, OnnxMiniLMEmbedder if name == "minilm" else SentenceTransformerEmbedder)
     texts = [
         "Rerun the failing unit test alone before editing code",
         "Before changing code, run only the test that fails",
