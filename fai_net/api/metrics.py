@@ -101,6 +101,19 @@ class NodeMetrics:
             ["stage"],
             registry=r,
         )
+        self.embed_cache_hits = Counter(
+            "fai_embed_cache_hits",
+            "Texts whose embedding came from the node's text cache instead of the model, "
+            "by stage (embed: received texts and recall queries; embed_local: own texts)",
+            ["stage"],
+            registry=r,
+        )
+        self.embed_cache_misses = Counter(
+            "fai_embed_cache_misses",
+            "Texts the node's model embedded (not in the text cache), by stage",
+            ["stage"],
+            registry=r,
+        )
         self.round_seconds = Histogram(
             "fai_round_seconds", "Duration of one merge round", buckets=ROUND_BUCKETS, registry=r
         )
@@ -144,6 +157,23 @@ class NodeMetrics:
         if not (math.isfinite(seconds) and seconds >= 0):
             raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
         self.stage_seconds.labels(_label(stage, "stage")).inc(seconds)
+
+    def embed_cache(self, stage: str, hits: int, misses: int) -> None:
+        """Count one embed call's cache hits and misses (texts) in a stage."""
+        stage = _label(stage, "stage")
+        self.embed_cache_hits.labels(stage).inc(_count(hits, "hits"))
+        self.embed_cache_misses.labels(stage).inc(_count(misses, "misses"))
+
+    def embed_cache_totals(self) -> dict[str, dict[str, int]]:
+        """{stage: {"hits": n, "misses": n}} so far, for status and tests."""
+        hits, misses = (
+            _labelled_totals(self.embed_cache_hits),
+            _labelled_totals(self.embed_cache_misses),
+        )
+        return {
+            stage: {"hits": hits.get(stage, 0), "misses": misses.get(stage, 0)}
+            for stage in sorted(hits.keys() | misses.keys())
+        }
 
     def stages(self) -> dict[str, float]:
         return {

@@ -29,6 +29,7 @@ from fai_core import bitdelta
 from fai_core.aggregation import Aggregator
 from fai_core.clock import now_ms
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
+from fai_core.embed_cache import CachingEmbedder
 from fai_core.library import ExperienceLibrary
 from fai_core.reputation import ReputationBook, atomic_write_json
 from fai_net.admission.budgets import ReceiveBudget
@@ -89,6 +90,10 @@ class NodeResources:
         return [str(a) for a in self.host.get_addrs()]
 
     def write_ready_file(self, domains: list[str]) -> None:
+        """node.json: how to reach this node and what batches it accepts. `model`, `dim`
+        and `group` are the fleet parameters a batch must carry (the gate refuses others
+        as wrong_model): a client built from docs/wire-format.md reads them here instead
+        of copying them from a received batch."""
         atomic_write_json(
             self.config.ready_file,
             {
@@ -101,6 +106,8 @@ class NodeResources:
                 "metrics_port": self.metrics_port,
                 "otlp_port": None if self.otlp is None else self.otlp.port,
                 "model": self.embedder.model_id,
+                "dim": self.gate.policy.dimension,
+                "group": self.gate.policy.group,
                 "membership": self.membership.mode,
             },
         )
@@ -150,7 +157,7 @@ async def _open_local(
     """Identity, library, books and store, membership, the gate and the (unstarted) host."""
     _private_dir(cfg.data_dir)
     identity = load_or_create(cfg.data_dir)
-    timed = TimedEmbedder(embedder or _make_embedder(cfg.embedder))
+    timed = TimedEmbedder(_cached(embedder or _make_embedder(cfg.embedder)))
     library = await trio.to_thread.run_sync(
         lambda: ExperienceLibrary.open(
             cfg.data_dir / "library", timed.dimension, timed, capacity=cfg.library_capacity
@@ -264,7 +271,10 @@ def _stop_services(res: NodeResources) -> None:
 
 class TimedEmbedder:
     """Counts the wall time of every embed call: on 2 cores re-embedding received texts
-    dominates the receive cost, and the benchmark reports it apart."""
+    dominates the receive cost, and the benchmark reports it apart. The node gives it a
+    `CachingEmbedder` (fai_core/embed_cache.py), so a text that arrives again (from another
+    sender, by repair, after a deferral) is not embedded again; hits and misses are counted
+    per stage beside the time."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
@@ -279,8 +289,14 @@ class TimedEmbedder:
     def embed_as(self, stage: str, texts):
         """Wall time: torch may use intra-op threads that thread_time would not see."""
         started = time.perf_counter()
+        counted = getattr(self.inner, "embed_counted", None)
         try:
-            return self.inner.embed(texts)
+            if counted is None:
+                return self.inner.embed(texts)
+            vectors, hits, misses = counted(texts)
+            if self.metrics is not None:
+                self.metrics.embed_cache(stage, hits, misses)
+            return vectors
         finally:
             if self.metrics is not None:
                 self.metrics.spent(stage, time.perf_counter() - started)
@@ -307,9 +323,14 @@ def _private_dir(path) -> None:
 
 
 def _make_embedder(name: str):
-    from fai_core.embedding import HashingEmbedder, default_embedder
+    from fai_core.embedding import make_embedder
 
-    return HashingEmbedder(384) if name == "hashing" else default_embedder()
+    return make_embedder(name)
+
+
+def _cached(embedder) -> CachingEmbedder:
+    """The node's embedder behind the text cache (once: a caller may pass a cached one)."""
+    return embedder if isinstance(embedder, CachingEmbedder) else CachingEmbedder(embedder)
 
 
 def _make_membership(cfg: NodeConfig) -> Membership:
