@@ -12,19 +12,23 @@ Layout, as fixed by docs/wire-format.md:
   7 - i % 8 of byte i // 8), ceil(d / 8) bytes per embedding, unused trailing bits zero;
 - scales are float32 by default, float16 optionally, little-endian on the wire.
 
-Implementation: one fused numba kernel per direction, one row at a time. Encode reads each
-embedding once and writes its sign bytes and scales; decode reads signs and scales and writes
-each output row once. The row's |delta| and sign flags live in scratch buffers of d elements
-that stay in L1. Numpy needs four or five passes over every block (subtract, compare,
-packbits, abs, reduce; take, multiply, add) plus temporaries, and no arrangement of them got
-below ~1.1 us per 384-d embedding for encode + decode; the kernels take ~0.45 us, most of it
-memory traffic: reading the input, and page-faulting in the freshly allocated output.
+Implementation: one fused numba kernel per direction. Encode reads each embedding once and
+writes its sign bytes and scales (8 rows at a time, see `_encode_rows`); decode reads signs
+and scales and writes each output row once. The |delta| and sign flags live in small scratch
+buffers that stay in L1. Numpy needs four or five passes over every block (subtract,
+compare, packbits, abs, reduce; take, multiply, add) plus temporaries, and no arrangement of
+them got below ~1.1 us per 384-d embedding for encode + decode; encode takes ~0.15 us and
+decode less, most of it memory traffic: reading the input, and page-faulting in the freshly
+allocated output.
 
-Float32 results are exactly reproducible: the kernels are compiled without fastmath (no
-reassociation, no FMA contraction) and the group sum has a fixed order (`_encode_rows`), so
-the same input gives the same scales bit for bit on every run and machine, whatever SIMD
-width LLVM picks. Decoding computes baseline + (+/-scale) in float32, which is exactly
-baseline + scale * sign.
+Results are exactly reproducible by any implementation: a scale is a float64 sum of the
+group's float32 |delta| in coordinate order, divided by the group length and rounded once
+to float32 (docs/wire-format.md specifies it; tests/core/test_bitdelta_spec.py recomputes
+it with a plain Python loop). The kernels are compiled without fastmath (no reassociation,
+no FMA contraction), so LLVM may not reorder that sum. The sum used to be a float32
+pairwise tree over 8 lanes: exact to specify but not simple, and a second implementation's
+plain float32 loop differed in the last bit, hence in the CID. Decoding computes baseline +
+(+/-scale) in float32, which is exactly baseline + scale * sign.
 
 Kernels are compiled on first use (`_kernels`) and cached on disk (`cache=True`: in
 __pycache__ next to this file, or numba's user-wide cache when that is read-only). The first
@@ -87,54 +91,57 @@ class Compressed:
 def _encode_rows(x, base, g, signs, scales):
     """Write the sign bytes and float32 scales of every row of x (M, d) minus base (d,).
 
-    The sum of a group's |delta| has a fixed order. With c = n // 8 chunks of 8 lanes
-    (n = group length): the n % 8 trailing elements are added to lanes 0, 1, ... of chunk
-    0; then, while c > 1, chunk p += chunk p + ceil(c/2) for p < c // 2, and c becomes
-    ceil(c/2); the lanes l of chunk 0 are finally added as ((l0 + l4) + (l2 + l6)) +
-    ((l1 + l5) + (l3 + l7)). Groups shorter than 8 are summed left to right. Every step is
-    an elementwise float32 add, which LLVM vectorises without changing its rounding, and the
-    pairwise tree keeps the rounding error small. The scale is sum * float32(1 / n).
+    A group's scale has a simple specification (docs/wire-format.md, "BitDelta"), so that a
+    second implementation reproduces it bit for bit with one plain loop: the float32 |delta|
+    of the group's coordinates, each widened to float64 and added one after another in
+    coordinate order to a float64 sum starting at 0.0; that sum divided by the group's
+    length in float64; the quotient rounded once to float32.
+
+    A sequential sum is a chain of dependent adds that SIMD cannot shorten within a row, so
+    the kernel sums 8 rows side by side: their |delta| sit in `mag` (8, d), and a0..a7 are
+    8 independent chains, each exactly one row's own sequential sum. Running rows together
+    changes no bit of any row's result, and the 8 chains keep the adder busy (~0.07 us per
+    384-d row for the scales, about what the earlier float32 pairwise tree cost).
     """
     m, d = x.shape
     n_groups = scales.shape[1]
     n_bytes = signs.shape[1]
-    mag = np.empty(d, np.float32)
+    mag = np.zeros((8, d), np.float32)
     # Zero-initialised: the flags past d stay 0, so the padding bits come out 0.
     neg = np.zeros(n_bytes << 3, np.uint8)
     neg64 = neg.view(np.uint64)
-    for i in range(m):
-        xi = x[i]
-        for k in range(d):
-            dk = xi[k] - base[k]
-            mag[k] = abs(dk)
-            # delta < 0, not the float sign bit: -0.0 must encode as +1 like 0.0.
-            neg[k] = dk < 0
-        si = signs[i]
-        for b in range(n_bytes):
-            si[b] = np.uint8((neg64[b] * _PACK) >> np.uint64(56))
+    for i0 in range(0, m, 8):
+        rows = min(8, m - i0)
+        for r in range(rows):
+            xi = x[i0 + r]
+            mr = mag[r]
+            for k in range(d):
+                dk = xi[k] - base[k]  # float32, rounded once
+                mr[k] = abs(dk)
+                # delta < 0, not the float sign bit: -0.0 must encode as +1 like 0.0.
+                neg[k] = dk < 0
+            si = signs[i0 + r]
+            for b in range(n_bytes):
+                si[b] = np.uint8((neg64[b] * _PACK) >> np.uint64(56))
+        # Lanes r >= rows (a last block of fewer than 8 rows) hold stale values, unused.
         for j in range(n_groups):
             lo = j * g
             n = min(g, d - lo)
-            v = mag[lo : lo + n]  # used as scratch: overwritten by the partial sums
-            c = n >> 3
-            if c == 0:
-                s = np.float32(0.0)
-                for k in range(n):
-                    s += v[k]
-            else:
-                rest = v[c << 3 :]
-                for k in range(rest.shape[0]):
-                    v[k] += rest[k]
-                while c > 1:
-                    h = c >> 1
-                    keep = c - h
-                    head = v[: h << 3]
-                    tail = v[keep << 3 : (keep + h) << 3]
-                    for k in range(h << 3):
-                        head[k] += tail[k]
-                    c = keep
-                s = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
-            scales[i, j] = s * (np.float32(1.0) / np.float32(n))
+            blk = mag[:, lo : lo + n]
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float64(0.0)
+            for k in range(n):
+                a0 += np.float64(blk[0, k])
+                a1 += np.float64(blk[1, k])
+                a2 += np.float64(blk[2, k])
+                a3 += np.float64(blk[3, k])
+                a4 += np.float64(blk[4, k])
+                a5 += np.float64(blk[5, k])
+                a6 += np.float64(blk[6, k])
+                a7 += np.float64(blk[7, k])
+            length = np.float64(n)
+            sums = (a0, a1, a2, a3, a4, a5, a6, a7)
+            for r in range(rows):
+                scales[i0 + r, j] = np.float32(sums[r] / length)
 
 
 def _decode_rows(signs, scales, base, g, out):

@@ -34,20 +34,51 @@ DOMAIN_RE = re.compile(r"[a-z0-9-]{1,32}")
 #: C0 and C1 control characters: never part of a pattern text or an identifier.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
+#: Word separators: exactly the Unicode White_Space property (stable since Unicode 6.3), as
+#: an explicit list so the rule does not depend on a language's notion of whitespace.
+#: Python's str.split() also splits on U+001C..U+001F and JavaScript's \s also matches
+#: U+FEFF and not U+0085; docs/wire-format.md, "Pattern texts", gives this list.
+WHITESPACE = frozenset(
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+#: Invisible characters that a producer removes and a receiver refuses: they show nothing
+#: (or only reorder what is shown), so two texts differing only in them look the same and
+#: would otherwise be two experiences. ZWNJ/ZWJ (U+200C/D), variation selectors and tag
+#: characters are not here: scripts and emoji need them.
+IGNORED = frozenset(
+    "\xad\u061c\u180e\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069"
+    "\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"
+)
+_IGNORED_TABLE = dict.fromkeys(map(ord, IGNORED))
+_WHITESPACE_RE = re.compile("[" + "".join(map(re.escape, sorted(WHITESPACE))) + "]+")
+
 
 def normalize_text(text: str) -> str:
-    """The canonical form producers should store: NFC, single spaces, no outer space."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    """The canonical form producers store and receivers require, in this order: remove the
+    IGNORED characters, Unicode NFC, replace each run of WHITESPACE by one U+0020, drop it
+    at both ends. Removing before NFC matters: an ignored character between a letter and a
+    combining mark blocks their composition, and removing it afterwards would leave a text
+    that is not NFC."""
+    stripped = unicodedata.normalize("NFC", text.translate(_IGNORED_TABLE))
+    return " ".join(word for word in _WHITESPACE_RE.split(stripped) if word)
 
 
 def text_problem(text: object) -> tuple[Reject, str] | None:
-    """Why `text` is not a valid pattern text, or None if it is."""
+    """Why `text` is not a valid pattern text, or None if it is.
+
+    Words are the U+0020-separated parts of a valid (normalized) text, so the word count is
+    the number of spaces plus one."""
     if not isinstance(text, str):
         return Reject.BAD_TEXT, "text must be a string"
     if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
         return Reject.TEXT_TOO_LONG, f"text exceeds {MAX_TEXT_BYTES} UTF-8 bytes"
     if CONTROL_RE.search(text):
         return Reject.BAD_TEXT, "text contains control characters"
+    if any(ch in IGNORED for ch in text):
+        return Reject.BAD_TEXT, "text contains invisible format characters (e.g. U+FEFF)"
     words = text.split(" ")
     if text == "" or any(word == "" for word in words) or text != normalize_text(text):
         return Reject.BAD_TEXT, "text is empty or not normalized (NFC, single spaces)"

@@ -4,6 +4,13 @@ Two envelopes from one sender with one seq and different CIDs prove equivocation
 keeps the whole envelopes, not just the headers: anyone can re-verify them (Ed25519 over
 the CID, CID over the batch) before spending gas, and the registry call needs exactly the
 EIP-712 headers and operator signatures they carry.
+
+File name and content are specified in docs/registry.md, "Equivocation evidence files"
+(linked from docs/wire-format.md), so that another implementation can write files that
+`fai slash equivocation` reads, and read ours: `<data dir>/evidence/equivocation-<first 16
+hex digits of the sender key>-<seq>.json`, a JSON object {kind, sender, seq, batches: [two
+{cid, timestamp_ms, domain, operator_sig, envelope}]} of which only `kind` and the
+envelopes are evidence.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ node accepts. Order matters and is cheapest-first, with attribution in mind:
    relay, running this same gate before it forwards, would have refused the batch: that
    holds for rules docs/wire-format.md pins exactly. The signature rule is pinned (strict
    Ed25519, fai_core/identity.py, with edge-case vectors in tests/core); text
-   normalisation is not (NFC and whitespace depend on the Unicode version of the relay's
-   Python), so `bad_text` is not charged to the forwarder (`FORWARDER_UNCHARGED`).
+   normalisation is not entirely (the spec lists whitespace and ignored characters
+   explicitly, but NFC depends on the Unicode version of the relay's Python), so
+   `bad_text` is not charged to the forwarder (`FORWARDER_UNCHARGED`).
 2. a repair reply the node did not ask for (charged to that peer); then duplicate (CID
    already stored): ignored, no fault, never forwarded twice. Gossip redelivers after its
    seen cache expires, and repair overlaps gossip.
@@ -63,9 +64,9 @@ TEMPORARY_REFUSALS = frozenset(
     }
 )
 
-#: Decode failures an honest relay could miss under the spec's rules (the NFC and
-#: whitespace tests of pattern texts follow the relay's Unicode version, which the spec
-#: does not pin): never charged to the forwarder. The signer is still charged.
+#: Decode failures an honest relay could miss under the spec's rules (the NFC test of
+#: pattern texts follows the relay's Unicode version, which the spec does not pin): never
+#: charged to the forwarder. The signer is still charged.
 FORWARDER_UNCHARGED = frozenset({Reject.BAD_TEXT})
 
 #: The node's last word before a batch is stored: (batch, forwarder, origin, envelope
