@@ -130,9 +130,14 @@ def test_padding_check_detects_dirty_bits():
 
 
 @pytest.mark.parametrize(
-    "x_shape, base_shape, g",
-    [((2, 8), (7,), 4), ((8,), (8,), 4), ((2, 8), (8,), 0), ((2, 8), (8,), 9)],
+    "x_shape, base_shape, g, message",
+    [
+        ((2, 8), (7,), 4, r"embeddings \(2, 8\) and baseline \(7,\) do not match"),
+        ((8,), (8,), 4, r"embeddings \(8,\) and baseline \(8,\) do not match"),
+        ((2, 8), (8,), 0, r"group size must be in \[1, 8\], got 0"),
+        ((2, 8), (8,), 9, r"group size must be in \[1, 8\], got 9"),
+    ],
 )
-def test_shape_errors(x_shape, base_shape, g):
-    with pytest.raises(ValueError):
+def test_shape_errors(x_shape, base_shape, g, message):
+    with pytest.raises(ValueError, match=message):
         bitdelta.encode(np.zeros(x_shape, np.float32), np.zeros(base_shape, np.float32), g)

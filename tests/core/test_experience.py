@@ -218,7 +218,7 @@ def test_embedding_is_read_only_copy() -> None:
     assert not np.shares_memory(exp.embedding, source)
     source[0] = 42.0
     assert exp.embedding[0] == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="assignment destination is read-only"):
         exp.embedding[0] = 1.0
     assert exp.embedding.dtype == np.float32 and exp.embedding.shape == (16,)
 

@@ -280,11 +280,40 @@ ENCODER_REFUSALS: list[tuple[str, Callable[[], object]]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    "build", [b for _, b in ENCODER_REFUSALS], ids=[n for n, _ in ENCODER_REFUSALS]
-)
-def test_encoder_refuses(build: Callable[[], object]) -> None:
-    with np.errstate(over="ignore"), pytest.raises(ValueError):
+#: What the encoder says for each refusal above: the right ValueError, not any ValueError.
+ENCODER_MESSAGES = {
+    "no experiences": r"a batch holds 1\.\.1024 experiences",
+    "mixed domains": r"all experiences in a batch share one domain",
+    "foreign source": r"a node only publishes its own experiences",
+    "foreign source among own": r"a node only publishes its own experiences",
+    "dim mismatch": r"embedding dimension 20 != baseline 21",
+    "dim mismatch between experiences": r"embedding dimension 21 != baseline 20",
+    "duplicates": r"duplicate experiences \(same domain and text\) in one batch",
+    "too many experiences": r"a batch holds 1\.\.1024 experiences",
+    "oversize envelope": r"envelope is \d+ bytes, limit 1000000",
+    "empty model": r"model id must match",
+    "model with space": r"model id must match",
+    "model too long": r"model id must match",
+    "non-ascii model": r"model id must match",
+    "negative seq": r"seq must be an unsigned 64-bit integer, got -1",
+    "seq beyond uint64": r"seq must be an unsigned 64-bit integer, got 18446744073709551616",
+    "bool seq": r"seq must be an unsigned 64-bit integer, got True",
+    "negative timestamp": r"timestamp_ms must be an unsigned 64-bit integer, got -1",
+    "float timestamp": r"timestamp_ms must be an unsigned 64-bit integer, got 1\.5",
+    "unknown scale dtype": r"scale_dtype must be one of",
+    "group zero": r"group size must be in \[1, 20\], got 0",
+    "group above dim": r"group size must be in \[1, 20\], got 21",
+    "baseline NaN": r"baseline has non-finite or out-of-range values",
+    "baseline out of range": r"baseline has non-finite or out-of-range values",
+    "baseline 2-D": r"baseline must be a vector",
+    "f16 scale overflow": r"scales overflow",
+    "scale above MAX_ABS_VALUE": r"scales overflow",
+}
+
+
+@pytest.mark.parametrize("name, build", ENCODER_REFUSALS, ids=[n for n, _ in ENCODER_REFUSALS])
+def test_encoder_refuses(name: str, build: Callable[[], object]) -> None:
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match=ENCODER_MESSAGES[name]):
         build()
 
 
@@ -602,6 +631,10 @@ CASES: list[Case] = [
     _content("text C1 control", Reject.BAD_TEXT, lambda: tampered(texts=_texts("a\x85b"))),
     _content("text not NFC", Reject.BAD_TEXT, lambda: tampered(texts=_texts("cafe\u0301"))),
     _content("text nbsp", Reject.BAD_TEXT, lambda: tampered(texts=_texts("a\u00a0b"))),
+    _content("text BOM", Reject.BAD_TEXT, lambda: tampered(texts=_texts("\ufeffa b"))),
+    _content("text ZWSP", Reject.BAD_TEXT, lambda: tampered(texts=_texts("a\u200bb"))),
+    _content("text RLO", Reject.BAD_TEXT, lambda: tampered(texts=_texts("a \u202eb"))),
+    _content("text ideographic sp", Reject.BAD_TEXT, lambda: tampered(texts=_texts("a\u3000b"))),
     _content("text is bytes", Reject.BAD_TEXT, lambda: tampered(texts=_texts(b"abc"))),
     _content("text is int", Reject.BAD_TEXT, lambda: tampered(texts=_texts(5))),
     _content("domain uppercase", Reject.BAD_DOMAIN, lambda: tampered(domain="Coding")),

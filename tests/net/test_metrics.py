@@ -139,22 +139,26 @@ def test_several_nodes_in_one_process_keep_separate_registries():
 @pytest.mark.parametrize(
     "call",
     [
-        lambda m: m.received(10, "carrier-pigeon"),
-        lambda m: m.sent(-1),
-        lambda m: m.sent(10, batches=-1),
-        lambda m: m.received(10, "gossip", batches=-1),
-        lambda m: m.sent(True),
-        lambda m: m.drop("stale", -2),
-        lambda m: m.merged(1.5),
-        lambda m: m.reject(""),
-        lambda m: m.observe_round(float("nan")),
-        lambda m: m.observe_round(-1.0),
-        lambda m: m.set_peers_connected(-1),
+        (lambda m: m.received(10, "carrier-pigeon"), r"origin must be one of"),
+        (lambda m: m.sent(-1), r"nbytes must be a non-negative integer, got -1"),
+        (lambda m: m.sent(10, batches=-1), r"batches must be a non-negative integer, got -1"),
+        (
+            lambda m: m.received(10, "gossip", batches=-1),
+            r"batches must be a non-negative integer, got -1",
+        ),
+        (lambda m: m.sent(True), r"nbytes must be a non-negative integer, got True"),
+        (lambda m: m.drop("stale", -2), r"count must be a non-negative integer, got -2"),
+        (lambda m: m.merged(1.5), r"count must be a non-negative integer, got 1\.5"),
+        (lambda m: m.reject(""), r"reason must be a non-empty string"),
+        (lambda m: m.observe_round(float("nan")), r"round duration must be finite"),
+        (lambda m: m.observe_round(-1.0), r"round duration must be finite and >= 0, got -1"),
+        (lambda m: m.set_peers_connected(-1), r"count must be a non-negative integer, got -1"),
     ],
 )
 def test_invalid_reports_are_refused(call):
+    call, message = call
     metrics = NodeMetrics()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         call(metrics)
     assert metrics.traffic() == {"bytes_sent": 0, "bytes_received": 0}
 
