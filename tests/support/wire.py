@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fai_core import dagcbor, wire
+from fai_core import bitdelta, dagcbor, wire
 from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 
@@ -129,3 +129,25 @@ def f32(*values: float) -> bytes:
 
 def f16(*values: float) -> bytes:
     return np.array(values, dtype="<f2").tobytes()
+
+
+def row_widths(fields: dict[str, Any]) -> dict[str, int]:
+    """Bytes per experience of each per-row column of a (well-formed) batch map."""
+    dim, group = fields["dim"], fields["group"]
+    item = 2 if fields["scale_dtype"] == "f16" else 4
+    return {
+        "signs": bitdelta.sign_bytes(dim),
+        "scales": bitdelta.group_count(dim, group) * item,
+        "quality": 2,
+        "iteration": 1,
+    }
+
+
+def with_rows(fields: dict[str, Any], n: int) -> dict[str, Any]:
+    """A copy of a well-formed batch map holding `n` experiences: every row repeats the first
+    row's columns, and the texts are fresh and distinct ("row 0", "row 1", ...)."""
+    out = dict(fields)
+    for name, width in row_widths(fields).items():
+        out[name] = fields[name][:width] * n
+    out["texts"] = [f"row {i}" for i in range(n)]
+    return out
