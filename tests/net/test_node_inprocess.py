@@ -9,56 +9,28 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
+from fai_core.clock import now_ms
 from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 from fai_core.wire import encode_batch
 from fai_net.node.config import NodeConfig
-from fai_net.node.node import REPAIR_MAX_PAGES, Node
+from fai_net.node.node import REPAIR_MAX_PAGES
 from fai_net.p2p import repair
 from fai_net.p2p.gossip import parse_multiaddrs
+from tests.support import inprocess
 from tests.support.aggregation import KeepNothing
+from tests.support.inprocess import connect, start
 
 ROOT = Path(tempfile.mkdtemp(prefix="fai-ip-", dir="/tmp"))
 
 
 def config(name: str, **overrides) -> NodeConfig:
-    settings = dict(
-        data_dir=ROOT / name,
-        domains=("coding",),
-        embedder="hashing",
-        open_membership=True,
-        metrics_port=None,
-        control_socket=ROOT / f"{name}.sock",
-        round_interval_s=0.3,
-        repair_interval_s=3600,
-        discovery_interval_s=3600,
-        broadcast_interval_s=3600,
-        broadcast_threshold=1000,
-    )
-    settings.update(overrides)
-    return NodeConfig(**settings)
-
-
-async def start(nursery: trio.Nursery, cfg: NodeConfig, **node_options) -> Node:
-    node = Node(cfg, **node_options)
-    return await nursery.start(
-        lambda task_status: node.run(handle_signals=False, task_status=task_status)
-    )
-
-
-async def connect(a: Node, b: Node) -> None:
-    addr = parse_multiaddrs([f"{b.addrs[0].split('/p2p/')[0]}/p2p/{b.peer_id}"])[0]
-    await a.host.connect(info_from_p2p_addr(addr))
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return inprocess.config(ROOT, name, **overrides)
 
 
 def test_hostile_repair_server_is_bounded_and_cannot_push_batches():

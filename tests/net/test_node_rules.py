@@ -35,41 +35,14 @@ from fai_net.node.identity import IdentityError, NodeIdentity, load_or_create
 from fai_net.node.node import Node
 from fai_net.p2p.gossip import GossipSettings, build_host, parse_multiaddrs, running
 from fai_net.p2p.topics import topic_for
+from tests.support import inprocess
+from tests.support.inprocess import addr_of, connect, start
 
 ROOT = Path(tempfile.mkdtemp(prefix="fai-rules-", dir="/tmp"))
 
 
 def config(name: str, **overrides) -> NodeConfig:
-    settings = dict(
-        data_dir=ROOT / name,
-        domains=("coding",),
-        embedder="hashing",
-        open_membership=True,
-        metrics_port=None,
-        control_socket=ROOT / f"{name}.sock",
-        round_interval_s=0.3,
-        repair_interval_s=3600,
-        discovery_interval_s=3600,
-        broadcast_interval_s=3600,
-        broadcast_threshold=1000,
-    )
-    settings.update(overrides)
-    return NodeConfig(**settings)
-
-
-async def start(nursery: trio.Nursery, cfg: NodeConfig, **node_options) -> Node:
-    node = Node(cfg, **node_options)
-    return await nursery.start(
-        lambda task_status: node.run(handle_signals=False, task_status=task_status)
-    )
-
-
-def addr_of(node: Node):
-    return parse_multiaddrs([f"{node.addrs[0].split('/p2p/')[0]}/p2p/{node.peer_id}"])[0]
-
-
-async def connect(a: Node, b: Node) -> None:
-    await a.host.connect(info_from_p2p_addr(addr_of(b)))
+    return inprocess.config(ROOT, name, **overrides)
 
 
 async def publish(node: Node, texts: list[str]) -> str:
