@@ -41,6 +41,8 @@ bench: $(STAMP) $(DEVNET_STAMP)
 	$(PY) bench/ingest.py --json
 	$(PY) bench/recall.py --json
 	$(PY) bench/cutoff.py --json
+	$(PY) bench/embedders.py --json
+	$(PY) bench/embed_cache.py --json
 
 # The evaluation report: the simulator grid behind docs/evaluation.md and docs/img/
 # (about 25 minutes on 2 cores; finished runs are cached in bench/.evaluation-cache/).
