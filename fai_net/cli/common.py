@@ -43,6 +43,12 @@ Handler = Callable[[argparse.Namespace], int]
 Explainer = Callable[[Exception, argparse.Namespace], str | None]
 
 
+#: The node's `--embedder` names (`fai_core.embedding.EMBEDDER_NAMES`), spelled out here for
+#: `node run`, `devnet up` and `devnet demo`: importing them would load numpy for --help
+#: (tests/core/test_embedding_backends.py checks that the lists agree).
+EMBEDDERS = ("minilm", "minilm-torch", "hashing")
+
+
 # --------------------------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------------------------

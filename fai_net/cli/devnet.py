@@ -11,15 +11,12 @@ import os
 import sys
 
 from fai_net.cli.common import (
+    EMBEDDERS,
     add_json_flag,
     add_key_file_flag,
     add_node_flag,
     print_json,
 )
-
-#: `fai_core.embedding.EMBEDDER_NAMES`, spelled out: importing it would load numpy for --help
-#: (tests/core/test_embedding_backends.py checks that the lists agree).
-EMBEDDERS = ("minilm", "minilm-torch", "hashing")
 
 
 def _progress(args: argparse.Namespace):

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from fai_net.cli.common import (
+    EMBEDDERS,
     add_data_dir_flag,
     add_node_flag,
     add_registry_flag,
@@ -118,8 +119,7 @@ def _add_node_run_command(sub) -> None:
     run.add_argument("--config", help="a fai.toml with data_dir, rpc, registry, domains, ...")
     run.add_argument("--listen", action="append", help="multiaddr (default 127.0.0.1, any port)")
     run.add_argument("--seed", action="append", help="peer multiaddr with /p2p/ id (repeat)")
-    # fai_core.embedding.EMBEDDER_NAMES, spelled out: importing it would load numpy for --help.
-    run.add_argument("--embedder", choices=("minilm", "minilm-torch", "hashing"), default="minilm")
+    run.add_argument("--embedder", choices=EMBEDDERS, default="minilm")
     run.add_argument("--open", action="store_true", help="no registry (development only)")
     add_rpc_flag(run, help="Ethereum JSON-RPC URL of the registry's chain", metavar=None)
     add_registry_flag(run, help="DSO registry address", metavar=None)

@@ -276,7 +276,7 @@ class TimedEmbedder:
     sender, by repair, after a deferral) is not embedded again; hits and misses are counted
     per stage beside the time."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner: CachingEmbedder) -> None:
         self.inner = inner
         self.model_id, self.dimension = inner.model_id, inner.dimension
         #: Set once the node's metrics exist (after the library opened), as before.
@@ -289,11 +289,8 @@ class TimedEmbedder:
     def embed_as(self, stage: str, texts):
         """Wall time: torch may use intra-op threads that thread_time would not see."""
         started = time.perf_counter()
-        counted = getattr(self.inner, "embed_counted", None)
         try:
-            if counted is None:
-                return self.inner.embed(texts)
-            vectors, hits, misses = counted(texts)
+            vectors, hits, misses = self.inner.embed_counted(texts)
             if self.metrics is not None:
                 self.metrics.embed_cache(stage, hits, misses)
             return vectors
