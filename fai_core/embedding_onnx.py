@@ -83,8 +83,9 @@ class OnnxMiniLMEmbedder:
         return self._threads if self._threads is not None else default_threads()
 
     def load(self) -> None:
-        """Load the tokenizer and the ONNX session now (embed does it on first use); a node
-        calls it at start so the first received batch does not pay for it."""
+        """Load the tokenizer and the ONNX session now (embed does it on first use). The node
+        does not call it: it loads on its first embed (~0.5 s), which keeps start-up fast and
+        node.json's RSS free of the model."""
         self._loaded()
 
     def _loaded(self):
