@@ -914,7 +914,7 @@ def run_bare(s: Settings, root: Path, procs: list[Proc], fai: dict) -> dict:
         ]
         plans.append(plan)
         (d / "plan.json").write_text(json.dumps(plan))
-        cmd = [sys.executable, str(BARE_PEER), str(d), "--topic", topic_for(DOMAIN)]
+        cmd = [sys.executable, str(BARE_PEER), str(d), "--topic", topic_for(DOMAIN, 2)]
         peers.append(Proc(f"b{i}", d, cmd, "ready.json"))
     procs.extend(peers)
 

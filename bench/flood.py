@@ -74,7 +74,7 @@ from fai_net.p2p.topics import topic_for
 ROOT = Path(__file__).resolve().parents[1]
 FLOOD_PEER = Path(__file__).resolve().parent / "flood_peer.py"
 DOMAIN = "coding"
-TOPIC = topic_for(DOMAIN)
+TOPIC = topic_for(DOMAIN, 1)
 
 
 @dataclass(frozen=True)

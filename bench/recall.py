@@ -536,7 +536,7 @@ def merge_envelopes(texts: list[str], vectors: np.ndarray, batches: int) -> list
 def merge_phase(node, client, embedder, plan, texts, vectors, root: Path) -> dict:
     peer_dir = root / f"{node.name}-peer"
     peer_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(BARE_PEER), str(peer_dir), "--topic", topic_for(rb.MERGE_DOMAIN)]
+    cmd = [sys.executable, str(BARE_PEER), str(peer_dir), "--topic", topic_for(rb.MERGE_DOMAIN, 2)]
     peer = Proc(f"{node.name}-peer", peer_dir, [*cmd, "--seed", node.addr], "ready.json")
     try:
         peer.launch({**os.environ, "PYTHONUNBUFFERED": "1"}).wait_ready(120)

@@ -133,20 +133,23 @@ class BatchGate:
         topic_domain: str | None = None,
         forwarder: bytes | None = None,
         wanted: Collection[bytes] | None = None,
+        topic_version: int | None = None,
     ) -> GateResult:
         """Decide on one envelope and store it if accepted. Never raises for bad input.
 
         `wanted`: for repair replies, the CIDs asked for; anything else is refused, so a peer
         cannot push batches through the repair window that gossip would refuse as stale.
+        `topic_domain` and `topic_version`: what the gossip topic it came on says.
         """
+        topic = None if topic_domain is None else (topic_domain, topic_version)
         try:
-            return self._admit(data, now_ms, origin, topic_domain, forwarder, wanted)
+            return self._admit(data, now_ms, origin, topic, forwarder, wanted)
         except Exception as exc:  # a bug or a store error must cost one batch, not the node
             log.exception("gate failed on a batch")
             self.on_reject(Refusal.INTERNAL)
             return GateResult(Verdict.REJECT, Refusal.INTERNAL, None, None, str(exc))
 
-    def _admit(self, data, now_ms, origin, topic_domain, forwarder, wanted) -> GateResult:
+    def _admit(self, data, now_ms, origin, topic, forwarder, wanted) -> GateResult:
         try:
             signed = decode_envelope(data)
         except WireError as exc:
@@ -168,20 +171,21 @@ class BatchGate:
             )
         if self.store.has(batch.cid):
             return GateResult(Verdict.IGNORE, Ignore.DUPLICATE, signed)
-        if topic_domain is not None and batch.domain != topic_domain:
+        if topic is not None and not _fits_topic(batch, *topic):
             # The gossip publisher need not be the sender (anyone can re-publish a signed
-            # batch), but an honest relay checks the topic before forwarding: charge it.
+            # batch), but an honest relay checks the topic before forwarding: charge it. A
+            # version 2 batch on a version 1 topic would reach nodes that cannot read it.
             if forwarder is not None:
                 self.reputation.record(forwarder, passed=False)
-            return self._reject(Refusal.TOPIC_MISMATCH, f"{batch.domain} on {topic_domain}", signed)
+            where = f"v{batch.version} {batch.domain} on v{topic[1]} {topic[0]}"
+            return self._reject(Refusal.TOPIC_MISMATCH, where, signed)
         if batch.domain not in self.domains:
             return GateResult(Verdict.IGNORE, Ignore.UNSUBSCRIBED, signed)
         policy = self.policy
-        if (batch.model, batch.dim, batch.group) != (
-            policy.model_id,
-            policy.dimension,
-            policy.group,
-        ):
+        # An unresolved version 2 batch names its model only in its baseline block: the
+        # node checks it when the block arrives (fai_net/node/baselines.py).
+        model = policy.model_id if batch.model is None else batch.model
+        if (model, batch.dim, batch.group) != (policy.model_id, policy.dimension, policy.group):
             # Mixed group sizes cannot be compared (or aggregated) row by row: the fleet
             # agrees on one, like it agrees on the model.
             return self._reject(
@@ -261,6 +265,10 @@ class RefusalCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+
+def _fits_topic(batch, domain: str, version: int | None) -> bool:
+    return batch.domain == domain and (version is None or batch.version == version)
 
 
 def _short(key: bytes | None) -> str:

@@ -52,6 +52,16 @@ _U64_OFFSET = 1 << 63
 _U64_MAX = (1 << 64) - 1
 _I64_MAX = (1 << 63) - 1
 
+#: Wire-v2 baseline blocks (fai_core/baseline_block.py) by CID: what this node's stored v2
+#: batches were encoded against, served to peers by repair. `used_ms` is the last time a
+#: stored batch named the block; pruning follows it. Created in version-1 stores at open
+#: too (a table older code never reads, so the store version stays 1).
+_BLOCKS_SCHEMA = """CREATE TABLE IF NOT EXISTS baseline_blocks (
+    cid BLOB PRIMARY KEY,
+    data BLOB NOT NULL,
+    used_ms INTEGER NOT NULL
+)"""
+
 _SCHEMA = (
     """CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
     """CREATE TABLE batches (
@@ -90,6 +100,7 @@ _SCHEMA = (
     # Received batches not yet merged into the library: a crash between acceptance and the
     # next DeltaSoup round must not lose them (the node re-queues these at start).
     """CREATE TABLE unmerged (cid BLOB PRIMARY KEY)""",
+    _BLOCKS_SCHEMA,
 )
 
 
@@ -228,6 +239,7 @@ class BatchStore:
                         f"{path} has batch store version {meta.get('version')!r}; "
                         f"this code reads version {STORE_VERSION}"
                     )
+                conn.execute(_BLOCKS_SCHEMA)
             conn.execute("COMMIT")
             committed = True
         finally:
@@ -296,12 +308,47 @@ class BatchStore:
         )
         if origin != "local":
             conn.execute("INSERT OR IGNORE INTO unmerged (cid) VALUES (?)", (batch.cid,))
+        if signed.baseline_block is not None:
+            self._put_block(signed.baseline_block.cid, signed.baseline_block.data, received_ms)
+        elif batch.baseline_cid is not None:
+            conn.execute(
+                "UPDATE baseline_blocks SET used_ms = max(used_ms, ?) WHERE cid = ?",
+                (received_ms, batch.baseline_cid),
+            )
         conn.execute(
             "INSERT INTO senders (sender, newest_seq) VALUES (?, ?) "
             "ON CONFLICT (sender) DO UPDATE SET newest_seq = max(newest_seq, excluded.newest_seq)",
             (batch.sender, seq),
         )
         return True
+
+    # -- baseline blocks (wire v2) ---------------------------------------------------------
+
+    def put_block(self, cid: bytes, data: bytes, used_ms: int) -> None:
+        """Keep a checked baseline block (the caller verified `data` hashes to `cid`)."""
+        with self._tx():
+            self._put_block(cid, data, used_ms)
+
+    def _put_block(self, cid: bytes, data: bytes, used_ms: int) -> None:
+        self._conn.execute(
+            "INSERT INTO baseline_blocks (cid, data, used_ms) VALUES (?, ?, ?) "
+            "ON CONFLICT (cid) DO UPDATE SET used_ms = max(used_ms, excluded.used_ms)",
+            (bytes(cid), bytes(data), used_ms),
+        )
+
+    def get_block(self, cid: bytes) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT data FROM baseline_blocks WHERE cid = ?", (bytes(cid),)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def get_blocks(self, cids: list[bytes]) -> list[bytes]:
+        """The blocks held among `cids`, in request order (missing ones left out)."""
+        found = (self.get_block(cid) for cid in cids)
+        return [data for data in found if data is not None]
+
+    def block_count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM baseline_blocks").fetchone()[0]
 
     def has(self, cid: bytes) -> bool:
         return (
@@ -410,6 +457,10 @@ class BatchStore:
         """
         with self._tx() as conn:
             bound = _to_sql(_clamp_u64(older_than_ms))
+            conn.execute(
+                "DELETE FROM baseline_blocks WHERE used_ms < ?",
+                (min(max(older_than_ms, 0), _I64_MAX),),
+            )
             return conn.execute(
                 "DELETE FROM batches WHERE timestamp_ms < ? "
                 "AND cid NOT IN (SELECT cid FROM unmerged)",

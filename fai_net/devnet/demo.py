@@ -247,6 +247,20 @@ def equivocate(state: dict[str, Any], which: str) -> dict[str, Any]:
         raise
 
 
+def _baseline_of(store: sqlite3.Connection, batch):
+    """The stored baseline block of a version 2 batch (None for version 1)."""
+    from fai_core.baseline_block import decode_baseline_block
+
+    if batch.baseline_cid is None:
+        return None
+    row = store.execute(
+        "SELECT data FROM baseline_blocks WHERE cid = ?", (batch.baseline_cid,)
+    ).fetchone()
+    if row is None:
+        raise devnet.DevnetError(f"the baseline block of {batch.cid_text} is not in the store")
+    return decode_baseline_block(bytes(row[0]), batch.baseline_cid)
+
+
 def _publish_twin(state: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     """Re-sign node's latest own batch with a changed text under the same seq, and have the
     node publish it unchecked (`publish_raw`)."""
@@ -254,7 +268,7 @@ def _publish_twin(state: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]
     from eth_account import Account
 
     from fai_core.experience import Experience
-    from fai_core.wire import decode_envelope, encode_batch
+    from fai_core.wire import decode_envelope, encode_batch, encode_batch_v2
     from fai_net.node.identity import load_or_create
     from fai_net.registry import eip712
 
@@ -265,6 +279,9 @@ def _publish_twin(state: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]
         row = store.execute(
             "SELECT envelope FROM batches WHERE origin = 'local' ORDER BY cursor DESC LIMIT 1"
         ).fetchone()
+        block = None
+        if row is not None:
+            block = _baseline_of(store, decode_envelope(bytes(row[0])).batch)
     finally:
         store.close()
     if row is None:
@@ -275,6 +292,8 @@ def _publish_twin(state: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]
             f"`fai node broadcast D --node {number}`)"
         )
     original = decode_envelope(bytes(row[0])).batch
+    if block is not None:
+        original = original.with_baseline(block)
     identity = load_or_create(data_dir)
     operator = Account.from_key(Path(node["operator_key_file"]).read_text().strip())
     vectors = original.embeddings()
@@ -296,17 +315,23 @@ def _publish_twin(state: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]
             header.timestamp_ms,
         )
 
-    twin = encode_batch(
-        exps,
+    common = dict(
         key=identity.key,
         seq=original.seq,
         timestamp_ms=time.time_ns() // 1_000_000,
-        model=original.model,
-        baseline=np.asarray(original.baseline),
         group=original.group,
-        scale_dtype=original.scale_dtype,
         operator_signer=sign_header,
     )
+    if block is not None:  # the same wire version as the original, so the same topic
+        twin = encode_batch_v2(exps, baseline=block, attach_baseline=True, **common)
+    else:
+        twin = encode_batch(
+            exps,
+            model=original.model,
+            baseline=np.asarray(original.baseline),
+            scale_dtype=original.scale_dtype,
+            **common,
+        )
     devnet.node_client(node).call(
         "publish_raw", domain=original.domain, envelope_hex=twin.envelope.hex()
     )

@@ -17,6 +17,7 @@ import trio
 from fai_core import dagcbor
 from fai_core.errors import FaiError
 from fai_core.experience import domain_problem
+from fai_core.wire import envelope_version
 from fai_net.api.control import ControlError, UnknownAction, validate_dso_args
 from fai_net.api.recall import RecallQuery
 from fai_net.node.broadcast import Broadcaster
@@ -177,7 +178,7 @@ class ControlActions:
         try:
             data = bytes.fromhex(str(args.get("envelope_hex")))
             domain = str(args.get("domain"))
-            topic = topic_for(domain)
+            topic = topic_for(domain, envelope_version(data) or self.res.config.wire_version)
         except ValueError as exc:
             raise ControlError("bad_request", str(exc)) from None
         await self.broadcaster.publish(topic, data)

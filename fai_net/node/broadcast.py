@@ -6,6 +6,8 @@ outbox every `broadcast_interval_s`, or as soon as it holds `broadcast_threshold
 experiences, in batches of at most `max_batch`. Every publish is paced (`publish_spacing_s`)
 and serialised, so gossipsub drops none. A seq is reserved durably before anything is signed
 with it, and never while the wall clock is behind our last seq (fai_net/node/seq_clock.py).
+Batches go out in the configured wire version; in version 2 the baseline travels as a block
+of its own (fai_net/node/baselines.py, `BaselinePublisher`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import trio
 
 from fai_core.clock import now_ms
 from fai_core.experience import Experience
-from fai_core.wire import encode_batch
+from fai_core.wire import SignedBatch, encode_batch, encode_batch_v2
 from fai_net.api.control import ControlError
 from fai_net.node import seq_clock
+from fai_net.node.baselines import BaselinePublisher
 from fai_net.node.resources import NodeResources
 from fai_net.node.state import NodeState, read_library_sizes
 from fai_net.p2p.topics import topic_for
@@ -35,6 +38,7 @@ class Broadcaster:
         self._last: dict[str, float] = {}
         self._publish_lock = trio.Lock()
         self._locks: dict[str, trio.Lock] = {}
+        self.publisher = BaselinePublisher(res.embedder.model_id, res.config.baseline_drift)
 
     async def add_experiences(self, items: list[dict]) -> dict:
         """Embed and store the agent's own experiences; they join the domain's outbox."""
@@ -122,18 +126,13 @@ class Broadcaster:
                 break
             # Durable before anything is signed with it; never below the time floor.
             seq = res.store.reserve_seq(seq_clock.floor(now))
-            signed = encode_batch(
-                exps,
-                key=res.identity.key,
-                seq=seq,
-                timestamp_ms=now,
-                model=res.embedder.model_id,
-                baseline=baseline,
-                operator_signer=res.membership.operator_signer(),
-            )
+            signed = self._encode(exps, seq, now, baseline, domain)
             res.store.commit_local(signed, [e.id for e in exps], received_ms=now_ms())
             res.events("publishing", cid=signed.batch.cid_text, domain=domain, n=len(exps))
-            reached = max(reached, await self.publish(topic_for(domain), signed.envelope))
+            topic = topic_for(domain, signed.batch.version)
+            reached = max(reached, await self.publish(topic, signed.envelope))
+            if signed.baseline_block is not None:
+                self.publisher.attached(domain)
             sent += len(exps)
             batch_ids.append(signed.batch.cid_text)
         self._last[domain] = trio.current_time()
@@ -143,6 +142,31 @@ class Broadcaster:
             "batch_id": batch_ids[-1] if batch_ids else None,
             "batch_ids": batch_ids,
         }
+
+    def _encode(self, exps, seq: int, now: int, mean, domain: str) -> SignedBatch:
+        """Our batch in the wire version we publish (NodeConfig.wire_version)."""
+        res = self.res
+        signer = res.membership.operator_signer()
+        if res.config.wire_version == 1:
+            return encode_batch(
+                exps,
+                key=res.identity.key,
+                seq=seq,
+                timestamp_ms=now,
+                model=res.embedder.model_id,
+                baseline=mean,
+                operator_signer=signer,
+            )
+        block, attach = self.publisher.for_batch(mean, domain)
+        return encode_batch_v2(
+            exps,
+            key=res.identity.key,
+            seq=seq,
+            timestamp_ms=now,
+            baseline=block,
+            attach_baseline=attach,
+            operator_signer=signer,
+        )
 
     async def _own_entries(self, domain: str, ids: list[bytes]) -> list[Experience]:
         """The outbox ids' experiences that are still ours; the others leave the outbox."""

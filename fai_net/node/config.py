@@ -80,6 +80,12 @@ class NodeConfig:
     telemetry_idle_s: float = 600.0
     #: Devnet demonstrations only: the control socket may publish unchecked bytes.
     allow_raw_publish: bool = False
+    #: Wire format this node publishes (docs/wire-format.md); it reads 1 and 2 whatever
+    #: this says. 2 sends the baseline by reference: a fleet still running version-1-only
+    #: nodes keeps 1 until they are upgraded.
+    wire_version: int = 2
+    #: Wire v2: make a new baseline block once the library mean moved this far (L2).
+    baseline_drift: float = 0.05
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,6 +118,10 @@ class NodeConfig:
             _check_listen(addr)
         if self.otlp_port is not None and not 0 <= self.otlp_port <= 65535:
             raise ValueError("otlp_port must be in 0..65535")
+        if self.wire_version not in (1, 2):
+            raise ValueError("wire_version must be 1 or 2")
+        if not self.baseline_drift > 0:
+            raise ValueError("baseline_drift must be positive")
         if self.telemetry_idle_s <= 0:
             raise ValueError("telemetry_idle_s must be positive")
         self.telemetry_policy()  # validates the domain and the rules

@@ -40,6 +40,7 @@ from fai_core.errors import FaiError
 from fai_net.admission.membership import Membership
 from fai_net.api.control import serve_control
 from fai_net.node.actions import ControlActions
+from fai_net.node.baselines import BaselineResolver
 from fai_net.node.broadcast import Broadcaster
 from fai_net.node.config import NodeConfig
 from fai_net.node.discovery import MEMBERSHIP_WATCH_S, Discovery
@@ -89,6 +90,7 @@ class NodeParts:
     """A running node's parts, built once its resources are open."""
 
     res: NodeResources
+    resolver: BaselineResolver
     receiver: Receiver
     subscriptions: Subscriptions
     rounds: MergeRounds
@@ -101,14 +103,21 @@ class NodeParts:
 
     @classmethod
     def build(cls, res: NodeResources, state: NodeState) -> NodeParts:
-        receiver = Receiver(res, state)
         discovery = Discovery(res, state)
-        status = NodeStatus(res, state, discovery.connected_peers, discovery.connections)
+        resolver = BaselineResolver(res, state, discovery.connected_peers)
+        receiver = Receiver(res, state, resolver)
+        broadcaster = Broadcaster(res, state)
+
+        def baselines() -> dict:
+            return {**resolver.status(), "blocks_made": broadcaster.publisher.blocks_made}
+
+        status = NodeStatus(res, state, discovery.connected_peers, discovery.connections, baselines)
         parts = dict(
+            resolver=resolver,
             receiver=receiver,
             subscriptions=Subscriptions(res, state, receiver.validator),
-            rounds=MergeRounds(res, state),
-            broadcaster=Broadcaster(res, state),
+            rounds=MergeRounds(res, state, resolver),
+            broadcaster=broadcaster,
             repair=RepairSync(res, state, receiver, discovery.connected_peers),
             discovery=discovery,
             status=status,
@@ -131,6 +140,7 @@ class NodeParts:
             self.rounds.loop,
             self.broadcaster.loop,
             self.repair.loop,
+            self.resolver.loop,
             self.discovery.discovery_loop,
             self.discovery.membership_loop,
             self.upkeep.metrics_loop,
@@ -288,10 +298,13 @@ class Node:
         return await self.parts.broadcaster.add_experiences(items)
 
     async def publish_raw(self, domain: str, data: bytes) -> None:
-        """Publish bytes as they are (tests and the rogue-peer tool); not for honest use."""
+        """Publish bytes as they are (tests and the rogue-peer tool); not for honest use. The
+        topic's wire version is the envelope's, or the node's own for bytes that say none."""
+        from fai_core.wire import envelope_version
         from fai_net.p2p.topics import topic_for
 
-        await self.parts.broadcaster.publish(topic_for(domain), data)
+        version = envelope_version(data) or self.config.wire_version
+        await self.parts.broadcaster.publish(topic_for(domain, version), data)
 
 
 async def _signal_watcher(scope: trio.CancelScope) -> None:

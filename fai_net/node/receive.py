@@ -25,9 +25,10 @@ from fai_net.admission.membership import Membership
 from fai_net.node.config import NodeConfig
 from fai_net.node.identity import NodeIdentity, public_key_of
 from fai_net.node.state import NodeState, Pending
-from fai_net.p2p.topics import domain_of
+from fai_net.p2p.topics import parse_topic
 
 if TYPE_CHECKING:
+    from fai_net.node.baselines import BaselineResolver
     from fai_net.node.resources import NodeResources
 
 #: Every part logs as the node always has (the CLI's log lines name the logger).
@@ -87,8 +88,8 @@ class Admission:
 class Receiver:
     """The gossip validator and the step after every admission (gossip or repair)."""
 
-    def __init__(self, res: NodeResources, state: NodeState) -> None:
-        self.res, self.state = res, state
+    def __init__(self, res: NodeResources, state: NodeState, resolver: BaselineResolver) -> None:
+        self.res, self.state, self.resolver = res, state, resolver
         self.refused = RefusalCache(ttl_s=res.config.seen_ttl_s)
 
     def validator(self, forwarder: ID, msg) -> bool:
@@ -109,11 +110,13 @@ class Receiver:
             return False
         cpu = time.thread_time()
         forwarder_key = public_key_of(forwarder)
+        topic_version, topic_domain = parse_topic(topic) or (None, "")
         result = res.gate.admit(
             msg.data,
             now,
             origin="gossip",
-            topic_domain=domain_of(topic) or "",
+            topic_domain=topic_domain,
+            topic_version=topic_version,
             forwarder=forwarder_key,
         )
         res.metrics.spent("validate", time.thread_time() - cpu)
@@ -136,7 +139,8 @@ class Receiver:
             batch = result.signed.batch
             res.events("accepted", cid=batch.cid_text, origin=origin)
             principal = res.admission.principal(batch.sender, forwarder, origin)
-            state.pending.put(principal, Pending(batch, origin), len(batch))
+            attached = result.signed.baseline_block
+            self.resolver.queue(principal, Pending(batch, origin), forwarder, attached)
             state.last_sync_ms = now_ms()
             if state.pending.rows >= res.config.round_rows:
                 state.round_wakeup.set()

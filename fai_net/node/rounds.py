@@ -20,6 +20,7 @@ from fai_core.clock import now_ms
 from fai_core.experience import Experience
 from fai_core.refusals import Drop, Muted, Refusal
 from fai_core.wire import decode_envelope
+from fai_net.node.baselines import BaselineResolver
 from fai_net.node.resources import NodeResources
 from fai_net.node.state import NodeState, Pending, RoundReport, read_library_sizes
 
@@ -28,8 +29,8 @@ log = logging.getLogger("fai_net.node.node")
 
 
 class MergeRounds:
-    def __init__(self, res: NodeResources, state: NodeState) -> None:
-        self.res, self.state = res, state
+    def __init__(self, res: NodeResources, state: NodeState, resolver: BaselineResolver) -> None:
+        self.res, self.state, self.resolver = res, state, resolver
         self._lock = trio.Lock()
 
     def requeue_unmerged(self) -> None:
@@ -57,7 +58,8 @@ class MergeRounds:
                 state.refill_from_store = True
                 return
             # Restarted batches take turns by sender: the forwarder is not known any more.
-            state.pending.put(("restart", batch.sender), Pending(batch, "restart"), len(batch))
+            # A v2 batch whose baseline block is not stored waits for it (baselines.py).
+            self.resolver.queue(("restart", batch.sender), Pending(batch, "restart"), None)
         state.refill_from_store = len(envelopes) == room
 
     async def loop(self) -> None:

@@ -13,6 +13,7 @@ from libp2p.peer.id import ID
 from fai_net.node.identity import public_key_of
 from fai_net.node.resources import NodeResources
 from fai_net.node.state import NodeState, PeerState
+from fai_net.p2p.topics import READ_VERSIONS
 
 
 class NodeStatus:
@@ -22,9 +23,11 @@ class NodeStatus:
         state: NodeState,
         connected_peers: Callable[[], list[ID]],
         connections: Callable[[], list[ID]],
+        baselines: Callable[[], dict] = dict,
     ) -> None:
         self.res, self.state = res, state
         self.connected_peers, self.connections = connected_peers, connections
+        self.baselines = baselines
 
     async def refresh_metrics(self) -> dict[str, int]:
         """Metrics from memory: library sizes are the ones the last merge or add left, so
@@ -57,6 +60,11 @@ class NodeStatus:
             "evidence": res.store.evidence_count(),
             "membership": res.membership.mode,
             "telemetry": self._telemetry_status(),
+            "wire": {
+                "publishes": res.config.wire_version,
+                "reads": list(READ_VERSIONS),
+                **self.baselines(),
+            },
         }
 
     def _telemetry_status(self) -> dict:

@@ -1,4 +1,5 @@
-"""The node's domain subscriptions: one gossip topic per domain, kept across restarts.
+"""The node's domain subscriptions: one gossip topic per domain and wire version read
+(fai_net/p2p/topics.py), kept across restarts.
 
 Subscribing installs the receive validator on the topic and starts a drain task: the
 validator has already decided on and stored each message; the drain only empties
@@ -20,7 +21,7 @@ from fai_core.experience import domain_problem
 from fai_core.reputation import atomic_write_json
 from fai_net.node.resources import NodeResources
 from fai_net.node.state import NodeState
-from fai_net.p2p.topics import topic_for
+from fai_net.p2p.topics import READ_VERSIONS, topic_for
 
 #: Every part logs as the node always has (the CLI's log lines name the logger).
 log = logging.getLogger("fai_net.node.node")
@@ -29,7 +30,8 @@ log = logging.getLogger("fai_net.node.node")
 class Subscriptions:
     def __init__(self, res: NodeResources, state: NodeState, validator: Callable) -> None:
         self.res, self.state, self.validator = res, state, validator
-        self._scopes: dict[str, trio.CancelScope] = {}
+        #: One drain per topic: every version's topic of each subscribed domain.
+        self._scopes: dict[str, list[trio.CancelScope]] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -45,14 +47,15 @@ class Subscriptions:
         if domain in self._scopes:
             return False
         res = self.res
-        topic = topic_for(domain)
         res.gate.domains.add(domain)
-        res.pubsub.set_topic_validator(topic, self.validator, False)
-        subscription = await res.pubsub.subscribe(topic)
-        scope = trio.CancelScope()
-        self._scopes[domain] = scope
+        scopes = self._scopes[domain] = []
         self.state.domains = sorted(self._scopes)
-        self._nursery.start_soon(_drain, subscription, scope)
+        for version in READ_VERSIONS:  # every version we read, whichever we publish
+            topic = topic_for(domain, version)
+            res.pubsub.set_topic_validator(topic, self.validator, False)
+            subscription = await res.pubsub.subscribe(topic)
+            scopes.append(trio.CancelScope())
+            self._nursery.start_soon(_drain, subscription, scopes[-1])
         # Repair cursors are kept per domain set, so the new set starts from the beginning
         # of every peer's inventory and fetches the domain's history.
         self.state.repair_wakeup.set()
@@ -62,15 +65,17 @@ class Subscriptions:
         return True
 
     async def unsubscribe(self, domain: str) -> bool:
-        scope = self._scopes.pop(domain, None)
-        if scope is None:
+        scopes = self._scopes.pop(domain, None)
+        if scopes is None:
             return False
-        scope.cancel()
+        for scope in scopes:
+            scope.cancel()
         res = self.res
         res.gate.domains.discard(domain)
-        topic = topic_for(domain)
-        await res.pubsub.unsubscribe(topic)
-        res.pubsub.remove_topic_validator(topic)
+        for version in READ_VERSIONS:
+            topic = topic_for(domain, version)
+            await res.pubsub.unsubscribe(topic)
+            res.pubsub.remove_topic_validator(topic)
         self.state.domains = sorted(self._scopes)
         self._save_domains()
         res.write_ready_file(self.state.domains)

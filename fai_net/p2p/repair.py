@@ -13,8 +13,10 @@ buffer more than 64 KiB (request) or 4 MiB (response).
 
 Requests (`op`): `since` {cursor, limit <= 1024, domains?} -> {items, next};
 `get` {cids <= 64} -> {envelopes}; `range` {sender, first, last; last - first < 256} ->
-{envelopes}. Envelope lists are cut before the response frame would exceed its limit; the
-requester asks again for the rest. Failures are {"error": code}.
+{envelopes}; `blocks` {cids <= 64} -> {blocks}: the wire-v2 baseline blocks the peer holds
+(fai_core/baseline_block.py), which the requester checks against the CIDs it asked for.
+Envelope lists are cut before the response frame would exceed its limit; the requester asks
+again for the rest. Failures are {"error": code}.
 
 Limits (`RepairLimits`), because one request of ~240 bytes can cost the server a 4 MiB
 answer, and a peer that opens many streams and never reads them would otherwise make it
@@ -61,6 +63,7 @@ from libp2p.peer.id import ID
 from libp2p.protocol_muxer.exceptions import MultiselectClientError, ProtocolNotSupportedError
 
 from fai_core import dagcbor
+from fai_core.baseline_block import MAX_BLOCK_BYTES
 from fai_core.errors import FaiError, WireError
 from fai_core.experience import PUBLIC_KEY_LEN, domain_problem
 from fai_core.wire import MAX_ENVELOPE_BYTES
@@ -176,7 +179,7 @@ def validate_request(obj: Any) -> dict[str, Any]:
                 raise RepairError(TOO_LARGE, f"{len(domains)} domains > {MAX_DOMAINS}")
             if any(domain_problem(d) for d in domains):
                 raise RepairError(BAD_REQUEST, "domains must be valid domain tags")
-    elif op == "get":
+    elif op in ("get", "blocks"):
         _keys(obj, {"op", "cids"})
         cids = obj["cids"]
         if not isinstance(cids, list) or not cids:
@@ -234,6 +237,9 @@ def handle_request(store: BatchStore, request: Any) -> dict[str, Any]:
         wanted = list(dict.fromkeys(req["cids"]))  # each envelope once, in request order
         found = (store.get(cid) for cid in wanted)
         return {"envelopes": _envelopes_within_limit(e for e in found if e is not None)}
+    if op == "blocks":
+        # 64 blocks of at most MAX_BLOCK_BYTES always fit the frame.
+        return {"blocks": store.get_blocks(list(dict.fromkeys(req["cids"])))}
     first, last = req["first"], req["last"]
     budget = MAX_RESPONSE_BYTES - _RESPONSE_OVERHEAD - _ITEM_OVERHEAD * MAX_RANGE_SPAN
     envelopes = store.range(req["sender"], first, last, last - first + 1, max_bytes=budget)
@@ -251,6 +257,8 @@ def response_bound(request: dict[str, Any]) -> int:
     op = request["op"]
     if op == "since":
         body = _SINCE_OVERHEAD + request["limit"] * _SINCE_ITEM_MAX
+    elif op == "blocks":
+        body = _RESPONSE_OVERHEAD + len(set(request["cids"])) * (MAX_BLOCK_BYTES + _ITEM_OVERHEAD)
     else:
         count = len(set(request["cids"])) if op == "get" else request["last"] - request["first"] + 1
         body = _RESPONSE_OVERHEAD + count * (MAX_ENVELOPE_BYTES + _ITEM_OVERHEAD)
@@ -310,6 +318,8 @@ def validate_response(request: dict[str, Any], response: Any) -> dict[str, Any]:
             if domain_problem(domain) or (domains is not None and domain not in domains):
                 raise _bad("item domain is invalid or was not asked for")
         return response
+    if op == "blocks":
+        return _validate_blocks(request, response)
     if set(response) != {"envelopes"}:
         raise _bad(f"{op} response needs exactly envelopes")
     envelopes = response["envelopes"]
@@ -320,6 +330,18 @@ def validate_response(request: dict[str, Any], response: Any) -> dict[str, Any]:
         raise _bad(f"each envelope must be 1..{MAX_ENVELOPE_BYTES} bytes")
     if len(set(envelopes)) != len(envelopes):
         raise _bad("an envelope appears twice")
+    return response
+
+
+def _validate_blocks(request: dict[str, Any], response: Any) -> dict[str, Any]:
+    if set(response) != {"blocks"}:
+        raise _bad("blocks response needs exactly blocks")
+    blocks = response["blocks"]
+    most = len(set(request["cids"]))
+    if not isinstance(blocks, list) or len(blocks) > most:
+        raise _bad(f"blocks must be a list of at most {most} entries")
+    if any(not isinstance(b, bytes) or not 0 < len(b) <= MAX_BLOCK_BYTES for b in blocks):
+        raise _bad(f"each block must be 1..{MAX_BLOCK_BYTES} bytes")
     return response
 
 

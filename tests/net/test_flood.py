@@ -126,7 +126,7 @@ class FloodPeer:
                     "--target",
                     target.addr,
                     "--topic",
-                    topic_for(DOMAIN),
+                    topic_for(DOMAIN, 1),
                     "--model",
                     model,
                     "--rate",

@@ -38,7 +38,7 @@ from tests.support.fleet import ROOT, corpus_by_domain, temporary_fleet, wait_fo
 
 HELPER = ROOT / "tests/net/hostile_peer.py"
 DOMAIN = "coding"
-TOPIC = topic_for(DOMAIN)
+TOPIC = topic_for(DOMAIN, 1)
 
 
 @pytest.fixture

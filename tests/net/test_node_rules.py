@@ -115,7 +115,7 @@ def test_unmerged_batches_are_merged_after_a_restart():
         async with trio.open_nursery() as n:
             node = await start(n, cfg)
             signed = signed_batch(node, texts)
-            assert node._validator(other.peer_id, _Msg(signed.envelope, topic_for("coding")))
+            assert node._validator(other.peer_id, _Msg(signed.envelope, topic_for("coding", 1)))
             assert node.store.has(signed.cid) and len(node.store.unmerged()) == 1
             assert await trio.to_thread.run_sync(node.library.count) == 0
             n.cancel_scope.cancel()
@@ -193,7 +193,8 @@ def test_own_batches_back_from_a_peer_raise_the_seq_counter(monkeypatch):
                 second_seq = seq_of(a, second)
                 # The new batch reaches b as gossip would deliver it (b's validator).
                 envelope = a.store.get(stored(a)[second])
-                delivered = b._validator(a.peer_id, _Msg(envelope, topic_for("coding")))
+                topic = topic_for("coding", a.config.wire_version)  # the version a publishes
+                delivered = b._validator(a.peer_id, _Msg(envelope, topic))
                 a_run.cancel_scope.cancel()
             assert second_seq > first_seq, "a signed below a seq it had used before"
             assert counter_after_repair > first_seq

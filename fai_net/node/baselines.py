@@ -1,0 +1,283 @@
+"""Wire-v2 baselines: the block this node publishes against, and the blocks it must fetch.
+
+A version 2 batch names its sender's baseline by CID (fai_core/baseline_block.py). On the
+sending side `BaselinePublisher` keeps one block per run, makes a new one only when the
+library mean has drifted past `NodeConfig.baseline_drift`, and says when to attach it to a
+batch: the first batch on each domain's topic after the block changed, so subscribers get it
+with the batch and almost never fetch it.
+
+On the receiving side a batch may arrive without its block (the node missed the batch that
+carried it, or joined later). `BaselineResolver` completes it from a small in-memory cache
+or the batch store; otherwise the batch is parked and the block fetched with the repair
+protocol's `blocks` op, from the peer that handed us the batch, then the sender's node, then
+any connected peer. Parked batches enter the merge queue once their block arrives. What an
+attacker can do with it is bounded: parked batches passed the gate (signature, membership,
+budgets) like any other, the park holds at most `MAX_PARKED` of them, and a batch whose
+block never arrives stays unmerged in the store (retried after a restart), costing no one
+reputation: an outage is not proof of fault. A block that hashes right but does not fit
+the batch (another model or dimension, bad values) is the signer's fault (the batch commits
+to the block) and is charged to it like any content error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import trio
+from libp2p.peer.id import ID
+
+from fai_core.baseline_block import (
+    BaselineBlock,
+    baseline_drift,
+    decode_baseline_block,
+    make_baseline_block,
+)
+from fai_core.clock import now_ms
+from fai_core.errors import WireError
+from fai_core.refusals import Refusal, Reject
+from fai_core.wire import Batch
+from fai_net.node.peer_keys import peer_id_of
+from fai_net.node.state import NodeState, Pending
+from fai_net.p2p import repair
+from fai_net.ratelog import RateLimitedLog
+
+if TYPE_CHECKING:
+    from fai_net.node.resources import NodeResources
+
+#: Every part logs as the node always has (the CLI's log lines name the logger).
+log = logging.getLogger("fai_net.node.node")
+_ratelog = RateLimitedLog(log)
+
+#: Batches waiting for their baseline block, node-wide; beyond that they wait in the store.
+MAX_PARKED = 1024
+#: Blocks kept decoded in memory (each ~1.5 KB as float32 at d = 384).
+CACHE_BLOCKS = 256
+#: Peers asked per missing block per pass, and how often a pass runs while any is missing.
+PEERS_PER_BLOCK = 4
+FETCH_INTERVAL_S = 2.0
+#: A parked batch whose block no peer served for this long leaves memory; it stays unmerged
+#: in the store and is parked again after the next restart.
+PARK_TIMEOUT_S = 600.0
+
+
+class BaselinePublisher:
+    """The block this node's v2 batches are encoded against, and where it was attached."""
+
+    def __init__(self, model: str, drift: float) -> None:
+        self.model, self.drift = model, drift
+        self.block: BaselineBlock | None = None
+        self._attached: set[str] = set()
+        self.blocks_made = 0
+
+    def for_batch(self, mean: np.ndarray, domain: str) -> tuple[BaselineBlock, bool]:
+        """The block to encode a `domain` batch against, and whether to attach it."""
+        if self.block is None or baseline_drift(self.block, mean) > self.drift:
+            self.block = make_baseline_block(mean, self.model)
+            self._attached.clear()
+            self.blocks_made += 1
+        attach = domain not in self._attached
+        return self.block, attach
+
+    def attached(self, domain: str) -> None:
+        """The block went out with a batch on `domain`'s topic (call after publishing)."""
+        self._attached.add(domain)
+
+
+@dataclass
+class _Parked:
+    """Batches waiting for one block, and the peers that handed them to us."""
+
+    since: float
+    waiting: list[tuple[object, Pending]] = field(default_factory=list)
+    sources: list[bytes] = field(default_factory=list)
+
+
+class BaselineResolver:
+    """Completes v2 batches with their baseline blocks (see the module docstring)."""
+
+    def __init__(
+        self, res: NodeResources, state: NodeState, connected_peers: Callable[[], list[ID]]
+    ) -> None:
+        self.res, self.state, self.connected_peers = res, state, connected_peers
+        self._cache: OrderedDict[bytes, BaselineBlock] = OrderedDict()
+        self._parked: dict[bytes, _Parked] = {}
+        #: Blocks fetched; batches not parked because the park was full; parked batches
+        #: given up on (`PARK_TIMEOUT_S`): `status` reports them.
+        self.fetched = 0
+        self.park_full = 0
+        self.gave_up = 0
+        self.wakeup = trio.Event()
+
+    @property
+    def parked(self) -> int:
+        return sum(len(p.waiting) for p in self._parked.values())
+
+    def lookup(self, cid: bytes) -> BaselineBlock | None:
+        """The block from memory or the store, None if this node does not hold it."""
+        block = self._cache.get(cid)
+        if block is not None:
+            self._cache.move_to_end(cid)
+            return block
+        data = self.res.store.get_block(cid)
+        if data is None:
+            return None
+        block = decode_baseline_block(data, cid)  # stored after the same check: cannot fail
+        self.remember(block)
+        return block
+
+    def remember(self, block: BaselineBlock) -> None:
+        self._cache[block.cid] = block
+        self._cache.move_to_end(block.cid)
+        while len(self._cache) > CACHE_BLOCKS:
+            self._cache.popitem(last=False)
+
+    def queue(
+        self,
+        principal: object,
+        pending: Pending,
+        source: bytes | None,
+        attached: BaselineBlock | None = None,
+    ) -> bool:
+        """Put an accepted batch in the merge queue, completed with its baseline, or park it
+        until the block arrives. True if it is queued now. `attached`: the block that came
+        in the batch's envelope (the gate stored it), which may free parked batches too."""
+        if attached is not None:
+            self.remember(attached)
+            self._release(attached)
+        batch = pending.batch
+        if not batch.resolved:
+            block = self.lookup(batch.baseline_cid)
+            if block is None:
+                self.park(principal, pending, source)
+                return False
+            batch = self._fit(batch, block)
+            if batch is None:
+                return False
+        self.state.pending.put(principal, Pending(batch, pending.origin), len(batch))
+        return True
+
+    def _fit(self, batch: Batch, block: BaselineBlock) -> Batch | None:
+        """The batch completed, or None: refused and marked done in the store, so a restart
+        does not queue it again."""
+        try:
+            batch = batch.with_baseline(block)
+        except WireError as exc:
+            self.res.reputation.record(batch.sender, passed=False)
+            return self._refuse(batch, exc.reason, str(exc))
+        if batch.model != self.res.gate.policy.model_id:
+            # Another fleet's model, as the gate refuses it (nobody charged).
+            return self._refuse(batch, Refusal.WRONG_MODEL, f"model {batch.model!r}")
+        return batch
+
+    def _refuse(self, batch: Batch, reason: str, detail: str) -> None:
+        self.res.metrics.reject(reason)
+        self.res.store.mark_merged([batch.cid])
+        _ratelog.info(reason, "baseline of %s refused: %s", batch.cid_text, detail)
+        return None
+
+    def _release(self, block: BaselineBlock) -> None:
+        """Queue every batch parked on `block` (a fresh block was just stored)."""
+        entry = self._parked.pop(block.cid, None)
+        if entry is None:
+            return
+        for principal, pending in entry.waiting:
+            batch = self._fit(pending.batch, block)
+            if batch is not None:
+                self.state.pending.put(principal, Pending(batch, pending.origin), len(batch))
+        self.state.round_wakeup.set()
+
+    async def loop(self) -> None:
+        while True:
+            with trio.move_on_after(FETCH_INTERVAL_S):
+                await self.wakeup.wait()
+            self.wakeup = trio.Event()
+            self._expire(trio.current_time())
+            if self._parked:
+                await self.fetch_missing()
+
+    def _expire(self, now: float) -> None:
+        for cid, entry in list(self._parked.items()):
+            if now - entry.since > PARK_TIMEOUT_S:
+                del self._parked[cid]
+                self.gave_up += len(entry.waiting)
+                log.info(
+                    "no peer served baseline %s; %d batches wait in the store",
+                    cid.hex()[:16],
+                    len(entry.waiting),
+                )
+
+    def status(self) -> dict:
+        """What `fai node status` shows of wire-v2 baselines."""
+        return {
+            "parked_batches": self.parked,
+            "missing_blocks": len(self._parked),
+            "fetched_blocks": self.fetched,
+            "park_full": self.park_full,
+            "gave_up": self.gave_up,
+            "stored_blocks": self.res.store.block_count(),
+        }
+
+    async def fetch_missing(self) -> int:
+        """One pass: ask peers for every missing block; returns how many arrived."""
+        got = 0
+        for cid in list(self._parked):
+            entry = self._parked.get(cid)
+            if entry is None:
+                continue
+            for peer in self._candidates(entry)[:PEERS_PER_BLOCK]:
+                block = await self._ask(peer, cid)
+                if block is not None:
+                    self.res.store.put_block(block.cid, block.data, now_ms())
+                    self.remember(block)
+                    self._release(block)
+                    self.fetched += 1
+                    got += 1
+                    break
+        return got
+
+    def _candidates(self, entry: _Parked) -> list[ID]:
+        """Who to ask: the peers that forwarded the batches, the senders' own nodes, then
+        everyone else connected; only connected peers (a fetch never dials)."""
+        connected = self.connected_peers()
+        keys = [*entry.sources, *(p.batch.sender for _, p in entry.waiting[:8])]
+        first = [peer for peer in map(_peer_or_none, keys) if peer is not None]
+        ordered = [p for p in dict.fromkeys(first) if p in connected]
+        return ordered + [p for p in connected if p not in ordered]
+
+    async def _ask(self, peer: ID, cid: bytes) -> BaselineBlock | None:
+        try:
+            reply = await repair.request(self.res.host, peer, {"op": "blocks", "cids": [cid]})
+        except repair.RepairError as exc:
+            log.debug("baseline fetch from %s failed: %s", peer, exc)
+            return None
+        for data in reply["blocks"]:
+            try:
+                return decode_baseline_block(data, cid)
+            except WireError as exc:
+                # Wrong bytes for the CID asked: the peer's doing. Bytes that hash right
+                # but break the block rules: the signer's, charged when fitted.
+                if exc.reason in (Reject.CID_MISMATCH, Reject.OVERSIZE):
+                    _ratelog.info("baseline", "peer %s sent a wrong baseline block", peer)
+                    continue
+                self._refuse_all(cid, exc)
+                return None
+        return None
+
+    def _refuse_all(self, cid: bytes, exc: WireError) -> None:
+        entry = self._parked.pop(cid, None)
+        for _, pending in entry.waiting if entry else ():
+            self.res.reputation.record(pending.batch.sender, passed=False)
+            self.res.metrics.reject(exc.reason)
+            self.res.store.mark_merged([pending.batch.cid])
+
+
+def _peer_or_none(key: bytes) -> ID | None:
+    try:
+        return peer_id_of(key)
+    except Exception:  # not a valid Ed25519 point: no node to ask
+        return None
