@@ -161,6 +161,21 @@ class BaselineResolver:
         self.state.pending.put(principal, Pending(batch, pending.origin), len(batch))
         return True
 
+    def park(self, principal: object, pending: Pending, source: bytes | None) -> bool:
+        """Hold a batch until its block arrives; False (it waits in the store) if full."""
+        if self.parked >= MAX_PARKED:
+            self.park_full += 1
+            cid_text = pending.batch.cid_text
+            _ratelog.info("park", "baseline park full: %s waits in the store", cid_text)
+            return False
+        cid = pending.batch.baseline_cid
+        entry = self._parked.get(cid) or self._parked.setdefault(cid, _Parked(trio.current_time()))
+        entry.waiting.append((principal, pending))
+        if source is not None and source not in entry.sources:
+            entry.sources.append(source)
+        self.wakeup.set()
+        return True
+
     def _fit(self, batch: Batch, block: BaselineBlock) -> Batch | None:
         """The batch completed, or None: refused and marked done in the store, so a restart
         does not queue it again."""
