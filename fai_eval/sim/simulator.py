@@ -54,6 +54,12 @@ from threadpoolctl import threadpool_limits
 
 from fai_core import wire
 from fai_core.aggregation import Aggregator, NaiveAverage
+from fai_core.baseline_block import (
+    DEFAULT_DRIFT_THRESHOLD,
+    BaselineBlock,
+    BaselinePublisher,
+    reference_block,
+)
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
 from fai_core.embedding import DEFAULT_MODEL
 from fai_core.errors import WireError
@@ -72,6 +78,9 @@ START_MS = 1_760_000_000_000
 #: judged fresh up to this age, so DeltaSoup rounds use it as T_max, as the node does.
 REPAIR_MAX_AGE_MS = 7 * 86_400_000
 REPUTATION_HALF_LIFE_MS = 3_600_000
+#: Wire v2: bytes of one repair `blocks` exchange besides the block: the request frame
+#: (~60 B), the response's framing (~16 B) and the stream's protocol negotiation, rounded up.
+BLOCK_FETCH_OVERHEAD = 150
 RECENT_ROUNDS = 5  # task history behind a node's task mean (Definition 8)
 #: A stored embedding below this cosine to its own text's true embedding no longer points
 #: at its text (honest BitDelta reconstructions measure >= 0.757, docs/fidelity.md).
@@ -101,6 +110,11 @@ class SimConfig:
     #: task's (the same lesson or a close paraphrase).
     hit_cos: float = 0.8
     share: bool = True
+    #: Wire version honest nodes publish (attackers' batches are version 1, which nodes
+    #: read too). Version 2 sends the baseline by reference: see `_baseline_fetches`.
+    wire_version: int = 2
+    #: Version 2: a sender makes a new baseline block past this drift (NodeConfig's).
+    baseline_drift: float = DEFAULT_DRIFT_THRESHOLD
 
     def __post_init__(self) -> None:
         checks = [
@@ -115,6 +129,8 @@ class SimConfig:
             (self.eval_tasks >= 1 and self.eval_nodes >= 1, "eval sizes must be at least 1"),
             (0 < self.latency_ms[0] <= self.latency_ms[1], "latency range must be positive"),
             (self.round_s >= 1, "round_s must be at least 1"),
+            (self.wire_version in (1, 2), "wire_version must be 1 or 2"),
+            (self.baseline_drift > 0, "baseline_drift must be positive"),
         ]
         for ok, message in checks:
             if not ok:
@@ -179,6 +195,8 @@ class _Node:
     repair: list[bytes] = field(default_factory=list)  # CIDs to fetch next round
     repair_due: list[bytes] = field(default_factory=list)  # CIDs fetched this round
     published: list[bytes] = field(default_factory=list)  # CIDs of the node's own batches
+    publisher: BaselinePublisher | None = None  # wire v2: its baseline block
+    known_blocks: set[bytes] = field(default_factory=set)  # wire v2: blocks it holds
 
 
 def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
@@ -300,6 +318,10 @@ class Simulation:
             node.receiver = rec
         # Published batches: cid -> (topic, round, size, decoded batch or None).
         self.batches: dict[bytes, tuple[int, int, int, wire.Batch | None]] = {}
+        #: Wire v2: every baseline block published, and the batches that carried theirs.
+        self.reference = reference_block(DEFAULT_MODEL, self.world.vectors.shape[1])
+        self.blocks: dict[bytes, BaselineBlock] = {self.reference.cid: self.reference}
+        self.attached: set[bytes] = set()
         self.by_topic_round: dict[tuple[int, int], list[bytes]] = defaultdict(list)
         self.sender_of: dict[bytes, int] = {}
         self.pattern_of: dict[bytes, tuple[int, int]] = {}  # exp id -> (pattern, tag domain)
@@ -435,14 +457,32 @@ class Simulation:
             if not send:
                 continue
             node.seq += 1
-            baseline = node.fai_sum / len(node.fai)
-            sb = wire.encode_batch(
-                send, key=node.key, seq=node.seq, timestamp_ms=ts, model=DEFAULT_MODEL,
-                baseline=baseline,
-            )  # fmt: skip
+            sb = self._encode(node, send, ts, world.domains[dom])
             node.published.append(sb.cid)
             out.append((node, dom, sb))
         return out
+
+    def _encode(self, node: _Node, send: list[Experience], ts: int, domain: str):
+        """The node's batch in the configured wire version, as its broadcaster builds it."""
+        baseline = node.fai_sum / len(node.fai)
+        if self.cfg.wire_version == 1:
+            return wire.encode_batch(
+                send, key=node.key, seq=node.seq, timestamp_ms=ts, model=DEFAULT_MODEL,
+                baseline=baseline,
+            )  # fmt: skip
+        if node.publisher is None:
+            node.publisher = BaselinePublisher(self.reference, self.cfg.baseline_drift)
+        block, attach = node.publisher.for_batch(baseline, len(node.fai), domain)
+        sb = wire.encode_batch_v2(
+            send, key=node.key, seq=node.seq, timestamp_ms=ts, baseline=block,
+            attach_baseline=attach,
+        )  # fmt: skip
+        if attach:
+            node.publisher.attached(domain)
+            self.blocks[block.cid] = block
+            self.stats["baseline_blocks_attached"] += 1
+        node.known_blocks.add(block.cid)
+        return sb
 
     def _fai_put(self, node: _Node, e: Experience) -> bool:
         old = node.fai.get(e.id)
@@ -464,7 +504,12 @@ class Simulation:
         t = time.perf_counter()
         for node, dom, sb in outbox:
             try:
-                batch = wire.decode_envelope(sb.envelope).batch
+                signed = wire.decode_envelope(sb.envelope)
+                batch = signed.batch
+                if not batch.resolved:  # the block a receiver holds or fetches once
+                    batch = batch.with_baseline(self.blocks[batch.baseline_cid])
+                elif signed.baseline_block is not None:
+                    self.attached.add(sb.cid)
             except WireError:
                 batch = None
                 self.stats["undecodable"] += 1
@@ -533,6 +578,7 @@ class Simulation:
                 self.stats["repaired"] += len(fetched)
                 node.repair_due = []
             deliveries[node.idx] = frozenset(cids)
+            repair_bytes += self._baseline_fetches(node, cids)
         self.per_round[-1]["repair_bytes_per_node"] = repair_bytes / max(1, len(deliveries))
         # Group receivers; split members whose deliveries differ from the majority's.
         receivers: dict[int, _Receiver] = {}
@@ -590,6 +636,23 @@ class Simulation:
                     self.nodes[i].receiver = home
                 rec.members = set()
                 self.stats["rejoined_receivers"] += 1
+
+    def _baseline_fetches(self, node: _Node, cids: set[bytes]) -> int:
+        """Wire v2: bytes `node` spends fetching the baseline blocks of delivered batches
+        that did not carry theirs and that it does not hold yet (one repair `blocks`
+        exchange each: the block plus `BLOCK_FETCH_OVERHEAD`). Counted as repair bytes."""
+        spent = 0
+        for cid in sorted(cids, key=lambda c: c not in self.attached):  # attached first
+            batch = self.batches[cid][3]
+            ref = None if batch is None else batch.baseline_cid
+            if ref is None or ref == self.reference.cid or ref in node.known_blocks:
+                continue
+            node.known_blocks.add(ref)
+            if cid not in self.attached:
+                spent += len(self.blocks[ref].data) + BLOCK_FETCH_OVERHEAD
+                self.stats["baseline_fetches"] += 1
+        self.stats["baseline_fetch_bytes"] += spent
+        return spent
 
     def _receive_one(self, rec: _Receiver, cids: frozenset[bytes], members: list[int]) -> None:
         batches = [self.batches[c][3] for c in sorted(cids)]
@@ -827,6 +890,12 @@ class Simulation:
                     np.mean([x.get("repair_bytes_per_node", 0.0) for x in rounds])
                 ),
                 "withheld_experiences": int(s["withheld"]),
+                "wire_version": self.cfg.wire_version,
+                "baseline_blocks_made": len(self.blocks) - 1,  # the reference is no one's
+                "baseline_blocks_attached": int(s["baseline_blocks_attached"]),
+                "baseline_fetches": int(s["baseline_fetches"]),
+                "baseline_fetch_bytes_per_node_per_round": s["baseline_fetch_bytes"]
+                / max(1, len(self.honest) * len(rounds)),
                 "failures": int(s["failures"]),
                 "rejoins": int(s["rejoins"]),
             },

@@ -80,6 +80,7 @@ def _sim(args: argparse.Namespace) -> int:
         loss=args.loss,
         eval_every=min(args.eval_every, args.rounds),
         share=not args.exact,
+        wire_version=args.wire_version,
     )
 
     def progress(done: int, total: int) -> None:
@@ -198,6 +199,13 @@ def add_sim_command(commands) -> None:
         "--exact",
         action="store_true",
         help="one DeltaSoup per node (slower; no shared receivers)",
+    )
+    sim.add_argument(
+        "--wire-version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="wire format honest nodes publish (default 2: baseline by reference)",
     )
     sim.add_argument("--json", action="store_true", help="print the full report as JSON")
     sim.set_defaults(handler=_sim)

@@ -1,12 +1,14 @@
-"""Wire-v2 baselines: the block this node publishes against, and the blocks it must fetch.
+"""Wire-v2 baselines on the receiving side: the blocks a node must fetch, and the batches
+that wait for them.
 
-A version 2 batch names its sender's baseline by CID (fai_core/baseline_block.py). On the
-sending side `BaselinePublisher` keeps one block per run, makes a new one only when the
-library mean has drifted past `NodeConfig.baseline_drift`, and says when to attach it to a
-batch: the first batch on each domain's topic after the block changed, so subscribers get it
-with the batch and almost never fetch it.
+A version 2 batch names its sender's baseline by CID (fai_core/baseline_block.py). The
+sender (`BaselinePublisher` there, used by broadcast.py) starts with the fleet's reference
+block, which every node derives and nobody sends; once its library is large enough it makes
+a block of its mean, and a new one only when the mean has drifted past
+`NodeConfig.baseline_drift`, attached to its first batch on each domain's topic after the
+change, so subscribers get it with the batch and almost never fetch it.
 
-On the receiving side a batch may arrive without its block (the node missed the batch that
+A batch may arrive without its block (the node missed the batch that
 carried it, or joined later). `BaselineResolver` completes it from a small in-memory cache
 or the batch store; otherwise the batch is parked and the block fetched with the repair
 protocol's `blocks` op, from the peer that handed us the batch, then the sender's node, then
@@ -27,16 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
 import trio
 from libp2p.peer.id import ID
 
-from fai_core.baseline_block import (
-    BaselineBlock,
-    baseline_drift,
-    decode_baseline_block,
-    make_baseline_block,
-)
+from fai_core.baseline_block import BaselineBlock, decode_baseline_block, reference_block
 from fai_core.clock import now_ms
 from fai_core.errors import WireError
 from fai_core.refusals import Refusal, Reject
@@ -65,29 +61,6 @@ FETCH_INTERVAL_S = 2.0
 PARK_TIMEOUT_S = 600.0
 
 
-class BaselinePublisher:
-    """The block this node's v2 batches are encoded against, and where it was attached."""
-
-    def __init__(self, model: str, drift: float) -> None:
-        self.model, self.drift = model, drift
-        self.block: BaselineBlock | None = None
-        self._attached: set[str] = set()
-        self.blocks_made = 0
-
-    def for_batch(self, mean: np.ndarray, domain: str) -> tuple[BaselineBlock, bool]:
-        """The block to encode a `domain` batch against, and whether to attach it."""
-        if self.block is None or baseline_drift(self.block, mean) > self.drift:
-            self.block = make_baseline_block(mean, self.model)
-            self._attached.clear()
-            self.blocks_made += 1
-        attach = domain not in self._attached
-        return self.block, attach
-
-    def attached(self, domain: str) -> None:
-        """The block went out with a batch on `domain`'s topic (call after publishing)."""
-        self._attached.add(domain)
-
-
 @dataclass
 class _Parked:
     """Batches waiting for one block, and the peers that handed them to us."""
@@ -106,6 +79,11 @@ class BaselineResolver:
         self.res, self.state, self.connected_peers = res, state, connected_peers
         self._cache: OrderedDict[bytes, BaselineBlock] = OrderedDict()
         self._parked: dict[bytes, _Parked] = {}
+        # The fleet's reference block is never sent: every node derives it, and stores it
+        # so that it can serve it like any other.
+        policy = res.gate.policy
+        self.reference = reference_block(policy.model_id, policy.dimension)
+        res.store.put_block(self.reference.cid, self.reference.data, now_ms())
         #: Blocks fetched; batches not parked because the park was full; parked batches
         #: given up on (`PARK_TIMEOUT_S`): `status` reports them.
         self.fetched = 0
@@ -119,6 +97,8 @@ class BaselineResolver:
 
     def lookup(self, cid: bytes) -> BaselineBlock | None:
         """The block from memory or the store, None if this node does not hold it."""
+        if cid == self.reference.cid:
+            return self.reference
         block = self._cache.get(cid)
         if block is not None:
             self._cache.move_to_end(cid)
@@ -131,6 +111,8 @@ class BaselineResolver:
         return block
 
     def remember(self, block: BaselineBlock) -> None:
+        if block.cid == self.reference.cid:
+            return
         self._cache[block.cid] = block
         self._cache.move_to_end(block.cid)
         while len(self._cache) > CACHE_BLOCKS:

@@ -7,7 +7,7 @@ experiences, in batches of at most `max_batch`. Every publish is paced (`publish
 and serialised, so gossipsub drops none. A seq is reserved durably before anything is signed
 with it, and never while the wall clock is behind our last seq (fai_net/node/seq_clock.py).
 Batches go out in the configured wire version; in version 2 the baseline travels as a block
-of its own (fai_net/node/baselines.py, `BaselinePublisher`).
+of its own (`fai_core.baseline_block.BaselinePublisher`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import logging
 
 import trio
 
+from fai_core.baseline_block import BaselinePublisher, reference_block
 from fai_core.clock import now_ms
 from fai_core.experience import Experience
 from fai_core.wire import SignedBatch, encode_batch, encode_batch_v2
 from fai_net.api.control import ControlError
 from fai_net.node import seq_clock
-from fai_net.node.baselines import BaselinePublisher
 from fai_net.node.resources import NodeResources
 from fai_net.node.state import NodeState, read_library_sizes
 from fai_net.p2p.topics import topic_for
@@ -38,7 +38,8 @@ class Broadcaster:
         self._last: dict[str, float] = {}
         self._publish_lock = trio.Lock()
         self._locks: dict[str, trio.Lock] = {}
-        self.publisher = BaselinePublisher(res.embedder.model_id, res.config.baseline_drift)
+        reference = reference_block(res.embedder.model_id, res.gate.policy.dimension)
+        self.publisher = BaselinePublisher(reference, res.config.baseline_drift)
 
     async def add_experiences(self, items: list[dict]) -> dict:
         """Embed and store the agent's own experiences; they join the domain's outbox."""
@@ -157,7 +158,8 @@ class Broadcaster:
                 baseline=mean,
                 operator_signer=signer,
             )
-        block, attach = self.publisher.for_batch(mean, domain)
+        rows = sum(self.state.library_sizes.values())
+        block, attach = self.publisher.for_batch(mean, rows, domain)
         return encode_batch_v2(
             exps,
             key=res.identity.key,

@@ -84,8 +84,9 @@ class NodeConfig:
     #: this says. 2 sends the baseline by reference: a fleet still running version-1-only
     #: nodes keeps 1 until they are upgraded.
     wire_version: int = 2
-    #: Wire v2: make a new baseline block once the library mean moved this far (L2).
-    baseline_drift: float = 0.05
+    #: Wire v2: make a new baseline block once the library mean moved this far (L2;
+    #: fai_core/baseline_block.py, DEFAULT_DRIFT_THRESHOLD, says why 0.2).
+    baseline_drift: float = 0.2
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -18,9 +18,11 @@ from fai_core import bitdelta, dagcbor, wire
 from fai_core.baseline_block import (
     BLOCK_FIELDS,
     BaselineBlock,
+    BaselinePublisher,
     baseline_drift,
     decode_baseline_block,
     make_baseline_block,
+    reference_block,
 )
 from fai_core.corpus import load_pattern_corpus
 from fai_core.errors import Reject, WireError
@@ -329,3 +331,34 @@ def test_one_experience_batch_is_at_most_500_bytes_all_in_at_d384():
         [exp], key=KEY, seq=2**40, timestamp_ms=2**42, baseline=base, attach_baseline=True
     )
     assert len(attached.envelope) == len(signed.envelope) + 2 + 3 + len(base.data)
+
+
+# -- when a sender makes a new block ---------------------------------------------------------
+
+
+def test_reference_blocks_are_pinned():
+    """Every node derives the fleet's reference block; a different CID anywhere would make
+    batches against it unresolvable there. The MiniLM one is the shipped corpus mean."""
+    minilm = reference_block("all-MiniLM-L6-v2", 384)
+    assert minilm.cid_text == "bafyreiba43bssn4st34fezfriwur674cju4obpejgra4cojfbiy5spwsuu"
+    assert 0.3 < float(np.linalg.norm(minilm.values)) < 0.35
+    hashing = reference_block("fai-hashing-v2-d384", 384)
+    assert not hashing.values.any() and hashing.model == "fai-hashing-v2-d384"
+    assert reference_block("all-MiniLM-L6-v2", 16).dim == 16  # other shapes: zeros
+
+
+def test_publisher_keeps_the_reference_until_the_library_is_large_enough():
+    ref = make_baseline_block(np.zeros(4), MODEL)
+    pub = BaselinePublisher(ref, drift=0.2, min_rows=64)
+    far = np.array([0.5, 0.0, 0.0, 0.0])
+    assert pub.for_batch(far, 63, "coding") == (ref, False)  # never attached: well known
+    block, attach = pub.for_batch(far, 64, "coding")
+    assert block.cid != ref.cid and attach and pub.blocks_made == 1
+    pub.attached("coding")
+    assert pub.for_batch(far, 65, "coding") == (block, False)
+    assert pub.for_batch(far, 65, "writing") == (block, True)  # each topic gets it once
+    pub.attached("writing")
+    assert pub.for_batch(np.array([0.5, 0.19, 0, 0]), 66, "writing") == (block, False)
+    moved, attach = pub.for_batch(np.array([0.5, 0.21, 0, 0]), 66, "writing")
+    assert moved.cid != block.cid and attach and pub.blocks_made == 2
+    assert pub.for_batch(far, 67, "coding")[1]  # a new block goes out on every topic again

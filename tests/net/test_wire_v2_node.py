@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import trio
 
-from fai_core.baseline_block import make_baseline_block
+from fai_core import wire
+from fai_core.baseline_block import make_baseline_block, reference_block
+from fai_core.embedding import HashingEmbedder
 from fai_core.clock import now_ms
 from fai_core.experience import Experience
 from fai_core.identity import NodeKey
@@ -19,6 +21,9 @@ from fai_core.wire import encode_batch_v2
 from fai_net.node.identity import NodeIdentity
 from fai_net.p2p.topics import topic_for
 from tests.support.inprocess import config, connect, start
+
+
+MODEL = HashingEmbedder(384).model_id
 
 
 class _Msg:
@@ -90,7 +95,8 @@ def test_a_batch_without_its_block_is_parked_then_completed_over_repair(tmp_path
             await _until(merged)
             wire = (await b.status())["wire"]
             assert wire["fetched_blocks"] == 1 and wire["parked_batches"] == 0
-            assert wire["stored_blocks"] == 1 and wire["publishes"] == 2
+            # The fetched block, beside the fleet's reference block every node stores.
+            assert wire["stored_blocks"] == 2 and wire["publishes"] == 2
             assert b.store.unmerged() == []
             # The next batch against the same block needs no fetch: b holds it now.
             texts = ["retry flaky calls with backoff"]
@@ -172,7 +178,13 @@ def test_a_v1_publisher_and_a_v2_publisher_read_each_other(tmp_path):
             old_status, new_status = await old.status(), await new.status()
             assert old_status["wire"]["publishes"] == 1 and new_status["wire"]["publishes"] == 2
             assert old_status["wire"]["reads"] == [1, 2]
-            assert new_status["wire"]["blocks_made"] == 1 and old_status["wire"]["blocks_made"] == 0
+            # A two-row library encodes against the fleet's reference block: never sent.
+            assert new_status["wire"]["blocks_made"] == 0
+            (sent,) = [wire.decode_envelope(e) for e in _own_envelopes(new)]
+            assert sent.batch.version == 2 and sent.baseline_block is None
+            assert sent.batch.baseline_cid == reference_block(MODEL, 384).cid
+            (old_sent,) = [wire.decode_envelope(e).batch for e in _own_envelopes(old)]
+            assert old_sent.version == 1
             n.cancel_scope.cancel()
 
     trio.run(main)
