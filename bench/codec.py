@@ -5,6 +5,9 @@ table, or JSON with --json. Targets from the issue are printed beside the figure
 a measurement, not a test, so missing a target is reported, not asserted.
 
     .venv/bin/python bench/codec.py [--json] [--rows 100000] [--repeat 5]
+
+Wire version 2 beside version 1 (`by_batch_size_v1_v2`): envelope bytes for M = 1..100 real
+corpus experiences.
 """
 
 from __future__ import annotations
@@ -136,6 +139,56 @@ def batch_figures(rng, dim: int, scale_dtype: str, repeat: int, g: int = 128) ->
     }
 
 
+def sizes_by_batch_size(repeat: int) -> list[dict]:
+    """Envelope bytes, version 1 beside version 2, for batches of M real corpus experiences
+    (shipped MiniLM vectors, one domain, the first M patterns; v1 carries the batch mean as
+    its float32 baseline, v2 names a block of the same mean, with and without it attached;
+    time-based seq and timestamp as a node signs them)."""
+    from fai_core.baseline_block import make_baseline_block
+    from fai_core.corpus import load_pattern_corpus
+    from fai_eval.scenario import shipped_embeddings
+
+    key = NodeKey(bytes(32))
+    corpus = load_pattern_corpus()
+    _, vectors = shipped_embeddings("patterns")
+    coding = [i for i, (d, _) in enumerate(corpus) if d == "coding"][:100]
+    exps = [
+        Experience.create(corpus[i][1], vectors[i], 0.7, "coding", key.public_key, 0)
+        for i in coding
+    ]
+    stamp = dict(key=key, seq=1_764_800_000_000, timestamp_ms=1_764_800_000_000)
+    rows = []
+    for m in (1, 2, 5, 10, 100):
+        items = exps[:m]
+        mean = np.stack([e.embedding for e in items]).mean(axis=0)
+        block = make_baseline_block(mean, "all-MiniLM-L6-v2")
+        v1 = wire.encode_batch(items, model="all-MiniLM-L6-v2", baseline=mean, **stamp)
+        v2 = wire.encode_batch_v2(items, baseline=block, attach_baseline=False, **stamp)
+        v2a = wire.encode_batch_v2(items, baseline=block, attach_baseline=True, **stamp)
+        text = sum(len(e.text.encode()) for e in items)
+        rows.append(
+            {
+                "experiences": m,
+                "text_bytes": text,
+                "v1_envelope_bytes": len(v1.envelope),
+                "v2_envelope_bytes": len(v2.envelope),
+                "v2_with_block_bytes": len(v2a.envelope),
+                "baseline_block_bytes": len(block.data),
+                "v1_bytes_per_experience": len(v1.envelope) / m,
+                "v2_bytes_per_experience": len(v2.envelope) / m,
+                "v2_decode_verify_ms": median_of(
+                    lambda e=v2.envelope: wire.decode_envelope(e), repeat
+                )
+                * 1e3,
+                "v1_decode_verify_ms": median_of(
+                    lambda e=v1.envelope: wire.decode_envelope(e), repeat
+                )
+                * 1e3,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -156,7 +209,9 @@ def main() -> None:
             for d in (384, 768)
             for dt in ("f32", "f16")
         ],
+        "by_batch_size_v1_v2": sizes_by_batch_size(max(20, args.repeat * 10)),
         "targets": {
+            "one_experience_v2_envelope_bytes": 500,
             "encode_plus_decode_us_384": 0.5,
             "bytes_per_experience_excluding_text_384": 64,
             "decode_verify_ms_100": 2.0,
@@ -181,6 +236,14 @@ def main() -> None:
             f"non-text/exp marginal {marginal:.1f} B, amortised {amortised:.1f} B  "
             f"encode+sign {r['encode_sign_ms']:.2f} ms  decode+verify {r['decode_verify_ms']:.2f}"
             f" ms (+reconstruct {r['decode_verify_reconstruct_ms']:.2f} ms)"
+        )
+    print("Version 1 beside version 2, real corpus texts, d=384 (target: M=1 v2 <= 500 B)")
+    for r in result["by_batch_size_v1_v2"]:
+        print(
+            f"  M={r['experiences']:3d}  v1 {r['v1_envelope_bytes']:6d} B  "
+            f"v2 {r['v2_envelope_bytes']:6d} B ({r['v2_with_block_bytes']} with its block)  "
+            f"per experience {r['v1_bytes_per_experience']:.0f} -> "
+            f"{r['v2_bytes_per_experience']:.0f} B  (text {r['text_bytes'] / r['experiences']:.0f})"
         )
 
 
