@@ -32,6 +32,7 @@ test-fast: $(STAMP) $(DEVNET_STAMP)
 
 bench: $(STAMP) $(DEVNET_STAMP)
 	$(PY) bench/codec.py --json
+	$(PY) bench/baseline_drift.py --json
 	$(PY) bench/fidelity.py --json
 	$(PY) bench/library.py --json
 	$(PY) bench/gas.py --json

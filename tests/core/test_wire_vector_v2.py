@@ -106,3 +106,14 @@ def test_v2_vector_raw_layout() -> None:
     # Without the attachment the same batch (same CID) is unresolved until completed.
     bare = dagcbor.encode({"b": envelope["b"], "s": envelope["s"]})
     assert wire.decode_envelope(bare).batch.cid_text == CID_TEXT
+
+
+def test_the_spec_prints_this_vector() -> None:
+    """docs/wire-format.md shows the same bytes: a second implementation builds from it."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "wire-format.md").read_text("utf-8")
+    section = doc.split("### Test vector (version 2)", 1)[1]
+    blocks = ["".join(b.split()) for b in section.split("```")[1::2]]
+    assert blocks == [BLOCK_HEX, ENVELOPE_HEX]
+    assert BLOCK_CID in section and CID_TEXT in section
