@@ -23,6 +23,10 @@ class NodeConfig:
     data_dir: Path
     domains: tuple[str, ...]
     listen: tuple[str, ...] = DEFAULT_LISTEN
+    #: Multiaddrs peers should dial (without /p2p/): what node.json lists and `fai advertise`
+    #: posts on-chain. Empty: the addresses the host is bound to. Needed when listening on
+    #: 0.0.0.0 or behind a port mapping; kept apart from `listen`, as libp2p does.
+    announce: tuple[str, ...] = ()
     #: Multiaddrs with /p2p/<peer id> of nodes to dial at start and whenever disconnected.
     seeds: tuple[str, ...] = ()
     #: "minilm" (the real model as int8 ONNX, the default), "minilm-torch" (the same model on
@@ -117,6 +121,15 @@ class NodeConfig:
                 raise ValueError(f"{name} must be positive")
         for addr in self.listen:
             _check_listen(addr)
+        for addr in self.announce:
+            _check_listen(addr, what="announce")
+            if _unspecified(addr):
+                raise ValueError(f"announce a dialable address, not {addr!r}")
+        if not self.announce and any(_unspecified(a) for a in self.listen):
+            raise ValueError(
+                "listening on all interfaces (0.0.0.0 or ::): give --announce with the "
+                "address peers should dial"
+            )
         if self.otlp_port is not None and not 0 <= self.otlp_port <= 65535:
             raise ValueError("otlp_port must be in 0..65535")
         if self.wire_version not in (1, 2):
@@ -150,12 +163,18 @@ class NodeConfig:
         return replace(self, **changes)
 
 
-def _check_listen(addr: str) -> None:
+def _check_listen(addr: str, what: str = "listen") -> None:
     parts = addr.split("/")
-    if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
-        raise ValueError(f"listen address must be /ip4|ip6/<ip>/tcp/<port>, got {addr!r}")
+    if len(parts) != 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+        raise ValueError(f"{what} address must be /ip4|ip6/<ip>/tcp/<port>, got {addr!r}")
     try:
         ipaddress.ip_address(parts[2])
-        int(parts[4])
+        port = int(parts[4])
     except ValueError:
-        raise ValueError(f"bad listen address {addr!r}") from None
+        raise ValueError(f"bad {what} address {addr!r}") from None
+    if not 0 <= port <= 65535 or (what == "announce" and port == 0):
+        raise ValueError(f"bad {what} port in {addr!r}")
+
+
+def _unspecified(addr: str) -> bool:
+    return ipaddress.ip_address(addr.split("/")[2]).is_unspecified

@@ -87,6 +87,14 @@ class NodeResources:
 
     @property
     def addrs(self) -> list[str]:
+        """Where peers should dial this node: the announced addresses if configured
+        (`--announce`), else the ones the host is bound to; each with /p2p/<peer id>."""
+        if self.config.announce:
+            return [f"{a}/p2p/{self.peer_id}" for a in self.config.announce]
+        return self.listen_addrs
+
+    @property
+    def listen_addrs(self) -> list[str]:
         return [str(a) for a in self.host.get_addrs()]
 
     def write_ready_file(self, domains: list[str]) -> None:
@@ -101,6 +109,7 @@ class NodeResources:
                 "peer_id": str(self.peer_id),
                 "public_key": self.identity.public_key.hex(),
                 "addrs": self.addrs,
+                "listen_addrs": self.listen_addrs,
                 "domains": domains,
                 "control_socket": str(self.config.socket_path),
                 "metrics_port": self.metrics_port,

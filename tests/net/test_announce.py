@@ -1,0 +1,57 @@
+"""Listen and announce addresses kept apart: what a node binds, and what peers should dial.
+
+A node behind a port mapping, or listening on every interface, must tell peers another
+address than the one it is bound to: `announce` is what node.json lists (and `fai
+advertise` posts on-chain); `listen_addrs` keeps what the host is bound to.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from fai_net.node.config import NodeConfig
+from tests.support.inprocess import config, start
+
+
+def _config(tmp_path, **changes) -> NodeConfig:
+    return NodeConfig(data_dir=tmp_path / "n", domains=("coding",), open_membership=True, **changes)
+
+
+def test_all_interfaces_need_an_announce_address(tmp_path):
+    with pytest.raises(ValueError, match="give --announce"):
+        _config(tmp_path, listen=("/ip4/0.0.0.0/tcp/4001",))
+    ok = _config(tmp_path, listen=("/ip4/0.0.0.0/tcp/4001",), announce=("/ip4/10.0.0.5/tcp/4001",))
+    assert ok.announce == ("/ip4/10.0.0.5/tcp/4001",)
+
+
+@pytest.mark.parametrize(
+    ("announce", "match"),
+    [
+        ("/ip4/0.0.0.0/tcp/4001", "dialable"),
+        ("/ip4/10.0.0.5/tcp/0", "port"),
+        ("/ip4/10.0.0.5/udp/4001", "announce address must be"),
+        ("/ip4/not-an-ip/tcp/4001", "bad announce address"),
+        ("/ip4/10.0.0.5/tcp/4001/p2p/12D3KooW", "announce address must be"),
+    ],
+)
+def test_bad_announce_addresses_are_refused(tmp_path, announce, match):
+    with pytest.raises(ValueError, match=match):
+        _config(tmp_path, announce=(announce,))
+
+
+def test_node_json_lists_the_announced_addresses_and_keeps_the_bound_ones(tmp_path):
+    """A non-loopback announce address is not refused merely for not being loopback."""
+
+    async def main():
+        async with trio.open_nursery() as n:
+            node = await start(n, config(tmp_path, "a", announce=("/ip4/192.0.2.7/tcp/4001",)))
+            ready = json.loads((tmp_path / "a" / "node.json").read_text())
+            assert ready["addrs"] == [f"/ip4/192.0.2.7/tcp/4001/p2p/{node.peer_id}"]
+            assert ready["listen_addrs"][0].startswith("/ip4/127.0.0.1/tcp/")
+            assert node.addrs == ready["addrs"]
+            n.cancel_scope.cancel()
+
+    trio.run(main)
