@@ -462,9 +462,10 @@ def _decode_v2(data: bytes, envelope: dict, expected_cid: bytes | None) -> Signe
         raise WireError(Reject.CID_MISMATCH, "attached baseline is not the batch's baseline")
     sender = _verified_sender(fields["sender"], cid, signature, BATCH_SIGNATURE_CONTEXT_V2)
     try:
-        baseline_cid = fields["baseline"]
-        block = None if attached is None else decode_baseline_block(attached, baseline_cid)
-        batch = _build_v2(fields, cid, block)
+        batch = _build_v2(fields, cid, None)  # the batch's content first, then its block
+        block = None if attached is None else decode_baseline_block(attached, batch.baseline_cid)
+        if block is not None:
+            batch = batch.with_baseline(block)
     except WireError as exc:
         exc.sender = sender
         raise

@@ -170,6 +170,11 @@ class BatchGate:
                 Refusal.UNREQUESTED, f"repair reply from {_short(forwarder)}", signed
             )
         if self.store.has(batch.cid):
+            if signed.baseline_block is not None:
+                # A copy carrying the block a stripped copy lacked: keep the block (checked
+                # by the decoder against the signed CID) for the batch that waits for it.
+                block = signed.baseline_block
+                self.store.put_block(block.cid, block.data, now_ms)
             return GateResult(Verdict.IGNORE, Ignore.DUPLICATE, signed)
         if topic is not None and not _fits_topic(batch, *topic):
             # The gossip publisher need not be the sender (anyone can re-publish a signed

@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING
 import trio
 from libp2p.peer.id import ID
 
+from fai_core import dagcbor
 from fai_core.baseline_block import BaselineBlock, decode_baseline_block, reference_block
 from fai_core.clock import now_ms
 from fai_core.errors import WireError
 from fai_core.refusals import Refusal, Reject
 from fai_core.wire import Batch
+from fai_net.node.identity import public_key_of
 from fai_net.node.peer_keys import peer_id_of
 from fai_net.node.state import NodeState, Pending
 from fai_net.p2p import repair
@@ -51,11 +53,17 @@ _ratelog = RateLimitedLog(log)
 
 #: Batches waiting for their baseline block, node-wide; beyond that they wait in the store.
 MAX_PARKED = 1024
+#: One principal's share of the park: a peer forwarding batches whose blocks it withholds
+#: fills its own share, not the park (its further batches wait in the store).
+PARK_SHARE = 0.125
 #: Blocks kept decoded in memory (each ~1.5 KB as float32 at d = 384).
 CACHE_BLOCKS = 256
-#: Peers asked per missing block per pass, and how often a pass runs while any is missing.
-PEERS_PER_BLOCK = 4
+#: Peers asked per pass (the peers that handed us the batches and their senders first, then
+#: the other connected peers in turn), each for every missing block at once (<= 64 per
+#: request), all at the same time; a pass lasts at most FETCH_PASS_S.
+PEERS_PER_PASS = 4
 FETCH_INTERVAL_S = 2.0
+FETCH_PASS_S = 12.0
 #: A parked batch whose block no peer served for this long leaves memory; it stays unmerged
 #: in the store and is parked again after the next restart.
 PARK_TIMEOUT_S = 600.0
@@ -79,6 +87,10 @@ class BaselineResolver:
         self.res, self.state, self.connected_peers = res, state, connected_peers
         self._cache: OrderedDict[bytes, BaselineBlock] = OrderedDict()
         self._parked: dict[bytes, _Parked] = {}
+        self._parked_cids: set[bytes] = set()
+        self._by_principal: dict[object, int] = {}
+        self._rotation = 0
+        self.backoff = repair.RepairBackoff()
         # The fleet's reference block is never sent: every node derives it, and stores it
         # so that it can serve it like any other.
         policy = res.gate.policy
@@ -93,7 +105,7 @@ class BaselineResolver:
 
     @property
     def parked(self) -> int:
-        return sum(len(p.waiting) for p in self._parked.values())
+        return len(self._parked_cids)
 
     def lookup(self, cid: bytes) -> BaselineBlock | None:
         """The block from memory or the store, None if this node does not hold it."""
@@ -144,19 +156,51 @@ class BaselineResolver:
         return True
 
     def park(self, principal: object, pending: Pending, source: bytes | None) -> bool:
-        """Hold a batch until its block arrives; False (it waits in the store) if full."""
-        if self.parked >= MAX_PARKED:
-            self.park_full += 1
-            cid_text = pending.batch.cid_text
-            _ratelog.info("park", "baseline park full: %s waits in the store", cid_text)
+        """Hold a batch until its block arrives; False if it must wait in the store instead
+        (the park, or this principal's share of it, is full). Parking twice is a no-op."""
+        batch = pending.batch
+        if batch.cid in self._parked_cids:
+            self.add_source(batch.baseline_cid, source)
+            return True
+        share = max(1, int(MAX_PARKED * PARK_SHARE))
+        if self.parked >= MAX_PARKED or self._by_principal.get(principal, 0) >= share:
+            self.park_full += 1  # it waits in the store; retried once the park has room
+            _ratelog.info("park", "baseline park full: %s waits in the store", batch.cid_text)
             return False
-        cid = pending.batch.baseline_cid
+        cid = batch.baseline_cid
         entry = self._parked.get(cid) or self._parked.setdefault(cid, _Parked(trio.current_time()))
         entry.waiting.append((principal, pending))
-        if source is not None and source not in entry.sources:
-            entry.sources.append(source)
+        self._parked_cids.add(batch.cid)
+        self._by_principal[principal] = self._by_principal.get(principal, 0) + 1
+        self.add_source(cid, source)
         self.wakeup.set()
         return True
+
+    def add_source(self, block_cid: bytes | None, source: bytes | None) -> None:
+        """A peer that handed us a batch naming `block_cid`: asked first for the block."""
+        entry = self._parked.get(block_cid) if block_cid is not None else None
+        if entry is not None and source is not None and source not in entry.sources:
+            entry.sources.append(source)
+
+    def is_parked(self, batch_cid: bytes) -> bool:
+        return batch_cid in self._parked_cids
+
+    def offer(self, block: BaselineBlock) -> None:
+        """A checked block that came with a copy of a stored batch: keep it, release."""
+        self.res.store.put_block(block.cid, block.data, now_ms())
+        self.remember(block)
+        self._release(block)
+
+    def _unpark(self, entry: _Parked) -> None:
+        if self.park_full:
+            self.state.refill_from_store = True  # batches refused a place may fit now
+        for principal, pending in entry.waiting:
+            self._parked_cids.discard(pending.batch.cid)
+            left = self._by_principal.get(principal, 0) - 1
+            if left > 0:
+                self._by_principal[principal] = left
+            else:
+                self._by_principal.pop(principal, None)
 
     def _fit(self, batch: Batch, block: BaselineBlock) -> Batch | None:
         """The batch completed, or None: refused and marked done in the store, so a restart
@@ -178,14 +222,21 @@ class BaselineResolver:
         return None
 
     def _release(self, block: BaselineBlock) -> None:
-        """Queue every batch parked on `block` (a fresh block was just stored)."""
+        """Queue the batches parked on `block` (just stored), as many as the merge queue
+        takes; the others wait in the store for the next refill (`MergeRounds`)."""
         entry = self._parked.pop(block.cid, None)
         if entry is None:
             return
+        self._unpark(entry)
+        queue = self.state.pending
         for principal, pending in entry.waiting:
             batch = self._fit(pending.batch, block)
-            if batch is not None:
-                self.state.pending.put(principal, Pending(batch, pending.origin), len(batch))
+            if batch is None:
+                continue
+            if queue.fits(principal, len(batch)):
+                queue.put(principal, Pending(batch, pending.origin), len(batch))
+            else:
+                self.state.refill_from_store = True
         self.state.round_wakeup.set()
 
     async def loop(self) -> None:
@@ -201,6 +252,7 @@ class BaselineResolver:
         for cid, entry in list(self._parked.items()):
             if now - entry.since > PARK_TIMEOUT_S:
                 del self._parked[cid]
+                self._unpark(entry)
                 self.gave_up += len(entry.waiting)
                 log.info(
                     "no peer served baseline %s; %d batches wait in the store",
@@ -220,54 +272,78 @@ class BaselineResolver:
         }
 
     async def fetch_missing(self) -> int:
-        """One pass: ask peers for every missing block; returns how many arrived."""
-        got = 0
-        for cid in list(self._parked):
-            entry = self._parked.get(cid)
-            if entry is None:
-                continue
-            for peer in self._candidates(entry)[:PEERS_PER_BLOCK]:
-                block = await self._ask(peer, cid)
-                if block is not None:
-                    self.res.store.put_block(block.cid, block.data, now_ms())
-                    self.remember(block)
-                    self._release(block)
-                    self.fetched += 1
-                    got += 1
-                    break
-        return got
+        """One pass: ask up to PEERS_PER_PASS peers at once for every missing block; returns
+        how many blocks arrived. A peer that fails is backed off; the pass ends after
+        FETCH_PASS_S whatever the slowest peer does."""
+        got = [0]
+        with trio.move_on_after(FETCH_PASS_S):
+            async with trio.open_nursery() as nursery:
+                for peer in self._peers_to_ask():
+                    nursery.start_soon(self._fetch_from, peer, got)
+        return got[0]
 
-    def _candidates(self, entry: _Parked) -> list[ID]:
-        """Who to ask: the peers that forwarded the batches, the senders' own nodes, then
-        everyone else connected; only connected peers (a fetch never dials)."""
+    def _peers_to_ask(self) -> list[ID]:
+        """The peers that handed us parked batches and the senders' nodes first, then the
+        other connected peers in turn (a different few each pass), minus backed-off ones."""
         connected = self.connected_peers()
-        keys = [*entry.sources, *(p.batch.sender for _, p in entry.waiting[:8])]
-        first = [peer for peer in map(_peer_or_none, keys) if peer is not None]
-        ordered = [p for p in dict.fromkeys(first) if p in connected]
-        return ordered + [p for p in connected if p not in ordered]
+        now = trio.current_time()
+        keys = [k for e in self._parked.values() for k in e.sources]
+        keys += [p.batch.sender for e in self._parked.values() for _, p in e.waiting[:8]]
+        preferred = [p for p in dict.fromkeys(map(_peer_or_none, keys)) if p in connected]
+        others = [p for p in connected if p not in preferred]
+        if others:
+            start = self._rotation % len(others)
+            others = others[start:] + others[:start]
+            self._rotation += PEERS_PER_PASS
+        ready = [p for p in preferred + others if self.backoff.should_try(str(p), now)]
+        return ready[:PEERS_PER_PASS]
 
-    async def _ask(self, peer: ID, cid: bytes) -> BaselineBlock | None:
-        try:
-            reply = await repair.request(self.res.host, peer, {"op": "blocks", "cids": [cid]})
-        except repair.RepairError as exc:
-            log.debug("baseline fetch from %s failed: %s", peer, exc)
-            return None
-        for data in reply["blocks"]:
+    async def _fetch_from(self, peer: ID, got: list[int]) -> None:
+        wanted = list(self._parked)
+        for i in range(0, len(wanted), repair.MAX_GET_CIDS):
+            chunk = [c for c in wanted[i : i + repair.MAX_GET_CIDS] if c in self._parked]
+            if not chunk:
+                continue
             try:
-                return decode_baseline_block(data, cid)
-            except WireError as exc:
-                # Wrong bytes for the CID asked: the peer's doing. Bytes that hash right
-                # but break the block rules: the signer's, charged when fitted.
-                if exc.reason in (Reject.CID_MISMATCH, Reject.OVERSIZE):
-                    _ratelog.info("baseline", "peer %s sent a wrong baseline block", peer)
-                    continue
-                self._refuse_all(cid, exc)
-                return None
-        return None
+                reply = await repair.request(self.res.host, peer, {"op": "blocks", "cids": chunk})
+            except repair.RepairError as exc:
+                unsupported = exc.code == repair.UNSUPPORTED
+                self.backoff.failed(str(peer), trio.current_time(), unsupported=unsupported)
+                log.debug("baseline fetch from %s failed: %s", peer, exc)
+                return
+            self.backoff.succeeded(str(peer))
+            for data in reply["blocks"]:
+                got[0] += self._take(peer, data, set(chunk))
+
+    def _take(self, peer: ID, data: bytes, asked: set[bytes]) -> int:
+        """One block from a peer's answer: 1 if it completed parked batches."""
+        cid = dagcbor.cid_of(data)
+        if cid not in asked:
+            # Bytes of a block we did not ask for: the peer's doing (docs/wire-format.md).
+            self.res.reputation.record(public_key_of(peer), passed=False)
+            self.res.metrics.reject(Reject.CID_MISMATCH)
+            _ratelog.info("baseline", "peer %s sent a block it was not asked for", peer)
+            return 0
+        if cid not in self._parked:
+            return 0  # another peer's answer came first
+        try:
+            block = decode_baseline_block(data, cid)
+        except WireError as exc:
+            # It hashes right: the batches' signer committed to a broken block.
+            self._refuse_all(cid, exc)
+            return 0
+        self.res.store.put_block(block.cid, block.data, now_ms())
+        self.remember(block)
+        self._release(block)
+        self.fetched += 1
+        return 1
 
     def _refuse_all(self, cid: bytes, exc: WireError) -> None:
         entry = self._parked.pop(cid, None)
-        for _, pending in entry.waiting if entry else ():
+        if entry is None:
+            return
+        self._unpark(entry)
+        for _, pending in entry.waiting:
             self.res.reputation.record(pending.batch.sender, passed=False)
             self.res.metrics.reject(exc.reason)
             self.res.store.mark_merged([pending.batch.cid])

@@ -147,4 +147,16 @@ class Receiver:
             return True
         if result.verdict is Verdict.IGNORE and result.reason == Ignore.DUPLICATE:
             res.metrics.reject(Ignore.DUPLICATE)
+            self._duplicate(result.signed, forwarder)
         return False
+
+    def _duplicate(self, signed, forwarder: bytes | None) -> None:
+        """A copy of a stored batch may still help one that waits for its baseline block:
+        it carries the block, or its forwarder is one more peer to ask for it."""
+        batch = signed.batch
+        if not self.resolver.is_parked(batch.cid):
+            return
+        if signed.baseline_block is not None:
+            self.resolver.offer(signed.baseline_block)
+        else:
+            self.resolver.add_source(batch.baseline_cid, forwarder)

@@ -43,7 +43,10 @@ class MergeRounds:
         state.refill_from_store = False
         if room <= 0:
             return
-        envelopes = self.res.store.unmerged(limit=room)
+        # Batches parked for their baseline block are unmerged too: read past them.
+        parked = self.resolver.parked
+        envelopes = self.res.store.unmerged(limit=room + parked)
+        loaded = 0
         for envelope in envelopes:
             try:
                 signed = decode_envelope(envelope)
@@ -51,6 +54,12 @@ class MergeRounds:
                 log.exception("stored batch no longer decodes")
                 continue
             batch = signed.batch
+            if self.resolver.is_parked(batch.cid):
+                continue
+            loaded += 1
+            if loaded > room:
+                state.refill_from_store = True
+                return
             if batch.sender == self.res.identity.public_key:
                 self.res.store.mark_merged([batch.cid])
                 continue
@@ -60,7 +69,7 @@ class MergeRounds:
             # Restarted batches take turns by sender: the forwarder is not known any more.
             # A v2 batch whose baseline block is not stored waits for it (baselines.py).
             self.resolver.queue(("restart", batch.sender), Pending(batch, "restart"), None)
-        state.refill_from_store = len(envelopes) == room
+        state.refill_from_store = len(envelopes) == room + parked
 
     async def loop(self) -> None:
         state = self.state

@@ -3,7 +3,13 @@
 Every test runs its input through `outcome`, which lets exactly two things through: a
 SignedBatch or a WireError with a Reject reason. Anything else (IndexError from numpy,
 RecursionError, cbor2's own exceptions, ...) fails the test, and hypothesis' `deadline`
-turns a hang or a pathological slowdown into a failure.
+turns a hang or a pathological slowdown into a failure. `outcome` also checks, against an
+independent reading of the bytes (`verified_sender`), that a refusal names the sender exactly
+when the decoder verified the sender's signature on the way (docs/wire-format.md, "Decoding
+order"): before that point the claimed sender could be anyone.
+
+Version 1 comes first; "Version 2" at the end gives wire v2 (array blocks, baseline blocks
+attached or not) the same guarantees, and says which refusals change with it.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -23,8 +29,15 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from fai_core import bitdelta, dagcbor, wire
+from fai_core.baseline_block import (
+    MAX_BLOCK_BYTES,
+    BaselineBlock,
+    decode_baseline_block,
+    make_baseline_block,
+)
 from fai_core.errors import Reject, WireError
 from fai_core.experience import MAX_DIMENSION, Experience
+from fai_core.identity import verify
 from tests.support.wire import (
     KEY,
     OTHER_KEY,
@@ -33,6 +46,19 @@ from tests.support.wire import (
     fields_of,
     resign,
     with_rows,
+)
+from tests.support.wire_v2 import (
+    MODEL,
+    block,
+    encode_v2,
+    envelope_of,
+    fields_v2,
+    items_v2,
+    raw_block,
+    reencode_v1,
+    reencode_v2,
+    resign_v2,
+    with_rows_v2,
 )
 
 FUZZ = settings(
@@ -56,9 +82,37 @@ def valid_envelopes() -> tuple[wire.SignedBatch, ...]:
     )
 
 
+@cache
+def v2_bases() -> tuple[tuple[wire.SignedBatch, BaselineBlock], ...]:
+    """Valid version 2 envelopes (attached and not, with and without an operator signature,
+    d = 20, 100 and 1: each with unused sign bits) and the block each names."""
+    out = []
+    for exps, base, kwargs in (
+        (experiences(), block(), {}),
+        (experiences(), block(), {"attach": False, "operator_signer": lambda _h: OP_SIG}),
+        (
+            experiences(d=100, seed=2),
+            block(100, seed=2),
+            {"group": 30, "seq": 0, "timestamp_ms": 0, "operator_signer": lambda _h: OP_SIG},
+        ),
+        (experiences(["x"], d=1), block(1, model="m", seed=3), {"group": 1, "attach": False}),
+    ):
+        out.append((encode_v2(exps, base=base, **kwargs), base))
+    return tuple(out)
+
+
+def valid_v2_envelopes() -> tuple[wire.SignedBatch, ...]:
+    return tuple(signed for signed, _ in v2_bases())
+
+
+@cache
+def known_blocks() -> dict[bytes, BaselineBlock]:
+    return {base.cid: base for _, base in v2_bases()}
+
+
 def _known() -> dict[bytes, bytes]:
     """CID -> sender signature of every valid envelope the mutations start from."""
-    return {s.cid: s.signature for s in valid_envelopes()}
+    return {s.cid: s.signature for s in (*valid_envelopes(), *valid_v2_envelopes())}
 
 
 def _event(label: str) -> None:
@@ -66,23 +120,96 @@ def _event(label: str) -> None:
         event(label)
 
 
+def verified_sender(data: Any, expected_cid: bytes | None = None) -> bytes | None:
+    """The sender whose signature `decode_envelope` verifies on its way through `data`, or
+    None when it must refuse the bytes before the signature or the signature does not verify.
+
+    Written from docs/wire-format.md's decoding order, apart from the decoder: size, envelope
+    CBOR, keys and types, signature lengths, the CID asked for, the batch block's CBOR,
+    version, shape and types, (v2) an attached block hashing to the named CID; then the
+    signature. A refusal must name the sender exactly when this returns it."""
+    if not isinstance(data, bytes) or len(data) > wire.MAX_ENVELOPE_BYTES:
+        return None
+    try:
+        env = dagcbor.decode(data)
+    except WireError:
+        return None
+    if not isinstance(env, dict):
+        return None
+    v2 = "b" in env
+    block_key, sig_key, op_key = ("b", "s", "o") if v2 else ("batch", "sig", "operator_sig")
+    allowed = {block_key, sig_key, op_key} | ({"a"} if v2 else set())
+    if not {block_key, sig_key} <= env.keys() <= allowed:
+        return None
+    if not all(isinstance(value, bytes) for value in env.values()):
+        return None
+    if len(env[sig_key]) != 64 or len(env.get(op_key, OP_SIG)) != len(OP_SIG):
+        return None
+    cid = dagcbor.cid_of(env[block_key])
+    if expected_cid is not None and cid != expected_cid:
+        return None
+    try:
+        fields = dagcbor.decode(env[block_key])
+    except WireError:
+        return None
+    if v2:
+        kinds = [kind for _, kind in wire.V2_ITEMS]
+        if not isinstance(fields, list) or len(fields) != len(kinds) or fields[0] != 2:
+            return None
+        if not all(isinstance(value, kind) for value, kind in zip(fields, kinds, strict=True)):
+            return None
+        if "a" in env and dagcbor.cid_of(env["a"]) != fields[7]:
+            return None
+        sender, context = fields[1], wire.BATCH_SIGNATURE_CONTEXT_V2
+    else:
+        if not isinstance(fields, dict) or fields.keys() != wire.BATCH_FIELDS.keys():
+            return None
+        if fields["version"] != 1:
+            return None
+        if not all(isinstance(fields[k], kind) for k, kind in wire.BATCH_FIELDS.items()):
+            return None
+        sender, context = fields["sender"], wire.BATCH_SIGNATURE_CONTEXT
+    return sender if verify(sender, context, cid, env[sig_key]) else None
+
+
 def outcome(data: Any, **kwargs: Any) -> wire.SignedBatch | WireError:
+    signer = verified_sender(data, kwargs.get("expected_cid"))
     try:
         result = wire.decode_envelope(data, **kwargs)
     except WireError as exc:
         assert isinstance(exc.reason, Reject)
-        assert exc.sender is None or exc.sender == KEY.public_key
+        # Attributed exactly when the signature verified: never before, always after.
+        assert exc.sender == signer, (exc, exc.sender, signer)
         _event(exc.reason.value)
         return exc
+    assert signer is not None and signer == result.batch.sender
     _event(ACCEPTED)
     return result
 
 
-def assert_sound(result: wire.SignedBatch) -> None:
-    """What every accepted batch must satisfy, whatever bytes it came from."""
+def assert_sound(result: wire.SignedBatch, *, known: bool = True) -> None:
+    """What every accepted batch must satisfy, whatever bytes it came from: among it, that
+    the decoded values alone re-encode to the very bytes received (nothing dropped or
+    normalised). A version 2 batch without its block is checked as far as it goes, and
+    completed when the block is one the tests know."""
     batch = result.batch
-    assert result.cid == dagcbor.cid_of(dagcbor.decode(result.envelope)["batch"])
+    env = dagcbor.decode(result.envelope)
     assert len(batch) == len(batch.ids) == batch.signs.shape[0] == batch.scales.shape[0] >= 1
+    if batch.version == 2:
+        assert result.cid == dagcbor.cid_of(env["b"])
+        assert reencode_v2(result) == result.envelope
+        assert batch.scale_dtype == "f16" and batch.baseline_cid is not None
+        attached = result.baseline_block
+        assert batch.resolved == (attached is not None)
+        assert batch.model == (None if attached is None else attached.model)
+        if attached is None:
+            base = known_blocks().get(batch.baseline_cid) if known else None
+            if base is None:
+                return
+            batch = batch.with_baseline(base)
+    else:
+        assert result.cid == dagcbor.cid_of(env["batch"])
+        assert reencode_v1(result) == result.envelope
     assert np.isfinite(batch.embeddings()).all()
     exps = batch.experiences()  # every accepted batch yields valid Experiences
     assert all(isinstance(e, Experience) and e.source == batch.sender for e in exps)
@@ -130,9 +257,19 @@ def test_size_limit_is_inclusive() -> None:
     assert isinstance(result, WireError) and result.reason != Reject.OVERSIZE
 
 
-@pytest.mark.parametrize("index", range(len(valid_envelopes())))
+def all_envelopes() -> tuple[wire.SignedBatch, ...]:
+    """Every valid envelope the byte-level tests start from: version 1, then version 2."""
+    return (*valid_envelopes(), *valid_v2_envelopes())
+
+
+ENVELOPE_IDS = [f"v1-{i}" for i in range(len(valid_envelopes()))] + [
+    f"v2-{i}" for i in range(len(valid_v2_envelopes()))
+]
+
+
+@pytest.mark.parametrize("index", range(len(all_envelopes())), ids=ENVELOPE_IDS)
 def test_every_truncated_prefix_is_malformed(index: int) -> None:
-    envelope = valid_envelopes()[index].envelope
+    envelope = all_envelopes()[index].envelope
     for cut in range(len(envelope)):
         result = outcome(envelope[:cut])
         assert isinstance(result, WireError) and result.reason == Reject.MALFORMED_CBOR, cut
@@ -143,9 +280,13 @@ def test_every_truncated_prefix_is_malformed(index: int) -> None:
 
 
 @st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    envs = valid_envelopes()
-    data = bytearray(draw(st.sampled_from(envs)).envelope)
+def mutated(
+    draw: st.DrawFn, envelopes: Callable[[], tuple[wire.SignedBatch, ...]] = valid_envelopes
+) -> bytes:
+    """A valid envelope from `envelopes`, mutated 1 to 4 times at the byte level (a splice
+    takes the tail of any valid envelope, of either version)."""
+    envs = all_envelopes()
+    data = bytearray(draw(st.sampled_from(envelopes())).envelope)
     for _ in range(draw(st.integers(1, 4))):
         n = len(data)
         op = draw(st.sampled_from(["flip", "set", "insert", "delete", "dup", "splice"]))
@@ -208,6 +349,10 @@ def test_mutated_batch_blocks_re_signed(index: int, data: st.DataObject) -> None
 # With operator_sig, a flip inside its 65 value bytes yields the same batch with another
 # operator signature: decode_envelope only checks its length (the EIP-712 signature is checked
 # against the registry elsewhere), so that is the one accepted case, and it is not a new batch.
+# Version 2 adds the attached block `a`: a flip inside it changes the block's hash, which no
+# longer equals the CID the batch names (cid_mismatch, before the signature); a flip of the key
+# `a` gives an unknown key or invalid UTF-8, never another of the four keys (b, o and s are
+# each two or more bits away from a and from one another).
 
 
 def _value_span(envelope: bytes, value: bytes) -> range:
@@ -216,9 +361,9 @@ def _value_span(envelope: bytes, value: bytes) -> range:
     return range(start, start + len(value))
 
 
-@pytest.mark.parametrize("index", range(len(valid_envelopes())))
+@pytest.mark.parametrize("index", range(len(all_envelopes())), ids=ENVELOPE_IDS)
 def test_every_single_bit_flip_is_refused(index: int) -> None:
-    signed = valid_envelopes()[index]
+    signed = all_envelopes()[index]
     envelope = signed.envelope
     op_span = _value_span(envelope, OP_SIG) if signed.operator_signature else range(0)
     for pos in range(len(envelope)):
@@ -430,6 +575,13 @@ class Case:
     expected_cid: bytes | None = None
     #: Expected `check_freshness(batch, NOW_MS)` outcome, when the kind mutates time.
     freshness: str | None = None
+    #: Version 2: the bytes of the block the batch names, and the outcome of completing the
+    #: batch with them when it decoded unresolved (the node's fetch path).
+    block_data: bytes | None = None
+    completion: str = ACCEPTED
+    #: Version 2: the same batch without its block, which must decode unresolved and then
+    #: end as `completion` when completed with `block_data`.
+    bare: bytes | None = None
 
 
 def _case(kind: str, fields: Any, *expected: str, **extra: Any) -> Case:
@@ -715,8 +867,14 @@ def check_structured(case: Case) -> list[str]:
     _event(f"{case.kind} -> {got}")
     assert got in {str(e) for e in case.expected}, (case.kind, got, result)
     if isinstance(result, wire.SignedBatch):
-        assert_sound(result)
+        assert_sound(result, known=False)  # the case says how completing it ends
         assert result.batch.sender == KEY.public_key
+        labels = [got]
+        if not result.batch.resolved and case.block_data is not None:
+            done = complete(result.batch, case.block_data)
+            _event(f"{case.kind} -> complete:{done}")
+            assert done == case.completion, (case.kind, done)
+            labels.append(f"complete:{done}")
         if case.freshness is not None:
             try:
                 wire.check_freshness(result.batch, NOW_MS, MAX_AGE_MS)
@@ -726,12 +884,45 @@ def check_structured(case: Case) -> list[str]:
                 _event(fresh)
             assert fresh == str(case.freshness), (case.kind, fresh)
             if fresh != ACCEPTED:
-                return [got, fresh]
+                labels.append(fresh)
+        return labels + _bare(case)
+    # `outcome` checked the attribution against `verified_sender`; for version 1 the kinds
+    # say it too. (Version 2 moves some reasons across the signature: see "Version 2".)
+    if case.kind.startswith("v2-"):
+        if result.reason == Reject.BAD_MODEL:  # a v2 batch's model is in its block only
+            assert "a" in envelope_of(case.envelope)
     elif result.reason in _BEFORE_SIGNATURE or case.kind in _SCHEMA_BEFORE_SIGNATURE:
         assert result.sender is None
     else:
         assert result.sender == KEY.public_key  # content errors are attributable
-    return [got]
+    return [got, f"{'signer' if result.sender else 'nobody'}:{got}", *_bare(case)]
+
+
+def _bare(case: Case) -> list[str]:
+    """Decode and complete the case's batch sent without its block, if it has that form."""
+    if case.bare is None:
+        return []
+    result = outcome(case.bare)
+    assert isinstance(result, wire.SignedBatch) and not result.batch.resolved, result
+    assert_sound(result, known=False)
+    assert case.block_data is not None
+    done = complete(result.batch, case.block_data)
+    _event(f"{case.kind} -> bare, complete:{done}")
+    assert done == case.completion, (case.kind, done)
+    return [f"complete:{done}"]
+
+
+def complete(batch: wire.Batch, data: bytes) -> str:
+    """Complete an unresolved v2 batch with the block bytes it names, as the node does with
+    a fetched block (checked against the CID, then fitted); the outcome label."""
+    try:
+        done = batch.with_baseline(decode_baseline_block(data, batch.baseline_cid))
+    except WireError as exc:
+        assert exc.sender in (None, batch.sender)
+        return exc.reason.value
+    assert done.cid == batch.cid and done.resolved
+    assert np.isfinite(done.embeddings()).all()
+    return ACCEPTED
 
 
 #: Refused before the signature is checked: nobody is provably to blame.
@@ -757,22 +948,27 @@ def test_structured_mutations_re_signed(case: Case) -> None:
     check_structured(case)
 
 
-def reached(strategy: st.SearchStrategy[Any], check: Callable[[Any], list[str]]) -> Counter[str]:
+def reached(
+    strategy: st.SearchStrategy[Any], check: Callable[[Any], list[str]], examples: int = 0
+) -> Counter[str]:
     """Outcome label -> count over a derandomized run of `check`: the same examples on every
     machine and every run (for one hypothesis version), so a coverage check cannot flake."""
+    examples = examples or COVERAGE_EXAMPLES
     seen: Counter[str] = Counter()
 
-    @settings(FUZZ, max_examples=COVERAGE_EXAMPLES, derandomize=True, database=None)
+    @settings(FUZZ, max_examples=examples, derandomize=True, database=None)
     @given(strategy)
     def run(value: Any) -> None:
         seen.update(check(value))
 
     run()
-    assert seen.total() >= COVERAGE_EXAMPLES  # the run happened, with every example counted
+    assert seen.total() >= examples  # the run happened, with every example counted
     return seen
 
 
 COVERAGE_EXAMPLES = 300
+#: Version 2 has more kinds of mutation (the envelope's keys, the block's rules and bytes).
+COVERAGE_EXAMPLES_V2 = 400
 
 
 def test_structured_mutations_reach_every_reason() -> None:
@@ -788,6 +984,721 @@ def test_batch_maps_reach_rows_and_shapes() -> None:
     seen = reached(batch_maps(), check_batch_map)
     for label in (Reject.TOO_MANY_EXPERIENCES, Reject.SHAPE_MISMATCH, ACCEPTED):
         assert seen[str(label)] >= 3, (label, seen)
+
+
+# --------------------------------------------------------------------------------------------
+# Version 2
+#
+# A v2 envelope is {"b": batch array, "s": sig, "o"?: operator sig, "a"?: attached baseline
+# block}; the batch names its baseline block by CID and carries no model and no scale_dtype.
+# The same guarantees as above, for v2 bytes: `decode_envelope` raises only WireError,
+# attributes a refusal exactly when the signature verified (`outcome`), never yields a batch
+# nobody signed, and every batch it accepts re-encodes, from its decoded values alone, to the
+# bytes it came in (`assert_sound`, `reencode_v2`). An accepted batch without its block is
+# also completed with the block it names, as the node completes it with a fetched block
+# (`complete`), and must end as the mutation says.
+#
+# Which `Reject` reasons v2 changes (each reached below, `test_v2_mutations_reach_every_reason`):
+# - none becomes unreachable: every reason can still come out of a v2 envelope;
+# - `bad_model` only through the baseline block (a v2 batch has no model): from decode_envelope
+#   when the block is attached, and otherwise not at decode at all, only when the node
+#   completes the batch with the block (`Batch.with_baseline`);
+# - `out_of_range` only through a negative scale: scales and block values are float16, whose
+#   largest finite value (65504) is below MAX_ABS_VALUE, so a too-large value decodes as an
+#   infinity (`non_finite`) or not at all;
+# - `non_finite` from a float16 scale or a block value;
+# - `oversize`, `malformed_cbor`, `non_canonical` and `schema` also *after* the signature,
+#   charged to the signer: an attached block over MAX_BLOCK_BYTES, not canonical DAG-CBOR or
+#   of the wrong keys, that hashes to the CID the signed batch names (the signer committed to
+#   those bytes); and `schema` for a baseline reference that is no dag-cbor sha2-256 CIDv1;
+# - `cid_mismatch` also without an expected CID: an attached block that is not the one the
+#   batch names (checked before the signature: a relay's doing, never the signer's);
+# - a v1 map in a v2 envelope, or a v2 array in a v1 envelope: `schema`; an array whose
+#   first item is not 2: `unknown_version`, whatever its length.
+
+#: Reasons that v2 bytes must produce with the signer attributed (after the signature).
+V2_SIGNER_REASONS = frozenset(
+    {
+        Reject.OVERSIZE,
+        Reject.MALFORMED_CBOR,
+        Reject.NON_CANONICAL,
+        Reject.SCHEMA,
+        Reject.TOO_MANY_EXPERIENCES,
+        Reject.BAD_DIMENSION,
+        Reject.SHAPE_MISMATCH,
+        Reject.NON_FINITE,
+        Reject.OUT_OF_RANGE,
+        Reject.BAD_PADDING,
+        Reject.TEXT_TOO_LONG,
+        Reject.BAD_TEXT,
+        Reject.BAD_DOMAIN,
+        Reject.BAD_MODEL,
+        Reject.DUPLICATE_EXPERIENCE,
+    }
+)
+#: ... and with nobody attributed (before the signature, or no valid signature at all).
+V2_NOBODY_REASONS = frozenset(
+    {
+        Reject.OVERSIZE,
+        Reject.MALFORMED_CBOR,
+        Reject.NON_CANONICAL,
+        Reject.SCHEMA,
+        Reject.UNKNOWN_VERSION,
+        Reject.CID_MISMATCH,
+        Reject.BAD_KEY,
+        Reject.BAD_SIGNATURE,
+    }
+)
+#: What completing an unresolved batch with a block that hashes right can end in.
+V2_COMPLETION_REASONS = frozenset(
+    {
+        Reject.OVERSIZE,
+        Reject.MALFORMED_CBOR,
+        Reject.NON_CANONICAL,
+        Reject.SCHEMA,
+        Reject.BAD_DIMENSION,
+        Reject.SHAPE_MISMATCH,
+        Reject.NON_FINITE,
+        Reject.BAD_MODEL,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Base2:
+    """A valid v2 batch to mutate: its items by name, the block it names, and how it goes."""
+
+    fields: dict[str, Any]
+    block: BaselineBlock
+    attach: bool
+    operator_sig: bytes | None
+
+
+def _case2(
+    kind: str,
+    b: Base2,
+    fields: dict[str, Any] | None = None,
+    expected: str = ACCEPTED,
+    *,
+    block_data: bytes | None = None,
+    attach: bool | None = None,
+    completion: str = ACCEPTED,
+    **extra: Any,
+) -> Case:
+    """The case of `fields` (default: the base's) re-signed, with `block_data` (default: the
+    base's block) attached or not."""
+    fields = b.fields if fields is None else fields
+    data = b.block.data if block_data is None else block_data
+    attach = b.attach if attach is None else attach
+    envelope = resign_v2(fields, attached=data if attach else None, operator_sig=b.operator_sig)
+    return Case(
+        f"v2-{kind}",
+        envelope,
+        frozenset({str(expected)}),
+        block_data=data,
+        completion=str(completion),
+        **extra,
+    )
+
+
+def _committed(kind: str, b: Base2, data: bytes, reason: str) -> Case:
+    """A batch whose signer committed to the block bytes `data` (it names their CID): the
+    block's refusal `reason` comes at decode when attached, and when the node completes the
+    batch sent without it (`Case.bare`)."""
+    fields = dict(b.fields, baseline=dagcbor.cid_of(data))
+    case = _case2(kind, b, fields, reason, block_data=data, attach=True, completion=reason)
+    return replace(case, bare=resign_v2(fields, operator_sig=b.operator_sig))
+
+
+def _rows2(draw: st.DrawFn, b: Base2) -> Case:
+    limit = wire.MAX_EXPERIENCES
+    n = draw(st.one_of(st.integers(1, 8), st.integers(limit - 2, limit + 40)))
+    f = b.fields
+    if draw(st.booleans()):
+        expected = ACCEPTED if n <= limit else Reject.TOO_MANY_EXPERIENCES
+        return _case2("rows", b, with_rows_v2(f, n), expected)
+    g = dict(f, texts=with_rows_v2(f, n)["texts"])
+    if n > limit:
+        return _case2("rows-only-texts", b, g, Reject.TOO_MANY_EXPERIENCES)
+    expected = ACCEPTED if n == len(f["texts"]) else Reject.SHAPE_MISMATCH
+    return _case2("rows-only-texts", b, g, expected)
+
+
+def _shape2(draw: st.DrawFn, b: Base2) -> Case:
+    f = b.fields
+    how = draw(st.sampled_from(["column", "dim", "group"]))
+    if how == "column":
+        name = draw(st.sampled_from(["signs", "scales", "quality", "iteration"]))
+        raw = f[name]
+        delta = draw(st.integers(-len(raw), 64).filter(bool))
+        g = dict(f, **{name: raw[:delta] if delta < 0 else raw + bytes(delta)})
+        return _case2(f"shape-{name}", b, g, Reject.SHAPE_MISMATCH)
+    dim, group, m = f["dim"], f["group"], len(f["texts"])
+    if how == "group":
+        new = draw(st.integers(1, dim + 2).filter(lambda x: x != group))
+        same = bitdelta.group_count(dim, new) == bitdelta.group_count(dim, group)
+        expected = (
+            Reject.BAD_DIMENSION if new > dim else ACCEPTED if same else Reject.SHAPE_MISMATCH
+        )
+        return _case2("shape-group", b, dict(f, group=new), expected)
+    # Another dim: unlike version 1 no baseline column gives it away, so columns of the same
+    # width pass, and only the block (attached, or at completion) says the dim is wrong.
+    new = draw(st.integers(1, 2 * dim + 8).filter(lambda d: d != dim))
+    g = dict(f, dim=new)
+    signs = np.frombuffer(f["signs"], dtype="u1").reshape(m, -1)
+    if not group <= new <= MAX_DIMENSION:
+        return _case2("shape-dim", b, g, Reject.BAD_DIMENSION)
+    scale_bytes = 2 * m * bitdelta.group_count(new, group)
+    if signs.shape[1] != bitdelta.sign_bytes(new) or len(f["scales"]) != scale_bytes:
+        return _case2("shape-dim", b, g, Reject.SHAPE_MISMATCH)
+    if not bitdelta.padding_is_clean(signs, new):
+        return _case2("shape-dim", b, g, Reject.BAD_PADDING)
+    case = _case2("shape-dim-block", b, g, Reject.SHAPE_MISMATCH, attach=True)
+    bare = resign_v2(g, operator_sig=b.operator_sig)
+    return replace(case, completion=str(Reject.SHAPE_MISMATCH), bare=bare)
+
+
+def _dimension2(draw: st.DrawFn, b: Base2) -> Case:
+    f = b.fields
+    if draw(st.booleans()):
+        dim = draw(st.sampled_from([0, MAX_DIMENSION + 1, 2**64 - 1]))
+        return _case2("dim", b, dict(f, dim=dim), Reject.BAD_DIMENSION)
+    group = draw(st.sampled_from([0, f["dim"] + 1, 2**64 - 1]))
+    return _case2("group", b, dict(f, group=group), Reject.BAD_DIMENSION)
+
+
+def _values2(draw: st.DrawFn, b: Base2) -> Case:
+    """A NaN, an infinity, a value float16 cannot hold, or a negative scale (-0.0 is not)."""
+    f = b.fields
+    i = draw(st.integers(0, 2**16))
+    how = draw(st.sampled_from(["non-finite", "negative", "negative-zero"]))
+    if how == "non-finite":
+        value, expected = draw(st.sampled_from([np.nan, np.inf, -np.inf, 1e5])), Reject.NON_FINITE
+    elif how == "negative":
+        value = draw(st.sampled_from([-6e-8, -1e-3, -2.0, -65504.0]))
+        expected = Reject.OUT_OF_RANGE
+    else:
+        value, expected = -0.0, ACCEPTED
+    g = dict(f, scales=_poke(f["scales"], "<f2", i, value))
+    return _case2(f"values-{how}", b, g, expected)
+
+
+def _padding2(draw: st.DrawFn, b: Base2) -> Case:
+    f = b.fields
+    width = bitdelta.sign_bytes(f["dim"])
+    spare = width * 8 - f["dim"]
+    assert spare, "every v2 base batch has unused sign bits"
+    signs = bytearray(f["signs"])
+    row = draw(st.integers(0, len(f["texts"]) - 1))
+    signs[row * width + width - 1] |= 1 << draw(st.integers(0, spare - 1))
+    return _case2("padding", b, dict(f, signs=bytes(signs)), Reject.BAD_PADDING)
+
+
+def _text2(draw: st.DrawFn, b: Base2) -> Case:
+    texts = list(b.fields["texts"])
+    i = draw(st.integers(0, len(texts) - 1))
+    if draw(st.booleans()):
+        texts[i] = draw(st.sampled_from(_LONG_TEXTS))
+        return _case2("text-long", b, dict(b.fields, texts=texts), Reject.TEXT_TOO_LONG)
+    texts[i] = draw(st.sampled_from(_BAD_TEXTS))
+    return _case2("text-bad", b, dict(b.fields, texts=texts), Reject.BAD_TEXT)
+
+
+def _duplicate2(draw: st.DrawFn, b: Base2) -> Case:
+    g = with_rows_v2(b.fields, draw(st.integers(2, 5)))
+    i, j = draw(st.lists(st.integers(0, len(g["texts"]) - 1), min_size=2, max_size=2, unique=True))
+    g["texts"][i] = g["texts"][j]
+    return _case2("duplicate", b, g, Reject.DUPLICATE_EXPERIENCE)
+
+
+def _labels2(draw: st.DrawFn, b: Base2) -> Case:
+    """A bad domain; or a bad model id, which only the block can carry."""
+    if draw(st.booleans()):
+        domain = draw(st.sampled_from(["", "Coding", "a b", "a" * 33, "ü", "a_b", "a\n"]))
+        return _case2("domain", b, dict(b.fields, domain=domain), Reject.BAD_DOMAIN)
+    model = draw(st.sampled_from(["", "a b", "m" * 129, "ü", "a\x00", "m\n"]))
+    data = make_baseline_block(b.block.values, model).data
+    return _committed("model", b, data, Reject.BAD_MODEL)
+
+
+def _schema2(draw: st.DrawFn, b: Base2) -> Case:
+    f = b.fields
+    how = draw(st.sampled_from(["drop", "extra", "type", "empty", "reference", "not-array"]))
+    names = [name for name, _ in wire.V2_ITEMS if name != "version"]  # version: unknown_version
+    if how == "drop":
+        g = dict(f)
+        del g[draw(st.sampled_from(names))]
+        return _case2("schema-drop", b, g, Reject.SCHEMA)
+    if how == "extra":
+        items = [*items_v2(f), draw(st.sampled_from([0, b"", "x", [], {"a": 1}]))]
+        return _raw_case2("schema-extra", b, dagcbor.encode(items), Reject.SCHEMA)
+    if how == "type":
+        name = draw(st.sampled_from(names))
+        wrong = draw(st.sampled_from(_WRONG_TYPE[dict(wire.V2_ITEMS)[name]]))
+        return _case2("schema-type", b, dict(f, **{name: wrong}), Reject.SCHEMA)
+    if how == "empty":  # after the signature: the signer's
+        return _case2("schema-empty", b, with_rows_v2(f, 0), Reject.SCHEMA)
+    if how == "reference":  # no dag-cbor sha2-256 CIDv1: nothing can hash to it
+        ref = draw(
+            st.sampled_from(
+                [
+                    b"\x01\x55\x12\x20" + bytes(32),  # raw codec
+                    b"\x01\x71\x13\x40" + bytes(32),  # sha2-512 code, sha2-256 length
+                    dagcbor.CID_PREFIX + bytes(31),
+                    dagcbor.CID_PREFIX + bytes(33),
+                    b"",
+                ]
+            )
+        )
+        g = dict(f, baseline=ref)
+        if draw(st.booleans()):  # the attached block cannot be the one named
+            return _case2("schema-reference", b, g, Reject.CID_MISMATCH, attach=True)
+        return _case2("schema-reference", b, g, Reject.SCHEMA, attach=False)
+    other = draw(st.sampled_from([dict(f), "batch", 2, [], {}]))
+    return _raw_case2("schema-not-array", b, dagcbor.encode(other), Reject.SCHEMA)
+
+
+def _raw_case2(kind: str, b: Base2, raw: bytes, expected: str, **extra: Any) -> Case:
+    """A hand-made batch block, re-signed (no block attached: none could match it)."""
+    envelope = resign_v2(None, block=raw, operator_sig=b.operator_sig)
+    return Case(f"v2-{kind}", envelope, frozenset({str(expected)}), **extra)
+
+
+def _version2(draw: st.DrawFn, b: Base2) -> Case:
+    """Another version in the v2 form (whatever the array's length), or the forms crossed."""
+    how = draw(st.sampled_from(["item", "short", "cross-v1-block", "cross-v2-block"]))
+    items = items_v2(b.fields)
+    if how == "item":
+        items[0] = draw(st.sampled_from([0, 1, 3, 2**64 - 1, "2", b"\x02", [2]]))
+        return _raw_case2("version", b, dagcbor.encode(items), Reject.UNKNOWN_VERSION)
+    if how == "short":
+        n = draw(st.integers(1, len(items) + 2))
+        items = [draw(st.sampled_from([1, 3])), *items[1:], *[0] * 2][:n]
+        return _raw_case2("version-short", b, dagcbor.encode(items), Reject.UNKNOWN_VERSION)
+    if how == "cross-v1-block":  # a v1 batch map in a v2 envelope
+        raw = dagcbor.encode(fields_of(valid_envelopes()[0]))
+        return _raw_case2("cross-v1-block", b, raw, Reject.SCHEMA)
+    # a v2 array in a v1 envelope, signed under either context
+    context = draw(st.sampled_from([wire.BATCH_SIGNATURE_CONTEXT, wire.BATCH_SIGNATURE_CONTEXT_V2]))
+    envelope = resign(None, block=dagcbor.encode(items), context=context)
+    return Case("v2-cross-v2-block", envelope, frozenset({str(Reject.SCHEMA)}))
+
+
+def _bad_key2(draw: st.DrawFn, b: Base2) -> Case:
+    sender = draw(st.sampled_from([0, 1, 31, 33, 64]).map(lambda n: KEY.public_key[:1] * n))
+    return _case2("bad-key", b, dict(b.fields, sender=sender), Reject.BAD_KEY)
+
+
+def _signer2(draw: st.DrawFn, b: Base2) -> Case:
+    """Validly signed, but not by the sender named, or not as a v2 batch."""
+    how = draw(st.sampled_from(["claimed", "key", "context"]))
+    if how == "claimed":
+        g = dict(b.fields, sender=OTHER_KEY.public_key)
+        return _case2("signer-claimed", b, g, Reject.BAD_SIGNATURE)
+    attached = b.block.data if b.attach else None
+    if how == "key":
+        envelope = resign_v2(b.fields, key=OTHER_KEY, attached=attached)
+    else:
+        context = draw(st.sampled_from([b"", wire.BATCH_SIGNATURE_CONTEXT, b"fai/batch/v3\x00"]))
+        envelope = resign_v2(b.fields, context=context, attached=attached)
+    return Case(f"v2-signer-{how}", envelope, frozenset({str(Reject.BAD_SIGNATURE)}))
+
+
+def _oversize2(draw: st.DrawFn, b: Base2) -> Case:
+    name = draw(st.sampled_from(["signs", "texts", "attached"]))
+    pad = wire.MAX_ENVELOPE_BYTES + draw(st.integers(-200, 200))
+    f = b.fields
+    if name == "attached":  # bytes that cannot be the block named: cid_mismatch if they fit
+        envelope = resign_v2(f, attached=bytes(pad))
+        fits = len(envelope) <= wire.MAX_ENVELOPE_BYTES
+        return Case(
+            "v2-oversize-attached",
+            envelope,
+            frozenset({str(Reject.CID_MISMATCH if fits else Reject.OVERSIZE)}),
+        )
+    g = dict(f, **{name: f[name] + (["x" * pad] if name == "texts" else bytes(pad))})
+    envelope = resign_v2(g)
+    if len(envelope) > wire.MAX_ENVELOPE_BYTES:
+        return Case("v2-oversize", envelope, frozenset({str(Reject.OVERSIZE)}))
+    return Case("v2-oversize-just-under", envelope, frozenset({str(Reject.SHAPE_MISMATCH)}))
+
+
+def _malformed2(draw: st.DrawFn, b: Base2) -> Case:
+    raw = dagcbor.encode(items_v2(b.fields))
+    how = draw(st.sampled_from(["truncated", "trailing", "negative", "bool", "float"]))
+    if how == "truncated":
+        raw = raw[: draw(st.integers(0, len(raw) - 1))]
+    elif how == "trailing":
+        raw += draw(st.binary(min_size=1, max_size=4))
+    else:
+        name = draw(st.sampled_from(["seq", "timestamp_ms", "dim", "group"]))
+        value = {"negative": -1, "bool": True, "float": 1.5}[how]
+        raw = cbor2.dumps(items_v2(dict(b.fields, **{name: value})), canonical=True)
+    return _raw_case2(f"malformed-{how}", b, raw, Reject.MALFORMED_CBOR)
+
+
+def _non_canonical2(draw: st.DrawFn, b: Base2) -> Case:
+    """The same values, not in their canonical encoding: the batch array re-signed, or the
+    envelope map itself (keys out of order)."""
+    raw = dagcbor.encode(items_v2(b.fields))
+    assert raw[:2] == b"\x8d\x02"  # a 13-item array, then version 2
+    how = draw(st.sampled_from(["version-head", "array-head", "envelope-order"]))
+    if how == "version-head":  # 2 as a one-byte-argument integer
+        return _raw_case2("non-canonical", b, raw[:1] + b"\x18\x02" + raw[2:], "non_canonical")
+    if how == "array-head":  # the array's length in a one-byte argument
+        return _raw_case2("non-canonical", b, b"\x98\x0d" + raw[1:], "non_canonical")
+    env = envelope_of(resign_v2(b.fields, attached=b.block.data, operator_sig=b.operator_sig))
+    envelope = cbor2.dumps(dict(reversed(env.items())))
+    return Case("v2-non-canonical-envelope", envelope, frozenset({str(Reject.NON_CANONICAL)}))
+
+
+def _asked_for2(draw: st.DrawFn, b: Base2) -> Case:
+    f = b.fields
+    g = dict(f, seq=(f["seq"] + draw(st.integers(1, 2**32))) % 2**64)
+    own = draw(st.booleans())
+    asked = dagcbor.cid_of(dagcbor.encode(items_v2(g if own else f)))
+    expected = ACCEPTED if own else Reject.CID_MISMATCH
+    return _case2("asked-for-cid", b, g, expected, expected_cid=asked)
+
+
+def _time2(draw: st.DrawFn, b: Base2) -> Case:
+    side = draw(st.sampled_from([Reject.STALE, Reject.FUTURE, ACCEPTED]))
+    if side == ACCEPTED:
+        offset = draw(st.integers(-MAX_AGE_MS, MAX_AGE_MS))
+    else:
+        offset = draw(st.integers(MAX_AGE_MS + 1, 10 * MAX_AGE_MS))
+        offset = -offset if side == Reject.STALE else offset
+    g = dict(b.fields, timestamp_ms=NOW_MS + offset)
+    return _case2("time", b, g, freshness=side)
+
+
+def _harmless2(draw: st.DrawFn, b: Base2) -> Case:
+    """What any sender may choose, with or without attaching: the batch stays valid. Another
+    fleet's model id is no wire fault either (the gate refuses it as wrong_model)."""
+    m = len(b.fields["texts"])
+    g = dict(
+        b.fields,
+        seq=draw(st.integers(0, 2**64 - 1)),
+        domain=draw(st.from_regex(r"[a-z0-9-]{1,32}", fullmatch=True)),
+        quality=draw(st.binary(min_size=2 * m, max_size=2 * m)),
+        iteration=draw(st.binary(min_size=m, max_size=m)),
+    )
+    model = draw(st.sampled_from([None, "m", "org/model:1", "a" * 128]))
+    data = None if model is None else make_baseline_block(b.block.values, model).data
+    if data is not None:
+        g["baseline"] = dagcbor.cid_of(data)
+    return _case2("harmless", b, g, block_data=data, attach=draw(st.booleans()))
+
+
+def _envelope_keys2(draw: st.DrawFn, b: Base2) -> Case:
+    """The envelope map's keys and values, changed outside the signed batch: refused before
+    the signature (schema for keys, types and lengths; cid_mismatch for a block that is not
+    the one named), so nobody is charged but the relay."""
+    env = envelope_of(resign_v2(b.fields, attached=b.block.data, operator_sig=OP_SIG))
+    how = draw(
+        st.sampled_from(
+            ["drop", "extra", "rename", "type", "sig-length", "op-length", "swap-block"]
+        )
+    )
+    expected = Reject.SCHEMA
+    if how == "drop":
+        del env[draw(st.sampled_from(["b", "s"]))]
+    elif how == "extra":
+        key = draw(st.sampled_from(["x", "batch", "sig", "A", "", "bb", "operator_sig"]))
+        env[key] = draw(st.sampled_from([b"", b"x" * 64, "x", 0]))
+    elif how == "rename":
+        old = draw(st.sampled_from(["a", "o", "s"]))
+        env[draw(st.sampled_from(["A", "c", "attached", "sig", "operator_sig"]))] = env.pop(old)
+    elif how == "type":
+        env[draw(st.sampled_from(["b", "s", "o", "a"]))] = draw(
+            st.sampled_from(["text", 3, [b"x"], {"b": b"x"}])
+        )
+    elif how == "sig-length":
+        env["s"] = draw(st.sampled_from([env["s"][:63], env["s"] + b"\0", b""]))
+    elif how == "op-length":
+        env["o"] = draw(st.sampled_from([OP_SIG[:64], OP_SIG + b"\0", b""]))
+    else:
+        other = draw(st.sampled_from([b"", env["b"], block(seed=99).data, raw_block()]))
+        env["a"] = other
+        expected = Reject.CID_MISMATCH
+    return Case(f"v2-envelope-{how}", dagcbor.encode(env), frozenset({str(expected)}))
+
+
+def _block_rules2(draw: st.DrawFn, b: Base2) -> Case:
+    """Block bytes the signer committed to (the batch names their CID) that break the block
+    rules: the signer's fault, attached or fetched."""
+    dim = b.fields["dim"]
+    good = np.asarray(b.block.values, dtype="<f2")
+    how = draw(
+        st.sampled_from(["width", "value-bytes", "non-finite", "keys", "types", "not-a-map"])
+    )
+    if how == "width":
+        w = draw(st.sampled_from([0, MAX_DIMENSION + 1, 2**64 - 1]))
+        values = bytes(2 * w) if w == MAX_DIMENSION + 1 else b""
+        data, reason = raw_block(dim=w, values=values), Reject.BAD_DIMENSION
+    elif how == "value-bytes":
+        delta = draw(st.sampled_from([-2, -1, 1, 2, 3]))
+        raw = good.tobytes()
+        values = raw[:delta] if delta < 0 else raw + bytes(delta)
+        data, reason = raw_block(dim=dim, values=values), Reject.SHAPE_MISMATCH
+    elif how == "non-finite":
+        bad = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        values = _poke(good.tobytes(), "<f2", draw(st.integers(0, 2**16)), bad)
+        data, reason = raw_block(dim=dim, values=values), Reject.NON_FINITE
+    elif how == "keys":
+        fields = {"m": MODEL, "w": dim, "f": good.tobytes()}
+        if draw(st.booleans()):
+            del fields[draw(st.sampled_from(sorted(fields)))]
+        else:
+            fields[draw(st.sampled_from(["x", "M", "mm", ""]))] = 0
+        data, reason = dagcbor.encode(fields), Reject.SCHEMA
+    elif how == "types":
+        name, wrong = draw(
+            st.sampled_from(
+                [("m", 1), ("m", b"m"), ("w", str(dim)), ("w", [dim]), ("f", "x"), ("f", [1])]
+            )
+        )
+        fields = dict({"m": MODEL, "w": dim, "f": good.tobytes()}, **{name: wrong})
+        data, reason = dagcbor.encode(fields), Reject.SCHEMA
+    else:
+        other = draw(st.sampled_from([[MODEL, dim, good.tobytes()], "block", 7, []]))
+        data, reason = dagcbor.encode(other), Reject.SCHEMA
+    return _committed(f"block-{how}", b, data, reason)
+
+
+def _block_bytes2(draw: st.DrawFn, b: Base2) -> Case:
+    """Committed block bytes that are too large, not DAG-CBOR, not canonical, or a valid
+    block of another width (it does not fit the batch)."""
+    dim = b.fields["dim"]
+    good = np.asarray(b.block.values, dtype="<f2")
+    how = draw(st.sampled_from(["oversize", "malformed", "non-canonical", "other-dim"]))
+    if how == "oversize":  # refused for its size before anything else is read
+        extra = draw(st.integers(1, 3000))
+        data = raw_block(dim=dim, values=good.tobytes() + bytes(MAX_BLOCK_BYTES + extra))
+        reason = Reject.OVERSIZE
+    elif how == "malformed":
+        raw = raw_block(dim=dim, values=good)
+        if draw(st.booleans()):
+            data = raw[: draw(st.integers(0, len(raw) - 1))]
+        else:
+            data = raw + draw(st.binary(min_size=1, max_size=4))
+        reason = Reject.MALFORMED_CBOR
+    elif how == "non-canonical":  # keys out of DAG-CBOR order
+        data = cbor2.dumps({"w": dim, "m": MODEL, "f": good.tobytes()})
+        reason = Reject.NON_CANONICAL
+    else:
+        other = draw(st.integers(1, 2 * dim + 8).filter(lambda d: d != dim))
+        data, reason = block(other, seed=5).data, Reject.SHAPE_MISMATCH
+    return _committed(f"block-{how}", b, data, reason)
+
+
+MUTATIONS_V2 = {
+    fn.__name__.strip("_"): fn
+    for fn in (
+        _rows2,
+        _shape2,
+        _dimension2,
+        _values2,
+        _padding2,
+        _text2,
+        _duplicate2,
+        _labels2,
+        _schema2,
+        _version2,
+        _bad_key2,
+        _signer2,
+        _oversize2,
+        _malformed2,
+        _non_canonical2,
+        _asked_for2,
+        _time2,
+        _harmless2,
+        _envelope_keys2,
+        _block_rules2,
+        _block_bytes2,
+    )
+}
+
+
+@st.composite
+def structured_mutations_v2(draw: st.DrawFn) -> Case:
+    signed, base = draw(st.sampled_from(v2_bases()))
+    b = Base2(fields_v2(signed), base, draw(st.booleans()), signed.operator_signature)
+    return MUTATIONS_V2[draw(st.sampled_from(sorted(MUTATIONS_V2)))](draw, b)
+
+
+@given(structured_mutations_v2())
+@settings(FUZZ, max_examples=200)
+def test_v2_structured_mutations_re_signed(case: Case) -> None:
+    check_structured(case)
+
+
+def test_v2_mutations_reach_every_reason() -> None:
+    """Every Reject reason and an accepted batch come out of v2 bytes; each reason that can be
+    the signer's, attributed to it, and each that cannot, to nobody; and completing batches
+    with the blocks they name reaches every block refusal (and success)."""
+    seen = reached(structured_mutations_v2(), check_structured, COVERAGE_EXAMPLES_V2)
+    wanted = (
+        {r.value for r in Reject}
+        | {ACCEPTED, f"complete:{ACCEPTED}"}
+        | {f"signer:{r}" for r in V2_SIGNER_REASONS}
+        | {f"nobody:{r}" for r in V2_NOBODY_REASONS}
+        | {f"complete:{r}" for r in V2_COMPLETION_REASONS}
+    )
+    assert not wanted - seen.keys(), (sorted(wanted - seen.keys()), seen)
+
+
+# -- byte-level and random v2 input ----------------------------------------------------------
+
+
+@given(mutated(valid_v2_envelopes))
+@settings(FUZZ, max_examples=400)
+def test_mutated_v2_envelopes(data: bytes) -> None:
+    result = outcome(data)
+    assert_not_forged(result)
+
+
+@given(st.sampled_from(v2_bases()), st.booleans(), st.data())
+@FUZZ
+def test_mutated_v2_batch_blocks_re_signed(
+    base: tuple[wire.SignedBatch, BaselineBlock], attach: bool, data: st.DataObject
+) -> None:
+    """Mutate the batch array's bytes and sign them properly: the content checks face them."""
+    signed, blk = base
+    raw = _bytes_mutated(data, envelope_of(signed)["b"])
+    result = outcome(resign_v2(None, block=raw, attached=blk.data if attach else None))
+    if isinstance(result, wire.SignedBatch):
+        assert_sound(result)
+
+
+@given(st.sampled_from(v2_bases()), st.data())
+@FUZZ
+def test_mutated_blocks_are_judged_alike_attached_or_fetched(
+    base: tuple[wire.SignedBatch, BaselineBlock], data: st.DataObject
+) -> None:
+    """Mutate the baseline block's bytes and have the signer commit to them: attached, the
+    decoder refuses (or accepts) them exactly as the node's completion of the same batch
+    without them does; and either way the refusal is the signer's."""
+    signed, blk = base
+    raw = _bytes_mutated(data, blk.data)
+    fields = dict(fields_v2(signed), baseline=dagcbor.cid_of(raw))
+    attached = outcome(resign_v2(fields, attached=raw))
+    bare = outcome(resign_v2(fields))
+    assert isinstance(bare, wire.SignedBatch)  # the batch itself is fine
+    done = complete(bare.batch, raw)
+    if isinstance(attached, wire.SignedBatch):
+        assert_sound(attached)
+        assert done == ACCEPTED
+    else:
+        assert attached.reason.value == done
+        assert attached.sender == KEY.public_key
+
+
+def _bytes_mutated(data: st.DataObject, raw: bytes) -> bytes:
+    out = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, max(0, len(out) - 1)))
+        op = data.draw(st.sampled_from(["flip", "flip", "insert", "delete"]))
+        if op == "flip" and out:
+            out[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "insert":
+            out[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+        elif out:
+            del out[i : i + data.draw(st.integers(1, 8))]
+    return bytes(out)
+
+
+@st.composite
+def batch_arrays(draw: st.DrawFn) -> tuple[list[Any], bytes | None]:
+    """`batch_maps` in the v2 form: mostly well-formed arrays with the same odd values and
+    faults (a missing name leaves a short array, "extra" a long one), scales as float16, and
+    the baseline column turned into a block of those values, named and sometimes attached."""
+    f = draw(batch_maps())
+    if "version" in f:
+        f["version"] = draw(_mostly(2, 1, 3))
+    scales = f.get("scales")
+    if f.get("scale_dtype") != "f16" and isinstance(scales, bytes) and len(scales) % 4 == 0:
+        f["scales"] = _half(np.frombuffer(scales, "<f4")).tobytes()
+    data = None
+    base = f.get("baseline")
+    if isinstance(base, bytes) and len(base) % 4 == 0:
+        values = _half(np.frombuffer(base, "<f4"))
+        model = f.get("model") if isinstance(f.get("model"), str) else MODEL
+        data = raw_block(model=model, dim=len(values), values=values)
+        f["baseline"] = dagcbor.cid_of(data)
+    items = [f[name] for name, _ in wire.V2_ITEMS if name in f]
+    if "extra" in f:
+        items.append(f["extra"])
+    return items, data, data is not None and draw(st.booleans())
+
+
+def _half(values: np.ndarray) -> np.ndarray:
+    """float32 values as float16; MAX_ABS_VALUE, a good value in version 1, becomes float16's
+    largest (the bad values beyond it still overflow to infinities)."""
+    values = np.where(np.abs(values) == MAX_ABS, np.sign(values) * 65504.0, values)
+    with np.errstate(over="ignore"):
+        return values.astype("<f2")
+
+
+MAX_ABS = np.float32(wire.MAX_ABS_VALUE)
+
+
+def check_batch_array(case: tuple[list[Any], bytes | None, bool]) -> list[str]:
+    """Decode the array re-signed by the sender (its block attached or not); complete an
+    unresolved batch with the block named; return the outcomes (for `reached`)."""
+    items, data, attach = case
+    result = outcome(resign_v2(items, attached=data if attach else None))
+    if isinstance(result, WireError):
+        return [result.reason.value]
+    assert_sound(result, known=False)
+    assert result.batch.sender == KEY.public_key
+    if result.batch.resolved or data is None:
+        return [ACCEPTED]
+    return [ACCEPTED, f"complete:{complete(result.batch, data)}"]
+
+
+@given(batch_arrays())
+@settings(FUZZ, max_examples=300)
+def test_random_batch_arrays_signed_by_sender(case: tuple[list[Any], bytes | None, bool]) -> None:
+    check_batch_array(case)
+
+
+def test_batch_arrays_reach_rows_and_shapes() -> None:
+    seen = reached(batch_arrays(), check_batch_array)
+    for label in (Reject.TOO_MANY_EXPERIENCES, Reject.SHAPE_MISMATCH, ACCEPTED):
+        assert seen[str(label)] >= 3, (label, seen)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["b", "s", "o", "a", "batch", "x"]),
+        st.one_of(
+            _ANY,
+            st.binary(min_size=64, max_size=64),
+            st.binary(min_size=65, max_size=65),
+            batch_arrays().map(lambda case: dagcbor.encode(case[0])),
+            st.just(block().data),
+        ),
+        max_size=4,
+    )
+)
+@settings(FUZZ, max_examples=200)
+def test_random_v2_envelope_shaped_objects(env: dict[str, Any]) -> None:
+    result = outcome(dagcbor.encode(env))
+    assert isinstance(result, WireError)  # no valid signature by anyone: never accepted
+    assert result.sender is None
+
+
+def test_v2_content_is_checked_before_the_attached_blocks_rules() -> None:
+    """docs/wire-format.md, "Decoding order (version 2)", step 5: content in version 1's
+    order, then the attached block's rules and fit. A batch with a bad domain and an
+    attached block of NaNs is `bad_domain`. (Both are the signer's: only the label differs.)"""
+    signed, _ = v2_bases()[0]
+    data = raw_block(dim=20, values=np.full(20, np.nan, "<f2"))
+    fields = dict(fields_v2(signed), domain="Bad Domain", baseline=dagcbor.cid_of(data))
+    result = outcome(resign_v2(fields, attached=data))
+    assert isinstance(result, WireError) and result.sender == KEY.public_key
+    assert result.reason == Reject.BAD_DOMAIN, result.reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -862,3 +1773,45 @@ def test_valid_envelope_always_decodes(case: tuple[list[Experience], dict[str, A
         result.batch.header.cid_digest
         == hashlib.sha256(dagcbor.decode(signed.envelope)["batch"]).digest()
     )
+
+
+@st.composite
+def valid_v2_batches(draw: st.DrawFn) -> tuple[list[Experience], BaselineBlock, dict[str, Any]]:
+    exps, v1 = draw(valid_batches())
+    d = exps[0].dimension
+    mean = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal(d)
+    base = make_baseline_block(mean * draw(st.sampled_from([0.0, 1.0, 100.0])), v1["model"])
+    kwargs = {
+        "seq": v1["seq"],
+        "timestamp_ms": v1["timestamp_ms"],
+        "group": v1["group"],
+        "operator_signer": v1["operator_signer"],
+        "attach_baseline": draw(st.booleans()),
+    }
+    return exps, base, kwargs
+
+
+@given(valid_v2_batches())
+@settings(FUZZ, max_examples=150)
+def test_valid_v2_envelope_always_decodes(
+    case: tuple[list[Experience], BaselineBlock, dict[str, Any]],
+) -> None:
+    """Whatever a sender may encode decodes, attached or not, re-encodes to its bytes, and
+    (completed with its block when it came without) reconstructs what the sender computed."""
+    exps, base, kwargs = case
+    signed = wire.encode_batch_v2(exps, key=KEY, baseline=base, **kwargs)
+    result = outcome(signed.envelope, expected_cid=signed.cid)
+    assert isinstance(result, wire.SignedBatch), result
+    assert_sound(result, known=False)
+    batch = result.batch
+    assert batch.version == 2 and batch.baseline_cid == base.cid
+    assert batch.resolved == kwargs["attach_baseline"]
+    assert batch.texts == tuple(e.text for e in exps)
+    assert (batch.seq, batch.timestamp_ms) == (kwargs["seq"], kwargs["timestamp_ms"])
+    assert result.operator_signature == (OP_SIG if kwargs["operator_signer"] else None)
+    if not batch.resolved:
+        assert complete(batch, base.data) == ACCEPTED
+        batch = batch.with_baseline(base)
+    assert batch.model == base.model
+    code = bitdelta.encode(np.stack([e.embedding for e in exps]), base.values, batch.group, "f16")
+    np.testing.assert_array_equal(batch.embeddings(), bitdelta.decode(code, base.values))
