@@ -14,8 +14,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,7 +63,11 @@ class Shell:
 
 
 @pytest.fixture()
-def shell(tmp_path: Path):
+def shell():
+    # Not pytest's tmp_path: its numbered directories grow with every run on a machine
+    # (/tmp/pytest-of-root/pytest-1074/...), and the nodes' control sockets under it would
+    # pass the 107-byte Unix socket limit.
+    tmp_path = Path(tempfile.mkdtemp(prefix="fai-walk-", dir="/tmp"))
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     sh = Shell(tmp_path)
     try:
@@ -75,6 +81,7 @@ def shell(tmp_path: Path):
                 capture_output=True,
                 timeout=120,
             )
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_the_walkthrough_is_the_block_this_test_expects():
