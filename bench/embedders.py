@@ -1,6 +1,6 @@
 """The embedding backends: int8 ONNX (`minilm`, the default) against float torch (`minilm-torch`).
 
-    .venv/bin/python bench/embedders.py [--json] [--quick] [--no-node]
+    .venv/bin/python bench/embedders.py [--json] [--quick] [--no-node | --node-only]
 
 Both run all-MiniLM-L6-v2 under one model id (docs/embedding.md). Per backend, each in a
 fresh subprocess (so imports, the model and the RSS are its own): the time from importing
@@ -19,9 +19,13 @@ node's `soup_config`, with the per-sender cap lifted so one round judges every r
 cap defers floods; it checks nothing about embeddings).
 
 Last (unless --no-node), a node: `python -m fai_net.cli node run --open --domain coding`
-with the default embedder; RSS once node.json appears, and again after one
-`fai experiences add` has made it load the model; then SIGTERM. The same with
-`--embedder minilm-torch` when torch is installed.
+with the default embedder; RSS once node.json appears, again after one
+`fai experiences add` has made it load the model, and again after it has embedded and
+stored the corpus's first 500 sentences (`fai experiences add --file`, 200 per call, the
+CLI's import chunk; the node's CPU per text for those is reported beside); then SIGTERM.
+Each RSS comes with its anonymous part (/proc/PID/smaps_rollup): the rest is shared
+libraries' code pages, clean and reclaimable. The same with `--embedder minilm-torch` when
+torch is installed. `--node-only` measures the nodes and nothing else.
 
 Speeds are given as ratios to the torch backend measured in the same run (the machine is
 shared and noisy). A full run takes ~2 minutes on 2 cores; --quick uses the corpus's first
@@ -222,36 +226,68 @@ def round_summary(result, config) -> dict:
 # -- a node ------------------------------------------------------------------------------------
 
 
+#: Corpus sentences a node embeds and stores after its first embed (`node_rss`).
+NODE_TEXTS = 500
+
+
+def _memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, its anonymous part) of a process, in MiB, from /proc/PID/smaps_rollup."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    return fields["Rss"], fields["Anonymous"]
+
+
 def node_rss(embedder: str, workdir: Path) -> dict:
-    """RSS of `fai node run --open` once node.json appears, and after its first embed."""
+    """RSS of `fai node run --open` once node.json appears, after its first embed, and after
+    it has embedded and stored NODE_TEXTS corpus sentences (with their anonymous parts)."""
     import psutil
 
+    from fai_core.corpus import load_pattern_corpus
     from fai_net.devnet.launch import launch_node
 
     data = workdir / f"node-{embedder}"
     args = ["--data-dir", str(data), "--open", "--domain", "coding", "--embedder", embedder]
     args += ["--metrics-port", "-1"]
+    texts = workdir / f"node-{embedder}.jsonl"
+    lines = [json.dumps({"text": t}) for _, t in load_pattern_corpus()[:NODE_TEXTS]]
+    texts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    add = [sys.executable, "-m", "fai_net.cli", "experiences", "add", "--data-dir", str(data)]
+    add += ["--domain", "coding"]
     node = launch_node(args, data_dir=data)
     try:
         started = time.perf_counter()
         node.wait_ready(120)
         ready_s = time.perf_counter() - started
         proc = psutil.Process(node.pid)
-        at_start = proc.memory_info().rss / 2**20
-        add = [sys.executable, "-m", "fai_net.cli", "experiences", "add", "--data-dir"]
-        add += [str(data), "--domain", "coding", "--text", "run the failing test alone first"]
+        at_start = _memory_mb(node.pid)
         t = time.perf_counter()
-        subprocess.run(add, check=True, capture_output=True, cwd=REPO, timeout=300)
+        one = ["--text", "run the failing test alone first"]
+        subprocess.run(add + one, check=True, capture_output=True, cwd=REPO, timeout=300)
         first_add_s = time.perf_counter() - t
-        after_embed = proc.memory_info().rss / 2**20
+        after_embed = _memory_mb(node.pid)
+        cpu, t = sum(proc.cpu_times()[:2]), time.perf_counter()
+        run = [*add, "--file", str(texts)]
+        subprocess.run(run, check=True, capture_output=True, cwd=REPO, timeout=600)
+        cpu, texts_s = sum(proc.cpu_times()[:2]) - cpu, time.perf_counter() - t
+        after_texts = _memory_mb(node.pid)
     finally:
         code = node.stop(grace=30)
     return {
         "embedder": embedder,
         "ready_s": ready_s,
-        "rss_at_start_mb": at_start,
+        "rss_at_start_mb": at_start[0],
+        "anon_at_start_mb": at_start[1],
         "first_add_s": first_add_s,
-        "rss_after_first_embed_mb": after_embed,
+        "rss_after_first_embed_mb": after_embed[0],
+        "anon_after_first_embed_mb": after_embed[1],
+        "texts_added": NODE_TEXTS,
+        "texts_add_s": texts_s,
+        "node_cpu_ms_per_text_added": 1e3 * cpu / NODE_TEXTS,
+        f"rss_after_{NODE_TEXTS}_texts_mb": after_texts[0],
+        f"anon_after_{NODE_TEXTS}_texts_mb": after_texts[1],
         "exit_code_after_sigterm": code,
     }
 
@@ -293,7 +329,7 @@ def ratios(measured: dict) -> dict:
     }
 
 
-def run(quick: bool, with_node: bool) -> dict:
+def run(quick: bool, with_node: bool, node_only: bool = False) -> dict:
     from fai_core.corpus import load_pattern_corpus
 
     corpus = load_pattern_corpus()
@@ -303,26 +339,38 @@ def run(quick: bool, with_node: bool) -> dict:
     vectors: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="fai-embedders-") as tmp:
         work = Path(tmp)
-        for name in BACKENDS:
-            log(f"measuring {name} in a fresh process")
-            got = measure_backend(name, len(corpus), work)
-            if got is not None:
-                report["backends"][name], vectors[name] = got
-        report["ratio_int8_over_torch"] = ratios(report["backends"])
-        report.update(compare(report["backends"], vectors, corpus))
-        if with_node:
+        if node_only:
+            names = [n for n in BACKENDS if n != "minilm-torch" or _torch_installed()]
+        else:
+            for name in BACKENDS:
+                log(f"measuring {name} in a fresh process")
+                got = measure_backend(name, len(corpus), work)
+                if got is not None:
+                    report["backends"][name], vectors[name] = got
+            report["ratio_int8_over_torch"] = ratios(report["backends"])
+            report.update(compare(report["backends"], vectors, corpus))
+            names = list(report["backends"])
+        if with_node or node_only:
             report["node"] = {}
-            for name in report["backends"]:
+            for name in names:
                 log(f"node with --embedder {name}")
                 report["node"][name] = node_rss(name, work)
     return report
+
+
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="256 sentences for the comparisons")
-    p.add_argument("--no-node", action="store_true", help="skip the node RSS measurement")
+    nodes = p.add_mutually_exclusive_group()
+    nodes.add_argument("--no-node", action="store_true", help="skip the node RSS measurement")
+    nodes.add_argument("--node-only", action="store_true", help="only the node RSS measurement")
     p.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -330,7 +378,7 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(child(args.child, args.n, args.out)))
         return 0
-    report = run(args.quick, not args.no_node)
+    report = run(args.quick, not args.no_node, args.node_only)
     print(json.dumps(report, indent=1 if args.json else None, sort_keys=False))
     return 0
 
