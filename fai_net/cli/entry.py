@@ -65,6 +65,7 @@ def _node_run(args: argparse.Namespace) -> int:
         data_dir=Path(settings.require("data_dir")),
         domains=tuple(args.domain or toml_domains),
         listen=tuple(args.listen or ["/ip4/127.0.0.1/tcp/0"]),
+        announce=tuple(args.announce or ()),
         seeds=tuple(args.seed or []),
         embedder=args.embedder,
         open_membership=args.open,
@@ -143,6 +144,12 @@ def _add_node_run_command(sub) -> None:
     run.add_argument("--domain", action="append", help="domain tag (repeat; or fai.toml)")
     run.add_argument("--config", help="a fai.toml with data_dir, rpc, registry, domains, ...")
     run.add_argument("--listen", action="append", help="multiaddr (default 127.0.0.1, any port)")
+    run.add_argument(
+        "--announce",
+        action="append",
+        metavar="MULTIADDR",
+        help="address peers should dial, if not the --listen one (repeat; needed with 0.0.0.0)",
+    )
     run.add_argument("--seed", action="append", help="peer multiaddr with /p2p/ id (repeat)")
     run.add_argument("--embedder", choices=EMBEDDERS, default="minilm")
     run.add_argument("--open", action="store_true", help="no registry (development only)")

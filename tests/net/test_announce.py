@@ -55,3 +55,18 @@ def test_node_json_lists_the_announced_addresses_and_keeps_the_bound_ones(tmp_pa
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_the_command_line_says_what_is_missing(tmp_path):
+    """`fai node run --listen /ip4/0.0.0.0/...` without --announce stops with the fix."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fai_net.cli", "node", "run", "--data-dir", str(tmp_path / "x"),
+         "--domain", "coding", "--open", "--embedder", "hashing",
+         "--listen", "/ip4/0.0.0.0/tcp/0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "give --announce with the address peers should dial" in done.stderr
