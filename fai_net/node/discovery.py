@@ -95,6 +95,10 @@ class Discovery:
                 continue
             with trio.move_on_after(5):
                 try:
+                    # py-libp2p refuses to dial a peer for 60 s after one failed dial: a
+                    # seed that was not up yet, or a peer behind a healed partition, would
+                    # wait that long whatever our own discovery interval.
+                    res.host.get_network().unblock_peer(info.peer_id)
                     await res.host.connect(info)
                     self.state.peer(info.peer_id).last_seen_ms = now_ms()
                     self.state.repair_wakeup.set()
