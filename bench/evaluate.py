@@ -3,7 +3,7 @@
     .venv/bin/python bench/evaluate.py [--jobs 2] [--cache DIR] [--rounds 100]
         [--sizes 10,50,100] [--seeds 42,123,456] [--robust-n 100] [--attacks a,b,...]
         [--bandwidth-sizes 10,50,100,200,500] [--bandwidth-rounds 20]
-        [--share-check-sizes 10,50] [--eval-every 1]
+        [--share-check-sizes 10,50] [--eval-every 1] [--v1-seeds 42,123,456]
         [--out-md docs/evaluation.md] [--img-dir docs/img] [--json] [--quick]
 
 Every number in the Markdown file comes from this script: the simulator runs (fai_core/sim),
@@ -18,8 +18,13 @@ reusable with the code that produced it, so an edit to the simulator or to Delta
 invalidates the cache instead of silently mixing old and new numbers. An interrupted grid
 resumes where it stopped.
 
+The simulated nodes publish the simulator's default wire version (2: the baseline block by
+CID). For the bandwidth tables (Tables 3 and 5) each bandwidth run is repeated with
+`wire_version=1` (the float32 baseline in every batch) for the seeds in `--v1-seeds`, so both
+versions are measured on the same fleet; Table 3 also encodes real corpus batches both ways.
+
 Table 1/5 runs evaluate every `--eval-every` rounds (1 by default, so "rounds to 90%" is not
-quantised); Byzantine and extra bandwidth runs evaluate only their final round, which does
+quantised); Byzantine, extra bandwidth and wire v1 runs evaluate only their final round, which does
 not change the dynamics (evaluation draws no random numbers). The f = 0 column of Table 2 is
 the Table 1 run of that N, so the clean runs are done once.
 
@@ -48,9 +53,11 @@ from pathlib import Path
 import numpy as np
 
 import fai_core
-from fai_core import bitdelta
+from fai_core import baseline_block, bitdelta, wire
+from fai_core.baseline_block import make_baseline_block
 from fai_core.corpus import load_pattern_corpus
 from fai_core.embedding import DEFAULT_MODEL
+from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 from fai_eval import attacks
 from fai_eval.scenario import shipped_embeddings
@@ -145,10 +152,15 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def sim_config(nodes, rounds, seed, *, eval_every, byzantine=0, attack=None, share=True) -> dict:
+def sim_config(
+    nodes, rounds, seed, *, eval_every, byzantine=0, attack=None, share=True, wire_version=None
+) -> dict:
     """A SimConfig as a JSON-normal dict; f = 0 runs all carry the default attack name, so
-    the clean run of an N is the same cache entry whichever attack table asks for it."""
-    kwargs = {"attack": attack} if byzantine and attack else {}
+    the clean run of an N is the same cache entry whichever attack table asks for it.
+    `wire_version` None is the simulator's default (the version nodes publish)."""
+    kwargs: dict = {"attack": attack} if byzantine and attack else {}
+    if wire_version is not None:
+        kwargs["wire_version"] = wire_version
     cfg = SimConfig(
         nodes=nodes,
         rounds=rounds,
@@ -172,6 +184,8 @@ def describe(cfg: dict) -> str:
         text += f" f={cfg['byzantine']} {cfg['attack']}"
     if not cfg["share"]:
         text += " share=False"
+    if cfg.get("wire_version", 1) != SimConfig.wire_version:
+        text += f" wire v{cfg.get('wire_version', 1)}"
     return text
 
 
@@ -257,7 +271,7 @@ def make_plan(s: argparse.Namespace) -> dict:
     def clean(n, seed):
         return sim_config(n, s.rounds, seed, eval_every=s.eval_every)
 
-    plan: dict = {"t1": {}, "robust": {}, "bandwidth": {}, "share": {}}
+    plan: dict = {"t1": {}, "robust": {}, "bandwidth": {}, "share": {}, "v1": {}}
     for n in s.sizes:
         plan["t1"][n] = [clean(n, seed) for seed in s.seeds]
     for attack in s.attacks:
@@ -281,6 +295,14 @@ def make_plan(s: argparse.Namespace) -> dict:
         on = clean(n, s.seeds[0])
         off = dict(on, share=False)
         plan["share"][n] = {"on": on, "off": off}
+    # Wire version 1 beside the default runs, for the bandwidth tables: the same N, rounds
+    # and seeds (at most --v1-seeds), evaluated at the final round only (bytes do not
+    # depend on evaluation, which draws no random numbers).
+    for n, cfgs in plan["bandwidth"].items():
+        seeds = [c["seed"] for c in cfgs if c["seed"] in s.v1_seeds]
+        r = cfgs[0]["rounds"]
+        plan["v1"][n] = [sim_config(n, r, seed, eval_every=r, wire_version=1) for seed in seeds]
+    plan["v1"] = {n: cfgs for n, cfgs in plan["v1"].items() if cfgs}
     return plan
 
 
@@ -289,6 +311,7 @@ def plan_configs(plan: dict) -> list[dict]:
     out += [c for by_f in plan["robust"].values() for runs in by_f.values() for c in runs]
     out += [c for runs in plan["bandwidth"].values() for c in runs]
     out += [c for pair in plan["share"].values() for c in pair.values()]
+    out += [c for runs in plan["v1"].values() for c in runs]
     return out
 
 
@@ -302,6 +325,34 @@ def stat(values) -> dict | None:
         return None
     std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
     return {"mean": float(np.mean(vals)), "std": std, "n": len(vals), "values": vals}
+
+
+def network_figures(runs: list[dict], first_rounds: int) -> dict:
+    """What a set of runs (seeds of one config) sent: bytes, batches, baseline blocks."""
+    net = [r["network"] for r in runs]
+    return {
+        "rounds": runs[0]["config"]["rounds"],
+        "seeds": len(runs),
+        "wire_version": sorted({x.get("wire_version", 1) for x in net}),
+        "gossip": stat(x["gossip_bytes_per_node_per_round"] for x in net),
+        "gossip_first_rounds": stat(
+            np.mean([p["gossip_bytes_per_node"] for p in r["per_round"][:first_rounds]])
+            for r in runs
+        ),
+        "repair": stat(x["repair_bytes_per_node_per_round"] for x in net),
+        "bytes_per_batch": stat(x["bytes_per_batch"] for x in net),
+        "bytes_per_experience": stat(x["bytes_per_experience"] for x in net),
+        "experiences_per_batch": stat(x["experiences_per_batch"] for x in net),
+        "honest_batches": stat(x["honest_batches"] for x in net),
+        "batches_per_round": stat(np.mean([p["batches"] for p in r["per_round"]]) for r in runs),
+        "latency_p95_ms": stat(x["latency_p95_ms"] for x in net),
+        "baseline_blocks_made": stat(x.get("baseline_blocks_made", 0) for x in net),
+        "baseline_blocks_attached": stat(x.get("baseline_blocks_attached", 0) for x in net),
+        "baseline_fetches": stat(x.get("baseline_fetches", 0) for x in net),
+        "baseline_fetch_bytes": stat(
+            x.get("baseline_fetch_bytes_per_node_per_round", 0.0) for x in net
+        ),
+    }
 
 
 def rounds_to_target(result: dict, method: str, *, final: bool = False) -> int | None:
@@ -384,27 +435,24 @@ def figures(s: argparse.Namespace, plan: dict, res: dict[str, dict], fp: str) ->
             rows[label] = cell
         fig["robust"][attack] = rows
 
-    first_r = s.bandwidth_rounds
     for n, cfgs in plan["bandwidth"].items():
+        fig["bandwidth"][n] = network_figures([get(c) for c in cfgs], s.bandwidth_rounds)
+    # Wire version 1 beside the default runs (same N, rounds, seeds; maybe fewer seeds).
+    fig["v1"] = {}
+    for n, cfgs in plan["v1"].items():
         runs = [get(c) for c in cfgs]
-        net = [r["network"] for r in runs]
-        fig["bandwidth"][n] = {
-            "rounds": cfgs[0]["rounds"],
-            "seeds": len(runs),
-            "gossip": stat(x["gossip_bytes_per_node_per_round"] for x in net),
-            "gossip_first_rounds": stat(
-                np.mean([p["gossip_bytes_per_node"] for p in r["per_round"][:first_r]])
-                for r in runs
-            ),
-            "repair": stat(x["repair_bytes_per_node_per_round"] for x in net),
-            "bytes_per_batch": stat(x["bytes_per_batch"] for x in net),
-            "bytes_per_experience": stat(x["bytes_per_experience"] for x in net),
-            "experiences_per_batch": stat(x["experiences_per_batch"] for x in net),
-            "batches_per_round": stat(
-                np.mean([p["batches"] for p in r["per_round"]]) for r in runs
-            ),
-            "latency_p95_ms": stat(x["latency_p95_ms"] for x in net),
-        }
+        row = network_figures(runs, s.bandwidth_rounds)
+        row["fai_proxy"] = stat(r["final"]["fai"]["proxy"] for r in runs)
+        row["honest_retention"] = stat(r["deltasoup"]["honest_retention"] for r in runs)
+        # The default-version runs of the same seeds, for a like-for-like comparison.
+        seeds = {c["seed"] for c in cfgs}
+        same = [get(c) for c in plan["bandwidth"][n] if c["seed"] in seeds]
+        row["default_same_seeds"] = network_figures(same, s.bandwidth_rounds)
+        row["default_same_seeds"]["fai_proxy"] = stat(r["final"]["fai"]["proxy"] for r in same)
+        row["default_same_seeds"]["honest_retention"] = stat(
+            r["deltasoup"]["honest_retention"] for r in same
+        )
+        fig["v1"][n] = row
 
     for n, pair in plan["share"].items():
         on, off = get(pair["on"]), get(pair["off"])
@@ -415,7 +463,7 @@ def figures(s: argparse.Namespace, plan: dict, res: dict[str, dict], fp: str) ->
                 row[f"{m}_{k}"] = {"share": a, "exact": b, "diff": a - b}
         fig["share"][n] = row
 
-    fig["t3"] = table3(plan, res, fp)
+    fig["t3"] = table3(fig)
     fig["t4"] = table4()
     used = {cache_key(c, fp) for c in plan_configs(plan)}
     cpu = [res[k]["meta"]["cpu_s"] for k in used]
@@ -431,6 +479,7 @@ def figures(s: argparse.Namespace, plan: dict, res: dict[str, dict], fp: str) ->
         "bandwidth_rounds": s.bandwidth_rounds,
         "share_check_sizes": s.share_check_sizes,
         "eval_every": s.eval_every,
+        "v1_seeds": s.v1_seeds,
         "code": fp,
         "sim_defaults": {
             k: v
@@ -441,60 +490,86 @@ def figures(s: argparse.Namespace, plan: dict, res: dict[str, dict], fp: str) ->
     return fig
 
 
-def table3(plan: dict, res: dict[str, dict], fp: str) -> dict:
-    """Bytes on the wire: the formulas at our d, real signed envelopes, and the sim's batches."""
+def table3(fig: dict) -> dict:
+    """Bytes on the wire: the formulas at our d, real signed envelopes in both wire versions,
+    and what the simulated fleet sent (the default runs and the version 1 runs)."""
     corpus = load_pattern_corpus()
     texts, vectors = shipped_embeddings("patterns")
     d = vectors.shape[1]
     g = bitdelta.DEFAULT_GROUP_SIZE
+    groups = bitdelta.group_count(d, g)
     out: dict = {
         "dim": d,
         "group": g,
         "float32_bytes": d * 4,
         "sign_bytes": bitdelta.sign_bytes(d),
-        "scale_bytes": bitdelta.group_count(d, g) * 4,
+        "scale_bytes": groups * 4,
+        "scale_bytes_f16": groups * 2,
         "envelopes": {},
         "sim": {},
     }
     by_domain: dict[str, list[int]] = defaultdict(list)
     for i, (domain, _) in enumerate(corpus):
         by_domain[domain].append(i)
-    key = NodeKey(bytes(range(32)))
     for m in ENVELOPE_SIZES:
-        sizes, text_bytes = [], []
+        sizes: dict[str, list[int]] = defaultdict(list)
+        text_bytes = []
         for domain, idx in sorted(by_domain.items()):
             pick = idx[:m]
-            sb = attacks.signed_batch(
-                key,
-                [texts[i] for i in pick],
-                vectors[pick],
-                domain=domain,
-                quality=np.full(len(pick), 0.7),
-                seq=1,
-                timestamp_ms=simulator.START_MS,
-                model=DEFAULT_MODEL,
-            )
-            sizes.append(len(sb.envelope))
+            for version, size in envelope_sizes(texts, vectors, pick, domain).items():
+                sizes[version].append(size)
             text_bytes.append(sum(len(texts[i].encode("utf-8")) for i in pick))
-        out["envelopes"][m] = {
-            "domains": len(sizes),
-            "total": stat(sizes),
-            "per_experience": stat(x / m for x in sizes),
+        row: dict = {
+            "domains": len(text_bytes),
             "text_per_experience": stat(t / m for t in text_bytes),
-            "per_experience_without_text": stat(
-                (x - t) / m for x, t in zip(sizes, text_bytes, strict=True)
-            ),
         }
-    for n, cfgs in plan["t1"].items():
-        net = [res[cache_key(c, fp)]["network"] for c in cfgs]
-        bpb = stat(x["bytes_per_batch"] for x in net)
-        out["sim"][n] = {
-            "bytes_per_batch": bpb,
-            "bytes_per_experience": stat(x["bytes_per_experience"] for x in net),
-            "experiences_per_batch": stat(x["experiences_per_batch"] for x in net),
-            "baseline_share_pct": 100 * d * 4 / bpb["mean"],
-        }
+        for version, values in sizes.items():
+            row[version] = {
+                "total": stat(values),
+                "per_experience": stat(x / m for x in values),
+                "per_experience_without_text": stat(
+                    (x - t) / m for x, t in zip(values, text_bytes, strict=True)
+                ),
+            }
+        out["envelopes"][m] = row
+    out["block_bytes"] = out["envelopes"][ENVELOPE_SIZES[0]]["block"]["total"]
+    for n, b in fig["bandwidth"].items():
+        out["sim"][n] = {"default": b, "v1": fig["v1"].get(n)}
     return out
+
+
+def envelope_sizes(texts, vectors, pick: list[int], domain: str) -> dict[str, int]:
+    """Bytes of one signed batch of corpus experiences `pick` (their shipped vectors, quality
+    0.7), baseline = their mean: "v1" (`encode_batch`, float32 baseline inside), "v2"
+    (`encode_batch_v2` naming a float16 block of the mean by CID), "v2_attached" (the same
+    with the block attached) and "block" (the block alone)."""
+    key = NodeKey(bytes(range(32)))
+    common = {"key": key, "seq": 1, "timestamp_ms": simulator.START_MS}
+    v1 = attacks.signed_batch(
+        key,
+        [texts[i] for i in pick],
+        vectors[pick],
+        domain=domain,
+        quality=np.full(len(pick), 0.7),
+        seq=1,
+        timestamp_ms=simulator.START_MS,
+        model=DEFAULT_MODEL,
+    )
+    emb = np.asarray(vectors[pick], dtype=np.float32)
+    exps = [
+        Experience(texts[i], emb[j], 0.7, domain, key.public_key, simulator.START_MS)
+        for j, i in enumerate(pick)
+    ]
+    block = make_baseline_block(emb.mean(axis=0), DEFAULT_MODEL)
+    v2 = wire.encode_batch_v2(exps, baseline=block, attach_baseline=False, **common)
+    v2a = wire.encode_batch_v2(exps, baseline=block, attach_baseline=True, **common)
+    assert v2.cid == v2a.cid  # the attached block lies outside the signed batch
+    return {
+        "v1": len(v1.envelope),
+        "v2": len(v2.envelope),
+        "v2_attached": len(v2a.envelope),
+        "block": len(block.data),
+    }
 
 
 def _fidelity_module():
@@ -561,6 +636,334 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def ratio(a: dict | None, b: dict | None) -> float | None:
+    """a's mean over b's, None if either is missing or b is 0."""
+    if not a or not b or not b["mean"]:
+        return None
+    return a["mean"] / b["mean"]
+
+
+def span(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """'a' or 'a-b' (min-max) of the given values, formatted."""
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def count_span(values: list[float]) -> str:
+    """span() of counts averaged over seeds: whole numbers without decimals."""
+    lo, hi = (f"{x:,.0f}" if x == round(x) else f"{x:,.1f}" for x in (min(values), max(values)))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def seeds_note(fig: dict) -> str:
+    """How the version 1 runs differ from the default runs in seeds, if they do."""
+    fewer = [n for n, v in fig["v1"].items() if v["seeds"] < fig["bandwidth"][n]["seeds"]]
+    if not fewer:
+        return ""
+    return (
+        " (version 1 with fewer seeds than the default runs at N = "
+        + ", ".join(map(str, fewer))
+        + "; ratios compare the same seeds)"
+    )
+
+
+def table3_markdown(fig: dict) -> list[str]:
+    t3 = fig["t3"]
+    dv = fig["settings"]["sim_defaults"].get("wire_version", 1)
+    d, g = t3["dim"], t3["group"]
+    f32 = t3["float32_bytes"]
+    payload = t3["sign_bytes"] + t3["scale_bytes"]
+    payload16 = t3["sign_bytes"] + t3["scale_bytes_f16"]
+    env = t3["envelopes"]
+    e100 = env.get(100)
+    block = t3["block_bytes"]
+    rows = [
+        [
+            "Float32 embedding",
+            f"d = 768: {PAPER_T3[0][1]:,}",
+            f"{PAPER_T3[0][2]:,}",
+            PAPER_T3[0][3],
+            f"d = {d}: {f32:,}",
+            f"{100 * f32:,}",
+            "1x",
+        ],
+        [
+            f"BitDelta (g = {g}): signs + f32 scales (wire v1)",
+            f"{PAPER_T3[1][1]:,}",
+            f"{PAPER_T3[1][2]:,}",
+            PAPER_T3[1][3],
+            f"{t3['sign_bytes']} + {t3['scale_bytes']} = {payload}",
+            f"{100 * payload:,}",
+            f"{f32 / payload:.1f}x",
+        ],
+        [
+            f"BitDelta (g = {g}): signs + f16 scales (wire v2)",
+            "–",
+            "–",
+            "–",
+            f"{t3['sign_bytes']} + {t3['scale_bytes_f16']} = {payload16}",
+            f"{100 * payload16:,}",
+            f"{f32 / payload16:.1f}x",
+        ],
+    ]
+    if e100:
+        for version, name, claims in (
+            ("v1", "wire v1 (float32 baseline inside)", PAPER_T3[2][1:]),
+            ("v2", "wire v2 (baseline block by CID)", ("–", "–", "–")),
+            ("v2_attached", "wire v2, baseline block attached", ("–", "–", "–")),
+        ):
+            e = e100[version]
+            rows.append(
+                [
+                    f"BitDelta + metadata: real signed envelope, M = 100, {name}",
+                    *(f"{c:,}" if isinstance(c, int) else c for c in claims),
+                    pm(e["per_experience"], 1, True),
+                    pm(e["total"], 0, True),
+                    f"{f32 / e['per_experience']['mean']:.1f}x",
+                ]
+            )
+    L = [
+        "## Table 3: bytes per experience and per batch",
+        "",
+        "Paper: d = 768 ([docs/design.md#d6](design.md#d6): its 288 bytes are not what its "
+        "own format gives). Measured: d = "
+        f"{d} (all-MiniLM-L6-v2, the model FAI ships), in both wire versions: version 1 "
+        "(`wire.encode_batch`: float32 scales, the float32 baseline inside every batch) and "
+        "version 2 (`wire.encode_batch_v2`: float16 scales, the batch names its baseline "
+        f"block by CID; the block, {span(block['values'])} bytes of float16 values, travels "
+        "attached to a sender's first batch per topic after it changes, or is fetched over "
+        "repair). The envelope rows are real corpus experiences with their shipped vectors "
+        "(one domain per batch, the first M patterns of each domain, baseline = their mean: "
+        "in v2 a float16 block of it, `make_baseline_block`), signed; mean ± std over the "
+        f"{e100['domains'] if e100 else '?'} domains. Compression is against d x 4 bytes "
+        "of float32 per experience, texts included in the envelope rows.",
+        "",
+        *table(
+            [
+                "representation",
+                "paper bytes/exp",
+                "paper total (M=100)",
+                "paper compression",
+                "measured bytes/exp",
+                "measured total (M=100)",
+                "measured compression",
+            ],
+            rows,
+        ),
+        "",
+        "Real signed envelopes by batch size, version 1 beside version 2 (the same "
+        "experiences; per experience = total / M; text = UTF-8 bytes of the pattern texts). "
+        "The common v2 envelope names its block; the one with the block attached is what a "
+        "sender publishes once per topic after making a new block:",
+        "",
+    ]
+    rows = []
+    for m, e in env.items():
+        rows.append(
+            [
+                str(m),
+                pm(e["text_per_experience"], 1),
+                pm(e["v1"]["total"], 0, True),
+                pm(e["v1"]["per_experience"], 1, True),
+                pm(e["v1"]["per_experience_without_text"], 1, True),
+                pm(e["v2"]["total"], 0, True),
+                pm(e["v2"]["per_experience"], 1, True),
+                pm(e["v2"]["per_experience_without_text"], 1, True),
+                pm(e["v2_attached"]["total"], 0, True),
+                pm(e["v2_attached"]["per_experience"], 1, True),
+            ]
+        )
+    L += table(
+        [
+            "M",
+            "text per experience",
+            "v1 envelope bytes",
+            "v1 per experience",
+            "v1 per experience without text",
+            "v2 envelope bytes",
+            "v2 per experience",
+            "v2 per experience without text",
+            "v2 with block attached: envelope bytes",
+            "v2 with block: per experience",
+        ],
+        rows,
+    )
+    sim = t3["sim"]
+    L += [
+        "",
+        f"What the simulated fleet actually sent: honest batches of the default (wire v{dv}) "
+        "runs of the bandwidth table below (the Table 1 runs where N is in the grid) and of "
+        "runs identical but for `wire_version=1`; baseline blocks are counted per run "
+        "(made: distinct blocks published; attached: batches that carried one; fetched: "
+        "blocks receivers fetched over repair because the batch they got did not carry it, "
+        "bytes counted as repair, not in bytes per batch):",
+        "",
+    ]
+    rows = []
+    for n, x in sorted(sim.items()):
+        v2, v1 = x["default"], x["v1"]
+        cmp = v1["default_same_seeds"] if v1 else None
+        r = ratio(v1["bytes_per_experience"], cmp["bytes_per_experience"]) if v1 else None
+        rows.append(
+            [
+                str(n),
+                f"{v2['rounds']} x {v2['seeds']}"
+                + (f" / {v1['rounds']} x {v1['seeds']}" if v1 else " / –"),
+                pm(v1["experiences_per_batch"], 2) if v1 else "–",
+                pm(v2["experiences_per_batch"], 2),
+                pm(v1["bytes_per_batch"], 0, True) if v1 else "–",
+                pm(v2["bytes_per_batch"], 0, True),
+                pm(v1["bytes_per_experience"], 0, True) if v1 else "–",
+                pm(v2["bytes_per_experience"], 0, True),
+                f"{r:.2f}x" if r else "–",
+                pm(v2["honest_batches"], 0, True),
+                pm(v2["baseline_blocks_made"], 1, True),
+                pm(v2["baseline_blocks_attached"], 1, True),
+                pm(v2["baseline_fetches"], 1, True),
+                pm(v2["baseline_fetch_bytes"], 1),
+            ]
+        )
+    L += table(
+        [
+            "N",
+            f"rounds x seeds v{dv} / v1",
+            "experiences per batch v1",
+            f"experiences per batch v{dv}",
+            "bytes per batch v1",
+            f"bytes per batch v{dv}",
+            "bytes per experience v1",
+            f"bytes per experience v{dv}",
+            f"v1 / v{dv} bytes per experience",
+            f"honest batches v{dv}",
+            "baseline blocks made",
+            "blocks attached",
+            "blocks fetched",
+            "block fetch B/node/round",
+        ],
+        rows,
+    )
+    L += ["", *sim_bytes_paragraph(fig, dv), ""]
+    return L
+
+
+def sim_bytes_paragraph(fig: dict, dv: int) -> list[str]:
+    """The reading of the simulated bytes, every figure computed from the runs."""
+    t3 = fig["t3"]
+    sim = t3["sim"]
+    if not sim:
+        return []
+    f32 = t3["float32_bytes"]
+    sizes = sorted(sim)
+    cur = [sim[n]["default"] for n in sizes]
+
+    def means(rows, key, scale=1.0):
+        return [scale * x[key]["mean"] for x in rows]
+
+    bpe = means(cur, "bytes_per_experience")
+    text = (
+        f"In wire v{dv} (the default runs, N = {', '.join(map(str, sizes))}) a simulated "
+        f"experience cost {span(bpe)} bytes on the wire, "
+        f"{span([b / f32 for b in bpe], '{:.2f}')}x its raw float32 embedding ({f32:,} B), at "
+        f"{span(means(cur, 'experiences_per_batch'), '{:.2f}')} experiences per batch and "
+        f"{span(means(cur, 'bytes_per_batch'))} bytes per batch."
+    )
+    at = [n for n in sizes if sim[n]["v1"]]
+    v1 = [sim[n]["v1"] for n in at]
+    same = [x["default_same_seeds"] for x in v1]  # default runs of the v1 runs' seeds
+    if v1:
+        v1_bpe = means(v1, "bytes_per_experience")
+        ratios = [
+            ratio(a["bytes_per_experience"], b["bytes_per_experience"])
+            for a, b in zip(v1, same, strict=True)
+        ]
+        share = [100 * f32 / b for b in means(v1, "bytes_per_batch")]
+        diff = [
+            b["fai_proxy"]["mean"] - a["fai_proxy"]["mean"] for a, b in zip(v1, same, strict=True)
+        ]
+        text += (
+            f" The same runs in wire v1 (N = {', '.join(map(str, at))}{seeds_note(fig)}) cost "
+            f"{span(v1_bpe)} bytes per experience, {span([b / f32 for b in v1_bpe], '{:.2f}')}x "
+            f"float32, the float32 baseline in every batch being {span(share, '{:.0f}')}% of a "
+            f"v1 batch: v{dv} sends {span(ratios, '{:.1f}')}x fewer bytes per experience. "
+            f"FAI's final retrieval proxy, v{dv} minus v1 on the same seeds: "
+            + (
+                "0.0000 at every N"
+                if all(abs(x) < 5e-5 for x in diff)
+                else ", ".join(f"{x:+.4f} (N = {n})" for x, n in zip(diff, at, strict=True))
+            )
+            + "; DeltaSoup kept "
+            f"{span(means(v1, 'honest_retention', 100), '{:.2f}')}% of the honest rows it "
+            f"received in v1, {span(means(same, 'honest_retention', 100), '{:.2f}')}% in v{dv}."
+        )
+    made = means(cur, "baseline_blocks_made")
+    attached = means(cur, "baseline_blocks_attached")
+    batches = means(cur, "honest_batches")
+    fetch_b = means(cur, "baseline_fetch_bytes")
+    repair = means(cur, "repair")
+    if any(made) or any(attached):
+        att_pct = [100 * a / b for a, b in zip(attached, batches, strict=True) if b]
+        rep_pct = [100 * f / r for f, r in zip(fetch_b, repair, strict=True) if r]
+        fetches = means(cur, "baseline_fetches")
+        text += (
+            f" Baseline blocks: {count_span(made)} made per run, attached to "
+            f"{span(att_pct, '{:.1f}')}% of honest batches; "
+            + (
+                f"receivers fetched {count_span(fetches)} blocks per run over repair, "
+                f"{span(fetch_b, '{:,.1f}')} B per node per round"
+                + (f", {span(rep_pct, '{:.0f}')}% of repair traffic." if rep_pct else ".")
+                if any(fetches)
+                else "no receiver fetched a block over repair in any run (0 bytes): each "
+                "block reached them attached."
+            )
+        )
+    e1 = t3["envelopes"].get(1)
+    if e1:
+        text += (
+            f" What remains is per-batch framing: a one-experience v2 envelope is "
+            f"{e1['v2']['total']['mean']:,.0f} bytes without its block, "
+            f"{e1['text_per_experience']['mean']:,.0f} of them text (v1: "
+            f"{e1['v1']['total']['mean']:,.0f})."
+        )
+    return [text]
+
+
+def gossip_sentence(fig: dict, dv: int) -> str:
+    """Per-node gossip of the default runs against the version 1 runs, from the figures."""
+    both = [(n, b, fig["v1"][n]) for n, b in sorted(fig["bandwidth"].items()) if n in fig["v1"]]
+    if dv == 1 or not both:
+        return ""
+    same = [o["default_same_seeds"] for _, _, o in both]
+    share = [100 * ratio(a["gossip"], o["gossip"]) for a, (_, _, o) in zip(same, both, strict=True)]
+    first = [b["gossip_first_rounds"]["mean"] / KB for _, b, _ in both]
+    return (
+        f" In wire v{dv} a node pushes {span(share, '{:.0f}')}% of the gossip bytes it pushes "
+        f"in v1 (same N and seeds, all rounds); it still grows with N: "
+        f"{', '.join(f'{x:,.1f}' for x in first)} KB per node per round over the first "
+        f"{fig['settings']['bandwidth_rounds']} rounds at N = "
+        f"{', '.join(str(n) for n, _, _ in both)}."
+    )
+
+
+def wire_sentence(sim: dict) -> str:
+    """How the simulated honest nodes encode their batches, from the runs' config."""
+    if sim.get("wire_version", 1) == 1:
+        return (
+            "every batch is encoded by `wire.encode_batch` (wire version 1: BitDelta g = 128 "
+            "against the sender's library mean, sent as float32 in every batch, DAG-CBOR, "
+            "CID, Ed25519 signature) and"
+        )
+    return (
+        f"every honest batch is encoded by `wire.encode_batch_v{sim['wire_version']}` (wire "
+        f"version {sim['wire_version']}: BitDelta g = 128 with float16 scales against a "
+        "baseline block named by CID: the fleet's reference block, which every node derives, "
+        f"until the sender's library holds {baseline_block.MIN_LIBRARY_ROWS} rows, then a "
+        "float16 block of its library mean, made again once the mean drifts past "
+        f"{sim['baseline_drift']:g} (L2) and attached to the sender's first batch per topic "
+        "after each change, fetched over repair by a node that missed it; DAG-CBOR, CID, "
+        "Ed25519 signature; Byzantine batches are version 1, which nodes also read) and"
+    )
+
+
 def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) -> str:
     st = fig["settings"]
     sim = st["sim_defaults"]
@@ -588,9 +991,8 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
         f"{workload.QUALITY_NOISE[0]:g}-{workload.QUALITY_NOISE[1]:g}) and the adversary "
         f"({adversary.ROWS} rows per batch, {adversary.ROWS * adversary.FLOOD_FACTOR} when "
         "flooding, one batch per Byzantine node per domain per round). What is real code: "
-        "every batch is encoded by `wire.encode_batch` (BitDelta "
-        "g = 128 against the sender's library mean, DAG-CBOR, CID, Ed25519 signature) and "
-        "verified by `wire.decode_envelope`; receivers run `DeltaSoup.aggregate` with its "
+        + wire_sentence(sim)
+        + " verified by `wire.decode_envelope`; receivers run `DeltaSoup.aggregate` with its "
         "reputation book and merge with the library's record order. See "
         "fai_eval/sim/simulator.py.",
         "",
@@ -813,124 +1215,10 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
     ]
 
     # Table 3
-    t3 = fig["t3"]
-    d, g = t3["dim"], t3["group"]
-    payload = t3["sign_bytes"] + t3["scale_bytes"]
-    env = t3["envelopes"]
-    e100 = env.get(100)
-    rows = [
-        [
-            "Float32 embedding",
-            f"d = 768: {PAPER_T3[0][1]:,}",
-            f"{PAPER_T3[0][2]:,}",
-            PAPER_T3[0][3],
-            f"d = {d}: {t3['float32_bytes']:,}",
-            f"{100 * t3['float32_bytes']:,}",
-            "1x",
-        ],
-        [
-            f"BitDelta (g = {g}): signs + f32 scales",
-            f"{PAPER_T3[1][1]:,}",
-            f"{PAPER_T3[1][2]:,}",
-            PAPER_T3[1][3],
-            f"{t3['sign_bytes']} + {t3['scale_bytes']} = {payload}",
-            f"{100 * payload:,}",
-            f"{t3['float32_bytes'] / payload:.1f}x",
-        ],
-    ]
-    if e100:
-        per = e100["per_experience"]["mean"]
-        rows.append(
-            [
-                "BitDelta + metadata: real signed envelope, M = 100",
-                f"{PAPER_T3[2][1]:,}",
-                f"{PAPER_T3[2][2]:,}",
-                PAPER_T3[2][3],
-                f"{pm(e100['per_experience'], 1, True)}",
-                f"{pm(e100['total'], 0, True)}",
-                f"{t3['float32_bytes'] / per:.1f}x",
-            ]
-        )
-    L += [
-        "## Table 3: bytes per experience and per batch",
-        "",
-        "Paper: d = 768 ([docs/design.md#d6](design.md#d6): its 288 bytes are not what its "
-        "own format gives). Measured: d = "
-        f"{d} (all-MiniLM-L6-v2, the model FAI ships). The envelope row is "
-        "`wire.encode_batch` on real corpus experiences with their shipped vectors (one "
-        "domain per batch, the first M patterns of each domain, baseline = their mean), "
-        "signed; mean ± std over the "
-        f"{e100['domains'] if e100 else '?'} domains. Compression is against d x 4 bytes "
-        "of float32 per experience, texts included in the envelope row.",
-        "",
-        *table(
-            [
-                "representation",
-                "paper bytes/exp",
-                "paper total (M=100)",
-                "paper compression",
-                "measured bytes/exp",
-                "measured total (M=100)",
-                "measured compression",
-            ],
-            rows,
-        ),
-        "",
-        "Real signed envelopes by batch size (per experience = total / M; text = UTF-8 bytes of "
-        "the pattern texts):",
-        "",
-    ]
-    rows = []
-    for m, e in env.items():
-        rows.append(
-            [
-                str(m),
-                pm(e["total"], 0, True),
-                pm(e["per_experience"], 1, True),
-                pm(e["text_per_experience"], 1),
-                pm(e["per_experience_without_text"], 1, True),
-            ]
-        )
-    L += table(
-        ["M", "envelope bytes", "per experience", "of which text", "per experience without text"],
-        rows,
-    )
-    L += ["", "What the simulated fleet actually sent (honest batches of the Table 1 runs):", ""]
-    rows = []
-    for n, x in t3["sim"].items():
-        rows.append(
-            [
-                str(n),
-                pm(x["bytes_per_batch"], 0, True),
-                pm(x["bytes_per_experience"], 0, True),
-                pm(x["experiences_per_batch"], 2),
-                f"{x['baseline_share_pct']:.0f}%",
-            ]
-        )
-    L += table(
-        [
-            "N",
-            "bytes per batch",
-            "bytes per experience",
-            "experiences per batch",
-            f"float32 baseline ({t3['float32_bytes']:,} B) share of a batch",
-        ],
-        rows,
-    )
-    if t3["sim"]:
-        epb = np.mean([x["experiences_per_batch"]["mean"] for x in t3["sim"].values()])
-        bpe = np.mean([x["bytes_per_experience"]["mean"] for x in t3["sim"].values()])
-        L += [
-            "",
-            f"At the simulated extraction rates a node publishes about {epb:.2f} experiences "
-            "per batch, so the float32 baseline that travels in every batch dominates: a "
-            f"simulated experience costs {bpe:,.0f} bytes on the wire, "
-            f"{bpe / t3['float32_bytes']:.2f}x its raw float32 embedding. BitDelta only pays "
-            "off when batches are large (see the M = 100 row).",
-        ]
-    L.append("")
+    L += table3_markdown(fig)
 
     # Table 4
+    d = fig["t3"]["dim"]
     rows = []
     for r in fig["t4"]:
         p = PAPER_T4.get(r["group"])
@@ -1034,6 +1322,15 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
         ),
         "",
     ]
+    dv = st["sim_defaults"].get("wire_version", 1)
+    v1 = fig["v1"]
+
+    def kb(x: dict | None, digits: int) -> str:
+        """A B/node/round figure in KB (mean ± std), '–' when not measured."""
+        if x is None:
+            return "–"
+        return pm({**x, "mean": x["mean"] / KB, "std": x["std"] / KB}, digits)
+
     rows = []
     for n in sizes:
         t5 = fig["t5"][n]
@@ -1048,13 +1345,24 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
                 pct_pm(t5["final_Q_pct_naive"], scale=1),
                 f"{PAPER_BANDWIDTH_KB} KB",
                 pm(t5["gossip_kb"], 1),
+                kb(v1[n]["gossip"], 1) if n in v1 else "–",
                 pm(t5["repair_kb"], 2),
+                kb(v1[n]["repair"], 2) if n in v1 else "–",
             ]
         )
+    v1_seeds = sorted({v1[n]["seeds"] for n in sizes if n in v1})
     L += [
         f"Final quality at round {st['rounds']} as % of the central oracle (per seed, then "
         "mean ± std), and bandwidth: gossip bytes each live honest node pushed per round "
-        "(mean over rounds) and repair bytes it fetched; KB = 1,000 bytes.",
+        "(mean over rounds) and repair bytes it fetched (v2: baseline block fetches "
+        f"included); KB = 1,000 bytes. Quality and the v{dv} bandwidth are the Table 1 runs "
+        f"(wire v{dv}, the default); v1 is the same runs with `wire_version=1`"
+        + (
+            f" ({' or '.join(map(str, v1_seeds))} seed{'s' if v1_seeds != [1] else ''})"
+            if v1_seeds
+            else " (not run)"
+        )
+        + ".",
         "",
         *table(
             [
@@ -1065,8 +1373,10 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
                 "naive final proxy",
                 "naive final Q",
                 "paper bandwidth/node/round",
-                "gossip KB/node/round",
-                "repair KB/node/round",
+                f"gossip KB/node/round v{dv}",
+                "gossip KB/node/round v1",
+                f"repair KB/node/round v{dv}",
+                "repair KB/node/round v1",
             ],
             rows,
         ),
@@ -1074,40 +1384,51 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
     ]
     rows = []
     for n, b in sorted(fig["bandwidth"].items()):
+        o = v1.get(n)
         rows.append(
             [
                 str(n),
-                f"{b['rounds']} x {b['seeds']}",
+                f"{b['rounds']} x {b['seeds']}" + (f" / {o['rounds']} x {o['seeds']}" if o else ""),
                 pm(b["batches_per_round"], 1),
                 pm(b["bytes_per_batch"], 0, True),
+                pm(o["bytes_per_batch"], 0, True) if o else "–",
                 pm(b["gossip_first_rounds"], 0, True),
+                pm(o["gossip_first_rounds"], 0, True) if o else "–",
                 pm(b["gossip"], 0, True),
+                pm(o["gossip"], 0, True) if o else "–",
                 pm(b["repair"], 0, True),
+                pm(o["repair"], 0, True) if o else "–",
                 pm(b["latency_p95_ms"], 0),
             ]
         )
     if rows:
+        fr = st["bandwidth_rounds"]
         L += [
-            "Bandwidth against fleet size (Table 1 runs where N is in the grid; otherwise one "
-            f"seed of {st['bandwidth_rounds']} rounds):",
+            f"Bandwidth against fleet size, wire v{dv} (Table 1 runs where N is in the grid; "
+            f"otherwise one seed of {fr} rounds) beside v1 (the same runs with "
+            "`wire_version=1`, where run):",
             "",
             *table(
                 [
                     "N",
-                    "rounds x seeds",
-                    "batches published per round",
-                    "bytes per batch",
-                    f"gossip B/node/round, first {st['bandwidth_rounds']} rounds",
-                    "gossip B/node/round, all rounds",
-                    "repair B/node/round",
-                    "p95 delivery latency ms",
+                    f"rounds x seeds v{dv} / v1",
+                    f"batches published per round v{dv}",
+                    f"bytes per batch v{dv}",
+                    "bytes per batch v1",
+                    f"gossip B/node/round, first {fr} rounds, v{dv}",
+                    f"gossip B/node/round, first {fr} rounds, v1",
+                    f"gossip B/node/round, all rounds, v{dv}",
+                    "gossip B/node/round, all rounds, v1",
+                    f"repair B/node/round v{dv}",
+                    "repair B/node/round v1",
+                    f"p95 delivery latency ms v{dv}",
                 ],
                 rows,
             ),
             "",
             "Every node of a topic receives every batch published on it, so per-node gossip "
             "grows with the number of publishers on the node's topics, not with the fanout "
-            "alone.",
+            "alone." + gossip_sentence(fig, dv),
             "",
         ]
 
@@ -1128,7 +1449,14 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
         f"![bandwidth]({img_rel}/bandwidth.png)",
         "",
         "Gossip and repair bytes per node per round against N, with the paper's constant "
-        f"{PAPER_BANDWIDTH_KB} KB.",
+        f"{PAPER_BANDWIDTH_KB} KB"
+        + (
+            f"; solid: wire v{fig['settings']['sim_defaults'].get('wire_version', 1)} (the "
+            "default runs), dashed: the same runs in wire v1"
+            if fig["v1"] and fig["settings"]["sim_defaults"].get("wire_version", 1) != 1
+            else ""
+        )
+        + ".",
         "",
     ]
 
@@ -1326,19 +1654,31 @@ def plots(fig: dict, s: argparse.Namespace, img_dir: Path) -> None:
     robustness_plot(plt, fig, s.robust_n, img_dir)
 
     bw = sorted(fig["bandwidth"].items())
+    v1 = sorted(fig["v1"].items())
+    dv = fig["settings"]["sim_defaults"].get("wire_version", 1)
     f, ax = plt.subplots(figsize=(5.6, 4.0))
     if bw:
         n = np.array([k for k, _ in bw], dtype=float)
-        for key, label, color in (
-            ("gossip", "gossip", "tab:blue"),
-            ("repair", "repair", "tab:green"),
-        ):
-            mean = np.array([b[key]["mean"] for _, b in bw])
-            std = np.array([b[key]["std"] for _, b in bw])
+        series = [(bw, "gossip", f"gossip, wire v{dv}", "tab:blue", "-", "o")]
+        series.append((bw, "repair", f"repair, wire v{dv}", "tab:green", "-", "o"))
+        if dv != 1 and v1:
+            series.append((v1, "gossip", "gossip, wire v1", "tab:blue", "--", "s"))
+            series.append((v1, "repair", "repair, wire v1", "tab:green", "--", "s"))
+        for rows, key, label, color, ls, marker in series:
+            x = np.array([k for k, _ in rows], dtype=float)
+            mean = np.array([b[key]["mean"] for _, b in rows])
+            std = np.array([b[key]["std"] for _, b in rows])
             keep = mean > 0  # log axis
             if keep.any():
                 ax.errorbar(
-                    n[keep], mean[keep], yerr=std[keep], marker="o", color=color, label=label
+                    x[keep],
+                    mean[keep],
+                    yerr=std[keep],
+                    marker=marker,
+                    ls=ls,
+                    color=color,
+                    label=label,
+                    alpha=0.6 if ls == "--" else 1.0,
                 )
         ax.axhline(
             PAPER_BANDWIDTH_KB * KB,
@@ -1354,9 +1694,10 @@ def plots(fig: dict, s: argparse.Namespace, img_dir: Path) -> None:
     ax.set_xlabel("fleet size N")
     ax.set_ylabel("bytes per node per round")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    # Below the axes: inside, it would hide points whatever corner it took.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     f.tight_layout()
-    f.savefig(img_dir / "bandwidth.png", dpi=120)
+    f.savefig(img_dir / "bandwidth.png", dpi=120, bbox_inches="tight")
     plt.close(f)
 
 
@@ -1393,6 +1734,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="N at which share=False is run beside share=True (default 10,50; '' for none)",
     )
     p.add_argument("--eval-every", type=int, help="evaluation interval of Table 1/5 runs (1)")
+    p.add_argument(
+        "--v1-seeds",
+        type=ints,
+        help="seeds of the wire version 1 runs beside the bandwidth runs (default: --seeds; "
+        "'' for none)",
+    )
     p.add_argument("--quick", action="store_true", help="toy grid for a smoke test")
     p.add_argument("--out-md", help="Markdown output (default docs/evaluation.md)")
     p.add_argument("--img-dir", help="PNG output (default docs/img)")
@@ -1416,6 +1763,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name, (full, quick) in defaults.items():
         if getattr(s, name) is None:
             setattr(s, name, quick if s.quick else full)
+    if s.v1_seeds is None:
+        s.v1_seeds = list(s.seeds)
     s.cache_display = s.cache or "bench/.evaluation-cache/"
     s.cache = Path(s.cache) if s.cache else ROOT / "bench" / ".evaluation-cache"
     unknown = [a for a in s.attacks if a not in adversary.ATTACKS]
