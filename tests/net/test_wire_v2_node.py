@@ -13,15 +13,14 @@ import trio
 
 from fai_core import wire
 from fai_core.baseline_block import make_baseline_block, reference_block
-from fai_core.embedding import HashingEmbedder
 from fai_core.clock import now_ms
+from fai_core.embedding import HashingEmbedder
 from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 from fai_core.wire import encode_batch_v2
 from fai_net.node.identity import NodeIdentity
 from fai_net.p2p.topics import topic_for
 from tests.support.inprocess import config, connect, start
-
 
 MODEL = HashingEmbedder(384).model_id
 
