@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 BASE_STAMP := $(VENV)/.installed-base
 DEVNET_STAMP := devnet/node_modules/.installed
 
-.PHONY: demo test test-fast lint bench evaluate contracts clean
+.PHONY: demo test test-fast lint bench evaluate contracts clean mutate
 
 # The main job: a devnet of 5 staked nodes shares experiences, catches an equivocating
 # node and slashes it on-chain, prints what each node learned, and stops everything.
@@ -49,6 +49,14 @@ bench: $(STAMP) $(DEVNET_STAMP)
 # (about 25 minutes on 2 cores; finished runs are cached in bench/.evaluation-cache/).
 evaluate: $(STAMP)
 	$(PY) bench/evaluate.py --jobs 2
+
+# Mutation testing of the money and data paths (docs/mutation.md): mutmut changes the gate,
+# budgets, seq clock, store, repair cursors, reputation, membership, DeltaSoup's filters and
+# the revert decoder one thing at a time, runs their fast tests (one worker), and prints per
+# module killed / survived / equivalent. Fails below a 90% kill rate.
+mutate: $(STAMP)
+	$(PY) -c 'import mutmut' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) tools/mutate.py
 
 # Recompile the Solidity sources into contracts/artifacts (commit the result).
 contracts: $(DEVNET_STAMP)

@@ -37,7 +37,10 @@ class ContractRevert(RegistryError):
             k: "0x" + bytes(v).hex() if isinstance(v, bytes | bytearray) else v
             for k, v in self.args_by_name.items()
         }
-        detail = self.template.format(**readable) if self.template else ""
+        try:
+            detail = self.template.format(**readable) if self.template else ""
+        except (KeyError, IndexError, ValueError):  # arguments not as the template expects
+            detail = ""
         if not detail:
             shown = ", ".join(f"{k}={v}" for k, v in readable.items())
             detail = f"{name}({shown})"
