@@ -9,15 +9,17 @@ does not explain, with its diff.
 
 A survivor is *equivalent* when docs/mutation.md lists it in its "Equivalent mutants" table:
 module, function, and the mutation as `original` -> `mutant` (the changed lines, stripped;
-line numbers are shown but not matched, so unrelated edits do not invalidate the list). The
-kill rate is killed / (total - equivalent); a timeout counts as killed (the tests noticed).
-The run fails when a module's kill rate is below `THRESHOLD`.
+line numbers are shown but not matched, so unrelated edits do not invalidate the list), or
+when one of `RULES` covers it (those are not even run). A survivor the page lists under
+"Surviving mutants" is explained but still counts as survived. The kill rate is killed /
+(total - equivalent); a timeout counts as killed (the tests noticed). The run fails when a
+module's kill rate is below `THRESHOLD`.
 
     python tools/mutate.py            # a fresh run (deletes mutants/), then the report
     python tools/mutate.py --again    # re-run only the survivors of the last run
     python tools/mutate.py --report   # the report of the last run only
     python tools/mutate.py --only fai_core/reputation.py  # one module again (keeps the rest)
-    python tools/mutate.py --markdown # the report as the table docs/mutation.md carries
+    python tools/mutate.py --report --markdown  # the same, as docs/mutation.md's tables
 """
 
 from __future__ import annotations

@@ -140,9 +140,24 @@ class Metrics:
         self.spent_on.append(what)
 
 
+class Host:
+    """Records hang-ups; `hang` makes one never return, `fail` makes it raise."""
+
+    def __init__(self):
+        self.disconnected: list[ID] = []
+        self.hang = self.fail = False
+
+    async def disconnect(self, peer):
+        self.disconnected.append(peer)
+        if self.fail:
+            raise RuntimeError("already closing")
+        if self.hang:
+            await trio.sleep_forever()
+
+
 def make(monkeypatch, peers: dict, *, domains=("coding",), held=(), gate=None):
     """A RepairSync whose `repair.request` is answered by `peers` (ID -> Peer)."""
-    host = object()
+    host = Host()
 
     async def request(h, p, obj):
         assert h is host
@@ -540,3 +555,44 @@ def test_the_latency_of_a_page_is_kept_in_milliseconds(monkeypatch):
 
     trio.run(later, clock=clock)
     assert state.peer(p).latency_ms == 12.35
+
+
+@pytest.mark.parametrize(
+    ("code", "hung_up"), [(repair.TIMEOUT, True), (repair.BUSY, False), (repair.UNSUPPORTED, False)]
+)
+def test_a_peer_that_does_not_answer_at_all_is_hung_up_on(monkeypatch, code, hung_up):
+    p = peer_id(1)
+    sync, res, _state, _ = make(monkeypatch, {p: repair.RepairError(code, "no")})
+    run(sync.sync_all)
+    assert res.host.disconnected == ([p] if hung_up else [])
+
+
+def test_a_peer_over_its_budget_is_hung_up_on(monkeypatch):
+    slow = peer_id(1)
+    sync, res, _state, _ = make(monkeypatch, {slow: Peer([])})
+
+    async def sync_with(peer, domains=None):
+        await trio.sleep(10 * REPAIR_PEER_BUDGET_S)
+
+    monkeypatch.setattr(sync, "sync_with", sync_with)
+    trio.run(sync.sync_all, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert res.host.disconnected == [slow]
+
+
+def test_hanging_up_is_bounded_and_never_raises(monkeypatch, caplog):
+    a, b = peer_id(1), peer_id(2)
+    timeout = repair.RepairError(repair.TIMEOUT, "no answer")
+    sync, res, _state, _ = make(monkeypatch, {a: timeout, b: Peer([(1, cid(1), "coding")])})
+    res.host.hang = True
+
+    async def timed():
+        start = trio.current_time()
+        got = await sync.sync_all()
+        return got, trio.current_time() - start
+
+    got, took = trio.run(timed, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert got == 1 and took == pytest.approx(5.0)  # the next peer is still served
+    res.host.hang, res.host.fail = False, True
+    with caplog.at_level(logging.INFO, logger="fai_net.node.node"):
+        trio.run(sync._hang_up, a)
+    assert f"disconnect {a}: already closing" in caplog.text

@@ -201,7 +201,7 @@ def test_the_cursor_bounds_themselves_are_kept(store, good):
 def test_a_conflict_names_the_sender_seq_and_both_cids(store):
     first, second = batch(5), batch(5, salt=1)
     store.put(first, received_ms=1, origin="gossip")
-    with pytest.raises(StoreError) as caught:
+    with pytest.raises(StoreError, match="already holds another batch") as caught:
         store.put(second, received_ms=2, origin="gossip")
     sender = KEY.public_key.hex()[:16]
     assert str(caught.value) == (
