@@ -141,8 +141,7 @@ class BaselineResolver:
         until the block arrives. True if it is queued now. `attached`: the block that came
         in the batch's envelope (the gate stored it), which may free parked batches too."""
         if attached is not None:
-            self.remember(attached)
-            self._release(attached)
+            self.offer(attached)
         batch = pending.batch
         if not batch.resolved:
             block = self.lookup(batch.baseline_cid)
@@ -186,8 +185,8 @@ class BaselineResolver:
         return batch_cid in self._parked_cids
 
     def offer(self, block: BaselineBlock) -> None:
-        """A checked block that came with a copy of a stored batch: keep it, release."""
-        self.res.store.put_block(block.cid, block.data, now_ms())
+        """A block that came attached to an envelope (the gate checked and stored it, with
+        a new batch or a copy of a stored one): keep it at hand, release its parked batches."""
         self.remember(block)
         self._release(block)
 
@@ -312,8 +311,9 @@ class BaselineResolver:
                 log.debug("baseline fetch from %s failed: %s", peer, exc)
                 return
             self.backoff.succeeded(str(peer))
+            asked = set(chunk)
             for data in reply["blocks"]:
-                got[0] += self._take(peer, data, set(chunk))
+                got[0] += self._take(peer, data, asked)
 
     def _take(self, peer: ID, data: bytes, asked: set[bytes]) -> int:
         """One block from a peer's answer: 1 if it completed parked batches."""
