@@ -1,5 +1,5 @@
 """Issue 20, "Beyond one machine": six real node processes in six network namespaces on
-two routed sites (tests/support/netns.py), driven through their control sockets.
+two routed sites (fai_net/devnet/netns.py), driven through their control sockets.
 
 `Lab.standard(per_site=3)` gives a1..a3 on site 1 (10.91.1.0/24) and b1..b3 on site 2
 (10.91.2.0/24), joined through a router namespace (the lab's `relay` and `hidden` hosts are
@@ -33,9 +33,9 @@ import pytest
 
 from fai_net.api.client import FaiClient
 from fai_net.devnet.launch import NODE_READY, Launched, launch
+from fai_net.devnet.netns import Host, Lab, lab_unavailable
 from fai_net.node.identity import load_or_create
 from tests.support.fleet import ROOT, corpus_by_domain, wait_for
-from tests.support.netns import Host, Lab, lab_unavailable
 
 _UNAVAILABLE = lab_unavailable()
 pytestmark = [

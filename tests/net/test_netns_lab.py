@@ -1,4 +1,4 @@
-"""The namespace lab itself (tests/support/netns.py): who can reach whom, and partitions.
+"""The namespace lab itself (fai_net/devnet/netns.py): who can reach whom, and partitions.
 
 Everything later tests rely on: hosts of two sites reach each other through the router; the
 hidden host reaches the relay's hidden leg and nothing else, and nobody reaches it; cutting
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.support.netns import Host, Lab, lab_unavailable
+from fai_net.devnet.netns import Host, Lab, lab_unavailable
 
 pytestmark = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))
 

@@ -1,9 +1,10 @@
 """A multi-host lab on one machine: Linux network namespaces joined by veth pairs and bridges.
 
-Each host is a network namespace with its own IP address; the tests run node processes in
-them (`ip netns exec`). Every address lives inside namespaces this module creates (the
-10.91.0.0/16 block, on bridges inside a switch namespace), never on the machine's own
-interfaces, and everything is torn down on exit, also after a failure.
+Each host is a network namespace with its own IP address; the tests (and the devnet on
+several hosts) run node processes in them (`ip netns exec`). Every address lives inside
+namespaces this module creates (the 10.91.0.0/16 block, on bridges inside a switch
+namespace), never on the machine's own interfaces, and everything is torn down on exit,
+also after a failure.
 
 Topology (`Lab.standard`): two sites, each a bridge (10.91.1.0/24 and 10.91.2.0/24), joined
 through one router namespace with forwarding on; hosts route to the other site through it.
