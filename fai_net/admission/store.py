@@ -36,9 +36,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fai_core import dagcbor
 from fai_core.clock import now_ms
-from fai_core.errors import FaiError
-from fai_core.wire import SignedBatch
+from fai_core.errors import FaiError, WireError
+from fai_core.wire import V2_ITEMS, SignedBatch
 
 STORE_FILE = "store.sqlite"
 STORE_FORMAT = "fai-batch-store"
@@ -53,14 +54,26 @@ _U64_MAX = (1 << 64) - 1
 _I64_MAX = (1 << 63) - 1
 
 #: Wire-v2 baseline blocks (fai_core/baseline_block.py) by CID: what this node's stored v2
-#: batches were encoded against, served to peers by repair. `used_ms` is the last time a
-#: stored batch named the block; pruning follows it. Created in version-1 stores at open
-#: too (a table older code never reads, so the store version stays 1).
-_BLOCKS_SCHEMA = """CREATE TABLE IF NOT EXISTS baseline_blocks (
-    cid BLOB PRIMARY KEY,
-    data BLOB NOT NULL,
-    used_ms INTEGER NOT NULL
-)"""
+#: batches were encoded against, served to peers by repair. A block lives as long as a
+#: stored batch names it (`batches.baseline_cid`); `used_ms`, the last time it was stored
+#: or named, only dates it once no batch does (see `prune`). Created in version-1 stores at
+#: open too (a table older code never reads, so the store version stays 1).
+_BLOCKS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS baseline_blocks (
+        cid BLOB PRIMARY KEY,
+        data BLOB NOT NULL,
+        used_ms INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS baseline_blocks_used ON baseline_blocks (used_ms)""",
+)
+#: Which block each v2 batch names, for `prune`'s "does a stored batch still name this
+#: block" probe; version 1 batches (NULL) stay out of the index.
+_BASELINE_INDEX = """CREATE INDEX IF NOT EXISTS batches_baseline ON batches (baseline_cid)
+    WHERE baseline_cid IS NOT NULL"""
+#: Where a version 2 batch block keeps its baseline CID (fai_core/wire.py `V2_ITEMS`).
+_V2_BASELINE_ITEM = [name for name, _ in V2_ITEMS].index("baseline")
+#: Rows decoded per step when an older store gains `batches.baseline_cid` at open.
+_BACKFILL_PAGE = 512
 
 _SCHEMA = (
     """CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -73,7 +86,8 @@ _SCHEMA = (
         timestamp_ms INTEGER NOT NULL,
         received_ms INTEGER NOT NULL,
         envelope BLOB NOT NULL,
-        origin TEXT NOT NULL CHECK (origin IN ('gossip', 'repair', 'local'))
+        origin TEXT NOT NULL CHECK (origin IN ('gossip', 'repair', 'local')),
+        baseline_cid BLOB
     )""",
     """CREATE INDEX batches_sender_seq ON batches (sender, seq)""",
     """CREATE INDEX batches_domain ON batches (domain)""",
@@ -100,7 +114,8 @@ _SCHEMA = (
     # Received batches not yet merged into the library: a crash between acceptance and the
     # next DeltaSoup round must not lose them (the node re-queues these at start).
     """CREATE TABLE unmerged (cid BLOB PRIMARY KEY)""",
-    _BLOCKS_SCHEMA,
+    *_BLOCKS_SCHEMA,
+    _BASELINE_INDEX,
 )
 
 
@@ -165,6 +180,70 @@ def _clamp_u64(value: int) -> int:
     return min(max(value, 0), _U64_MAX)
 
 
+def _baseline_cid_of(envelope: bytes) -> bytes | None:
+    """The baseline CID a stored envelope's batch names, None for version 1.
+
+    Only for envelopes the store already holds: they were checked in full when they were
+    admitted, so this reads the one field without verifying the signature again (a fraction
+    of the cost, which matters when an older store with many batches is opened). An envelope
+    that no longer parses is left without one: no peer would accept it from us anyway.
+    """
+    try:
+        fields = dagcbor.decode(bytes(envelope))
+        if not isinstance(fields, dict) or "b" not in fields:
+            return None
+        cid = dagcbor.decode(fields["b"])[_V2_BASELINE_ITEM]
+    except (WireError, TypeError, IndexError):
+        return None
+    return cid if isinstance(cid, bytes) else None
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring an existing store to this layout, inside the open's transaction (a crash
+    leaves the old layout, upgraded again at the next open).
+
+    Only additions older code ignores (a table, a column, indexes), so the store version
+    stays 1 and an older node can still open the file. The batches it stores meanwhile
+    lack a `baseline_cid`, so the backfill resumes after the last row it covered
+    (`meta.baseline_backfill`) at every open, not just when the column is added.
+    """
+    for statement in _BLOCKS_SCHEMA:
+        conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(batches)")}
+    if "baseline_cid" not in columns:
+        conn.execute("ALTER TABLE batches ADD COLUMN baseline_cid BLOB")
+    _backfill_baseline_cids(conn)
+    conn.execute(_BASELINE_INDEX)
+
+
+def _backfill_baseline_cids(conn: sqlite3.Connection) -> None:
+    """Read the `baseline_cid` of batches stored without one from their envelopes.
+
+    Without it `prune` would see no batch naming the blocks these batches need. A page of
+    rows at a time, so memory stays bounded on a large store; rows an earlier open
+    covered are skipped, so a routine open costs only the batches stored since.
+    """
+    row = conn.execute("SELECT value FROM meta WHERE key = 'baseline_backfill'").fetchone()
+    last = 0 if row is None else int(row[0])
+    (end,) = conn.execute("SELECT coalesce(max(cursor), 0) FROM batches").fetchone()
+    while last < end:
+        rows = conn.execute(
+            "SELECT cursor, envelope FROM batches WHERE cursor > ? AND cursor <= ? "
+            "AND baseline_cid IS NULL ORDER BY cursor LIMIT ?",
+            (last, end, _BACKFILL_PAGE),
+        ).fetchall()
+        if not rows:
+            break
+        last = rows[-1][0]
+        named = [(cid, cur) for cur, env in rows if (cid := _baseline_cid_of(env)) is not None]
+        conn.executemany("UPDATE batches SET baseline_cid = ? WHERE cursor = ?", named)
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('baseline_backfill', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(max(last, end)),),  # cursors are never reused: pruned tail rows never return
+    )
+
+
 def _check_limit(limit: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
@@ -176,6 +255,8 @@ class BatchStore:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        #: Blocks `prune` never deletes (`pin_block`), for this process's lifetime.
+        self._pinned: set[bytes] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -239,7 +320,7 @@ class BatchStore:
                         f"{path} has batch store version {meta.get('version')!r}; "
                         f"this code reads version {STORE_VERSION}"
                     )
-                conn.execute(_BLOCKS_SCHEMA)
+                _upgrade(conn)
             conn.execute("COMMIT")
             committed = True
         finally:
@@ -294,7 +375,7 @@ class BatchStore:
             raise StoreConflict(batch.sender, batch.seq, bytes(row[0]), batch.cid)
         conn.execute(
             "INSERT INTO batches (cid, sender, seq, domain, timestamp_ms, received_ms, "
-            "envelope, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "envelope, origin, baseline_cid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 batch.cid,
                 batch.sender,
@@ -304,6 +385,7 @@ class BatchStore:
                 received_ms,
                 bytes(signed.envelope),
                 origin,
+                None if batch.baseline_cid is None else bytes(batch.baseline_cid),
             ),
         )
         if origin != "local":
@@ -328,6 +410,19 @@ class BatchStore:
         """Keep a checked baseline block (the caller verified `data` hashes to `cid`)."""
         with self._tx():
             self._put_block(cid, data, used_ms)
+
+    def pin_block(self, cid: bytes, data: bytes, used_ms: int) -> None:
+        """Keep a block that `prune` must never delete while this store is open: the
+        fleet's reference block, which every node derives and nobody sends, so no stored
+        batch may name it for a while and yet peers must be able to fetch it from us.
+
+        The pin lives in memory, not in the file: whoever derives the reference (the
+        baseline resolver, at every start) pins it again, and the reference of a fleet
+        this node no longer runs in then ages out like any block nobody names.
+        """
+        with self._tx():
+            self._put_block(cid, data, used_ms)
+        self._pinned.add(bytes(cid))
 
     def _put_block(self, cid: bytes, data: bytes, used_ms: int) -> None:
         self._conn.execute(
@@ -450,22 +545,37 @@ class BatchStore:
         return items, next_cursor
 
     def prune(self, older_than_ms: int) -> int:
-        """Delete batches whose timestamp is below `older_than_ms`; returns how many.
+        """Delete batches whose timestamp is below `older_than_ms`, then the baseline
+        blocks no remaining batch names; returns how many batches.
 
         Senders' newest seqs are kept (they live in their own table), so a replay of a
         pruned old seq is still recognisable as old. Batches not yet merged are kept.
+
+        A block goes only when no stored batch names it (`batches.baseline_cid`), it was
+        last stored or named before `older_than_ms`, and it is not pinned (the reference
+        block). Age alone is not enough: every batch this node keeps it also serves over
+        repair, and a peer handed a v2 batch whose block we dropped cannot complete it.
+        Being named is not enough either: a block nobody names any more (its batches were
+        pruned) would otherwise stay forever. Both deletes run in one transaction, batches
+        first, so a block is never judged against batches about to go. The block delete is
+        one statement probing the `batches_baseline` index per old block (found through
+        `baseline_blocks_used`): nothing is loaded into Python however large the store.
         """
+        pinned = sorted(self._pinned)
         with self._tx() as conn:
-            bound = _to_sql(_clamp_u64(older_than_ms))
-            conn.execute(
-                "DELETE FROM baseline_blocks WHERE used_ms < ?",
-                (min(max(older_than_ms, 0), _I64_MAX),),
-            )
-            return conn.execute(
+            removed = conn.execute(
                 "DELETE FROM batches WHERE timestamp_ms < ? "
                 "AND cid NOT IN (SELECT cid FROM unmerged)",
-                (bound,),
+                (_to_sql(_clamp_u64(older_than_ms)),),
             ).rowcount
+            conn.execute(
+                "DELETE FROM baseline_blocks WHERE used_ms < ? "
+                "AND NOT EXISTS (SELECT 1 FROM batches b "
+                "WHERE b.baseline_cid = baseline_blocks.cid) "
+                f"AND cid NOT IN ({', '.join('?' * len(pinned))})",
+                (min(max(older_than_ms, 0), _I64_MAX), *pinned),
+            )
+            return removed
 
     # -- own sequence numbers --------------------------------------------------------------
 

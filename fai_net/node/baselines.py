@@ -92,10 +92,11 @@ class BaselineResolver:
         self._rotation = 0
         self.backoff = repair.RepairBackoff()
         # The fleet's reference block is never sent: every node derives it, and stores it
-        # so that it can serve it like any other.
+        # so that it can serve it like any other. Pinned: no batch may name it for weeks,
+        # and the store's prune must not stop us serving it meanwhile.
         policy = res.gate.policy
         self.reference = reference_block(policy.model_id, policy.dimension)
-        res.store.put_block(self.reference.cid, self.reference.data, now_ms())
+        res.store.pin_block(self.reference.cid, self.reference.data, now_ms())
         #: Blocks fetched; batches not parked because the park was full; parked batches
         #: given up on (`PARK_TIMEOUT_S`): `status` reports them.
         self.fetched = 0

@@ -41,7 +41,9 @@ class Upkeep:
     async def prune_loop(self) -> None:
         """Delete stored batches older than anything the gate may still accept (the repair
         window) plus a margin, so an equivocation is always caught against the first batch
-        while repair can deliver the second. Unmerged batches are kept."""
+        while repair can deliver the second. Unmerged batches are kept, and so is every
+        baseline block a kept batch names (repair serves both); the store drops a block once
+        no batch names it and it is as old as the batches pruned (`BatchStore.prune`)."""
         cfg = self.res.config
         keep_ms = cfg.repair_max_age_ms + cfg.max_age_ms + PRUNE_MARGIN_MS
         while True:

@@ -349,7 +349,10 @@ def test_a_duplicate_carrying_the_missing_block_leaves_the_block(store):
     again = g.admit(attached.envelope, NOW + 5, origin="gossip")
     assert (again.verdict, again.reason) == (Verdict.IGNORE, Ignore.DUPLICATE)
     assert store.get_block(block.cid) == block.data
-    store.prune(NOW + 5)  # kept as used at the copy's arrival, not before
+    store.prune(NOW + 6)  # kept while the stored batch names it, however old
     assert store.get_block(block.cid) == block.data
+    store.mark_merged([stripped.cid])
+    store.prune(NOW + 1)  # the batch goes; the block, used at the copy's arrival, stays
+    assert not store.has(stripped.cid) and store.get_block(block.cid) == block.data
     store.prune(NOW + 6)
     assert store.get_block(block.cid) is None

@@ -13,11 +13,13 @@ import threading
 import numpy as np
 import pytest
 
+from fai_core import dagcbor
 from fai_core.baseline_block import make_baseline_block
 from fai_core.experience import Experience
 from fai_core.wire import encode_batch_v2
+from fai_net.admission import store as store_module
 from fai_net.admission.store import STORE_FILE, BatchStore, StoreError
-from tests.support.net import DIM, KEY, T0, batch
+from tests.support.net import DIM, KEY, OTHER_KEY, T0, batch
 
 
 @pytest.fixture
@@ -26,12 +28,13 @@ def store(tmp_path):
         yield s
 
 
-def v2_batch(seq: int, *, attach: bool, model: str = "test-model"):
+def v2_batch(seq: int, *, attach: bool, model: str = "test-model", block=None):
+    """A v2 batch encoded against `block`, by default a block of its own mean."""
     vecs = np.random.default_rng(seq).standard_normal((2, DIM)).astype(np.float32)
     exps = [
         Experience(f"text {seq} {i}", vecs[i], 0.5, "coding", KEY.public_key, T0) for i in range(2)
     ]
-    block = make_baseline_block(vecs.mean(axis=0), model)
+    block = block or make_baseline_block(vecs.mean(axis=0), model)
     signed = encode_batch_v2(
         exps,
         key=KEY,
@@ -159,21 +162,202 @@ def test_a_block_attached_to_a_batch_is_kept_with_it(store):
     assert store.block_count() == 1
 
 
-def test_blocks_in_use_survive_pruning_and_unused_ones_do_not(store):
+def test_a_block_named_by_a_kept_batch_survives_prune_however_old(store):
+    """Every batch the store keeps it serves over repair: its block must stay with it,
+    whatever the block's age, and go with the last batch naming it."""
+    signed, block = v2_batch(1, attach=True)
+    store.put(signed, received_ms=0, origin="gossip")  # the block dates from time 0
+    later, _ = v2_batch(2, attach=False, block=block)
+    store.put(later, received_ms=0, origin="gossip")
+    assert store.prune(T0) == 0  # both batches are younger: kept, and their block too
+    assert store.get_block(block.cid) == block.data
+    assert store.prune(T0 + 100) == 0  # older, but not merged yet: kept, block too
+    assert store.get_block(block.cid) == block.data
+    store.mark_merged([signed.cid])
+    assert store.prune(T0 + 2) == 1  # seq 1 goes, seq 2 (at T0 + 2) still names the block
+    assert store.get_block(block.cid) == block.data
+    store.mark_merged([later.cid])
+    assert store.prune(T0 + 3) == 1  # the last batch and its block go in the same prune
+    assert store.get_block(block.cid) is None and store.block_count() == 0
+
+
+def test_a_block_outlives_its_batches_by_the_retention_from_its_last_use(store):
     _, block = v2_batch(1, attach=True)
     store.put_block(block.cid, block.data, 100)
-    store.put_block(b"\x09" * 36, b"unused", 100)
     # A batch naming the block (not carrying it) marks it used when it arrives.
     signed, _ = v2_batch(1, attach=False)
-    store.put(signed, received_ms=1_000, origin="gossip")
+    store.put(signed, received_ms=T0 + 10, origin="repair")
     store.put_block(block.cid, block.data, 50)  # an older use never moves it back
-    store.prune(500)
+    store.mark_merged([signed.cid])
+    assert store.prune(T0 + 5) == 1  # the batch (at T0 + 1) goes; the block, used later, not
     assert store.get_block(block.cid) == block.data
-    assert store.get_block(b"\x09" * 36) is None
-    store.prune(1_000)  # used at exactly 1,000: not older than it
+    store.prune(T0 + 10)  # used at exactly T0 + 10: not older than it
     assert store.get_block(block.cid) == block.data
-    store.prune(1_001)
+    store.prune(T0 + 11)
     assert store.get_block(block.cid) is None
+
+
+def test_a_block_no_batch_names_goes_once_older_than_the_retention(store):
+    store.put_block(b"\x09" * 36, b"unused", 1_000)
+    store.put_block(b"\x09" * 36, b"unused", 50)  # an older use never moves it back
+    store.prune(999)
+    store.prune(1_000)  # stored at exactly 1,000: not older than it
+    assert store.get_block(b"\x09" * 36) == b"unused"
+    store.prune(1_001)
+    assert store.get_block(b"\x09" * 36) is None
+
+
+def test_a_pinned_block_is_kept_and_served_through_any_prune(tmp_path):
+    """The reference block is named by no batch for weeks: pinned, it is always served.
+    The pin is the process's, not the file's: after a restart whoever derives the
+    reference pins it again, and a block nobody pins any more ages out."""
+    with BatchStore.open(tmp_path / "node") as store:
+        store.pin_block(b"\x05" * 36, b"reference", 0)
+        store.pin_block(b"\x06" * 36, b"other reference", 0)
+        store.put_block(b"\x07" * 36, b"plain", 0)
+        store.prune(2**64 - 1)
+        assert store.get_blocks([b"\x05" * 36, b"\x06" * 36, b"\x07" * 36]) == [
+            b"reference",
+            b"other reference",
+        ]
+    with BatchStore.open(tmp_path / "node") as store:
+        store.pin_block(b"\x05" * 36, b"reference", 0)
+        store.prune(2**64 - 1)
+        assert store.get_blocks([b"\x05" * 36, b"\x06" * 36]) == [b"reference"]
+
+
+def test_blocks_nobody_names_cannot_pile_up(store):
+    """Hostile: blocks reach the store only with a stored batch naming them or fetched for
+    one (fai_net/node/baselines.py asks only for blocks its parked batches name), but
+    whatever put them there, those no stored batch names are gone after one prune past
+    the retention. Only blocks named by kept batches, and the pin, remain."""
+    signed, block = v2_batch(1, attach=True)
+    store.put(signed, received_ms=T0, origin="gossip")
+    store.pin_block(b"\x05" * 36, b"reference", T0)
+    for n in range(300):
+        store.put_block(n.to_bytes(36, "big"), b"junk %d" % n, T0 + n)
+    assert store.block_count() == 302
+    store.prune(T0 + 300)
+    assert store.block_count() == 2
+    assert store.get_blocks([block.cid, b"\x05" * 36]) == [block.data, b"reference"]
+
+
+def _as_written_by_older_code(directory) -> None:
+    """Turn a store into the layout code before `batches.baseline_cid` wrote: no column,
+    none of the indexes that came with it, no backfill mark (`pre_v2`: no block table)."""
+    conn = sqlite3.connect(directory / STORE_FILE)
+    try:
+        conn.execute("DROP INDEX batches_baseline")
+        conn.execute("DROP INDEX baseline_blocks_used")
+        conn.execute("ALTER TABLE batches DROP COLUMN baseline_cid")
+        conn.execute("DELETE FROM meta WHERE key = 'baseline_backfill'")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _raw(directory, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(directory / STORE_FILE)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_an_older_store_learns_which_block_each_batch_names_at_open(tmp_path, monkeypatch):
+    directory = tmp_path / "node"
+    first, block = v2_batch(1, attach=True)
+    second, _ = v2_batch(2, attach=False, block=block)
+    third, own = v2_batch(3, attach=False)
+    v1 = [batch(seq, key=OTHER_KEY) for seq in (1, 2, 3)]
+    with BatchStore.open(directory) as store:
+        for signed in (v1[0], first, v1[1], second, third, v1[2]):
+            store.put(signed, received_ms=0, origin="gossip")
+        store.put_block(own.cid, own.data, 0)
+    _as_written_by_older_code(directory)
+    monkeypatch.setattr(store_module, "_BACKFILL_PAGE", 2)  # pages end mid-store
+    with BatchStore.open(directory) as store:
+        named = dict(_raw(directory, "SELECT cid, baseline_cid FROM batches"))
+        assert named == {
+            **{b.cid: None for b in v1},
+            first.cid: block.cid,
+            second.cid: block.cid,
+            third.cid: own.cid,
+        }
+        indexes = {r[0] for r in _raw(directory, "SELECT name FROM sqlite_master")}
+        assert {"batches_baseline", "baseline_blocks_used"} <= indexes
+        assert _raw(directory, "SELECT value FROM meta WHERE key = 'baseline_backfill'") == [("6",)]
+        store.prune(T0 + 100)  # nothing merged: every batch stays, and so do both blocks
+        assert store.block_count() == 2
+        store.mark_merged([first.cid, second.cid, third.cid, *(b.cid for b in v1)])
+        assert store.prune(T0 + 100) == 6 and store.block_count() == 0
+
+
+def test_an_open_reads_only_batches_stored_since_the_last_one(tmp_path, monkeypatch):
+    """An older node may have run on the file in between: the batches it stored carry no
+    `baseline_cid`, and are read at the next open; those read before are not re-read."""
+    directory = tmp_path / "node"
+    signed, block = v2_batch(1, attach=True)
+    with BatchStore.open(directory) as store:
+        store.put(batch(1, key=OTHER_KEY), received_ms=0, origin="gossip")
+    with BatchStore.open(directory) as store:  # covers the v1 batch (cursor 1)
+        store.put(signed, received_ms=0, origin="gossip")
+    conn = sqlite3.connect(directory / STORE_FILE)
+    conn.execute("UPDATE batches SET baseline_cid = NULL")  # as an older node stores it
+    conn.commit()
+    conn.close()
+    read: list[bytes] = []
+    real = store_module._baseline_cid_of
+    monkeypatch.setattr(store_module, "_baseline_cid_of", lambda env: read.append(env) or real(env))
+    with BatchStore.open(directory) as store:
+        assert read == [signed.envelope]
+        assert _raw(directory, "SELECT baseline_cid FROM batches WHERE cursor = 2") == [
+            (block.cid,)
+        ]
+    with BatchStore.open(directory):
+        assert read == [signed.envelope]
+
+
+def test_a_store_from_before_wire_v2_gains_the_block_table_and_column(tmp_path):
+    directory = tmp_path / "node"
+    with BatchStore.open(directory) as store:
+        store.put(batch(1, key=OTHER_KEY), received_ms=0, origin="gossip")
+    _as_written_by_older_code(directory)
+    conn = sqlite3.connect(directory / STORE_FILE)
+    conn.execute("DROP TABLE baseline_blocks")
+    conn.commit()
+    conn.close()
+    with BatchStore.open(directory) as store:
+        assert store.block_count() == 0 and store.has(batch(1, key=OTHER_KEY).cid)
+        signed, block = v2_batch(1, attach=True)
+        store.put(signed, received_ms=0, origin="gossip")
+        store.prune(T0 + 100)
+        assert store.get_block(block.cid) == block.data
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        b"\xff",
+        dagcbor.encode(1),
+        dagcbor.encode({"b": b"\xff"}),
+        dagcbor.encode({"b": [2]}),
+        dagcbor.encode({"b": dagcbor.encode(0)}),
+        dagcbor.encode({"b": dagcbor.encode([2, 0])}),
+        dagcbor.encode({"b": dagcbor.encode([2, 0, 0, 0, 0, 0, 0, 5, 0])}),
+    ],
+    ids=[
+        "not cbor",
+        "not a map",
+        "block not cbor",
+        "block not bytes",
+        "block not an array",
+        "block too short",
+        "baseline not bytes",
+    ],
+)
+def test_an_envelope_that_no_longer_parses_names_no_block(envelope):
+    assert store_module._baseline_cid_of(envelope) is None
 
 
 def test_a_negative_prune_bound_removes_nothing(store):
