@@ -67,6 +67,10 @@ def _node_run(args: argparse.Namespace) -> int:
         listen=tuple(args.listen or ["/ip4/127.0.0.1/tcp/0"]),
         announce=tuple(args.announce or ()),
         seeds=tuple(args.seed or []),
+        relays=tuple(args.relay or ()),
+        relay_server=args.relay_server,
+        relay_reservations=args.relay_reservations,
+        relay_circuits=args.relay_circuits,
         embedder=args.embedder,
         open_membership=args.open,
         rpc_url=None if args.open else settings.get("rpc"),
@@ -151,6 +155,7 @@ def _add_node_run_command(sub) -> None:
         help="address peers should dial, if not the --listen one (repeat; needed with 0.0.0.0)",
     )
     run.add_argument("--seed", action="append", help="peer multiaddr with /p2p/ id (repeat)")
+    _add_relay_flags(run)
     run.add_argument("--embedder", choices=EMBEDDERS, default="minilm")
     run.add_argument("--open", action="store_true", help="no registry (development only)")
     add_rpc_flag(run, help="Ethereum JSON-RPC URL of the registry's chain", metavar=None)
@@ -188,6 +193,26 @@ def _add_node_run_command(sub) -> None:
     run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_node_run)
+
+
+def _add_relay_flags(run: argparse.ArgumentParser) -> None:
+    """`fai node run`'s circuit relay v2: reaching a node no peer can dial, or serving one."""
+    run.add_argument(
+        "--relay",
+        action="append",
+        metavar="MULTIADDR",
+        help="a relay (address with /p2p/ id) to keep a reservation at, for a node no peer "
+        "can dial: it then announces <relay>/p2p-circuit (repeat)",
+    )
+    run.add_argument(
+        "--relay-server",
+        action="store_true",
+        help="serve as a circuit relay for fleet members (opt-in; limits below)",
+    )
+    run.add_argument("--relay-reservations", type=int, default=16, metavar="N",
+                     help="relay server: nodes reserved at once")  # fmt: skip
+    run.add_argument("--relay-circuits", type=int, default=16, metavar="N",
+                     help="relay server: relayed connections per reserved node")  # fmt: skip
 
 
 def _add_trace_receiver_flags(run: argparse.ArgumentParser) -> None:

@@ -6,7 +6,6 @@ configuration without importing libp2p.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from fai_core.embedding import EMBEDDER_NAMES
 from fai_core.experience import domain_problem
 from fai_net.admission.budgets import BudgetPolicy
 from fai_net.node.pending import QueueLimits
+from fai_net.p2p.addresses import check_announce, check_listen, check_relay, is_unspecified
 
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -29,6 +29,14 @@ class NodeConfig:
     announce: tuple[str, ...] = ()
     #: Multiaddrs with /p2p/<peer id> of nodes to dial at start and whenever disconnected.
     seeds: tuple[str, ...] = ()
+    #: Relays (multiaddrs with /p2p/<relay id>) where this node keeps a reservation, for a
+    #: node no peer can dial: it announces `<relay>/p2p-circuit` (fai_net/p2p/relay.py).
+    relays: tuple[str, ...] = ()
+    #: Serve circuit relay v2 to fleet members (opt-in): this many reserved nodes at once,
+    #: each reachable over this many relayed connections.
+    relay_server: bool = False
+    relay_reservations: int = 16
+    relay_circuits: int = 16
     #: "minilm" (the real model as int8 ONNX, the default), "minilm-torch" (the same model on
     #: torch, the `torch` extra) or "hashing" (explicit test/offline option).
     embedder: str = "minilm"
@@ -120,12 +128,14 @@ class NodeConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for addr in self.listen:
-            _check_listen(addr)
+            check_listen(addr)
         for addr in self.announce:
-            _check_listen(addr, what="announce")
-            if _unspecified(addr):
-                raise ValueError(f"announce a dialable address, not {addr!r}")
-        if not self.announce and any(_unspecified(a) for a in self.listen):
+            check_announce(addr)
+        for addr in self.relays:
+            check_relay(addr)
+        if self.relay_reservations < 1 or self.relay_circuits < 1:
+            raise ValueError("relay_reservations and relay_circuits must be positive")
+        if not self.announce and any(is_unspecified(a) for a in self.listen):
             raise ValueError(
                 "listening on all interfaces (0.0.0.0 or ::): give --announce with the "
                 "address peers should dial"
@@ -161,20 +171,3 @@ class NodeConfig:
 
     def with_(self, **changes) -> NodeConfig:
         return replace(self, **changes)
-
-
-def _check_listen(addr: str, what: str = "listen") -> None:
-    parts = addr.split("/")
-    if len(parts) != 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
-        raise ValueError(f"{what} address must be /ip4|ip6/<ip>/tcp/<port>, got {addr!r}")
-    try:
-        ipaddress.ip_address(parts[2])
-        port = int(parts[4])
-    except ValueError:
-        raise ValueError(f"bad {what} address {addr!r}") from None
-    if not 0 <= port <= 65535 or (what == "announce" and port == 0):
-        raise ValueError(f"bad {what} port in {addr!r}")
-
-
-def _unspecified(addr: str) -> bool:
-    return ipaddress.ip_address(addr.split("/")[2]).is_unspecified

@@ -1,7 +1,8 @@
 """Who the node talks to: discovery of peers, and membership applied to connections.
 
 Discovery dials the seeds and the live registry advertisements we are not connected to,
-never a dropped operator's node. Membership is refreshed (chain reads, in a worker thread)
+never a dropped operator's node; a relayed address (`…/p2p-circuit/p2p/<peer>`) is dialled
+through its relay (fai_net/p2p/relay.py). Membership is refreshed (chain reads, in a worker thread)
 every `membership_refresh_s`, or as soon as the registry logs a slash, jail or unbond; then
 peers whose operator left the live set are dropped for good (hung up on, forgotten by
 gossipsub, refused on reconnect, not listed) and readmitted if it comes back. The connected
@@ -22,6 +23,7 @@ from fai_net.node.identity import public_key_of
 from fai_net.node.peer_keys import peer_id_of
 from fai_net.node.resources import NodeResources
 from fai_net.node.state import NodeState
+from fai_net.p2p.addresses import is_circuit
 from fai_net.p2p.gossip import parse_multiaddrs
 from fai_net.ratelog import RateLimitedLog
 
@@ -50,7 +52,7 @@ class Discovery:
         return [p for p in self.res.host.get_connected_peers() if p != self.res.peer_id]
 
     async def discovery_loop(self) -> None:
-        seeds = parse_multiaddrs(self.res.config.seeds)
+        seeds = parse_multiaddrs(self.res.config.seeds + self.res.config.relays)
         while True:
             await self.discover(seeds)
             await trio.sleep(self.res.config.discovery_interval_s)
@@ -63,7 +65,7 @@ class Discovery:
                 continue
             peer_id = peer_id_of(key)
             for text in addrs:
-                if "/p2p/" not in text:
+                if not text.endswith(f"/p2p/{peer_id}"):  # a relayed one names its relay's
                     text = f"{text}/p2p/{peer_id}"
                 try:
                     targets.extend(parse_multiaddrs([text]))
@@ -99,7 +101,10 @@ class Discovery:
                     # seed that was not up yet, or a peer behind a healed partition, would
                     # wait that long whatever our own discovery interval.
                     res.host.get_network().unblock_peer(info.peer_id)
-                    await res.host.connect(info)
+                    if is_circuit(addr):  # host.connect drops relayed addresses
+                        await res.relay_client.dial(addr)
+                    else:
+                        await res.host.connect(info)
                     self.state.peer(info.peer_id).last_seen_ms = now_ms()
                     self.state.repair_wakeup.set()
                     connected.add(info.peer_id)

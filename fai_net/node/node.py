@@ -143,6 +143,7 @@ class NodeParts:
             self.resolver.loop,
             self.discovery.discovery_loop,
             self.discovery.membership_loop,
+            self.res.relay_client.keep_reserved,
             self.upkeep.metrics_loop,
             self.upkeep.prune_loop,
             self.res.ingest.run,

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from libp2p.peer.id import ID
+from libp2p.tools.anyio_service import background_trio_service
 
 from fai_core import bitdelta
 from fai_core.aggregation import Aggregator
@@ -41,11 +43,13 @@ from fai_net.api.outcome_book import OutcomeBook
 from fai_net.api.recall import Recall
 from fai_net.node.config import NodeConfig
 from fai_net.node.events import EventLog
-from fai_net.node.identity import NodeIdentity, load_or_create
+from fai_net.node.identity import NodeIdentity, load_or_create, public_key_of
 from fai_net.node.peer_keys import peer_id_text
 from fai_net.node.receive import Admission
 from fai_net.node.state import NodeState
+from fai_net.p2p.addresses import circuit_address
 from fai_net.p2p.gossip import GossipSettings, build_host, refuse_peers, running
+from fai_net.p2p.relay import FleetRelayProtocol, RelayClient, RelayServerLimits
 from fai_net.telemetry.ingest import TelemetryIngest
 from fai_net.telemetry.spool import SpoolWriter
 
@@ -75,6 +79,8 @@ class NodeResources:
     host: Any
     pubsub: Any
     router: Any
+    relay_client: RelayClient
+    relay_server: FleetRelayProtocol | None = None
     ingest: TelemetryIngest | None = None
     metrics_server: Any = None
     metrics_port: int | None = None
@@ -87,10 +93,13 @@ class NodeResources:
 
     @property
     def addrs(self) -> list[str]:
-        """Where peers should dial this node: the announced addresses if configured
-        (`--announce`), else the ones the host is bound to; each with /p2p/<peer id>."""
-        if self.config.announce:
-            return [f"{a}/p2p/{self.peer_id}" for a in self.config.announce]
+        """Where peers should dial this node, each with /p2p/<peer id>: the announced
+        addresses if configured (`--announce`); else, for a node using relays, its circuit
+        address at each (its own addresses are the ones peers cannot dial); else the
+        addresses the host is bound to."""
+        announced = self.config.announce or tuple(map(circuit_address, self.config.relays))
+        if announced:
+            return [f"{a}/p2p/{self.peer_id}" for a in announced]
         return self.listen_addrs
 
     @property
@@ -154,6 +163,7 @@ async def open_node_resources(
             await stack.enter_async_context(
                 running(res.host, res.pubsub, res.router, config.listen)
             )
+            await _start_relay_services(stack, res)
             yield res
     finally:
         if started:
@@ -198,6 +208,10 @@ async def _open_local(
         identity.key_pair, GossipSettings(mdns=cfg.mdns, seen_ttl=cfg.seen_ttl_s)
     )
     refuse_peers(host, state.dropped_peers.__contains__)
+    relay_server = None
+    if cfg.relay_server:
+        limits = RelayServerLimits(cfg.relay_reservations, cfg.relay_circuits)
+        relay_server = FleetRelayProtocol(host, limits, _fleet_member(membership))
     return NodeResources(
         config=cfg,
         identity=identity,
@@ -217,7 +231,30 @@ async def _open_local(
         host=host,
         pubsub=pubsub,
         router=router,
+        relay_client=RelayClient(host, cfg.relays),
+        relay_server=relay_server,
     )
+
+
+def _fleet_member(membership: Membership) -> Callable[[ID], bool]:
+    """Who this node relays for: anyone in open mode, else peers of live operators."""
+    if membership.mode == "open":
+        return lambda peer: True
+
+    def admits(peer: ID) -> bool:
+        key = public_key_of(peer)
+        return key is not None and membership.operator_of(key) is not None
+
+    return admits
+
+
+async def _start_relay_services(stack: AsyncExitStack, res: NodeResources) -> None:
+    """The circuit relay protocols, on the running host: accepting circuits addressed to
+    this node when it uses relays, and serving as a relay when configured."""
+    if res.relay_client.accepts_circuits:
+        await stack.enter_async_context(background_trio_service(res.relay_client.stop))
+    if res.relay_server is not None:
+        await stack.enter_async_context(background_trio_service(res.relay_server))
 
 
 #: Builds the node's aggregator from its embedder (timed), its reputation book and settings.

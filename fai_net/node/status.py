@@ -60,6 +60,10 @@ class NodeStatus:
             "evidence": res.store.evidence_count(),
             "membership": res.membership.mode,
             "telemetry": self._telemetry_status(),
+            "relay": {
+                **res.relay_client.status(),
+                "serving": None if res.relay_server is None else res.relay_server.status(),
+            },
             "wire": {
                 "publishes": res.config.wire_version,
                 "reads": list(READ_VERSIONS),

@@ -17,68 +17,27 @@ dialling), so whatever dials a relayed peer must call the transport itself.
 from __future__ import annotations
 
 import time
-from contextlib import asynccontextmanager
 
 import multiaddr
 import pytest
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.custom_types import TProtocol
 from libp2p.network.exceptions import SwarmException
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport, RelayLimits
+from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.tools.anyio_service import background_trio_service
 
-from fai_net.p2p.gossip import GossipSettings, build_host, running
-
-PING = TProtocol("/fai-test/relay-ping/1")
-TOPIC = "relay-probe"
-LIMITS = RelayLimits(
-    duration=600, data=1 << 24, max_circuit_conns=4, max_reservations=4, reservation_ttl=300
+from fai_net.p2p.gossip import running
+from tests.support.relay_hosts import (
+    LIMITS,
+    PING,
+    TOPIC,
+    answer,
+    ask,
+    fai_host,
+    without_listen_address,
 )
-
-
-def _fai_host():
-    return build_host(create_new_key_pair(), GossipSettings())
-
-
-@asynccontextmanager
-async def _without_listen_address(host, pubsub, router):
-    """FAI's `running` without its refusal of a host with no address (a relay-only host
-    has none): pubsub services first, then the host, as there."""
-    async with (
-        background_trio_service(pubsub),
-        background_trio_service(router),
-        host.run(listen_addrs=[]),
-    ):
-        await pubsub.wait_until_ready()
-        yield
-
-
-async def _read_exactly(stream, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = await stream.read(n - len(data))
-        assert chunk, f"stream ended after {len(data)} of {n} bytes"
-        data += chunk
-    return data
-
-
-async def _answer(stream) -> None:
-    """Read an 8-byte request, answer with b"pong:" + request."""
-    request = await _read_exactly(stream, 8)
-    await stream.write(b"pong:" + request)
-    await stream.close()
-
-
-async def _ask(host, peer, request: bytes) -> bytes:
-    stream = await host.new_stream(peer, [PING])
-    await stream.write(request)
-    answer = await _read_exactly(stream, 5 + len(request))
-    await stream.close()
-    return answer
 
 
 def _relayed(host, peer) -> list[str]:
@@ -94,11 +53,11 @@ async def _next_from(subscription, prefix: bytes) -> bytes:
             return msg.data
 
 
-def test_a_host_without_listen_address_is_reached_through_a_relay():
+def test_a_hostwithout_listen_address_is_reached_through_a_relay():
     async def main():
-        r_host, r_pubsub, r_router = _fai_host()
-        h_host, h_pubsub, h_router = _fai_host()
-        a_host, a_pubsub, a_router = _fai_host()
+        r_host, r_pubsub, r_router = fai_host()
+        h_host, h_pubsub, h_router = fai_host()
+        a_host, a_pubsub, a_router = fai_host()
         relay = CircuitV2Protocol(r_host, limits=LIMITS, allow_hop=True)
         # H: the STOP handler (accepts circuits) and a client transport (reserves).
         h_stop = CircuitV2Protocol(h_host, allow_hop=False)
@@ -109,15 +68,15 @@ def test_a_host_without_listen_address_is_reached_through_a_relay():
         a_transport = CircuitV2Transport(
             a_host, CircuitV2Protocol(a_host), RelayConfig(roles=RelayRole.STOP)
         )
-        h_host.set_stream_handler(PING, _answer)
-        a_host.set_stream_handler(PING, _answer)
+        h_host.set_stream_handler(PING, answer)
+        a_host.set_stream_handler(PING, answer)
         with trio.fail_after(60):
             async with (
                 running(r_host, r_pubsub, r_router, ["/ip4/127.0.0.1/tcp/0"]),
                 background_trio_service(relay),
-                _without_listen_address(h_host, h_pubsub, h_router),
+                without_listen_address(h_host, h_pubsub, h_router),
                 background_trio_service(h_stop),
-                _without_listen_address(a_host, a_pubsub, a_router),
+                without_listen_address(a_host, a_pubsub, a_router),
                 trio.open_nursery() as nursery,
             ):
                 assert h_host.get_addrs() == [] and a_host.get_addrs() == []
@@ -146,8 +105,8 @@ def test_a_host_without_listen_address_is_reached_through_a_relay():
                     f"/p2p/{h_id}/p2p-circuit/p2p/{a_host.get_id()}"
                 ]
 
-                assert await _ask(a_host, h_id, b"A asks H") == b"pong:A asks H"
-                assert await _ask(h_host, a_host.get_id(), b"H asks A") == b"pong:H asks A"
+                assert await ask(a_host, h_id, b"A asks H") == b"pong:A asks H"
+                assert await ask(h_host, a_host.get_id(), b"H asks A") == b"pong:H asks A"
 
                 # gossipsub over the relayed connection (R is not subscribed to the topic)
                 h_sub = await h_pubsub.subscribe(TOPIC)
