@@ -2,6 +2,8 @@
 
 The devnet itself (Anvil, contracts, node processes, the main job) lives in
 `fai_net.devnet`; this module is only its command line, imported lazily like the rest.
+`--hosts` (up, demo) puts the chain and every node in network namespaces of their own
+(fai_net/devnet/fleet.py says how); the other commands then work on it unchanged.
 """
 
 from __future__ import annotations
@@ -53,6 +55,33 @@ def _unbonding_delay(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _load_state(args: argparse.Namespace) -> dict:
+    """The devnet's state, its RPC URL checked as every registry command checks one
+    (`check_rpc_url`): loopback, or, on a --hosts devnet, the lab chain host's 10.91.x
+    address the devnet recorded, the one remote URL allowed, and that explicitly. A state
+    file naming any other chain is refused before anything is sent to it."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from fai_net.cli.registry import check_rpc_url
+    from fai_net.devnet import fleet as devnet
+    from fai_net.devnet.netns import SUBNET
+
+    state = devnet.load_state(_state_dir(args))
+    chain = (state.get("lab") or {}).get("chain") or {}
+    lab = ipaddress.ip_network(f"{SUBNET}.0.0/16")
+    host = urlsplit(state.get("rpc_url", "")).hostname
+    in_lab = bool(chain.get("ip")) and host == chain["ip"] and ipaddress.ip_address(host) in lab
+    try:
+        check_rpc_url(state.get("rpc_url", ""), allow_remote=in_lab)
+    except ValueError:  # its hint, --allow-remote, is not for a devnet's own state
+        raise devnet.DevnetError(
+            f"the devnet state names the chain {state.get('rpc_url')!r}: neither loopback nor "
+            "its lab's chain host, so no devnet command talks to it"
+        ) from None
+    return state
+
+
 def _node_lines(node: dict) -> list[str]:
     """How every devnet command shows a node: its peer id with its operator beside it, and
     its data directory (which `--node N` stands for in the node and registry commands)."""
@@ -76,6 +105,7 @@ def _devnet_up(args: argparse.Namespace) -> int:
         allow_raw_publish=args.allow_raw_publish,
         unbonding_delay=args.unbonding_delay,
         progress=_progress(args),
+        hosts=args.hosts,
     )
     if args.json:
         print_json(state)
@@ -84,6 +114,12 @@ def _devnet_up(args: argparse.Namespace) -> int:
         f"devnet up: chain {state['rpc_url']}, registry {state['registry']} (unbonding delay "
         f"{format_duration(state['unbonding_delay'])})"
     )
+    if state.get("lab"):
+        print(
+            f"lab: {len(state['lab']['namespaces'])} network namespaces, sites 1 and 2; chain "
+            f"host {state['lab']['chain']['ns']}; registry commands there: "
+            f"`ip netns exec {state['lab']['chain']['ns']} .venv/bin/fai ... --allow-remote`"
+        )
     for node in state["nodes"]:
         print(f"  {node['name']}: {node['addr']}  domains={','.join(node['domains'])}")
         print("\n".join(_node_lines(node)))
@@ -101,7 +137,7 @@ def _devnet_up(args: argparse.Namespace) -> int:
 def _devnet_status(args: argparse.Namespace) -> int:
     from fai_net.devnet import fleet as devnet
 
-    report = devnet.status(devnet.load_state(_state_dir(args)))
+    report = devnet.status(_load_state(args))
     if args.json:
         print_json(report)
         return 0
@@ -119,6 +155,8 @@ def _devnet_status(args: argparse.Namespace) -> int:
             f"{rep:>5} {expires_text:>10}  {library or '-'}"
         )
         print("\n".join(_node_lines(row)))
+        if row.get("addr") and "/127.0.0.1/" not in row["addr"]:
+            print(f"    addr {row['addr']}")
     return 0
 
 
@@ -133,6 +171,8 @@ def _devnet_down(args: argparse.Namespace) -> int:
             f"devnet down: stopped {', '.join(result['stopped']) or 'nothing'}"
             + (f"; killed {', '.join(result['killed'])}" if result["killed"] else "")
         )
+        if result.get("namespaces_deleted"):
+            print(f"deleted network namespaces {', '.join(result['namespaces_deleted'])}")
         if result.get("run_dir"):
             print(
                 f"its files (keys, logs, node libraries) stay in {result['run_dir']}: "
@@ -164,7 +204,7 @@ def _devnet_fund(args: argparse.Namespace) -> int:
             address = Account.from_key(private_key).address
         except Exception:  # never echo the key
             raise ValueError(f"{args.key_file} does not hold a valid private key") from None
-    state = devnet.load_state(_state_dir(args))
+    state = _load_state(args)
     result = devnet.fund(state, address, to_base_units(args.amount, 10**18))
     if args.json:
         print_json(result)
@@ -186,7 +226,7 @@ def _devnet_advance_time(args: argparse.Namespace) -> int:
     from fai_net.devnet import fleet as devnet
 
     devnet.check_advance(args.seconds)
-    result = devnet.advance_time(devnet.load_state(_state_dir(args)), args.seconds)
+    result = devnet.advance_time(_load_state(args), args.seconds)
     if args.json:
         print_json(result)
         return 0
@@ -213,7 +253,7 @@ def _devnet_equivocate(args: argparse.Namespace) -> int:
     from fai_net.devnet.demo import equivocate, evidence_files, wait_for
     from fai_net.settings import devnet_node
 
-    state = devnet.load_state(_state_dir(args))
+    state = _load_state(args)
     result = equivocate(state, args.node)
     rogue = devnet_node(state, result["node"])
     found = []
@@ -229,7 +269,9 @@ def _devnet_equivocate(args: argparse.Namespace) -> int:
         if args.save:
             path = _save_evidence(path, args.save)
         result.update(
-            witness=witness["name"], evidence=str(path), submit=_slash_command(path, witness)
+            witness=witness["name"],
+            evidence=str(path),
+            submit=_slash_command(path, witness, state),
         )
     else:
         result.update(witness=None, evidence=None, submit=None)
@@ -265,19 +307,29 @@ def _save_evidence(source, target: str):
     return target_path
 
 
-def _slash_command(path, witness: dict) -> str:
-    """The command that submits an evidence file with the witness's operator key."""
+def _slash_command(path, witness: dict, state: dict) -> str:
+    """The command that submits an evidence file with the witness's operator key; on a
+    --hosts devnet run in the chain host's namespace (the only way to its address), with
+    the --allow-remote its 10.91.x RPC URL needs."""
     import shlex
 
     node = witness["name"].removeprefix("node")
-    return f"fai slash equivocation --evidence {shlex.quote(str(path))} --node {node}"
+    command = f"fai slash equivocation --evidence {shlex.quote(str(path))} --node {node}"
+    chain = (state.get("lab") or {}).get("chain")
+    if chain:
+        return f"ip netns exec {chain['ns']} {command} --allow-remote"
+    return command
 
 
 def _devnet_demo(args: argparse.Namespace) -> int:
     from fai_net.devnet.demo import format_report, run_demo
 
     report = run_demo(
-        args.nodes, embedder=args.embedder, state_dir=_state_dir(args), progress=_progress(args)
+        args.nodes,
+        embedder=args.embedder,
+        state_dir=_state_dir(args),
+        progress=_progress(args),
+        hosts=args.hosts,
     )
     if args.json:
         print_json(report)
@@ -352,8 +404,19 @@ def _add_devnet_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
+def _add_hosts_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hosts",
+        action="store_true",
+        help="run the chain and each node in a network namespace of its own, on two routed "
+        "sites (10.91.0.0/16; needs root and iproute2)",
+    )
+
+
 def add_devnet_commands(commands) -> None:
-    devnet_cmd = commands.add_parser("devnet", help="a local chain and fleet on 127.0.0.1")
+    devnet_cmd = commands.add_parser(
+        "devnet", help="a local chain and fleet on 127.0.0.1 (or on namespace hosts)"
+    )
     sub = devnet_cmd.add_subparsers(dest="devnet_command", metavar="SUBCOMMAND")
 
     up_cmd = sub.add_parser(
@@ -361,7 +424,9 @@ def add_devnet_commands(commands) -> None:
         help="start Anvil, deploy the registry, stake and start N nodes",
         description="Start Anvil on 127.0.0.1, deploy the token and the DSO registry, fund "
         "and stake one operator per node, advertise each node's address on-chain, start the "
-        "node processes (registry membership), and write the devnet state file.",
+        "node processes (registry membership), and write the devnet state file. With "
+        "--hosts, the chain and each node run in a network namespace of their own (two "
+        "sites joined by a router, 10.91.0.0/16) and advertise those addresses.",
     )
     up_cmd.add_argument("--nodes", type=int, default=3)
     up_cmd.add_argument(
@@ -382,6 +447,7 @@ def add_devnet_commands(commands) -> None:
         metavar="SECONDS",
         help="the registry's unbonding delay, 1 s .. 365 days (default 7 days)",
     )
+    _add_hosts_flag(up_cmd)
     _add_devnet_flags(up_cmd)
     up_cmd.set_defaults(handler=_devnet_up)
     st = sub.add_parser(
@@ -395,8 +461,8 @@ def add_devnet_commands(commands) -> None:
     dn = sub.add_parser(
         "down",
         help="stop everything the devnet started",
-        description="Stop the devnet's nodes and chain. Its run directory (keys, logs, "
-        "libraries) is kept.",
+        description="Stop the devnet's nodes and chain, and delete the network namespaces "
+        "of a --hosts devnet. Its run directory (keys, logs, libraries) is kept.",
     )
     _add_devnet_flags(dn)
     dn.set_defaults(handler=_devnet_down)
@@ -410,5 +476,6 @@ def add_devnet_commands(commands) -> None:
     )
     demo_cmd.add_argument("--nodes", type=int, default=5)
     demo_cmd.add_argument("--embedder", choices=EMBEDDERS, default="minilm")
+    _add_hosts_flag(demo_cmd)
     _add_devnet_flags(demo_cmd)
     demo_cmd.set_defaults(handler=_devnet_demo)

@@ -1,12 +1,19 @@
 """Start and stop a local Anvil chain from the project's pinned npm tooling.
 
-Tests and the devnet need a real EVM, not a mock: Anvil starts in ~0.1 s. It only ever binds
-127.0.0.1, on a port the OS reports free, and is killed with its process group so no stray
-chain survives a crashed test run.
+Tests and the devnet need a real EVM, not a mock: Anvil starts in ~0.1 s. On this machine's
+own network it only ever binds 127.0.0.1, on a port the OS reports free, and is killed with
+its process group so no stray chain survives a crashed test run.
+
+The devnet on several hosts (`fai devnet up --hosts`) runs it inside a lab namespace
+(fai_net/devnet/netns.py) instead, on that host's 10.91.x address and the fixed LAB_PORT
+(the namespace is new and empty, so the port is free, and the URL is predictable). Its
+readiness probe must then reach that address: `start()` is called from a thread inside
+the same namespace (`netns.in_netns`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -24,6 +31,8 @@ REPO_DIR = Path(__file__).resolve().parents[2]
 DEVNET_DIR = REPO_DIR / "devnet"
 ANVIL_BIN = DEVNET_DIR / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
 SETUP_HINT = "run `npm ci --prefix devnet` (or `make test`, which does it) to install it"
+#: Anvil's port inside a lab namespace (Anvil's own default).
+LAB_PORT = 8545
 
 
 class AnvilError(RuntimeError):
@@ -60,15 +69,20 @@ class Anvil:
     chain_id: int = 31337
     port: int = 0
     extra_args: list[str] = field(default_factory=list)
+    #: The address to bind: 127.0.0.1, or a lab host's address together with its `netns`.
+    host: str = "127.0.0.1"
+    #: The lab namespace to run in (None: this machine's own network, loopback only).
+    netns: str | None = None
     process: subprocess.Popen | None = None
     _log: BinaryIO | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0, attempts: int = 3) -> Anvil:
-        """Start on a free loopback port; retries if another process grabbed the port first.
+        """Start on a free loopback port (LAB_PORT in a namespace); retries if another
+        process grabbed the port first.
 
         Refuses to start twice (a second process would be orphaned). Anvil's output goes to
         a temporary log file, never to an unread pipe that could fill up and block it; the
@@ -77,10 +91,15 @@ class Anvil:
         if self.process is not None and self.process.poll() is None:
             raise AnvilError(f"anvil is already running on {self.url}")
         self.stop()  # a process that already exited: release its log
+        if self.netns is None and not ipaddress.ip_address(self.host).is_loopback:
+            raise AnvilError(
+                f"anvil binds only loopback on this machine's own network, not {self.host}: "
+                "a lab address needs its namespace (netns=)"
+            )
         binary = anvil_binary()
         last_error = ""
         for _ in range(attempts):
-            self.port = free_port()
+            self.port = LAB_PORT if self.netns else free_port()
             # Closed by stop(), which every path out of start() (or the caller) reaches.
             self._log = tempfile.TemporaryFile(prefix="anvil-", suffix=".log")  # noqa: SIM115
             try:
@@ -105,11 +124,13 @@ class Anvil:
         raise AnvilError(f"anvil failed to start: {last_error.strip()}")
 
     def _spawn(self, binary: Path) -> subprocess.Popen:
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
         return subprocess.Popen(
             [
+                *inside,
                 str(binary),
                 "--host",
-                "127.0.0.1",
+                self.host,
                 "--port",
                 str(self.port),
                 "--chain-id",

@@ -16,6 +16,12 @@ node, and slashes it on-chain.
    other nodes see the slash on-chain within about a second and drop its node for good.
 6. Report: per node, what it learned from the fleet (library entries by source node), and
    the registry state. Then everything is stopped.
+
+`hosts=True` (`fai devnet demo --hosts`) runs the same job on a --hosts devnet: every node
+in a network namespace of its own, the chain in another (fai_net/devnet/fleet.py). The
+steps that open a socket do so in the namespace that can reach the far end: the OTLP
+export in node0's (its receiver listens on that namespace's loopback), the slash in the
+chain host's (`devnet.on_chain`); the rest goes through the nodes' control sockets.
 """
 
 from __future__ import annotations
@@ -188,7 +194,13 @@ def feed_otlp(node: dict[str, Any], records, client, timeout: float = 180) -> di
     endpoint = f"http://127.0.0.1:{node['otlp_port']}/v1/traces"
     before = client.call("status")["telemetry"]
     spans = trace_spans(records)
-    sent = export_spans(spans, endpoint)
+    host = node.get("host")
+    if host:  # the receiver is on the loopback of node's own namespace
+        from fai_net.devnet.netns import in_netns
+
+        sent = in_netns(host["ns"], export_spans, spans, endpoint)
+    else:
+        sent = export_spans(spans, endpoint)
     # The receiver writes to the spool before it answers: a pass that starts after this
     # status call (the second to end from now) sees every span.
     passes = client.call("status")["telemetry"]["passes"]
@@ -361,6 +373,11 @@ def evidence_files(
 
 
 def slash_from_evidence(state: dict[str, Any], evidence_file: Path, reporter_key: str) -> dict:
+    """Submit an evidence file on-chain with `reporter_key`, where the chain answers."""
+    return devnet.on_chain(state, _slash, state, evidence_file, reporter_key)
+
+
+def _slash(state: dict[str, Any], evidence_file: Path, reporter_key: str) -> dict:
     from eth_account import Account
     from web3 import Web3
 
@@ -405,6 +422,7 @@ def run_demo(
     embedder: str = "minilm",
     state_dir: Path = devnet.DEFAULT_STATE_DIR,
     progress=print,
+    hosts: bool = False,
 ) -> dict[str, Any]:
     started = time.monotonic()
     if devnet.state_path(state_dir).exists():
@@ -418,8 +436,12 @@ def run_demo(
         progress=progress,
         node_args=["--membership-refresh", "2", "--round-interval", "1"],
         per_node_args={OTLP_NODE: ["--otlp-port", "0"]},
+        hosts=hosts,
     )
     report: dict[str, Any] = {"nodes": {}}
+    if state.get("lab"):
+        report["hosts"] = {n["name"]: n["addr"] for n in state["nodes"]}
+        report["hosts"]["chain"] = state["rpc_url"]
     try:
         names = {n["public_key"]: n["name"] for n in state["nodes"]}
         clients = {n["name"]: devnet.node_client(n, timeout=120) for n in state["nodes"]}
@@ -544,6 +566,9 @@ def _equivocate_and_slash(state: dict[str, Any], clients: dict, report: dict, pr
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [""]
+    if report.get("hosts"):
+        lines.append("Each on a network namespace host of its own, on two routed sites:")
+        lines += [f"  {name}: {where}" for name, where in report["hosts"].items()]
     for name, row in report["nodes"].items():
         if "otlp" in row:
             o = row["otlp"]

@@ -1,10 +1,25 @@
-"""A local devnet: Anvil on loopback, the token and registry, and N registered node processes.
+"""A local devnet: Anvil on loopback, the token and registry, and N registered node processes
+(or the same across network namespaces: `--hosts`, below).
 
 Everything `up` starts runs in its own session (detached from the terminal), and everything
 it starts is written to `<state_dir>/devnet.json`: other commands find the chain and the
 nodes there, and `down` stops exactly those processes by pid (after checking each pid still
 runs what we started, since pids are reused). Keys are generated per devnet and written to
 files of mode 0600 under the state directory; they hold only devnet funds.
+
+`up(hosts=True)` (`fai devnet up --hosts`) runs the same devnet across network namespaces
+(fai_net/devnet/netns.py, `devnet_lab`): Anvil in host `chain` on site 1, on that host's
+10.91.x address, and each node in a host of its own, the sites in turn, listening on its
+host's address at NODE_PORT. That address is what its operator advertises on-chain, and the
+nodes get no seeds: they find each other from the advertisements alone, across the router,
+as nodes on separate machines would. Needs root (`check_hosts` refuses in one line without).
+
+The lab outlives `up`, as namespaces persist until deleted: devnet.json records their names
+(`lab.namespaces`), and `down` deletes exactly those after stopping the processes. This
+machine's own namespace gets no address or route into the lab, so every step that talks to
+the chain (deploying, staking, advertising, status, fund, advance-time) runs on a thread
+inside the chain host's namespace (`on_chain`); the nodes are reached by their control
+sockets, which are filesystem paths and so work across namespaces.
 """
 
 from __future__ import annotations
@@ -22,13 +37,17 @@ from fai_core.errors import FaiError
 from fai_core.reputation import atomic_write_json
 from fai_net.devnet.anvil import free_port
 from fai_net.devnet.launch import (
+    NODE_READY,
     Launched,
     NotReady,
     ProcessExited,
     alive,
+    launch,
     launch_node,
+    node_command,
     terminate_group,
 )
+from fai_net.devnet.netns import SUBNET
 from fai_net.settings import REPO_ROOT
 
 DEFAULT_STATE_DIR = REPO_ROOT / "devnet" / "state"
@@ -36,6 +55,8 @@ STATE_FILE = "devnet.json"
 CHAIN_ID = 31337
 #: Tokens each operator gets; each bonds the registry minimum and keeps the rest.
 OPERATOR_TOKENS = 1_000
+#: The libp2p port of every node on a --hosts devnet (each host has an address of its own).
+NODE_PORT = 4001
 
 Progress = Callable[[str], None]
 
@@ -81,17 +102,21 @@ def up(
     progress: Progress = _quiet,
     node_args: list[str] | None = None,
     per_node_args: dict[str, list[str]] | None = None,
+    hosts: bool = False,
 ) -> dict[str, Any]:
     """Start Anvil, deploy, fund/stake/advertise `nodes` operators, start their nodes.
 
     `unbonding_delay` (seconds; None = the registry default) is the registry's, so a demo
     of unbond/withdraw need not wait 7 days. `node_args` go to every node,
-    `per_node_args[name]` only to node `name` (e.g. node0).
+    `per_node_args[name]` only to node `name` (e.g. node0). `hosts`: on a namespace lab
+    (module docstring); refused with a one-line DevnetError where namespaces cannot be made.
     """
     state_dir = Path(state_dir)
-    _refuse_if_up(state_dir)
     if not 1 <= nodes <= 20:
         raise DevnetError("a devnet has 1..20 nodes")
+    if hosts:
+        check_hosts()
+    _refuse_if_up(state_dir, progress)
     params = _registry_params(unbonding_delay)
     domains = domains or [("coding", "writing")]
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -102,11 +127,16 @@ def up(
         "embedder": embedder,
         "allow_raw_publish": allow_raw_publish,
         "unbonding_delay": params.unbonding_delay,
+        "lab": None,
         "nodes": [],
     }
     started: list[int] = []
+    lab = None
     try:
-        reg, owner = _start_chain(state, params, started, progress)
+        if hosts:
+            lab = _build_lab(state, nodes, progress)
+            atomic_write_json(state_path(state_dir), state)  # from now on `down` removes it
+        reg, owner = on_chain(state, _start_chain, state, params, started, progress)
         atomic_write_json(state_path(state_dir), state)
         launched = []
         for i in range(nodes):
@@ -115,10 +145,11 @@ def up(
                 *(node_args or []),
                 *(per_node_args or {}).get(f"node{i}", []),
             ]
-            node, proc = _start_node(
-                i, tuple(domains[i % len(domains)]), state, reg, owner, embedder, extra, progress
-            )
+            node_domains = tuple(domains[i % len(domains)])
+            node = on_chain(state, _enrol_node, i, node_domains, state, reg, owner, progress)
+            proc = _launch_node(node, state, embedder, extra)
             started.append(proc.pid)
+            node["pid"] = proc.pid
             state["nodes"].append(node)
             launched.append((node, proc))
         atomic_write_json(state_path(state_dir), state)
@@ -133,8 +164,56 @@ def up(
     except BaseException:
         for pid in reversed(started):
             _terminate(pid)
+        if lab is not None:
+            lab.close()
         state_path(state_dir).unlink(missing_ok=True)
         raise
+
+
+def check_hosts() -> None:
+    """Refuse `--hosts` in one line, before anything starts, where this machine cannot make
+    network namespaces (not root, no `ip`)."""
+    from fai_net.devnet import netns
+
+    why = netns.lab_unavailable()
+    if why is not None:
+        why = "; ".join(why.splitlines())
+        raise DevnetError(f"cannot run the devnet on namespace hosts (--hosts): {why}")
+
+
+def _build_lab(state: dict[str, Any], nodes: int, progress: Progress):
+    """Build the namespace lab (netns.devnet_lab) and record it in `state["lab"]`: every
+    namespace's name (what `down` deletes), the chain's host, and each node's host."""
+    from fai_net.devnet import netns
+
+    progress(f"building the lab: {nodes} node host(s) on two sites and a chain host ({SUBNET}.x)")
+    lab = netns.devnet_lab(nodes)
+    state["lab"] = {
+        "namespaces": list(lab.namespaces),
+        "router": lab.hosts["router"].ns,
+        "chain": {"ns": lab.hosts["chain"].ns, "ip": lab.hosts["chain"].ip},
+        "hosts": {
+            name: {"ns": host.ns, "ip": host.ip, "site": int(host.ip.split(".")[2])}
+            for name, host in lab.hosts.items()
+            if name.startswith("node")
+        },
+    }
+    return lab
+
+
+def on_chain(state: dict[str, Any], fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` where the devnet's chain answers: here on a loopback devnet; on a
+    --hosts devnet in the chain host's namespace (`netns.in_netns` says why a thread), as
+    this machine's own namespace has no route to the lab and gets none."""
+    lab = state.get("lab")
+    if not lab:
+        return fn(*args)
+    from fai_net.devnet.netns import NetnsError, in_netns
+
+    try:
+        return in_netns(lab["chain"]["ns"], fn, *args)
+    except NetnsError as exc:
+        raise DevnetError(f"cannot reach this devnet's chain host: {exc.strerror}") from None
 
 
 def _registry_params(unbonding_delay: int | None):
@@ -158,8 +237,13 @@ def _start_chain(state: dict[str, Any], params, started: list[int], progress: Pr
     from fai_net.registry import deploy_registry
 
     run_dir = Path(state["run_dir"])
-    progress("starting anvil on 127.0.0.1")
-    anvil = Anvil(chain_id=CHAIN_ID).start()
+    chain_host = (state.get("lab") or {}).get("chain")
+    if chain_host:
+        anvil = Anvil(chain_id=CHAIN_ID, host=chain_host["ip"], netns=chain_host["ns"])
+    else:
+        anvil = Anvil(chain_id=CHAIN_ID)
+    progress(f"starting anvil on {anvil.host}")
+    anvil.start()
     started.append(anvil.process.pid)
     state.update(rpc_url=anvil.url, chain_id=CHAIN_ID, anvil_pid=anvil.process.pid)
     w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 30}))
@@ -177,9 +261,10 @@ def _start_chain(state: dict[str, Any], params, started: list[int], progress: Pr
     return reg, owner
 
 
-def _refuse_if_up(state_dir: Path) -> None:
+def _refuse_if_up(state_dir: Path, progress: Progress = _quiet) -> None:
     """One devnet per state directory: a second would orphan the first's processes (a state
-    file whose processes are all gone is stale and gets replaced)."""
+    file whose processes are all gone is stale and gets replaced, and the namespaces of its
+    lab, if it had one, are deleted: nothing else would ever delete them)."""
     if state_path(state_dir).exists():
         old = load_state(state_dir)
         if _alive(old.get("anvil_pid"), "anvil") or any(
@@ -188,6 +273,9 @@ def _refuse_if_up(state_dir: Path) -> None:
             raise DevnetError(
                 f"a devnet is already up ({state_path(state_dir)}); `fai devnet down`"
             )
+        removed = _remove_lab(old)
+        if removed:
+            progress(f"deleted the {len(removed)} namespaces of a stale devnet's lab")
 
 
 def _new_run_dir(state_dir: Path) -> Path:
@@ -211,15 +299,18 @@ def old_runs(state: dict[str, Any]) -> list[Path]:
     return sorted(p for p in Path(state["state_dir"]).glob("run-*") if p.is_dir() and p != current)
 
 
-def _start_node(i, node_domains, state, reg, owner, embedder, extra, progress):
-    """Key, fund, stake and advertise node `i`'s operator, then start its process; returns
-    (its state entry, its `Launched`). Every node's files live in the run directory."""
+def _enrol_node(i, node_domains, state, reg, owner, progress) -> dict[str, Any]:
+    """Key, fund, stake and advertise node `i`'s operator; returns its state entry (no pid:
+    `_launch_node` starts it). Every node's files live in the run directory. The address
+    advertised is the one it will listen on: 127.0.0.1 and a free port, or on a --hosts
+    devnet its own host's 10.91.x address and NODE_PORT, so peers find it from the chain."""
     from eth_account import Account
 
     from fai_net.node.identity import KEY_FILE, NodeIdentity
     from fai_net.registry.deploy import TOKEN
 
     name, run_dir, w3 = f"node{i}", Path(state["run_dir"]), reg.w3
+    host = (state.get("lab") or {}).get("hosts", {}).get(name)
     data_dir = run_dir / name
     data_dir.mkdir()
     seed = secrets.token_bytes(32)
@@ -231,27 +322,12 @@ def _start_node(i, node_domains, state, reg, owner, embedder, extra, progress):
     _write_secret(op_file, operator.key.hex())
     w3.provider.make_request("anvil_setBalance", [operator.address, hex(10**21)])
     reg.tx.send(owner, reg.token.functions.transfer(operator.address, OPERATOR_TOKENS * TOKEN))
-    port = free_port()
-    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
+    listen = f"/ip4/{host['ip']}/tcp/{NODE_PORT}" if host else f"/ip4/127.0.0.1/tcp/{free_port()}"
+    addr = f"{listen}/p2p/{identity.peer_id}"
     progress(f"{name}: staking and advertising {addr}")
     reg.register(operator)
     reg.advertise(operator, identity, [addr])
-    args = [
-        *("--data-dir", str(data_dir), "--listen", f"/ip4/127.0.0.1/tcp/{port}"),
-        *("--rpc", state["rpc_url"], "--registry", reg.address),
-        *("--operator-key-file", str(op_file), "--embedder", embedder),
-        *[x for d in node_domains for x in ("--domain", d)],
-        *extra,
-    ]
-    log_path = run_dir / f"{name}.log"
-    proc = launch_node(
-        args,
-        data_dir=data_dir,
-        log=log_path,
-        new_session=True,
-        stdin=subprocess.DEVNULL,
-    )
-    node = {
+    return {
         "name": name,
         "data_dir": str(data_dir),
         "domains": list(node_domains),
@@ -260,11 +336,35 @@ def _start_node(i, node_domains, state, reg, owner, embedder, extra, progress):
         "peer_id": str(identity.peer_id),
         "public_key": identity.public_key.hex(),
         "addr": addr,
-        "pid": proc.pid,
+        "listen": listen,
+        "host": host,
+        "pid": None,
         "control_socket": str(data_dir / "control.sock"),
-        "log": str(log_path),
+        "log": str(run_dir / f"{name}.log"),
     }
-    return node, proc
+
+
+def _launch_node(node: dict[str, Any], state: dict[str, Any], embedder, extra) -> Launched:
+    """Start node's process, detached; on a --hosts devnet inside its host's namespace
+    (`ip netns exec`, which execs the node: the pid is the node's). It has no seed: it
+    finds its peers from their advertisements on-chain, as a node on another machine would.
+    The control socket is a path, so it answers from this machine's own namespace."""
+    from fai_net.devnet.netns import Host
+
+    data_dir, log = Path(node["data_dir"]), Path(node["log"])
+    args = [
+        *("--data-dir", str(data_dir), "--listen", node["listen"]),
+        *("--rpc", state["rpc_url"], "--registry", state["registry"]),
+        *("--operator-key-file", node["operator_key_file"], "--embedder", embedder),
+        *[x for d in node["domains"] for x in ("--domain", d)],
+        *extra,
+    ]
+    options: dict[str, Any] = {"log": log, "new_session": True, "stdin": subprocess.DEVNULL}
+    host = node.get("host")
+    if not host:
+        return launch_node(args, data_dir=data_dir, **options)
+    argv = Host(node["name"], host["ns"]).argv(*node_command([*args, "--announce", node["listen"]]))
+    return launch(argv, name=node["name"], ready=data_dir / NODE_READY, **options)
 
 
 def _wait_ready(data_dir: Path, proc: Launched, log: Path, timeout: float = 180.0):
@@ -284,7 +384,9 @@ def _terminate(pid: int, timeout: float = 20.0) -> bool:
 
 
 def down(state_dir: Path = DEFAULT_STATE_DIR, progress: Progress = _quiet) -> dict[str, Any]:
-    """Stop every process the devnet started (nodes first, then the chain)."""
+    """Stop every process the devnet started (nodes first, then the chain), then delete the
+    namespaces of its lab, if it has one: exactly those it recorded, once nothing runs in
+    them. If they cannot be deleted the state file stays, so `down` can be run again."""
     state = load_state(state_dir)
     stopped, killed = [], []
     for node in state.get("nodes", []):
@@ -295,8 +397,31 @@ def down(state_dir: Path = DEFAULT_STATE_DIR, progress: Progress = _quiet) -> di
         progress(f"stopping anvil (pid {state['anvil_pid']})")
         _terminate(state["anvil_pid"])
         stopped.append("anvil")
+    removed = _remove_lab(state)
+    if removed:
+        progress(f"deleted the lab's {len(removed)} network namespaces")
     state_path(state_dir).unlink(missing_ok=True)
-    return {"stopped": stopped, "killed": killed, "run_dir": state.get("run_dir")}
+    return {
+        "stopped": stopped,
+        "killed": killed,
+        "namespaces_deleted": removed,
+        "run_dir": state.get("run_dir"),
+    }
+
+
+def _remove_lab(state: dict[str, Any]) -> list[str]:
+    """Delete the recorded namespaces of `state`'s lab that still exist (none without one)."""
+    names = (state.get("lab") or {}).get("namespaces") or []
+    if not names:
+        return []
+    from fai_net.devnet import netns
+
+    try:
+        return netns.delete_namespaces(names)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise DevnetError(
+            f"cannot delete the devnet's network namespaces ({', '.join(names)}): {exc}"
+        ) from None
 
 
 def node_client(node: dict[str, Any], timeout: float = 60.0):
@@ -324,7 +449,10 @@ def status(state: dict[str, Any]) -> dict[str, Any]:
         for peer in report[1]:
             if peer.get("reputation") is not None:
                 seen_by.setdefault(peer["node_id"], []).append(peer["reputation"])
-    registry = _registry_rows(state)
+    try:
+        registry = on_chain(state, _registry_rows, state)
+    except DevnetError as exc:  # its lab is gone, or not ours to enter: the nodes anyway
+        registry = {n["operator"]: {"chain_error": str(exc)[:120]} for n in state["nodes"]}
     for node in state["nodes"]:
         report = reports[node["name"]]
         chain = registry.get(node["operator"], {})
@@ -335,6 +463,7 @@ def status(state: dict[str, Any]) -> dict[str, Any]:
                 "peer_id": node["peer_id"],
                 "operator": node["operator"],
                 "data_dir": node["data_dir"],
+                "addr": node.get("addr"),
                 "running": report is not None,
                 "domains": report[0]["domains"] if report else node["domains"],
                 "peers": report[0]["peers"] if report else None,
@@ -409,6 +538,10 @@ def _anvil_call(w3, method: str, params: list) -> Any:
 def fund(state: dict[str, Any], address: str, amount: int) -> dict[str, Any]:
     """Send `amount` base units of the devnet's test token from its owner to `address`, and
     top its ETH up to FUND_ETH for gas (never lowered), so a fresh key can stake."""
+    return on_chain(state, _fund, state, address, amount)
+
+
+def _fund(state: dict[str, Any], address: str, amount: int) -> dict[str, Any]:
     from eth_account import Account
     from eth_utils import to_checksum_address
 
@@ -458,9 +591,13 @@ def advance_time(state: dict[str, Any], seconds: int) -> dict[str, Any]:
     `expired` names the nodes whose advertisement the move outdated (they are no longer
     live: nodes do not renew their own).
     """
+    check_advance(seconds)
+    return on_chain(state, _advance_time, state, seconds)
+
+
+def _advance_time(state: dict[str, Any], seconds: int) -> dict[str, Any]:
     from fai_net.registry import RegistryClient
 
-    check_advance(seconds)
     w3 = _chain(state)
     reg = RegistryClient(w3, state["registry"])
     before = w3.eth.get_block("latest")

@@ -14,17 +14,29 @@ it. `cut`/`heal` take the router's leg on one site down and up (a partition betw
 
 Needs root and iproute2 (`ip`). `lab_unavailable()` says why not, for a plain skip reason:
 CI runs as root, so the tests run there.
+
+The devnet on several hosts (`fai devnet up --hosts`, fai_net/devnet/fleet.py) builds its own
+layout (`devnet_lab`) and keeps it after its process ends: it records the namespace names,
+and `fai devnet down`, another process, deletes exactly those (`delete_namespaces`, which
+deletes nothing that is not named like a lab's). `in_netns` runs a function on a thread
+inside one namespace, for the steps that must reach a lab address from this process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import secrets
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 SUBNET = "10.91"
+T = TypeVar("T")
 
 
 def lab_unavailable() -> str | None:
@@ -174,3 +186,105 @@ class Lab:
             lab.close()
             raise
         return lab
+
+
+# -- a lab that outlives its process (the devnet on several hosts) ----------------------------
+
+#: The names `Lab` gives its namespaces: "fai", its 6-hex tag, then "sw", "r" or a host name.
+#: `delete_namespaces` removes nothing else, whatever a (possibly stale or edited) state file
+#: lists: it must never take down a namespace some other tool made.
+LAB_NAMESPACE = re.compile(r"fai[0-9a-f]{6}[a-z0-9]{1,12}")
+#: setns(2)'s flag for a network namespace (<sched.h>).
+CLONE_NEWNET = 0x40000000
+
+
+def devnet_lab(nodes: int) -> Lab:
+    """The devnet's lab: the router, host `chain` on site 1, and hosts node0..node<N-1> taking
+    the sites in turn (node0 on site 1, node1 on site 2, ...), so every other node's peers
+    and chain are behind the router. Built whole or not at all."""
+    lab = Lab().__enter__()
+    try:
+        lab.add_router((1, 2))
+        lab.add_host("chain", 1)
+        for i in range(nodes):
+            lab.add_host(f"node{i}", 1 + i % 2)
+    except BaseException:
+        lab.close()
+        raise
+    return lab
+
+
+def namespaces() -> set[str]:
+    """The names of the network namespaces that exist now (`ip netns list`)."""
+    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip netns list: {done.stderr.strip()}")
+    return {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
+
+
+def delete_namespaces(names: list[str]) -> list[str]:
+    """Delete the lab namespaces `names` (in reverse, as `Lab.close` does); returns those
+    that existed and are gone. Another process's lab is closed by the names it recorded:
+    a `Lab` object does not survive its process, the namespaces do. Names that are not a
+    lab's (LAB_NAMESPACE) raise ValueError before anything is deleted."""
+    foreign = [n for n in names if not LAB_NAMESPACE.fullmatch(n)]
+    if foreign:
+        raise ValueError(f"not namespaces of a lab: {', '.join(foreign)}")
+    present = namespaces()
+    removed = []
+    for ns in reversed(names):
+        if ns in present:
+            _ip("netns", "del", ns)
+            removed.append(ns)
+    return removed
+
+
+def in_netns(ns: str, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on a new thread that first enters network namespace `ns` (setns on
+    /run/netns/ns); its result, or its exception re-raised here.
+
+    Why a thread: a network namespace belongs to a thread, not a process, so the caller
+    (and every other thread) stays in its own namespace, and the thread that entered ends
+    with the call; nothing else ever runs on it. Every socket `fn` opens (web3's HTTP
+    connections, a readiness probe) is in `ns`, so the orchestrating process reaches the
+    lab's 10.91.x addresses without any address or route on the machine's own namespace.
+    A subprocess per step (`ip netns exec ... python -c`) would do the same at the cost of
+    an interpreter start and serialising every argument and result."""
+    outcome: dict[str, Any] = {}
+
+    def enter_and_run() -> None:
+        try:
+            _setns(ns)
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=enter_and_run, name=f"netns-{ns}", daemon=True)
+    thread.start()
+    try:
+        thread.join()
+    except BaseException:  # Ctrl-C: let the step finish, so that whatever it started is
+        thread.join()  # known to the caller, whose clean-up then stops it
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+class NetnsError(OSError):
+    """A thread cannot enter a namespace: it is gone (deleted), or we are not root."""
+
+
+def _setns(ns: str) -> None:
+    """Move the calling thread into network namespace `ns`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NetnsError(exc.errno, f"network namespace {ns}: {exc.strerror}") from None
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise NetnsError(err, f"entering network namespace {ns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
