@@ -73,7 +73,7 @@ def _node_run(args: argparse.Namespace) -> int:
         relay_circuits=args.relay_circuits,
         embedder=args.embedder,
         open_membership=args.open,
-        rpc_url=None if args.open else settings.get("rpc"),
+        rpc_url=None if args.open else _rpc_url(settings.get("rpc"), args.allow_remote),
         registry=None if args.open else settings.get("registry"),
         operator_key_file=Path(key_file) if key_file else None,
         broadcast_interval_s=args.broadcast_interval,
@@ -160,6 +160,11 @@ def _add_node_run_command(sub) -> None:
     run.add_argument("--open", action="store_true", help="no registry (development only)")
     add_rpc_flag(run, help="Ethereum JSON-RPC URL of the registry's chain", metavar=None)
     add_registry_flag(run, help="DSO registry address", metavar=None)
+    run.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow an RPC URL that is not on 127.0.0.1 (off: a node follows a local chain)",
+    )
     run.add_argument("--operator-key-file", help="file with the operator's hex private key")
     run.add_argument("--broadcast-interval", type=float, default=60.0, metavar="S")
     run.add_argument("--broadcast-threshold", type=int, default=10, metavar="N")
@@ -193,6 +198,14 @@ def _add_node_run_command(sub) -> None:
     run.add_argument("--mdns", action="store_true", help="mDNS discovery (off by default)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_node_run)
+
+
+def _rpc_url(url: str | None, allow_remote: bool) -> str | None:
+    """The registry chain's URL, refused unless on loopback or `--allow-remote` (the rule
+    every registry command keeps: a node should not follow a remote chain by accident)."""
+    from fai_net.cli.registry import check_rpc_url
+
+    return None if url is None else check_rpc_url(url, allow_remote)
 
 
 def _add_relay_flags(run: argparse.ArgumentParser) -> None:

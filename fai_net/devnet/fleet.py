@@ -363,7 +363,9 @@ def _launch_node(node: dict[str, Any], state: dict[str, Any], embedder, extra) -
     host = node.get("host")
     if not host:
         return launch_node(args, data_dir=data_dir, **options)
-    argv = Host(node["name"], host["ns"]).argv(*node_command([*args, "--announce", node["listen"]]))
+    # The chain is on the lab's 10.91.x address, not loopback: said on purpose.
+    args += ["--announce", node["listen"], "--allow-remote"]
+    argv = Host(node["name"], host["ns"]).argv(*node_command(args))
     return launch(argv, name=node["name"], ready=data_dir / NODE_READY, **options)
 
 

@@ -70,3 +70,21 @@ def test_the_command_line_says_what_is_missing(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     assert "give --announce with the address peers should dial" in done.stderr
+
+
+def test_a_node_refuses_a_remote_chain_unless_told(tmp_path):
+    """Addresses are not refused for not being loopback, but the registry's RPC URL keeps
+    the explicit --allow-remote that every registry command asks for."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "fai_net.cli", "node", "run", "--data-dir", str(tmp_path / "x"),
+            "--domain", "coding", "--embedder", "hashing", "--rpc", "http://10.0.0.1:8545",
+            "--registry", "0x" + "00" * 19 + "01"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "pass --allow-remote to use a remote chain on purpose" in done.stderr
+    from fai_net.cli.entry import _rpc_url
+
+    assert _rpc_url("http://10.0.0.1:8545", allow_remote=True) == "http://10.0.0.1:8545"
+    assert _rpc_url("http://127.0.0.1:8545", allow_remote=False) == "http://127.0.0.1:8545"
