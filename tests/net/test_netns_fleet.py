@@ -20,22 +20,19 @@ test prints each node's status and the tail of its log.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from fai_net.api.client import FaiClient
-from fai_net.devnet.launch import NODE_READY, Launched, launch
-from fai_net.devnet.netns import Host, Lab, lab_unavailable
+from fai_net.devnet.netns import Lab, lab_unavailable
 from fai_net.node.identity import load_or_create
-from tests.support.fleet import ROOT, corpus_by_domain, wait_for
+from tests.support.fleet import corpus_by_domain, wait_for
+from tests.support.lab_nodes import DOMAIN, LabNode, launch_in_lab
 
 _UNAVAILABLE = lab_unavailable()
 pytestmark = [
@@ -43,9 +40,6 @@ pytestmark = [
     pytest.mark.skipif(_UNAVAILABLE is not None, reason=str(_UNAVAILABLE)),
 ]
 
-FAI = str(ROOT / ".venv/bin/fai")
-PORT = 4001
-DOMAIN = "coding"
 SITE_1 = ("a1", "a2", "a3")
 SITE_2 = ("b1", "b2", "b3")
 NAMES = SITE_1 + SITE_2
@@ -75,51 +69,6 @@ def fresh_text() -> str:
     """A corpus sentence not used before in this module (a new experience id)."""
     _used["n"] += 1
     return TEXTS[_used["n"] - 1]
-
-
-@dataclass
-class LabNode:
-    """One `fai node run` process inside a lab host's namespace."""
-
-    name: str
-    host: Host
-    data_dir: Path
-    peer_id: str
-    launched: Launched | None = None
-
-    @property
-    def addr(self) -> str:
-        return f"/ip4/{self.host.ip}/tcp/{PORT}/p2p/{self.peer_id}"
-
-    @property
-    def site(self) -> int:
-        return 1 if self.name in SITE_1 else 2
-
-    def call(self, action: str, **args) -> dict:
-        return FaiClient.from_data_dir(self.data_dir, timeout=30).call(action, **args)
-
-    def cids(self) -> set[str]:
-        return set(self.call("batches", domain=DOMAIN)["cids"])
-
-    def publish(self) -> str:
-        """Add one fresh experience and broadcast it now: the new batch's CID."""
-        self.call("add", experiences=[{"text": fresh_text(), "domain": DOMAIN}])
-        sent = self.call("broadcast", domain=DOMAIN)
-        assert sent["experiences_sent"] == 1, sent
-        return sent["batch_id"]
-
-    def arrivals(self, cids: set[str]) -> dict[str, int]:
-        """How the batches `cids` came to this node, {origin: count}, from its event log."""
-        out: dict[str, int] = {}
-        path = self.data_dir / "events.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else ():
-            event = json.loads(line)
-            if event["ev"] == "accepted" and event["cid"] in cids:
-                out[event["origin"]] = out.get(event["origin"], 0) + 1
-        return out
-
-    def tail(self, lines: int = 60) -> str:
-        return self.launched.tail(lines) if self.launched else ""
 
 
 class NetnsFleet:
@@ -153,22 +102,9 @@ class NetnsFleet:
                 assert info["peer_id"] == node.peer_id, info
 
     def launch(self, node: LabNode) -> None:
-        argv = node.host.argv(
-            FAI, "node", "run", "--data-dir", str(node.data_dir),
-            "--listen", f"/ip4/{node.host.ip}/tcp/{PORT}",
-            "--open", "--embedder", "hashing", "--domain", DOMAIN,
-            *[arg for seed in self.seeds(node.name) for arg in ("--seed", seed.addr)],
-            "--repair-interval", str(REPAIR_S),
-            "--discovery-interval", str(DISCOVERY_S),
-            # Nothing is published but by the tests' `broadcast` calls.
-            "--broadcast-interval", "600", "--broadcast-threshold", "1000",
-            "--round-interval", "0.5",
-            "--metrics-port", "-1",
-            "--event-log", str(node.data_dir / "events.jsonl"),
-            "--log-level", "info",
-        )  # fmt: skip
+        seeds = [seed.addr for seed in self.seeds(node.name)]
         log = self.root / f"{node.name}.log"
-        node.launched = launch(argv, name=node.name, ready=node.data_dir / NODE_READY, log=log)
+        launch_in_lab(node, log, seeds=seeds, repair_s=REPAIR_S, discovery_s=DISCOVERY_S)
 
     def site(self, number: int) -> list[LabNode]:
         return [n for n in self.nodes.values() if n.site == number]
@@ -244,7 +180,7 @@ def _agree(fleet: NetnsFleet) -> list[set[str]] | None:
 def test_six_nodes_on_two_sites_share_every_batch(fleet):
     with fleet.explained():
         started = time.monotonic()
-        published = {node.name: node.publish() for node in fleet.nodes.values()}
+        published = {node.name: node.publish(fresh_text()) for node in fleet.nodes.values()}
         assert len(set(published.values())) == 6
         want = set(published.values())
         for node in fleet.nodes.values():
@@ -272,7 +208,7 @@ def test_partition_then_heal_repairs_without_charging_anyone(fleet):
             mine: dict[int, set[str]] = {1: set(), 2: set()}
             for _ in range(2):
                 for node in fleet.nodes.values():
-                    mine[node.site].add(node.publish())
+                    mine[node.site].add(node.publish(fresh_text()))
                 time.sleep(10)
             assert len(mine[1]) == len(mine[2]) == 6
             # Each side gets its own side's batches by gossip, and none of the other's.
