@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/fleet.py [--json] [--quick] [--embedder minilm|hashing]
         [--nodes N] [--duration S] [--interval S] [--grace S] [--no-bare] [--keep]
+    .venv/bin/python bench/fleet.py --hosts ...   (as root: loopback vs network namespaces
+        vs a relayed node, one run; bench/fleet_hosts.py)
 
 Defaults: 10 nodes, the real embedder (all-MiniLM-L6-v2), 120 s; `--quick` = 4 nodes, 30 s;
-`--embedder hashing` for a fast functional check (its re-embedding costs nothing). With
-hashing, DeltaSoup drops ~45% of these rows as semantic_mismatch, batches fail, and
-after ~12 batches per sender reputations fall below the gate's threshold: a long hashing
-run reports lost batches (the fleet stops accepting from anyone); use it with --quick.
+`--embedder hashing` for a fast functional check (its re-embedding costs nothing; its
+latencies and bytes are FAI's, its CPU figures are not the real model's). Earlier versions
+dropped ~45% of hashing rows as semantic_mismatch; since wire v2 a quick hashing run drops
+none (`experiences_dropped` says so in every report).
 
 What runs. N `fai node run` processes (`--open`, one domain, `--broadcast-threshold 20`,
 `--round-interval 0.5`, `--repair-interval 10`, `--event-log`), node 0 first, node 1
@@ -222,6 +224,10 @@ class Proc:
     def tail(self, n: int = 30) -> str:
         return log_tail(self.log_path, n)
 
+    def scrape(self) -> dict:
+        """The node's metrics (`scrape`); bench/fleet_hosts.py reads them in its namespace."""
+        return scrape(self.info["metrics_port"])
+
     def stop(self, timeout: float = 30.0) -> None:
         if self.launched is not None:
             self.launched.stop(timeout)
@@ -295,12 +301,18 @@ def cpu_delta(start: dict, end: dict) -> dict:
 _SS_PID = re.compile(r"pid=(\d+)")
 
 
-def tcp_counters(pids: set[int], ports: set[int]) -> dict[tuple, tuple[int, int]] | None:
-    """TCP payload counters of the libp2p connections of `pids` (None if `ss` is missing)."""
+def tcp_counters(
+    pids: set[int], ports: set[int], prefix: tuple[str, ...] = ()
+) -> dict[tuple, tuple[int, int]] | None:
+    """TCP payload counters of the libp2p connections of `pids` (None if `ss` is missing).
+    `prefix` runs `ss` through it (`ip netns exec NS`: the sockets of another namespace)."""
     if shutil.which("ss") is None:
         return None
     out = subprocess.run(
-        ["ss", "-tinpH", "state", "established"], capture_output=True, text=True, check=False
+        [*prefix, "ss", "-tinpH", "state", "established"],
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout
     counters: dict[tuple, tuple[int, int]] = {}
     key = None
@@ -336,10 +348,14 @@ def tcp_delta(start, end, pid: int) -> dict | None:
 
 
 def scrape(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        return parse_metrics(resp.read().decode())
+
+
+def parse_metrics(text: str) -> dict:
+    """The node's Prometheus text reduced to the counters the bench reads."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
-        text = resp.read().decode()
     out: dict = {"stage": {}, "received": {}, "dropped": {}, "rejected": {}}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -432,35 +448,40 @@ def make_texts(s: Settings) -> dict[tuple[int, int], list[str]]:
 # -- the FAI run ----------------------------------------------------------------------------
 
 
+def node_args(s: Settings, d: Path) -> list[str]:
+    """The `fai node run` arguments of a bench node with data directory `d`: the settings of
+    every fleet (bench/fleet_hosts.py adds listen addresses, seeds and relay flags)."""
+    return [
+        "--data-dir",
+        str(d),
+        "--domain",
+        DOMAIN,
+        "--open",
+        "--embedder",
+        s.embedder,
+        "--broadcast-threshold",
+        str(s.batch_size),
+        "--broadcast-interval",
+        "600",
+        "--round-interval",
+        str(s.round_interval_s),
+        "--repair-interval",
+        str(s.repair_interval_s),
+        "--metrics-port",
+        "0",
+        "--event-log",
+        str(d / "events.jsonl"),
+        "--log-level",
+        "info",
+    ]
+
+
 def run_fai(s: Settings, root: Path, procs: list[Proc]) -> dict:
     texts = make_texts(s)
     nodes = []
     for i in range(s.nodes):
         d = root / f"n{i}"
-        args = [
-            "--data-dir",
-            str(d),
-            "--domain",
-            DOMAIN,
-            "--open",
-            "--embedder",
-            s.embedder,
-            "--broadcast-threshold",
-            str(s.batch_size),
-            "--broadcast-interval",
-            "600",
-            "--round-interval",
-            str(s.round_interval_s),
-            "--repair-interval",
-            str(s.repair_interval_s),
-            "--metrics-port",
-            "0",
-            "--event-log",
-            str(d / "events.jsonl"),
-            "--log-level",
-            "info",
-        ]
-        cmd = node_command(args, module="fai_net.cli.entry")
+        cmd = node_command(node_args(s, d), module="fai_net.cli.entry")
         nodes.append(Proc(f"n{i}", d, cmd, NODE_READY))
     procs.extend(nodes)
 
@@ -469,7 +490,86 @@ def run_fai(s: Settings, root: Path, procs: list[Proc]) -> dict:
 
     log(f"starting {s.nodes} FAI nodes ({s.embedder}) in {root}")
     start_topology(nodes, seeds, timeout=180)
+    return measure_fai(s, nodes, texts)
+
+
+def loopback_tcp(nodes: list[Proc]) -> dict[tuple, tuple[int, int]] | None:
+    """TCP counters of the nodes' libp2p connections, all in this network namespace."""
+    return tcp_counters({n.pid for n in nodes}, {n.listen_port for n in nodes})
+
+
+def measure_fai(s: Settings, nodes: list[Proc], texts: dict, tcp=loopback_tcp) -> dict:
+    """Measure a started fleet: warm it up, publish on the schedule, wait until every batch
+    is merged everywhere (or nothing moves for grace_s), then stop the nodes and read their
+    figures. `tcp(nodes)` samples the TCP counters (bench/fleet_hosts.py: per namespace)."""
     clients = [ControlClient(n.dir / "control.sock", timeout=300) for n in nodes]
+    warmup_s, warm_s, idle = warm_up(s, nodes, clients)
+    cpu0 = {n.name: proc_cpu(n.pid) for n in nodes}
+    met0 = {n.name: n.scrape() for n in nodes}
+    tcp0 = tcp(nodes)
+    t0 = time.time()
+    log(f"measuring: {s.rounds} rounds x {s.nodes} nodes, one batch each per {s.interval_s} s")
+    calls, skipped = run_schedule(s, clients, texts, t0)
+    expected = sum(1 for v in calls.values() for c in v if c["error"] is None)
+    log(f"{expected} adds made; waiting for every batch to be merged everywhere")
+    complete = drain(s, nodes, t0, expected)
+    t_end = time.time()
+    cpu1 = {n.name: proc_cpu(n.pid) for n in nodes}
+    met1 = {n.name: n.scrape() for n in nodes}
+    tcp1 = tcp(nodes)
+    log(f"window {t_end - t0:.1f} s ({'complete' if complete else 'incomplete'})")
+    stored = [set(c.call("batches", domain=DOMAIN)["cids"]) for c in clients]
+    status = [c.call("status") for c in clients]
+    ev = fai_events(nodes, t0)
+    log("stopping FAI nodes")
+    stop_all(nodes)
+    for n in nodes:
+        if "Traceback" in n.tail(10_000):
+            log(f"{n.name} logged a traceback (see {n.dir.parent / (n.name + '.log')})")
+
+    envelopes = own_envelopes(nodes)
+    blocks = stored_blocks(nodes)
+    result = fai_figures(s, nodes, ev, stored, status, t0, t_end, complete)
+    result["warmup_s"] = {"model_load": round(warmup_s, 1), "warm_up_round": round(warm_s, 1)}
+    result["idle_cpu_per_node_s_per_s"] = stats([x["cpu_s"] / s.idle_s for x in idle.values()])
+    per_node = result["per_node"]
+    for i, n in enumerate(nodes):
+        d = cpu_delta(cpu0[n.name], cpu1[n.name])
+        m = metric_delta(met0[n.name], met1[n.name])
+        per_node[i].update(
+            cpu_s=round(d["cpu_s"], 3),
+            idle_cpu_s_per_s=round(idle[n.name]["cpu_s"] / s.idle_s, 4),
+            idle_lancedb_cpu_s_per_s=round(
+                idle[n.name]["threads_cpu_s"].get("lancedb-tokio-w", 0.0) / s.idle_s, 4
+            ),
+            threads_cpu_s={k: round(v, 3) for k, v in d["threads_cpu_s"].items()},
+            metrics=m,
+            tcp=tcp_delta(tcp0, tcp1, n.pid),
+        )
+    slips = [c["slip"] for i in calls for c in calls[i]]
+    durations = [c["call"] for i in calls for c in calls[i]]
+    result["schedule"] = {
+        "add_calls": sum(len(v) for v in calls.values()),
+        "skipped_slots": sum(len(v) for v in skipped.values()),
+        "skipped_by_node": {nodes[i].name: len(v) for i, v in skipped.items() if v},
+        "add_errors": [c["error"] for v in calls.values() for c in v if c["error"]],
+        "start_slip_s": stats(slips),
+        "add_call_s": stats(durations),
+    }
+    return {
+        "result": result,
+        "envelopes": envelopes,
+        "blocks": blocks,
+        "events": ev,
+        "nodes": nodes,
+        "t0": t0,
+        "status": status,  # each node's `status` at the window's end
+    }
+
+
+def warm_up(s: Settings, nodes: list[Proc], clients: list[ControlClient]):
+    """Load every embedder, wait for two peers each and a mesh, run the warm-up round, then
+    sample idle CPU: (model load s, warm-up round s, {node: idle cpu_delta})."""
     log("warming up the embedders (first embed loads the model)")
     started = time.monotonic()
     parallel([lambda c=c: c.call("search", query="warm up", k=1) for c in clients])
@@ -480,8 +580,6 @@ def run_fai(s: Settings, root: Path, procs: list[Proc]) -> dict:
         if time.monotonic() > deadline:
             raise TimeoutError("not every node has two peers after 120 s")
         time.sleep(0.5)
-    pids = {n.pid for n in nodes}
-    ports = {n.listen_port for n in nodes}
 
     time.sleep(2.0)  # a couple of gossipsub heartbeats to build the mesh
     warm_s = warm_up_round(s, nodes, clients)
@@ -489,12 +587,12 @@ def run_fai(s: Settings, root: Path, procs: list[Proc]) -> dict:
     idle0 = {n.name: proc_cpu(n.pid) for n in nodes}
     time.sleep(s.idle_s)
     idle = {n.name: cpu_delta(idle0[n.name], proc_cpu(n.pid)) for n in nodes}
+    return warmup_s, warm_s, idle
 
-    cpu0 = {n.name: proc_cpu(n.pid) for n in nodes}
-    met0 = {n.name: scrape(n.info["metrics_port"]) for n in nodes}
-    tcp0 = tcp_counters(pids, ports)
-    t0 = time.time()
-    log(f"measuring: {s.rounds} rounds x {s.nodes} nodes, one batch each per {s.interval_s} s")
+
+def run_schedule(s: Settings, clients: list[ControlClient], texts: dict, t0: float):
+    """Every node's adds on its staggered slots, one thread per node, until the last round:
+    ({node: [{slip, call, error}]}, {node: [skipped rounds]})."""
     calls: dict[int, list[dict]] = {i: [] for i in range(s.nodes)}
     halt = threading.Event()
 
@@ -531,64 +629,25 @@ def run_fai(s: Settings, root: Path, procs: list[Proc]) -> dict:
                 th.join(0.5)
     finally:
         halt.set()
-    expected = sum(1 for v in calls.values() for c in v if c["error"] is None)
-    log(f"{expected} adds made; waiting for every batch to be merged everywhere")
+    return calls, skipped
+
+
+def drain(s: Settings, nodes: list[Proc], t0: float, expected: int) -> bool:
+    """Wait until every batch is merged everywhere (True), or until nothing was published or
+    merged anywhere for grace_s or drain_cap_s passed (False)."""
     last_change, seen = time.time(), -1
     drain_deadline = time.time() + s.drain_cap_s
     while True:
         ev = fai_events(nodes, t0)
         complete = len(ev["published"]) >= expected and everywhere(ev["publisher"], ev["merged"])
         if complete:
-            break
+            return True
         progress = len(ev["published"]) + sum(len(m) for m in ev["merged"])
         if progress != seen:
             last_change, seen = time.time(), progress
         if time.time() - last_change > s.grace_s or time.time() > drain_deadline:
-            break  # nothing published or merged anywhere for grace_s: give up
+            return False  # nothing published or merged anywhere for grace_s: give up
         time.sleep(0.5)
-    t_end = time.time()
-    cpu1 = {n.name: proc_cpu(n.pid) for n in nodes}
-    met1 = {n.name: scrape(n.info["metrics_port"]) for n in nodes}
-    tcp1 = tcp_counters(pids, ports)
-    log(f"window {t_end - t0:.1f} s ({'complete' if complete else 'incomplete'})")
-    stored = [set(c.call("batches", domain=DOMAIN)["cids"]) for c in clients]
-    status = [c.call("status") for c in clients]
-    ev = fai_events(nodes, t0)
-    log("stopping FAI nodes")
-    stop_all(nodes)
-    for n in nodes:
-        if "Traceback" in n.tail(10_000):
-            log(f"{n.name} logged a traceback (see {n.dir.parent / (n.name + '.log')})")
-
-    envelopes = own_envelopes(nodes)
-    result = fai_figures(s, nodes, ev, stored, status, t0, t_end, complete)
-    result["warmup_s"] = {"model_load": round(warmup_s, 1), "warm_up_round": round(warm_s, 1)}
-    result["idle_cpu_per_node_s_per_s"] = stats([x["cpu_s"] / s.idle_s for x in idle.values()])
-    per_node = result["per_node"]
-    for i, n in enumerate(nodes):
-        d = cpu_delta(cpu0[n.name], cpu1[n.name])
-        m = metric_delta(met0[n.name], met1[n.name])
-        per_node[i].update(
-            cpu_s=round(d["cpu_s"], 3),
-            idle_cpu_s_per_s=round(idle[n.name]["cpu_s"] / s.idle_s, 4),
-            idle_lancedb_cpu_s_per_s=round(
-                idle[n.name]["threads_cpu_s"].get("lancedb-tokio-w", 0.0) / s.idle_s, 4
-            ),
-            threads_cpu_s={k: round(v, 3) for k, v in d["threads_cpu_s"].items()},
-            metrics=m,
-            tcp=tcp_delta(tcp0, tcp1, n.pid),
-        )
-    slips = [c["slip"] for i in calls for c in calls[i]]
-    durations = [c["call"] for i in calls for c in calls[i]]
-    result["schedule"] = {
-        "add_calls": sum(len(v) for v in calls.values()),
-        "skipped_slots": sum(len(v) for v in skipped.values()),
-        "skipped_by_node": {nodes[i].name: len(v) for i, v in skipped.items() if v},
-        "add_errors": [c["error"] for v in calls.values() for c in v if c["error"]],
-        "start_slip_s": stats(slips),
-        "add_call_s": stats(durations),
-    }
-    return {"result": result, "envelopes": envelopes, "events": ev, "nodes": nodes, "t0": t0}
 
 
 def warm_up_round(s: Settings, nodes: list[Proc], clients: list[ControlClient]) -> float:
@@ -699,6 +758,21 @@ def own_envelopes(nodes: list[Proc]) -> dict[str, bytes]:
     return out
 
 
+def stored_blocks(nodes: list[Proc]) -> dict[bytes, bytes]:
+    """cid -> bytes of every wire-v2 baseline block the nodes' stores hold (read-only): what
+    the replay needs to complete the batches published by reference."""
+    out = {}
+    for n in nodes:
+        path = n.dir / "batches" / "store.sqlite"
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            for cid, data in conn.execute("SELECT cid, data FROM baseline_blocks"):
+                out[bytes(cid)] = bytes(data)
+        finally:
+            conn.close()
+    return out
+
+
 def fai_figures(s: Settings, nodes, ev, stored, status, t0, t_end, complete) -> dict:
     published, accepted, merged = ev["published"], ev["accepted"], ev["merged"]
     to_acc, to_mer, all_acc, all_mer = [], [], [], []
@@ -784,6 +858,17 @@ class _CpuTimedEmbedder:
             self.texts += len(texts)
 
 
+def _completed(batch, blocks: dict[bytes, bytes]):
+    """A wire-v2 batch completed with its baseline block from the nodes' stores (the
+    reference block is stored by every node too); a version-1 batch as it is."""
+    from fai_core.baseline_block import decode_baseline_block
+
+    if batch.resolved:
+        return batch
+    cid = batch.baseline_cid
+    return batch.with_baseline(decode_baseline_block(blocks[cid], cid))
+
+
 def replay_receive(s: Settings, fai: dict, node: int, workdir: Path) -> dict:
     """Re-run one receiver's merge rounds through the node's own merge code, on one thread.
 
@@ -807,7 +892,10 @@ def replay_receive(s: Settings, fai: dict, node: int, workdir: Path) -> dict:
     from fai_net.node.state import NodeState
 
     ev = fai["events"]
-    batches = {cid: decode_envelope(env).batch for cid, env in fai["envelopes"].items()}
+    batches = {
+        cid: _completed(decode_envelope(env).batch, fai["blocks"])
+        for cid, env in fai["envelopes"].items()
+    }
     own = {batches[c].sender for c, i in ev["publisher"].items() if i == node and c in batches}
     # The warm-up round's batches (published before the window), merged unmeasured first,
     # as the node did: numba kernels, the LanceDB table, torch's first shapes.
@@ -838,7 +926,9 @@ def replay_receive(s: Settings, fai: dict, node: int, workdir: Path) -> dict:
             config=soup_config(embedder.model_id, config.max_age_ms),
         ),
     )
-    replica = MergeRounds(res, NodeState(config))
+    # Only `merge_in_thread` runs here: no batch waits for its baseline block (all were
+    # completed above), so the round needs no resolver.
+    replica = MergeRounds(res, NodeState(config), resolver=None)
 
     def merge_round(taken, now):
         batches = [p.batch for p in taken]
@@ -1291,7 +1381,15 @@ def print_table(report: dict) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--hosts" in argv:
+        return hosts_main([a for a in argv if a != "--hosts"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--hosts",
+        action="store_true",
+        help="loopback vs network namespaces vs a relay, one run (bench/fleet_hosts.py; root)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quick", action="store_true", help="4 nodes, 30 s")
     parser.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
@@ -1336,6 +1434,15 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     return emit(report, args.json)
+
+
+def hosts_main(argv: list[str]) -> int:
+    """`--hosts`: bench/fleet_hosts.py, with this module as the `fleet` it imports (run as a
+    script this module is `__main__`; importing it again would make a second copy)."""
+    sys.modules.setdefault("fleet", sys.modules[__name__])
+    import fleet_hosts
+
+    return fleet_hosts.main(argv)
 
 
 def measure(s: Settings, no_bare: bool, root: Path, procs: list[Proc]) -> dict:
