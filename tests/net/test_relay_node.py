@@ -167,3 +167,34 @@ def test_relay_and_relayed_announce_addresses_are_checked(tmp_path):
         make(announce=("/ip4/10.91.1.5/tcp/4001/p2p-circuit",))
     with pytest.raises(ValueError, match="must be positive"):
         make(relay_server=True, relay_circuits=0)
+
+
+def test_discovery_dials_a_relayed_advertisement_through_its_relay():
+    """An advertisement `<relay>/p2p/<relay id>/p2p-circuit` (what a relayed node's operator
+    posts, from its node.json) becomes `<...>/p2p-circuit/p2p/<peer>`, the address the
+    circuit transport dials; a direct one gains its /p2p/ as before."""
+    from types import SimpleNamespace
+
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from fai_net.node.discovery import Discovery
+    from fai_net.peer_ids import peer_id_of
+
+    keys = [create_new_key_pair().public_key.to_bytes() for _ in range(3)]
+    me, relayed, direct = keys
+    relay_part = f"/ip4/10.91.1.12/tcp/4001/p2p/{RELAY_ID}"
+    ads = {
+        me: ("/ip4/10.91.1.10/tcp/4001",),
+        relayed: (f"{relay_part}/p2p-circuit",),
+        direct: ("/ip4/10.91.2.10/tcp/4001",),
+    }
+    res = SimpleNamespace(
+        membership=SimpleNamespace(live_addresses=lambda: ads),
+        identity=SimpleNamespace(public_key=me),
+    )
+    targets = [str(t) for t in Discovery(res, state=None)._targets([])]
+    assert targets == [
+        f"{relay_part}/p2p-circuit/p2p/{peer_id_of(relayed)}",
+        f"/ip4/10.91.2.10/tcp/4001/p2p/{peer_id_of(direct)}",
+    ]
+    assert [is_circuit(t) for t in targets] == [True, False]
