@@ -190,7 +190,7 @@ def _add_node_run_command(sub) -> None:
     run.add_argument(
         "--baseline-drift",
         type=float,
-        default=0.2,
+        default=0.3,
         metavar="L2",
         help="wire v2: send a new baseline block once the library mean moved this far",
     )

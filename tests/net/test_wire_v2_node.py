@@ -196,3 +196,14 @@ async def _meshed(x, y) -> bool:
         and x.peer_id in y.pubsub.peer_topics.get(t, ())
         for t in topics
     )
+
+
+def test_the_node_and_its_command_line_default_to_the_measured_drift_threshold():
+    """NodeConfig and `fai node run` spell the default out (neither imports numpy)."""
+    from fai_core.baseline_block import DEFAULT_DRIFT_THRESHOLD
+    from fai_net.cli.entry import build_parser
+    from fai_net.node.config import NodeConfig
+
+    assert NodeConfig.baseline_drift == DEFAULT_DRIFT_THRESHOLD
+    args = build_parser().parse_args(["node", "run"])
+    assert args.baseline_drift == DEFAULT_DRIFT_THRESHOLD
