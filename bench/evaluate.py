@@ -956,9 +956,10 @@ def wire_sentence(sim: dict) -> str:
         f"every honest batch is encoded by `wire.encode_batch_v{sim['wire_version']}` (wire "
         f"version {sim['wire_version']}: BitDelta g = 128 with float16 scales against a "
         "baseline block named by CID: the fleet's reference block, which every node derives, "
-        f"until the sender's library holds {baseline_block.MIN_LIBRARY_ROWS} rows, then a "
-        "float16 block of its library mean, made again once the mean drifts past "
-        f"{sim['baseline_drift']:g} (L2) and attached to the sender's first batch per topic "
+        f"until the sender's library holds {baseline_block.MIN_LIBRARY_ROWS} rows; from "
+        "then on a float16 block of its library mean whenever that mean is more than "
+        f"{sim['baseline_drift']:g} (L2) from the block in use, the reference included, "
+        "attached to the sender's first batch per topic "
         "after each change, fetched over repair by a node that missed it; DAG-CBOR, CID, "
         "Ed25519 signature; Byzantine batches are version 1, which nodes also read) and"
     )
