@@ -24,7 +24,7 @@ from fai_net.node.peer_keys import peer_id_of
 from fai_net.node.resources import NodeResources
 from fai_net.node.state import NodeState
 from fai_net.p2p.addresses import is_circuit
-from fai_net.p2p.gossip import parse_multiaddrs
+from fai_net.p2p.gossip import connect_at, parse_multiaddrs
 from fai_net.ratelog import RateLimitedLog
 
 #: Every part logs as the node always has (the CLI's log lines name the logger).
@@ -104,7 +104,7 @@ class Discovery:
                     if is_circuit(addr):  # host.connect drops relayed addresses
                         await res.relay_client.dial(addr)
                     else:
-                        await res.host.connect(info)
+                        await connect_at(res.host, info.peer_id, info.addrs)
                     self.state.peer(info.peer_id).last_seen_ms = now_ms()
                     self.state.repair_wakeup.set()
                     connected.add(info.peer_id)

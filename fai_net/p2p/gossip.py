@@ -258,6 +258,36 @@ async def running(host: IHost, pubsub: Pubsub, router: GossipSub, listen: Sequen
         yield host
 
 
+async def connect_at(host: IHost, peer_id: ID, addrs: Sequence[multiaddr.Multiaddr]) -> None:
+    """Connect to `peer_id` at one of `addrs` (without /p2p/), tried in order, unless
+    connected already.
+
+    `host.connect` dials whatever the peer store holds for the peer, including the
+    addresses identify taught us, and py-libp2p 0.8.1's swarm tries at most one TCP
+    address per peer: a peer with two interfaces (a relay with a leg on a hidden site) can
+    be dialled forever at the one we cannot reach. The address we were told to use
+    (a seed, an advertisement, `--relay`) is dialled here instead.
+    """
+    network = host.get_network()
+    if network.connections.get(peer_id):
+        return
+    host.get_peerstore().add_addrs(peer_id, list(addrs), 120)
+    failure: Exception | None = None
+    for addr in addrs:
+        try:
+            conn = await network.dial_addr(addr, peer_id)
+        except Exception as exc:  # refused, unreachable, wrong peer: try the next
+            failure = exc
+            continue
+        started = getattr(conn, "event_started", None)
+        if started is not None:
+            await started.wait()
+        return
+    raise ConnectionError(f"could not dial {peer_id} at {', '.join(map(str, addrs))}") from (
+        failure
+    )
+
+
 class ListenError(FaiError):
     """No listen address could be bound."""
 

@@ -26,6 +26,10 @@ added here closes what a fleet meets with it:
   again on every new connection and every `RESERVE_EVERY_S`.
 - **Dialling a circuit.** `host.connect` drops /p2p-circuit addresses, so discovery dials
   them with `RelayClient.dial` (the circuit transport).
+- **Dialling the relay.** A relay has an address on each network it joins, and identify
+  teaches its clients all of them; py-libp2p then dials one TCP address per peer, possibly
+  the unreachable one, after every restart of the relay. The client dials the address it
+  was given (`connect_at`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
 
 from fai_net.p2p.addresses import is_circuit
+from fai_net.p2p.gossip import connect_at
 from fai_net.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -234,7 +239,7 @@ class RelayClient:
             try:
                 self.host.get_network().unblock_peer(relay)
                 with trio.fail_after(DIAL_TIMEOUT_S):
-                    await self.host.connect(info)
+                    await connect_at(self.host, relay, info.addrs)
             except Exception as exc:  # the relay is away: try again next check
                 self.failures["dial"] += 1
                 _ratelog.info("relay_dial", "relay %s not reachable: %r", relay, exc)

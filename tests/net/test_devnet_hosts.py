@@ -32,21 +32,15 @@ import pytest
 
 from fai_net.api.control import ControlClient
 from fai_net.devnet import fleet, netns
-from fai_net.devnet.launch import alive, poll_until, terminate_group
+from fai_net.devnet.launch import alive, terminate_group
 from fai_net.devnet.netns import lab_unavailable
 from tests.support.devnet import run_fai
+from tests.support.fleet import wait_for
 
 _UNAVAILABLE = lab_unavailable()
 REPO = Path(__file__).resolve().parents[2]
 NODES = 4
 TEXT = "pin the dependency versions before bisecting a flaky build"
-
-
-def wait_for(predicate, timeout: float, what: str):
-    last = poll_until(predicate, timeout, 0.5)
-    if last:
-        return last
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def _cleanup(state_dir: Path) -> None:

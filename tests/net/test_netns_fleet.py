@@ -20,7 +20,6 @@ test prints each node's status and the tail of its log.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,7 +31,14 @@ import pytest
 from fai_net.devnet.netns import Lab, lab_unavailable
 from fai_net.node.identity import load_or_create
 from tests.support.fleet import corpus_by_domain, wait_for
-from tests.support.lab_nodes import DOMAIN, LabNode, launch_in_lab
+from tests.support.lab_nodes import (
+    DOMAIN,
+    LabNode,
+    assert_no_traceback,
+    launch_in_lab,
+    stop_all,
+    tear_down,
+)
 
 _UNAVAILABLE = lab_unavailable()
 pytestmark = [
@@ -110,12 +116,7 @@ class NetnsFleet:
         return [n for n in self.nodes.values() if n.site == number]
 
     def stop(self) -> None:
-        """SIGTERM every node (they stop in parallel), then wait; SIGKILL after 15 s."""
-        launched = [n.launched for n in self.nodes.values() if n.launched is not None]
-        for proc in launched:
-            proc.send_signal()
-        for proc in launched:
-            proc.stop(grace=15)
+        stop_all(self.nodes.values())
 
     def report(self) -> str:
         parts = []
@@ -159,16 +160,8 @@ def fleet():
             time.sleep(3)  # a few gossipsub heartbeats (1 s) to build the meshes
         yield f
     finally:
-        logs = {}
-        try:
-            if f is not None:
-                f.stop()
-                logs = {n.name: n.tail(5000) for n in f.nodes.values()}
-        finally:
-            lab.close()
-            shutil.rmtree(root, ignore_errors=True)
-        for name, log in logs.items():
-            assert "Traceback" not in log, f"{name} logged a traceback:\n{log}"
+        logs = tear_down(list(f.nodes.values()) if f is not None else [], lab, root)
+        assert_no_traceback(logs)
 
 
 def _agree(fleet: NetnsFleet) -> list[set[str]] | None:

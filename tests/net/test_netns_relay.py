@@ -20,7 +20,6 @@ with no evidence and nothing charged.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,14 @@ import pytest
 from fai_net.devnet.netns import Lab, lab_unavailable
 from fai_net.node.identity import load_or_create
 from tests.support.fleet import corpus_by_domain, wait_for
-from tests.support.lab_nodes import DOMAIN, PORT, LabNode, launch_in_lab
+from tests.support.lab_nodes import (
+    DOMAIN,
+    PORT,
+    LabNode,
+    assert_no_traceback,
+    launch_in_lab,
+    tear_down,
+)
 
 _UNAVAILABLE = lab_unavailable()
 pytestmark = [
@@ -90,13 +96,6 @@ class RelayLab:
             parts.append(f"===== {node.name} {node.host.ips}\n{brief}\n{node.tail()}")
         return "\n".join(parts)
 
-    def stop(self) -> None:
-        launched = [n.launched for n in self.nodes.values() if n.launched is not None]
-        for proc in launched:
-            proc.send_signal()
-        for proc in launched:
-            proc.stop(grace=15)
-
 
 def test_a_node_reachable_only_through_a_relay_joins_and_catches_up_after_a_relay_restart():
     root = Path(tempfile.mkdtemp(prefix="fai-rl-", dir="/tmp"))
@@ -109,14 +108,8 @@ def test_a_node_reachable_only_through_a_relay_joins_and_catches_up_after_a_rela
             print(fleet.report())
             raise
     finally:
-        try:
-            fleet.stop()
-            logs = {n.name: n.tail(5000) for n in fleet.nodes.values()}
-        finally:
-            lab.close()
-            shutil.rmtree(root, ignore_errors=True)
-    for name, log in logs.items():
-        assert "Traceback" not in log, f"{name} logged a traceback:\n{log}"
+        logs = tear_down(list(fleet.nodes.values()), lab, root)
+    assert_no_traceback(logs)
 
 
 def _scenario(fleet: RelayLab) -> None:

@@ -4,6 +4,7 @@ control sockets: what the lab tests share."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +94,30 @@ def launch_in_lab(
         *extra,
     )  # fmt: skip
     node.launched = launch(argv, name=node.name, ready=node.data_dir / NODE_READY, log=log)
+
+
+def stop_all(nodes) -> None:
+    """SIGTERM every started node (they stop in parallel), then wait; SIGKILL after 15 s."""
+    launched = [n.launched for n in nodes if n.launched is not None]
+    for proc in launched:
+        proc.send_signal()
+    for proc in launched:
+        proc.stop(grace=15)
+
+
+def tear_down(nodes, lab, root: Path) -> dict[str, str]:
+    """Stop the nodes, then remove the lab and the data directories, whatever failed
+    first; the nodes' logs, for `assert_no_traceback` once everything is gone."""
+    logs: dict[str, str] = {}
+    try:
+        stop_all(nodes)
+        logs = {n.name: n.tail(5000) for n in nodes}
+    finally:
+        lab.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return logs
+
+
+def assert_no_traceback(logs: dict[str, str]) -> None:
+    for name, log in logs.items():
+        assert "Traceback" not in log, f"{name} logged a traceback:\n{log}"
