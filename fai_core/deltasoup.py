@@ -33,6 +33,9 @@ the measurements behind every threshold below.
       not) stay tight, and a batch noisier than `scale_noise_max` is refused.
       cos(e_hat, embed(text)) is checked too, loosely: it stops a baseline chosen so that
       e_hat is garbage while the deltas match.
+   steering screen (after b, before c): the text alone against fai_core.text_screen's
+      keyword rules (instruction overrides, disabled verification, exfiltration, downloads
+      piped to a shell, URLs). A heuristic, so a screened row costs its sender nothing.
    c. scale distribution: log scales per group against the sender-weighted median, robust
       z with MAD (times `mad_scale`); only with >= `scale_min_rows` rows in the round.
    d. confidence inflation: a sender whose median quality lies above the sender-weighted
@@ -52,7 +55,8 @@ a phase-1 wrong_model or equivocation, and per evaluated batch whether more than
 `batch_fail_fraction` of its evaluated rows failed (b), the checks against the receiver's
 own re-embedding. The relative checks (c-e) compare a sender with the round's other
 senders, whose statistics Sybils choose: they drop rows (filtering stays Byzantine-robust)
-and never cost reputation. Nor do replay, stale, future or old_seq, since anyone can
+and never cost reputation. Neither does the steering screen: a keyword match proves nothing
+about the sender's intent. Nor do replay, stale, future or old_seq, since anyone can
 re-publish a signed batch late or twice.
 
 The result does not depend on the order batches arrived in: a round is processed in

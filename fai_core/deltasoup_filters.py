@@ -11,8 +11,12 @@ refused it (a row gets at most one reason). The default order, `DEFAULT_FILTERS`
 3. `SemanticConsistency` (semantic_mismatch) and 4. `ScaleConsistency` (scale_mismatch):
    the checks against the receiver's own re-embedding (b), the only ones that cost
    reputation (`CHARGED`).
-5. `ScaleOutlier` (scale_outlier), 6. `ConfidenceInflation` (quality_outlier) and
-   7. `DomainTag` (domain_mismatch): the relative checks (c-e).
+5. `SteeringScreen` (steering): the text-level screen (fai_core.text_screen), uncharged.
+   After the verified checks, so a row whose vector contradicts its text is still charged
+   as semantic_mismatch (a steering keyword cannot launder it), and before the relative
+   checks, so screened rows never join their reference population.
+6. `ScaleOutlier` (scale_outlier), 7. `ConfidenceInflation` (quality_outlier) and
+   8. `DomainTag` (domain_mismatch): the relative checks (c-e).
 
 Stages fix when the round's shared work happens, so the order of the loop is the order of
 Algorithm 3: phase 2 (decompress, and embed the texts of the rows still kept) runs before
@@ -38,7 +42,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
-from fai_core import bitdelta
+from fai_core import bitdelta, text_screen
 from fai_core.embedding import Embedder
 from fai_core.refusals import Drop
 from fai_core.wire import Batch
@@ -54,6 +58,9 @@ class Stage(StrEnum):
     BUDGET = "budget"
     #: After phase 2: checks against the receiver's own re-embedding (reputation-charged).
     VERIFIED = "verified"
+    #: After the VERIFIED checks, before the reference population is fixed: screens of the
+    #: row alone that are heuristics, not proofs (uncharged).
+    CONTENT = "content"
     #: After the reference population is fixed: comparisons with the round's other senders.
     RELATIVE = "relative"
 
@@ -372,6 +379,42 @@ class ScaleConsistency:
         return Verdict(bad, scores)
 
 
+# -- the text-level screen --------------------------------------------------------------------
+
+#: Row score of `SteeringScreen`: 0 for a row that passed (or was not screened), else
+#: 1 + the index of its finding's category in `STEERING_CATEGORIES`.
+STEERING_CATEGORIES: tuple[text_screen.Category, ...] = tuple(text_screen.Category)
+
+
+class SteeringScreen:
+    """Rows whose text tries to steer an agent against its user: instruction overrides,
+    disabled verification, credential exfiltration, downloads piped to a shell, URLs
+    (fai_core.text_screen, whose docstring gives the rules and their limits).
+
+    Text that passes every embedding-space check by design (its vector is its own) is what
+    this sees. It is a keyword heuristic an honest text can trip, so its reason is not in
+    `CHARGED`: the row is dropped, the sender's reputation untouched. Each distinct text is
+    screened once per round."""
+
+    name = "steering"
+    drop = Drop.STEERING
+    stage = Stage.CONTENT
+
+    def refuse(self, rows: RoundRows, cfg: DeltaSoupConfig) -> Verdict:
+        """Rows still kept whose text trips the screen, with the category per row."""
+        category = np.zeros(len(rows), dtype=np.int64)
+        seen: dict[str, int] = {}
+        for i in np.flatnonzero(rows.drop == 0):
+            text = rows.texts[i]
+            code = seen.get(text)
+            if code is None:
+                finding = text_screen.screen(text)
+                code = 0 if finding is None else STEERING_CATEGORIES.index(finding.category) + 1
+                seen[text] = code
+            category[i] = code
+        return Verdict(category > 0, {"steering_category": category})
+
+
 # -- (c-e) relative checks -------------------------------------------------------------------
 
 
@@ -485,6 +528,7 @@ DEFAULT_FILTERS: tuple[RowFilter, ...] = (
     CapDeferral(),
     SemanticConsistency(),
     ScaleConsistency(),
+    SteeringScreen(),
     ScaleOutlier(),
     ConfidenceInflation(),
     DomainTag(),

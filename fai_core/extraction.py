@@ -5,6 +5,10 @@ per task -> one pattern per group from an Introspector -> embeddings -> Experien
 Tasks attempted fewer than G times (what passive telemetry of real agents looks like)
 are pooled with comparable tasks, same domain and kind, into groups of G.
 
+A pattern the steering screen (fai_core.text_screen) refuses is never emitted: the node's
+own agents read its library without DeltaSoup, and an introspector that reads tool output
+can be prompt-injected into writing one.
+
 It returns experiences and stores nothing: the library decides what to keep, and an
 `on_experience` callback lets a caller stream them into one. Extraction is offline and
 deterministic given the records, the introspector, the embedder and the clock, which is
@@ -20,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from fai_core import grpo
+from fai_core import grpo, text_screen
 from fai_core.embedding import Embedder
 from fai_core.experience import PUBLIC_KEY_LEN, Experience, text_problem
 from fai_core.introspection import (
@@ -53,6 +57,8 @@ class ExtractionStats:
     introspection_errors: int = 0
     #: introspector returned None or a text that is not a valid pattern
     no_pattern: int = 0
+    #: of `no_pattern`: valid texts the steering screen (fai_core.text_screen) refused
+    steering: int = 0
     #: same (domain, text) from several groups: kept once, at the highest quality
     duplicates: int = 0
     experiences: int = 0
@@ -209,6 +215,12 @@ class LocalDSOptimizer:
             return []
         if text is None or text_problem(text) is not None:
             stats.no_pattern += 1
+            return []
+        if text_screen.screen(text) is not None:
+            # The node's own agents read its library without DeltaSoup, and an introspector
+            # that reads tool output can be prompt-injected: screen before storing.
+            stats.no_pattern += 1
+            stats.steering += 1
             return []
         created = (
             int(max(t.end for t in members) * 1000)

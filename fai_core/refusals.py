@@ -123,6 +123,9 @@ class Drop(StrEnum):
     DOMAIN_MISMATCH = "domain_mismatch"
     #: Not a refusal: over the round's cap, held in the sender's backlog for a later round.
     DEFERRED = "deferred"
+    #: The text tripped the local steering screen (fai_core.text_screen): a keyword
+    #: heuristic, so uncharged.
+    STEERING = "steering"
 
 
 #: Refusals this node proves from the signed batch alone, against its own model and rules:
@@ -135,7 +138,8 @@ CHARGED = frozenset(
 #: domain_mismatch) compare a sender with the round's other senders, whose statistics
 #: Sybils choose; stale, future, replay and old_seq depend on delivery and clocks, and
 #: anyone can re-publish a signed batch late or twice; low_reputation, over_cap and
-#: deferred are consequences of budgets, not findings. Rows are still dropped.
+#: deferred are consequences of budgets, not findings; steering is a keyword heuristic that
+#: an honest text can trip, so it proves nothing about the sender. Rows are still dropped.
 UNCHARGED = frozenset(Drop) - CHARGED
 
 

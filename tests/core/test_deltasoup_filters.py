@@ -32,13 +32,15 @@ def _rows(batches, embedder, n_backlog=0) -> RoundRows:
 
 
 def test_default_order_and_reasons():
-    """The documented order: budgets, then the CHARGED checks, then the relative ones."""
+    """The documented order: budgets, the CHARGED checks, the steering screen, the relative
+    ones."""
     names = [(f.name, f.drop, f.stage) for f in DEFAULT_FILTERS]
     assert names == [
         ("over_cap", Drop.OVER_CAP, Stage.BUDGET),
         ("cap_deferral", Drop.DEFERRED, Stage.BUDGET),
         ("semantic", Drop.SEMANTIC_MISMATCH, Stage.VERIFIED),
         ("scale_ratio", Drop.SCALE_MISMATCH, Stage.VERIFIED),
+        ("steering", Drop.STEERING, Stage.CONTENT),
         ("scale_outlier", Drop.SCALE_OUTLIER, Stage.RELATIVE),
         ("confidence_inflation", Drop.QUALITY_OUTLIER, Stage.RELATIVE),
         ("domain_tag", Drop.DOMAIN_MISMATCH, Stage.RELATIVE),
