@@ -204,12 +204,16 @@ class Broadcaster:
 def _item_problem(item: object, domains: list[str]) -> str | None:
     """Why an `add` item cannot become an experience, checked before any embedding work."""
     from fai_core.experience import text_problem
+    from fai_core.text_screen import screen
 
     if not isinstance(item, dict) or not set(item) <= {"text", "domain", "quality", "iteration"}:
         return "each experience is {text, domain, quality?, iteration?}"
     problem = text_problem(item.get("text"))
     if problem:
         return problem[1]
+    finding = screen(item["text"])
+    if finding is not None:  # peers would drop it; the agent's own library must not hold it
+        return f"refused by the steering screen ({finding.category}): {finding.excerpt!r}"
     if item.get("domain") not in domains:
         return f"domain {item.get('domain')!r} is not subscribed (subscribe first)"
     quality = item.get("quality", 0.5)
