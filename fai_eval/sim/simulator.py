@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fai_core import wire
+from fai_core import ranking, wire
 from fai_core.aggregation import Aggregator, NaiveAverage
 from fai_core.baseline_block import (
     DEFAULT_DRIFT_THRESHOLD,
@@ -68,7 +68,7 @@ from fai_core.identity import NodeKey
 from fai_core.library import record_key
 from fai_core.reputation import ReputationBook
 from fai_eval.scenario import TableEmbedder
-from fai_eval.sim import adversary, network, workload
+from fai_eval.sim import adversary, feedback, network, workload
 
 #: Report names of the four methods, in report order (`Simulation._views` maps each to its
 #: library view; "naive" and "fai" are also names in `AGGREGATORS`).
@@ -87,6 +87,14 @@ RECENT_ROUNDS = 5  # task history behind a node's task mean (Definition 8)
 GENUINE_COS = 0.7
 #: "Poisoned": a non-genuine row among the top-k retrieved for a task.
 POISON_TOP_K = 3
+#: The DSO registry's minimum bond in tokens (fai_net/registry/deploy.py DEFAULT_MIN_BOND,
+#: the paper's D_min): what one registered identity costs an attacker in registry mode.
+MIN_BOND_TOKENS = 10.0
+#: Sybil modes: one key per Byzantine node; `sybil_identities` free keys each; as many
+#: keys as `sybil_budget` buys at `min_bond` each.
+SYBIL_MODES = ("none", "open", "registry")
+#: A "poisoned@3 <= this" target, read off the per-round curve (the report's adversary block).
+POISON_TARGET = 0.01
 
 
 @dataclass
@@ -115,6 +123,21 @@ class SimConfig:
     wire_version: int = 2
     #: Version 2: a sender makes a new baseline block past this drift (NodeConfig's).
     baseline_drift: float = DEFAULT_DRIFT_THRESHOLD
+    #: Honest agents recall for every task and report outcomes; the node ranks recall by
+    #: utility and standing and mutes sources that keep hurting (feedback.py). Off: the
+    #: simulator of docs/evaluation.md (nearest-neighbour recall, no reports).
+    feedback: bool = False
+    #: Std of an agent's reported reward around the lesson's hidden value.
+    feedback_noise: float = 0.3
+    #: Identities per Byzantine node: see SYBIL_MODES.
+    sybils: str = "none"
+    #: Open mode: keys per Byzantine node (its own included).
+    sybil_identities: int = 1
+    #: Registry mode: tokens per attacker; it runs floor(sybil_budget / min_bond) identities.
+    sybil_budget: float = MIN_BOND_TOKENS
+    min_bond: float = MIN_BOND_TOKENS
+    #: adaptive_harmful: rounds of honest publishing before it turns harmful.
+    adaptive_rounds: int = adversary.ADAPTIVE_ROUNDS
 
     def __post_init__(self) -> None:
         checks = [
@@ -131,6 +154,11 @@ class SimConfig:
             (self.round_s >= 1, "round_s must be at least 1"),
             (self.wire_version in (1, 2), "wire_version must be 1 or 2"),
             (self.baseline_drift > 0, "baseline_drift must be positive"),
+            (self.feedback_noise >= 0, "feedback_noise must be non-negative"),
+            (self.sybils in SYBIL_MODES, f"sybils must be one of {', '.join(SYBIL_MODES)}"),
+            (self.sybil_identities >= 1, "sybil_identities must be at least 1"),
+            (self.sybil_budget >= 0 and self.min_bond > 0, "need sybil_budget >= 0 < min_bond"),
+            (self.adaptive_rounds >= 0, "adaptive_rounds must be non-negative"),
         ]
         for ok, message in checks:
             if not ok:
@@ -197,6 +225,14 @@ class _Node:
     published: list[bytes] = field(default_factory=list)  # CIDs of the node's own batches
     publisher: BaselinePublisher | None = None  # wire v2: its baseline block
     known_blocks: set[bytes] = field(default_factory=set)  # wire v2: blocks it holds
+    #: A Byzantine node's publishing keys (its own first; more with Sybils).
+    identities: list[NodeKey] = field(default_factory=list)
+    #: SimConfig.feedback: the node's outcome book, its agent's noise stream, and the
+    #: library version its cached recall view was built at.
+    ledger: feedback.OutcomeLedger | None = None
+    fb_rng: np.random.Generator | None = None
+    fai_version: int = 0
+    view: tuple[int, feedback.LibraryView] | None = None
 
 
 def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
@@ -295,6 +331,7 @@ class Simulation:
             )
         self.honest = [n for n in self.nodes if not n.byzantine]
         self._idx_of_key = {n.key.public_key: n.idx for n in self.nodes}
+        self._arm(self.nodes)
         pick = np.random.default_rng([cfg.seed, 7]).permutation(len(self.honest))
         self.measured = [self.honest[i] for i in sorted(pick[: cfg.eval_nodes])]
         self.meshes = []
@@ -335,9 +372,38 @@ class Simulation:
         self._pat = np.zeros(0, np.int64)
         self._tag = np.zeros(0, np.int64)
         self._qual = np.zeros(0)
+        self._genuine = np.zeros(0, dtype=bool)  # feedback: per row, `_ranked_figures`
         self.per_round: list[dict] = []
 
     # -- set-up helpers ----------------------------------------------------------------------
+
+    def identities_per_attacker(self) -> int:
+        """Keys each Byzantine node publishes under: 1; free ones in open mode; in registry
+        mode what its budget bonds (0 if it cannot afford one: it cannot join)."""
+        cfg = self.cfg
+        if cfg.sybils == "open":
+            return cfg.sybil_identities
+        if cfg.sybils == "registry":
+            return int(cfg.sybil_budget // cfg.min_bond)
+        return 1
+
+    def _arm(self, nodes: list[_Node]) -> None:
+        """Byzantine nodes' identities (Sybil keys derived from the seed, after the node's
+        own), and with feedback each honest node's outcome book and agent noise stream (a
+        stream of its own, so the task streams are those of a run without feedback)."""
+        cfg = self.cfg
+        for node in nodes:
+            if node.byzantine:
+                keys = [node.key]
+                for j in range(1, self.identities_per_attacker()):
+                    seed = hashlib.sha256(f"fai-sim/{cfg.seed}/{node.idx}/sybil/{j}".encode())
+                    keys.append(NodeKey(seed.digest()))
+                node.identities = keys[: self.identities_per_attacker()]
+                for key in keys:
+                    self._idx_of_key[key.public_key] = node.idx
+            elif cfg.feedback:
+                node.ledger = feedback.OutcomeLedger()
+                node.fb_rng = np.random.default_rng([cfg.seed, 11, node.idx])
 
     def _split(self, node: _Node) -> None:
         """Give `node` a private copy of its receiver's state (it is about to diverge)."""
@@ -388,13 +454,15 @@ class Simulation:
                 continue
             ts = start + node.phase_ms
             if node.byzantine and cfg.attack != "benign":
-                for k in node.profile.domains:
-                    node.seq += 1
-                    sb = adversary.attack_batch(
-                        cfg.attack, self.world, node.key, int(k), seq=node.seq,
-                        timestamp_ms=ts, rng=self.adv_rng,
-                    )  # fmt: skip
-                    outbox.append((node, int(k), sb))
+                for key in node.identities:
+                    for k in node.profile.domains:
+                        node.seq += 1
+                        sb = adversary.attack_batch(
+                            cfg.attack, self.world, key, int(k), seq=node.seq,
+                            timestamp_ms=ts, rng=self.adv_rng, round_index=r,
+                            honest_rounds=cfg.adaptive_rounds,
+                        )  # fmt: skip
+                        outbox.append((node, int(k), sb))
             else:
                 outbox += self._work(node, ts)
         self.stats["cpu_encode_s"] += time.perf_counter() - t
@@ -426,6 +494,8 @@ class Simulation:
         rng = node.rng
         tasks = workload.draw_tasks(world, prof, rng, int(rng.poisson(prof.task_rate)))
         node.recent.append(tasks)
+        if node.ledger is not None:
+            self._use_recall(node, tasks)
         learned = tasks[rng.random(len(tasks)) < prof.extract_prob]
         if len(learned) == 0:
             return []
@@ -447,6 +517,8 @@ class Simulation:
                 if not node.byzantine and _wins(e, self.central.get(e.id)):
                     self.central[e.id] = e
                 self._fai_put(node, e)
+                if node.ledger is not None:
+                    node.ledger.sighted([(e.id, e.source)])
                 node.naive_own.add(e.id, e.embedding, e.quality, e.text, e.domain)
             # As the node's outbox does: publish the library's record of each id, and only
             # while it is the node's own (a peer's better record of the same pattern has
@@ -461,6 +533,36 @@ class Simulation:
             node.published.append(sb.cid)
             out.append((node, dom, sb))
         return out
+
+    def _view(self, node: _Node) -> feedback.LibraryView:
+        """The node's library as its recall sees it, rebuilt when the library changed."""
+        if node.view is None or node.view[0] != node.fai_version:
+            node.view = (
+                node.fai_version,
+                feedback.LibraryView(node.fai.values(), self.world.domains),
+            )
+        return node.view[1]
+
+    def _use_recall(self, node: _Node, tasks: np.ndarray) -> None:
+        """The node's agent at work: per task, recall from the library (before this round's
+        extractions, which come after the task), use what comes back, report outcomes."""
+        if len(tasks) == 0 or not node.fai:
+            return
+        view = self._view(node)
+        for task in tasks.tolist():
+            dom = int(self.world.domain_of[task])
+            used = feedback.recall(
+                view, self.world.vectors[task].astype(np.float64), dom, node.ledger
+            )
+            values = [
+                feedback.hidden_value(self.world, e.text, task, self.cfg.hit_cos) for e in used
+            ]
+            feedback.report_outcomes(
+                node.ledger, used, values, self.cfg.feedback_noise, node.fb_rng
+            )
+            for e in used:
+                tag = "byzantine" if self.nodes[self._idx_of_key[e.source]].byzantine else "honest"
+                self.stats[f"reports_on_{tag}"] += 1
 
     def _encode(self, node: _Node, send: list[Experience], ts: int, domain: str):
         """The node's batch in the configured wire version, as its broadcaster builds it."""
@@ -494,6 +596,7 @@ class Simulation:
         if old is not None:
             node.fai_sum -= old.embedding
         node.fai[e.id] = e
+        node.fai_version += 1
         return True
 
     def _spread(self, r: int, outbox) -> dict[int, set[bytes]]:
@@ -673,6 +776,9 @@ class Simulation:
         t = time.perf_counter()
         for i in members:
             node = self.nodes[i]
+            if node.ledger is not None:
+                self._merge_with_outcomes(node, exps)
+                continue
             for e in exps:
                 self._fai_put(node, e)
         self.stats["cpu_merge_s"] += time.perf_counter() - t
@@ -693,6 +799,17 @@ class Simulation:
             receivers = len(members) - (sender in group)
             tag = "byzantine" if self.nodes[sender].byzantine else "honest"
             self.stats[f"{tag}_rows_kept"] += receivers
+
+    def _merge_with_outcomes(self, node: _Node, exps: list[Experience]) -> None:
+        """The node's merge with feedback on (fai_net/node/rounds.py): experiences of a
+        source its outcome book mutes are not merged; the rest are sighted, then merged."""
+        for e in exps:
+            if e.source in node.ledger.muted:
+                tag = "byzantine" if self.nodes[self._idx_of_key[e.source]].byzantine else "honest"
+                self.stats[f"{tag}_rows_muted"] += 1
+                continue
+            node.ledger.sighted([(e.id, e.source)])
+            self._fai_put(node, e)
 
     # -- measurement -------------------------------------------------------------------------
 
@@ -808,6 +925,10 @@ class Simulation:
         self._freeze_rows()
         for method in METHODS:
             qs, proxies, poisoned, sizes = [], [], [], []
+            # With feedback, for "fai": (proxy, poisoned) of nearest-neighbour recall, and of
+            # the real ranking with no report counted (what ranking does before feedback).
+            nearest: list[tuple[float, float]] = []
+            unreported: list[tuple[float, float]] = []
             for node in self.measured:
                 unit, q, pat, tag = self._library(node, method)
                 recent = np.concatenate(list(node.recent)) if node.recent else node.eval_tasks
@@ -845,13 +966,54 @@ class Simulation:
                 top = np.argsort(-sims, axis=0)[:k] if top is None else top
                 in_domain = np.isfinite(sims[top, cols[None, :]])
                 poisoned.append(float((in_domain & ~genuine[top]).any(axis=0).mean()))
+                if method == "fai" and node.ledger is not None:
+                    nearest.append((proxies[-1], poisoned[-1]))
+                    blank = feedback.OutcomeLedger()
+                    blank.sightings = node.ledger.sightings
+                    unreported.append(self._ranked_figures(node, true_unit, blank))
+                    proxies[-1], poisoned[-1] = self._ranked_figures(node, true_unit, node.ledger)
             out[method] = {
                 "Q": float(np.mean(qs)),
                 "proxy": float(np.mean(proxies)),
                 "poisoned": float(np.mean(poisoned)),
                 "library": float(np.mean(sizes)),
             }
+            if nearest:
+                out[method]["proxy_nearest"] = float(np.mean([x for x, _ in nearest]))
+                out[method]["poisoned_nearest"] = float(np.mean([y for _, y in nearest]))
+                out[method]["proxy_unreported"] = float(np.mean([x for x, _ in unreported]))
+                out[method]["poisoned_unreported"] = float(np.mean([y for _, y in unreported]))
         return out
+
+    def _ranked_figures(
+        self, node: _Node, true_unit: np.ndarray, ledger: feedback.OutcomeLedger
+    ) -> tuple[float, float]:
+        """With feedback: the node's retrieval proxy and poisoned@3 under its real recall
+        ranking (cutoff, utility, standing, calibration, corroboration; feedback.recall)
+        with `ledger`'s reports, instead of the nearest neighbours; the same rules for a
+        hit and a genuine row."""
+        world, view = self.world, self._view(node)
+        if len(self._genuine) < len(self._unit):  # rows registered since: extend the flags
+            pat, tag, unit = (x[len(self._genuine) :] for x in (self._pat, self._tag, self._unit))
+            p_safe = np.where(pat >= 0, pat, 0)
+            cos = np.einsum("md,md->m", unit, true_unit[p_safe])
+            flags = (pat >= 0) & (world.domain_of[p_safe] == tag) & (cos >= GENUINE_COS)
+            self._genuine = np.concatenate([self._genuine, flags])
+        proxy, poisoned = [], []
+        for task in node.eval_tasks.tolist():
+            dom = int(world.domain_of[task])
+            got = feedback.recall(view, true_unit[task], dom, ledger, POISON_TOP_K)
+            rows = [self._row(e) for e in got]
+            if not rows:
+                proxy.append(0.0)
+                poisoned.append(0.0)
+                continue
+            genuine = self._genuine[rows]
+            best = int(self._pat[rows[0]])
+            hit = genuine[0] and float(true_unit[best] @ true_unit[task]) >= self.cfg.hit_cos
+            proxy.append(float(world.usefulness[best]) if hit else 0.0)
+            poisoned.append(float(not genuine.all()))
+        return float(np.mean(proxy)), float(np.mean(poisoned))
 
     def _report(self) -> dict:
         s = self.stats
@@ -932,6 +1094,75 @@ class Simulation:
                 "cpu_eval_s": s["cpu_eval_s"],
             },
             "per_round": rounds,
+            **({"adversary": self._adversary_report()} if self._extended() else {}),
+        }
+
+    def _extended(self) -> bool:
+        """Whether the run uses what SimConfig's defaults leave off (feedback, Sybils, the
+        plausible attacks): only such runs carry the `adversary` block, so a default run's
+        report is what it was before these existed."""
+        cfg = self.cfg
+        plausible = cfg.byzantine > 0 and cfg.attack in adversary.PLAUSIBLE
+        return cfg.feedback or cfg.sybils != "none" or plausible
+
+    def _adversary_report(self) -> dict:
+        """Sybil identities, poisoned@3 per evaluated round (so "poisoned@3 <= 1% by round
+        50" can be read), attack rows in the measured libraries, and what feedback did."""
+        fai = [(c["round"], c["fai"]["poisoned"]) for c in self.curves]
+        within = next(
+            (r for i, (r, _) in enumerate(fai) if all(p <= POISON_TARGET for _, p in fai[i:])),
+            None,
+        )
+        byz = [n for n in self.nodes if n.byzantine]
+        attack_keys = {k.public_key for n in byz for k in n.identities}
+        rows = [[e for e in n.fai.values() if e.source in attack_keys] for n in self.measured]
+        out = {
+            "sybils": self.cfg.sybils,
+            "identities_per_attacker": self.identities_per_attacker() if byz else 0,
+            "byzantine_identities": len(attack_keys),
+            "poisoned_by_round": [
+                {"round": c["round"], **{m: c[m]["poisoned"] for m in METHODS}} for c in self.curves
+            ],
+            "poison_target": POISON_TARGET,
+            "fai_poisoned_within_target_from_round": within,
+            "byzantine_rows_in_library": float(np.mean([len(x) for x in rows])),
+            "harmful_rows_in_library": float(
+                np.mean([sum(e.text in self.world.harm_index for e in x) for x in rows])
+            ),
+        }
+        if self.cfg.feedback:
+            out["feedback"] = self._feedback_report(attack_keys)
+        return out
+
+    def _feedback_report(self, attack_keys: set[bytes]) -> dict:
+        """What the measured nodes' outcome books hold at the end: standing of the sources
+        reported on (attacker identities vs honest nodes), how many of each are muted, and
+        the rows muting kept out (counted per receiving node)."""
+        s = self.stats
+        standing = {"byzantine": [], "honest": []}
+        muted = {"byzantine": [], "honest": []}
+        for node in self.measured:
+            book = node.ledger
+            for src, tally in book.sources.items():
+                side = "byzantine" if src in attack_keys else "honest"
+                standing[side].append(ranking.standing(tally))
+            for side in muted:
+                muted[side].append(
+                    sum((src in attack_keys) == (side == "byzantine") for src in book.muted)
+                )
+        return {
+            "reports_on_byzantine_rows": int(s["reports_on_byzantine"]),
+            "reports_on_honest_rows": int(s["reports_on_honest"]),
+            "byzantine_rows_muted": int(s["byzantine_rows_muted"]),
+            "honest_rows_muted": int(s["honest_rows_muted"]),
+            "byzantine_standing_mean": float(np.mean(standing["byzantine"]))
+            if standing["byzantine"]
+            else None,
+            "honest_standing_mean": float(np.mean(standing["honest"]))
+            if standing["honest"]
+            else None,
+            "byzantine_identities_muted_per_node": float(np.mean(muted["byzantine"])),
+            "honest_sources_muted_per_node": float(np.mean(muted["honest"])),
         }
 
 

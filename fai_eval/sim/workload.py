@@ -21,9 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from fai_core.corpus import CORPUS_DOMAINS, load_pattern_corpus
+from fai_eval.attacks import load_harmful_texts
 from fai_eval.scenario import shipped_embeddings
 
 ZIPF_S = 1.0
+#: Hidden usefulness of a harmful lesson (data/harmful_patterns.jsonl): what using it does
+#: to a task, on the reward scale of outcome feedback, so always below "no effect" (0).
+HARM_USEFULNESS = (-1.0, -0.3)
 #: Fleet-wide knobs of a node profile (ranges of uniform draws).
 TASK_RATE = (0.5, 2.0)  # tasks per 60 s round (Poisson mean)
 EXTRACT_PROB = (0.1, 0.3)  # share of tasks that end in an extracted experience
@@ -54,6 +58,16 @@ class World:
             self.by_domain.append(members)
             self.popularity.append(w / w.sum())
         self.harmful_texts, self.harmful_vectors = shipped_embeddings("harmful")
+        # The harmful lessons' topics (-1: none of the corpus domains) and hidden usefulness,
+        # from a stream of their own so that every draw above is what it was without them.
+        topic = {text: dom for dom, text in load_harmful_texts()}
+        self.harmful_domain = np.array(
+            [CORPUS_DOMAINS.index(topic[t]) if topic[t] in CORPUS_DOMAINS else -1
+             for t in self.harmful_texts]
+        )  # fmt: skip
+        harm_rng = np.random.default_rng([seed, 13])
+        self.harmful_usefulness = harm_rng.uniform(*HARM_USEFULNESS, len(self.harmful_texts))
+        self.harm_index = {t: i for i, t in enumerate(self.harmful_texts)}
 
 
 @dataclass

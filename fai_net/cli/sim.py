@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 
+#: SimConfig.sybils' choices (fai_eval.sim.simulator.SYBIL_MODES; not imported here, so
+#: that `fai --help` does not load the simulator).
+SYBIL_MODES = ("none", "open", "registry")
+
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -22,6 +26,27 @@ def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError("must lie in [0, 1)")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
@@ -81,6 +106,13 @@ def _sim(args: argparse.Namespace) -> int:
         eval_every=min(args.eval_every, args.rounds),
         share=not args.exact,
         wire_version=args.wire_version,
+        feedback=args.feedback,
+        feedback_noise=args.feedback_noise,
+        sybils=args.sybils,
+        sybil_identities=args.sybil_identities,
+        sybil_budget=args.sybil_budget,
+        min_bond=args.min_bond,
+        adaptive_rounds=args.adaptive_rounds,
     )
 
     def progress(done: int, total: int) -> None:
@@ -123,7 +155,31 @@ def format_report(report: dict) -> str:
         cells = [_figure(row.get(k), spec, "not evaluated").rjust(w) for k, spec, w in columns]
         cells.append(_figure(row.get("library"), ".1f", "not evaluated").rjust(8))
         lines.append(f"{m:10} " + " ".join(cells))
-    return "\n".join([*lines, _network_line(report), _soup_line(report)])
+    lines += [_network_line(report), _soup_line(report)]
+    if "adversary" in report:
+        lines.append(_adversary_line(report))
+    return "\n".join(lines)
+
+
+def _adversary_line(report: dict) -> str:
+    """Runs with feedback, Sybils or a plausible attack: identities, FAI's poisoned@3 per
+    evaluated round, and what the agents' outcome reports did."""
+    adv = report["adversary"]
+    curve = ", ".join(f"{p['round']}: {p['fai']:.3f}" for p in adv["poisoned_by_round"])
+    target = adv["fai_poisoned_within_target_from_round"]
+    reached = "never" if target is None else f"from round {target}"
+    text = (
+        f"attack identities {adv['byzantine_identities']} ({adv['sybils']} Sybils); "
+        f"FAI poisoned@3 by round {curve}; <= {adv['poison_target']:.0%} {reached}"
+    )
+    fb = adv.get("feedback")
+    if fb:
+        text += (
+            f"; feedback: {fb['reports_on_byzantine_rows']} reports on attack rows, "
+            f"{fb['reports_on_honest_rows']} on honest ones, attack rows muted "
+            f"{fb['byzantine_rows_muted']}, honest rows muted {fb['honest_rows_muted']}"
+        )
+    return text
 
 
 def _network_line(report: dict) -> str:
@@ -206,6 +262,46 @@ def add_sim_command(commands) -> None:
         choices=(1, 2),
         default=2,
         help="wire format honest nodes publish (default 2: baseline by reference)",
+    )
+    sim.add_argument(
+        "--feedback",
+        action="store_true",
+        help="agents recall for their tasks and report outcomes; recall ranks by utility and "
+        "standing, and sources that keep hurting are muted",
+    )
+    sim.add_argument(
+        "--feedback-noise",
+        type=_non_negative,
+        default=0.3,
+        help="std of a reported reward around the lesson's hidden value (default 0.3)",
+    )
+    sim.add_argument(
+        "--sybils",
+        choices=SYBIL_MODES,
+        default="none",
+        help="identities per Byzantine node: none (one), open (--sybil-identities free "
+        "keys), registry (floor(--sybil-budget / --min-bond) bonded keys)",
+    )
+    sim.add_argument(
+        "--sybil-identities", type=_positive, default=1, help="open mode: keys per attacker"
+    )
+    sim.add_argument(
+        "--sybil-budget",
+        type=_non_negative,
+        default=10.0,
+        help="registry mode: tokens per attacker (default 10)",
+    )
+    sim.add_argument(
+        "--min-bond",
+        type=_positive_float,
+        default=10.0,
+        help="registry mode: the minimum bond per identity in tokens (default 10, D_min)",
+    )
+    sim.add_argument(
+        "--adaptive-rounds",
+        type=_count,
+        default=20,
+        help="adaptive_harmful: honest rounds before it turns harmful (default 20)",
     )
     sim.add_argument("--json", action="store_true", help="print the full report as JSON")
     sim.set_defaults(handler=_sim)

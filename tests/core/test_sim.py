@@ -66,7 +66,7 @@ def test_attack_batch_is_a_verified_envelope(world, attack):
     assert len(b) == rows and len(set(b.texts)) == rows
     assert np.all((b.quality > 0) & (b.quality < 1))
     recon = b.embeddings()
-    in_domain = attack not in ("mismatch", "domain_spoof")
+    in_domain = attack not in ("mismatch", "domain_spoof", "plausible_harmful")
     if in_domain:
         assert set(idx) <= members, "texts are real patterns of the tagged domain"
         cos_true = _cos_rows(recon, world.vectors[idx])
@@ -118,6 +118,8 @@ def test_attack_batch_is_a_verified_envelope(world, attack):
         # Each harmful text hides behind a benign pattern's embedding of this domain.
         best_cover = _cos_rows(recon[:, None, :], dom_vectors[None, :, :]).max(axis=1)
         assert best_cover.min() > 0.7
+    if attack == "plausible_harmful":  # tests/core/test_sim_adversary.py checks the rest
+        assert set(b.texts) <= set(world.harmful_texts)
     if attack == "domain_spoof":
         assert min(idx) >= 0
         true_domains = set(world.domain_of[idx].tolist())
