@@ -301,6 +301,10 @@ _TLDS = _words(
 )
 _TLD = "(?:" + "|".join(sorted(_TLDS, key=len, reverse=True)) + ")"
 
+#: Words an instruction override starts with: a rule of `_OVERRIDE` runs only on a text
+#: that holds one of them (its gate).
+_OVERRIDE_VERBS = ("ignore", "disregard", "forget", "override", "overrule", "bypass", "discard",
+                   "abandon")  # fmt: skip
 _OVERRIDE = [
     Rule(
         "ignore_instructions",
@@ -313,16 +317,7 @@ _OVERRIDE = [
         (?:\w+\s+)?(?:instructions?|prompts?|rules|directions|directives|guidelines|
              guardrails|policies|constraints|messages?|context|commands|orders|programming|
              guidance)\b"""),
-        gate=(
-            "ignore",
-            "disregard",
-            "forget",
-            "override",
-            "overrule",
-            "bypass",
-            "discard",
-            "abandon",
-        ),
+        gate=_OVERRIDE_VERBS,
     ),
     Rule(
         "ignore_all_rules",
@@ -331,16 +326,7 @@ _OVERRIDE = [
         \b(?:ignore|disregard|forget|override|bypass)\s+(?:all|any|every|your)\s+(?:of\s+your\s+)?
         (?:instructions|rules|guidelines|guardrails|restrictions|policies|safety\s+rules|
            content\s+policies|ethical\s+guidelines)\b"""),
-        gate=(
-            "ignore",
-            "disregard",
-            "forget",
-            "override",
-            "overrule",
-            "bypass",
-            "discard",
-            "abandon",
-        ),
+        gate=_OVERRIDE_VERBS,
     ),
     Rule(
         "role_reset",

@@ -15,24 +15,27 @@ import sys
 SYBIL_MODES = ("none", "open", "registry")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int, name: str):
+    """An argparse type: an integer of at least `minimum` (`name` is what argparse shows)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+_positive = _int_at_least(1, "_positive")
+_count = _int_at_least(0, "_count")
 
 
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError("must lie in [0, 1)")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
