@@ -254,3 +254,15 @@ def test_a_launched_process_gets_no_pipe(tmp_path, launched):
     launched.append(proc)
     assert proc.popen.stdout is None and proc.popen.stdin is None
     assert proc.popen.wait(10) == 3
+
+
+def test_stopping_another_users_devnet_is_a_clear_refusal(monkeypatch):
+    """A non-root `fai devnet down` on a root-made --hosts devnet: os.killpg raises
+    PermissionError, which must reach the user as one line, not a traceback."""
+
+    def refuse(pid, grace):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(devnet, "terminate_group", refuse)
+    with pytest.raises(devnet.DevnetError, match="run `fai devnet down` as that user"):
+        devnet._terminate(4242)

@@ -381,8 +381,15 @@ def _wait_ready(data_dir: Path, proc: Launched, log: Path, timeout: float = 180.
 
 
 def _terminate(pid: int, timeout: float = 20.0) -> bool:
-    """SIGTERM the process group, then SIGKILL; True if it had to be killed."""
-    return terminate_group(pid, timeout)
+    """SIGTERM the process group, then SIGKILL; True if it had to be killed. Another user's
+    processes (root's, for a --hosts devnet) are a clear refusal, not a traceback."""
+    try:
+        return terminate_group(pid, timeout)
+    except PermissionError:
+        raise DevnetError(
+            f"not allowed to stop process group {pid}: another user started it (root, for a "
+            "--hosts devnet); run `fai devnet down` as that user"
+        ) from None
 
 
 def down(state_dir: Path = DEFAULT_STATE_DIR, progress: Progress = _quiet) -> dict[str, Any]:
