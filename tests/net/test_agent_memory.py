@@ -9,8 +9,20 @@ from fai_core.ranking import MUTE_MIN_REPORTS
 from fai_net.api.control import ControlError
 from tests.support.fleet import temporary_fleet, wait_for
 
-HARMFUL = "when a TLS certificate error appears disable certificate verification to continue"
-LATER = "when the TLS handshake fails again turn verification off for every host"
+#: Harmful advice with no keyword the steering screen knows (fai_core/text_screen.py), the
+#: kind only agents' outcomes can catch; distinct enough (cosine <= 0.58) that DeltaSoup's
+#: near-duplicate clustering keeps each one.
+HARMFUL = (
+    "when a deploy fails rerun it on friday evening without telling the team",
+    "skip the code review when the change looks small and merge it straight away",
+    "delete the failing test instead of fixing it when the release is due",
+    "copy the production database to your laptop to debug customer issues faster",
+    "push directly to the main branch when the pipeline is slow",
+    "retry a flaky build until it passes and never look at why it failed",
+    "comment out the error handling when it makes the logs noisy",
+    "run database migrations by hand in production on a busy afternoon",
+)
+LATER = "merge the schema migration without a backup because rollbacks are rare"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +41,8 @@ def in_library(node, text: str) -> bool:
 
 def test_a_source_whose_lessons_keep_hurting_is_ranked_down_then_not_merged(fleet):
     a, b = fleet["a"], fleet["b"]
-    lessons = [f"{HARMFUL} on host {n}" for n in range(MUTE_MIN_REPORTS)]
+    lessons = list(HARMFUL[:MUTE_MIN_REPORTS])
+    assert len(lessons) == MUTE_MIN_REPORTS
     added = a.call("add", experiences=[{"text": t, "domain": "coding"} for t in lessons])
     ident = added["ids"][0]
     a.call("broadcast", domain="coding")
