@@ -318,6 +318,25 @@ def test_an_open_reads_only_batches_stored_since_the_last_one(tmp_path, monkeypa
         assert read == [signed.envelope]
 
 
+def test_the_backfill_reads_the_first_batch_and_marks_how_far_it_read(tmp_path):
+    """The first stored batch (cursor 1) is read too; and an open whose unread rows all
+    name their block already still records that it read up to the last one, or every
+    later open would scan them again."""
+    directory = tmp_path / "node"
+    signed, block = v2_batch(1, attach=True)
+    with BatchStore.open(directory) as store:
+        store.put(signed, received_ms=0, origin="gossip")
+    _as_written_by_older_code(directory)
+    with BatchStore.open(directory):
+        assert _raw(directory, "SELECT cursor, baseline_cid FROM batches") == [(1, block.cid)]
+    conn = sqlite3.connect(directory / STORE_FILE)
+    conn.execute("DELETE FROM meta WHERE key = 'baseline_backfill'")
+    conn.commit()
+    conn.close()
+    with BatchStore.open(directory):
+        assert _raw(directory, "SELECT value FROM meta WHERE key = 'baseline_backfill'") == [("1",)]
+
+
 def test_a_store_from_before_wire_v2_gains_the_block_table_and_column(tmp_path):
     directory = tmp_path / "node"
     with BatchStore.open(directory) as store:
