@@ -81,6 +81,7 @@ from fai_core.deltasoup_filters import DEFAULT_FILTERS, RoundRows, RowFilter, St
 from fai_core.deltasoup_filters import rowwise_cos as _rowwise_cos  # noqa: F401
 from fai_core.deltasoup_filters import weighted_median as weighted_median
 from fai_core.deltasoup_filters import weighted_quantile as weighted_quantile
+from fai_core.deltasoup_history import SenderHistory
 from fai_core.deltasoup_merge import MergeRule, merge_rule_for
 from fai_core.deltasoup_merge import cosine_clusters as cosine_clusters
 from fai_core.embedding import Embedder
@@ -162,6 +163,28 @@ class DeltaSoupConfig:
     #: Refuse a batch whose mean text is nearer another domain by more than this cosine.
     domain_margin: float = 0.0
     domain_min_senders: int = 3
+    #: Sender histories (fai_core.deltasoup_history), behind the default domain and quality
+    #: checks: a domain's reference needs this many senders heard in it...
+    history_min_senders: int = 5
+    #: ...and a sender is refused in a domain when its mean text cosine to the domain's
+    #: centroid lies this many standard errors below the median sender's, or its mean
+    #: quality claim this many above.
+    history_domain_z: float = 3.5
+    history_quality_z: float = 3.0
+    #: A sender is judged in a domain once it has sent this many rows there: one
+    #: peripheral lesson is honest variety, not evidence.
+    history_min_rows: int = 3
+    #: Floors of the single-row spreads (cosine, quality units): senders sending
+    #: near-identical rows cannot shrink the yardstick honest variety is measured with.
+    history_domain_sigma: float = 0.08
+    history_quality_sigma: float = 0.1
+    #: Senders with this many rows estimate the between-sender spread (tau).
+    history_tau_rows: int = 8
+    #: Rows per sender kept to estimate the single-row spread; senders kept per domain.
+    history_recent_rows: int = 8
+    history_max_senders: int = 1024
+    #: Senders whose mean texts are this close (cosine) vote once (`vote_weights`).
+    history_same_cos: float = 0.98
     dedup_cosine: float = 0.95
     #: A batch fails (reputation 0) when more than this share of its rows is filtered.
     batch_fail_fraction: float = 0.2
@@ -307,6 +330,7 @@ class DeltaSoup:
         config: DeltaSoupConfig | None = None,
         filters: Sequence[RowFilter] | None = None,
         merge: MergeRule | None = None,
+        history: SenderHistory | None = None,
     ) -> None:
         self.embedder = embedder
         self.config = config or DeltaSoupConfig()
@@ -316,6 +340,9 @@ class DeltaSoup:
         self.replay = ReplayGuard(self.config.seq_window, 2 * self.config.max_age_ms)
         #: Deferred rows per sender: verified batches or row subsets of them (same CID).
         self._backlog: dict[bytes, list[Batch]] = {}
+        #: What every sender sent per domain over all rounds: the domain and quality checks'
+        #: references (persisted by the node next to its reputation book).
+        self.history = history if history is not None else SenderHistory(embedder.dimension)
 
     def backlog_rows(self, sender: bytes | None = None) -> int:
         """Rows waiting in the backlog of `sender` (of all senders when None)."""
@@ -367,8 +394,13 @@ class DeltaSoup:
         """One round: phase 1 on `batches` (the backlog first), the filters, reputation, the
         merge. `max_age_ms` widens T_max as in `verify`."""
         outcomes, accepted, n_backlog = self._admit(batches, now_ms, max_age_ms)
-        rows = _filter_rows(accepted, self.embedder, self.config, n_backlog, self.filters)
+        rows = _filter_rows(
+            accepted, self.embedder, self.config, n_backlog, self.filters, self.history
+        )
         self._judge(outcomes, accepted, rows)
+        if rows.reference is not None:
+            verdict = rows.cache.get("history") or self.history.judge(rows, self.config)
+            self.history.apply(verdict, self.config)
         result = _merge(rows, outcomes, self.config, self.merge)
         result.row_backlog = rows.batch < n_backlog
         return result
@@ -468,6 +500,7 @@ def _filter_rows(
     cfg: DeltaSoupConfig,
     n_backlog: int = 0,
     filters: Sequence[RowFilter] = DEFAULT_FILTERS,
+    history: SenderHistory | None = None,
 ) -> RoundRows:
     """Phases 2 and 3 over `batches`, whose first `n_backlog` entries come from the backlog.
 
@@ -476,6 +509,7 @@ def _filter_rows(
     reference population is fixed before the first RELATIVE one (deltasoup_filters.py).
     """
     rows = RoundRows.collect(batches, embedder.dimension, n_backlog)
+    rows.history = history
     if not batches:
         return rows
     for f in filters:

@@ -30,6 +30,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 DEFAULT_GAMMA = 0.9
 DEFAULT_INITIAL = 1.0
@@ -126,11 +127,17 @@ class ReputationBook:
 
 def atomic_write_json(path: Path, data: object) -> None:
     """Replace `path` with `data` as JSON so that readers see the old or the new file only."""
+    atomic_write(path, lambda f: f.write(json.dumps(data, sort_keys=True).encode("utf-8")))
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Replace `path` with what `write` writes to a binary file: a temp file in the same
+    directory, fsync, rename, fsync of the directory; a crash leaves the old or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, sort_keys=True)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -254,14 +254,15 @@ def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
 
 
 def _same_soup(sa: DeltaSoup, sb: DeltaSoup, now_ms: int) -> bool:
-    """Reputation scores (and recovery stamps below the initial score) and the replay guard."""
+    """Reputation scores (and recovery stamps below the initial score), the replay guard
+    and the sender histories."""
     ra, rb = sa.reputation, sb.reputation
     if ra._scores != rb._scores:
         return False
     if any(ra._stamps.get(p) != rb._stamps.get(p) for p, v in ra._scores.items() if v < ra.initial):
         return False
     ga, gb = sa.replay, sb.replay
-    if ga._newest != gb._newest:
+    if ga._newest != gb._newest or not sa.history.same_as(sb.history):
         return False
     limit = now_ms - (ga.horizon_ms or 0)
     recent_a = {c for c, t in ga._cids.items() if t >= limit}

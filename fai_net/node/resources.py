@@ -31,6 +31,7 @@ from fai_core import bitdelta
 from fai_core.aggregation import Aggregator
 from fai_core.clock import now_ms
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
+from fai_core.deltasoup_history import SenderHistory
 from fai_core.embed_cache import CachingEmbedder
 from fai_core.library import ExperienceLibrary
 from fai_core.reputation import ReputationBook, atomic_write_json
@@ -146,6 +147,9 @@ async def open_node_resources(
     try:
         async with AsyncExitStack() as stack:
             res = await _open_local(stack, config, state, embedder, membership, aggregator)
+            history = getattr(res.soup, "history", None)
+            if history is not None:
+                stack.callback(history.save)  # after the rounds stopped (callbacks run LIFO)
             res.ingest = TelemetryIngest(
                 config.spool_path,
                 add_experiences,
@@ -257,16 +261,21 @@ async def _start_relay_services(stack: AsyncExitStack, res: NodeResources) -> No
         await stack.enter_async_context(background_trio_service(res.relay_server))
 
 
+#: DeltaSoup's sender histories (fai_core.deltasoup_history) in the node's data directory.
+SENDER_HISTORY_FILE = "sender_history.npz"
+
 #: Builds the node's aggregator from its embedder (timed), its reputation book and settings.
 AggregatorFactory = Callable[[Any, ReputationBook, NodeConfig], Aggregator]
 
 
 def deltasoup_aggregator(embedder, reputation: ReputationBook, cfg: NodeConfig) -> DeltaSoup:
-    """The default: DeltaSoup with the thresholds of `soup_config` and the node's caps."""
+    """The default: DeltaSoup with the thresholds of `soup_config` and the node's caps, its
+    sender histories kept in the data directory (the rounds save them)."""
     return DeltaSoup(
         embedder,
         reputation=reputation,
         config=soup_config(embedder.model_id, cfg.max_age_ms, max_cap=cfg.max_cap_rows),
+        history=SenderHistory(embedder.dimension, cfg.data_dir / SENDER_HISTORY_FILE),
     )
 
 

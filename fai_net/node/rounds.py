@@ -26,12 +26,15 @@ from fai_net.node.state import NodeState, Pending, RoundReport, read_library_siz
 
 #: Every part logs as the node always has (the CLI's log lines name the logger).
 log = logging.getLogger("fai_net.node.node")
+#: Seconds between saves of DeltaSoup's sender histories after a round.
+HISTORY_SAVE_S = 10.0
 
 
 class MergeRounds:
     def __init__(self, res: NodeResources, state: NodeState, resolver: BaselineResolver) -> None:
         self.res, self.state, self.resolver = res, state, resolver
         self._lock = trio.Lock()
+        self._history_saved = time.monotonic()
 
     def requeue_unmerged(self) -> None:
         """Batches stored but not merged (when the node last stopped, or that did not fit the
@@ -123,9 +126,20 @@ class MergeRounds:
         try:
             batches = [p.batch for p in taken]
             max_age_ms = self.res.config.repair_max_age_ms
-            return self.res.soup.aggregate(batches, now, max_age_ms=max_age_ms)
+            result = self.res.soup.aggregate(batches, now, max_age_ms=max_age_ms)
+            self._save_history()
+            return result
         finally:
             self.res.metrics.spent("round", time.thread_time() - cpu)
+
+    def _save_history(self) -> None:
+        """DeltaSoup's sender histories, at most every HISTORY_SAVE_S (the file is a few MB
+        for a busy domain; a crash loses at most that much history, never the file)."""
+        history = getattr(self.res.soup, "history", None)
+        if history is None or time.monotonic() - self._history_saved < HISTORY_SAVE_S:
+            return
+        history.save()
+        self._history_saved = time.monotonic()
 
     def merge_in_thread(self, n_taken: int, result) -> RoundReport:
         cpu = time.thread_time()

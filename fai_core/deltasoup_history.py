@@ -1,0 +1,412 @@
+"""Sender histories: the references DeltaSoup's domain and quality checks need, kept across
+rounds instead of rebuilt from one round.
+
+Why: a receiver rarely has, in one round, enough rows to tell a spoofed domain tag or an
+inflated quality claim from honest variety (two domains with three senders each, eight rows
+per sender), and when attackers are most of one round's senders the round's own statistics
+are theirs. So this module keeps, per domain and per sender, a summary of every row that
+passed the checks the receiver verifies itself (its own re-embedding agrees with the
+vector sent): the row count, the sum of the unit text embeddings, the sum of the quality
+claims, and the last few rows. Each round a sender's summary, this round's rows included, is
+tested against the domain's reference, built from the summaries of all senders:
+
+- domain: the centroid is the coordinate-wise median of the senders' mean text
+  embeddings; a sender's statistic is the mean cosine of its texts to that centroid
+  (exactly its mean vector dotted with the centroid). A sender whose mean sits more than
+  `history_domain_z` standard errors below the median sender is refused in that domain;
+- quality: a sender whose mean claim sits more than `history_quality_z` standard errors
+  above the median sender's mean claim is refused in that domain.
+
+The standard error of a sender's mean over n rows is sqrt(sigma^2 / n + tau^2): sigma is
+the spread of single rows around the median sender (from the senders' recent rows, each
+sender weighing 1 in total), tau the spread between senders that have sent many rows, so
+an honest node that works on a corner of its domain, or scores a little optimistically, is
+not refused merely for having sent a lot. Both spreads have floors (`history_*_sigma`),
+since a group of senders sending near-identical rows must not shrink the yardstick that
+honest variety is measured with.
+
+Every statistic is a median over senders, one vote each, whatever they sent; a reference
+needs `history_min_senders` senders; and the test runs twice, the second time with the
+senders the first refused left out of the reference. So a group of senders that is a
+minority of those this node has heard in a domain cannot move the reference, and a round
+that attackers dominate changes nothing by itself. What a minority cannot do, a majority
+of identities can: in an open fleet identities are free, and a Sybil attacker that
+outnumbers the honest senders of a domain owns its reference (docs/deltasoup.md says what
+this costs in registry mode, where identities are bonded).
+
+Memory is bounded: at most `history_max_senders` senders per domain (the least recently
+heard is forgotten first) and `history_recent_rows` rows per sender. The state survives
+restarts (`save`/`load`: one .npz file, replaced atomically), so a restart does not reopen
+the bootstrap window. Refusals here are relative to other senders, so they never cost
+reputation (fai_core.refusals.CHARGED).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fai_core.reputation import atomic_write
+
+if TYPE_CHECKING:
+    from fai_core.deltasoup import DeltaSoupConfig
+    from fai_core.deltasoup_filters import RoundRows
+
+_FORMAT = 1
+_EPS = 1e-30
+
+
+@dataclass
+class SenderSummary:
+    """What one sender sent in one domain: counts, sums, and its last rows."""
+
+    rows: int
+    vec_sum: np.ndarray  # float64 (dim,): sum of unit text embeddings
+    q_sum: float
+    recent_vecs: np.ndarray  # float32 (<= recent, dim): its newest unit embeddings
+    recent_q: np.ndarray  # float64 (<= recent,): their quality claims
+    last_round: int
+
+    def plus(self, vecs: np.ndarray, q: np.ndarray, recent: int, round_no: int) -> SenderSummary:
+        """This summary with more rows (unit vectors `vecs`, claims `q`) added."""
+        return SenderSummary(
+            rows=self.rows + len(vecs),
+            vec_sum=self.vec_sum + vecs.sum(axis=0, dtype=np.float64),
+            q_sum=self.q_sum + float(q.sum()),
+            recent_vecs=np.concatenate([self.recent_vecs, vecs.astype(np.float32)])[-recent:],
+            recent_q=np.concatenate([self.recent_q, q.astype(np.float64)])[-recent:],
+            last_round=round_no,
+        )
+
+    @classmethod
+    def empty(cls, dim: int) -> SenderSummary:
+        """No rows yet."""
+        return cls(0, np.zeros(dim), 0.0, np.zeros((0, dim), np.float32), np.zeros(0), -1)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One domain's reference: centroid, the median sender, and the spreads."""
+
+    centroid: np.ndarray
+    domain_mid: float
+    domain_sigma: float
+    domain_tau: float
+    quality_mid: float
+    quality_sigma: float
+    quality_tau: float
+
+
+@dataclass
+class HistoryVerdict:
+    """Per domain of a round: the senders refused by each check, their z scores, and the
+    summaries to store once the round is over (`SenderHistory.apply`)."""
+
+    domain_refused: dict[str, set[bytes]] = field(default_factory=dict)
+    quality_refused: dict[str, set[bytes]] = field(default_factory=dict)
+    domain_z: dict[tuple[str, bytes], float] = field(default_factory=dict)
+    quality_z: dict[tuple[str, bytes], float] = field(default_factory=dict)
+    updates: dict[str, dict[bytes, SenderSummary]] = field(default_factory=dict)
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.argmax(cum >= 0.5 * cum[-1])])
+
+
+def _column_medians(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted median of each column (lower median)."""
+    order = np.argsort(values, axis=0, kind="stable")
+    cum = np.cumsum(weights[order], axis=0)
+    idx = np.argmax(cum >= 0.5 * cum[-1], axis=0)
+    return np.take_along_axis(values, order, axis=0)[idx, np.arange(values.shape[1])]
+
+
+def vote_weights(mean_vecs: np.ndarray, same_cos: float) -> np.ndarray:
+    """One vote per group of senders whose mean texts are near-identical (cosine >=
+    `same_cos`, single linkage): senders repeating the same rows are one voice, so a
+    colluding group cannot pull the centroid by sending the same texts under many keys.
+    Honest senders that happen to agree lose nothing but weight: they sit where the rest
+    of the honest senders do."""
+    n = len(mean_vecs)
+    unit = mean_vecs / np.maximum(np.linalg.norm(mean_vecs, axis=1, keepdims=True), _EPS)
+    close = (unit @ unit.T) >= same_cos
+    label = np.arange(n)
+    changed = True
+    while changed:  # connected components by label propagation (n is a few hundred at most)
+        new = np.where(close, label[None, :], n).min(axis=1)
+        changed = bool((new != label).any())
+        label = new
+    sizes = np.bincount(label, minlength=n)
+    return 1.0 / sizes[label]
+
+
+def _spreads(means, counts, weights, recent, mid, floor, cfg, lower=False) -> tuple[float, float]:
+    """(sigma, tau): single-row spread around `mid` from the senders' recent values (each
+    sender weighs its vote), and the between-sender spread of the means of senders with at
+    least `history_tau_rows` rows beyond what sampling explains (0 with fewer than 3).
+
+    `lower`: measure both from values below the middle only. The quality test refuses
+    claims above it, so inflated claims must not widen the yardstick they are measured
+    with; honest claims spread at least as far below their middle as above it."""
+    per_row = [np.full(len(r), w / len(r)) for r, w in zip(recent, weights, strict=True)]
+    values, row_w = np.concatenate(recent), np.concatenate(per_row)
+    sigma = floor
+    side = values <= mid if lower else np.ones(len(values), dtype=bool)
+    if side.any():
+        dev = np.abs(values[side] - mid)
+        sigma = max(floor, 1.4826 * _weighted_median(dev, row_w[side]))
+    big = counts >= cfg.history_tau_rows
+    if weights[big].sum() < 3:
+        return sigma, 0.0
+    big_mid = _weighted_median(means[big], weights[big])
+    side = big & (means <= big_mid) if lower else big
+    spread = 1.4826 * _weighted_median(np.abs(means[side] - big_mid), weights[side])
+    sampling = float(np.median(sigma**2 / counts[big]))
+    return sigma, math.sqrt(max(0.0, spread**2 - sampling))
+
+
+def reference(
+    summaries: list[SenderSummary], cfg: DeltaSoupConfig, min_senders: float | None = None
+) -> Reference | None:
+    """The reference built from `summaries` (one per sender), or None with fewer than
+    `min_senders` (default `history_min_senders`) senders. Medians weigh each sender by
+    `vote_weights`."""
+    live = [s for s in summaries if s.rows > 0]
+    if not live:
+        return None
+    counts = np.array([s.rows for s in live], dtype=np.float64)
+    mean_vecs = np.stack([s.vec_sum for s in live]) / counts[:, None]
+    if len(live) < max(1, cfg.history_min_senders if min_senders is None else min_senders):
+        return None
+    weights = vote_weights(mean_vecs, cfg.history_same_cos)
+    centroid = _column_medians(mean_vecs, weights)
+    centroid /= max(float(np.linalg.norm(centroid)), _EPS)
+    d_means = mean_vecs @ centroid
+    d_mid = _weighted_median(d_means, weights)
+    d_recent = [s.recent_vecs.astype(np.float64) @ centroid for s in live]
+    d_sigma, d_tau = _spreads(
+        d_means, counts, weights, d_recent, d_mid, cfg.history_domain_sigma, cfg
+    )
+    q_means = np.array([s.q_sum for s in live]) / counts
+    q_mid = _weighted_median(q_means, weights)
+    q_recent = [s.recent_q for s in live]
+    q_sigma, q_tau = _spreads(
+        q_means, counts, weights, q_recent, q_mid, cfg.history_quality_sigma, cfg, lower=True
+    )
+    return Reference(centroid, d_mid, d_sigma, d_tau, q_mid, q_sigma, q_tau)
+
+
+def z_scores(s: SenderSummary, ref: Reference) -> tuple[float, float]:
+    """(domain z, quality z) of one sender's summary against a reference: how many standard
+    errors its mean lies from the median sender's (negative: below)."""
+    n = s.rows
+    d_err = math.sqrt(ref.domain_sigma**2 / n + ref.domain_tau**2)
+    q_err = math.sqrt(ref.quality_sigma**2 / n + ref.quality_tau**2)
+    d_mean = float(s.vec_sum @ ref.centroid) / n
+    return (d_mean - ref.domain_mid) / d_err, (s.q_sum / n - ref.quality_mid) / q_err
+
+
+def nearer_elsewhere(
+    s: SenderSummary, dom: str, ref: Reference, centroids: dict[str, np.ndarray]
+) -> bool:
+    """Whether the sender's mean text is nearer another domain's centroid than `dom`'s: the
+    same test as the one-round `DomainTag`, on the sender's whole history in the domain, so
+    it needs no second domain in the round."""
+    others = [c for d, c in centroids.items() if d != dom]
+    if not others:
+        return False
+    mean = s.vec_sum / max(float(np.linalg.norm(s.vec_sum)), _EPS)
+    return float(np.max(np.stack(others) @ mean)) > float(mean @ ref.centroid)
+
+
+class SenderHistory:
+    """Per domain and sender, the summaries of every verified row this node received."""
+
+    def __init__(self, dim: int, path: str | os.PathLike | None = None) -> None:
+        self.dim = dim
+        self.path = Path(path) if path is not None else None
+        self.rounds = 0
+        self._domains: dict[str, dict[bytes, SenderSummary]] = {}
+        if self.path is not None and self.path.exists():
+            self._load(self.path)
+
+    def senders(self, domain: str) -> dict[bytes, SenderSummary]:
+        """The stored summaries of one domain (a read-only view by convention)."""
+        return self._domains.get(domain, {})
+
+    def domains(self) -> list[str]:
+        """Domains with at least one stored sender, sorted."""
+        return sorted(self._domains)
+
+    # -- one round ---------------------------------------------------------------------------
+
+    def judge(self, rows: RoundRows, cfg: DeltaSoupConfig) -> HistoryVerdict:
+        """Test every sender of the round's reference rows, its rows of this round included,
+        against its domain's reference; nothing is stored until `apply`."""
+        verdict = HistoryVerdict()
+        if rows.reference is None:
+            return verdict
+        unit = rows.own / np.maximum(np.linalg.norm(rows.own, axis=1, keepdims=True), _EPS)
+        names = sorted({b.domain for b in rows.batches})
+        dom_idx = np.array([names.index(b.domain) for b in rows.batches], dtype=np.int64)
+        domain_of_row = np.repeat(dom_idx, rows.sizes) if len(rows) else np.zeros(0, np.int64)
+        senders = sorted({b.sender for b in rows.batches})
+        tables: dict[str, dict[bytes, SenderSummary]] = {}
+        for d, dom in enumerate(names):
+            in_dom = rows.reference & (domain_of_row == d)
+            if not in_dom.any():
+                continue
+            fresh: dict[bytes, SenderSummary] = {}
+            for k in np.unique(rows.node[in_dom]):
+                sender = senders[int(k)]
+                mine = in_dom & (rows.node == k)
+                base = self.senders(dom).get(sender) or SenderSummary.empty(self.dim)
+                fresh[sender] = base.plus(
+                    unit[mine], rows.quality[mine], cfg.history_recent_rows, self.rounds
+                )
+            tables[dom] = {**self.senders(dom), **fresh}
+            verdict.updates[dom] = fresh
+        centroids = self._centroids(tables, cfg)
+        for dom, fresh in verdict.updates.items():
+            self._test(dom, tables[dom], fresh, centroids, cfg, verdict)
+        return verdict
+
+    def _centroids(self, tables, cfg: DeltaSoupConfig) -> dict[str, np.ndarray]:
+        """Every domain's centroid this node has a reference for (this round's included)."""
+        out = {}
+        for dom in sorted(set(self._domains) | set(tables)):
+            ref = reference(list(tables.get(dom, self.senders(dom)).values()), cfg)
+            if ref is not None:
+                out[dom] = ref.centroid
+        return out
+
+    def _test(self, dom, merged, fresh, centroids, cfg, verdict: HistoryVerdict) -> None:
+        """Two passes: the second leaves the senders the first refused out of the reference.
+        A sender is refused in the domain when its mean text lies too far below the median
+        sender's, or nearer another domain's centroid than this one's (`nearer_elsewhere`)."""
+        refused_d: set[bytes] = set()
+        refused_q: set[bytes] = set()
+        if reference(list(merged.values()), cfg) is None:
+            return
+        for _ in range(2):
+            pool = [s for k, s in merged.items() if k not in refused_d | refused_q]
+            ref = reference(pool, cfg, min_senders=3)
+            if ref is None:
+                break
+            refused_d, refused_q = set(), set()
+            for sender, summary in fresh.items():
+                if summary.rows < cfg.history_min_rows:
+                    continue
+                dz, qz = z_scores(summary, ref)
+                verdict.domain_z[(dom, sender)] = dz
+                verdict.quality_z[(dom, sender)] = qz
+                if dz < -cfg.history_domain_z or nearer_elsewhere(summary, dom, ref, centroids):
+                    refused_d.add(sender)
+                if qz > cfg.history_quality_z:
+                    refused_q.add(sender)
+        verdict.domain_refused[dom] = refused_d
+        verdict.quality_refused[dom] = refused_q
+
+    def apply(self, verdict: HistoryVerdict, cfg: DeltaSoupConfig) -> None:
+        """Store a judged round's summaries, forgetting the least recently heard senders of a
+        domain beyond `history_max_senders`."""
+        for dom, fresh in verdict.updates.items():
+            table = self._domains.setdefault(dom, {})
+            table.update(fresh)
+            if len(table) > cfg.history_max_senders:
+                newest = sorted(table, key=lambda k: (table[k].last_round, k))
+                keep = newest[-cfg.history_max_senders :]
+                self._domains[dom] = {k: table[k] for k in sorted(keep)}
+        self.rounds += 1
+
+    # -- comparison and persistence ------------------------------------------------------------
+
+    def same_as(self, other: SenderHistory) -> bool:
+        """Whether two histories will judge every future round alike (the simulator folds
+        receivers with equal state together)."""
+        if self._domains.keys() != other._domains.keys():
+            return False
+        for dom, table in self._domains.items():
+            theirs = other._domains[dom]
+            if table.keys() != theirs.keys():
+                return False
+            for k, s in table.items():
+                t = theirs[k]
+                if (s.rows, s.last_round - self.rounds) != (t.rows, t.last_round - other.rounds):
+                    return False
+                if not np.allclose(s.vec_sum, t.vec_sum, rtol=0, atol=1e-9):
+                    return False
+                if abs(s.q_sum - t.q_sum) > 1e-9 or len(s.recent_q) != len(t.recent_q):
+                    return False
+        return True
+
+    def save(self) -> None:
+        """Write every summary to `path` atomically (no-op without a path)."""
+        if self.path is None:
+            return
+        arrays: dict[str, np.ndarray] = {
+            "format": np.array(_FORMAT),
+            "dim": np.array(self.dim),
+            "rounds": np.array(self.rounds),
+        }
+        for i, dom in enumerate(sorted(self._domains)):
+            table = self._domains[dom]
+            keys = sorted(table)
+            arrays[f"d{i}_name"] = np.array(dom)
+            arrays[f"d{i}_senders"] = np.array([list(k) for k in keys], dtype=np.uint8)
+            arrays[f"d{i}_rows"] = np.array([table[k].rows for k in keys], dtype=np.int64)
+            arrays[f"d{i}_last"] = np.array([table[k].last_round for k in keys], dtype=np.int64)
+            arrays[f"d{i}_vec_sum"] = np.stack([table[k].vec_sum for k in keys])
+            arrays[f"d{i}_q_sum"] = np.array([table[k].q_sum for k in keys])
+            arrays[f"d{i}_recent_n"] = np.array([len(table[k].recent_q) for k in keys])
+            arrays[f"d{i}_recent_vecs"] = np.concatenate([table[k].recent_vecs for k in keys])
+            arrays[f"d{i}_recent_q"] = np.concatenate([table[k].recent_q for k in keys])
+        atomic_write(self.path, lambda f: np.savez(f, **arrays))
+
+    def _load(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["format"]) != _FORMAT or int(data["dim"]) != self.dim:
+                raise ValueError(f"{path}: not a sender history (format {_FORMAT}, dim {self.dim})")
+            self.rounds = int(data["rounds"])
+            i = 0
+            while f"d{i}_name" in data:
+                name = str(data[f"d{i}_name"])
+                self._domains[name] = _load_domain(data, f"d{i}_", self.dim, path)
+                i += 1
+
+
+def _load_domain(data, prefix: str, dim: int, path: Path) -> dict[bytes, SenderSummary]:
+    senders = data[prefix + "senders"]
+    rows, last = data[prefix + "rows"], data[prefix + "last"]
+    vec_sum, q_sum = data[prefix + "vec_sum"], data[prefix + "q_sum"]
+    recent_n = data[prefix + "recent_n"]
+    recent_vecs, recent_q = data[prefix + "recent_vecs"], data[prefix + "recent_q"]
+    n = len(senders)
+    shapes_ok = (
+        senders.shape == (n, 32)
+        and vec_sum.shape == (n, dim)
+        and all(len(a) == n for a in (rows, last, q_sum, recent_n))
+        and recent_vecs.shape == (int(recent_n.sum()), dim)
+        and len(recent_q) == int(recent_n.sum())
+    )
+    if not shapes_ok or (rows < 1).any() or (recent_n < 1).any() or (recent_n > rows).any():
+        raise ValueError(f"{path}: {prefix} has inconsistent shapes or counts")
+    finite = all(np.isfinite(a).all() for a in (vec_sum, q_sum, recent_vecs, recent_q))
+    if not finite:
+        raise ValueError(f"{path}: {prefix} holds a value that is not finite")
+    bounds = np.concatenate([[0], np.cumsum(recent_n)])
+    out = {}
+    for j in range(n):
+        part = slice(bounds[j], bounds[j + 1])
+        out[bytes(senders[j])] = SenderSummary(
+            int(rows[j]), vec_sum[j].astype(np.float64), float(q_sum[j]),
+            recent_vecs[part].astype(np.float32), recent_q[part].astype(np.float64), int(last[j]),
+        )  # fmt: skip
+    return out
