@@ -77,8 +77,21 @@ DEFAULT_ATTACKS = (
     "domain_spoof",
     "confidence_inflation",
     "flooding",
+    "plausible_useless",
+    "plausible_harmful",
+    "adaptive_harmful",
 )
 QUICK_ATTACKS = ("random_signs", "alie")
+#: The poisoning-defence table: these attacks at every f, with and without agents that
+#: recall for their tasks and report outcomes (SimConfig.feedback), over FEEDBACK_ROUNDS
+#: rounds evaluated every FEEDBACK_EVERY (the target reads poisoned@3 at round 50).
+FEEDBACK_ATTACKS = ("plausible_harmful", "adaptive_harmful")
+FEEDBACK_ROUNDS = 50
+FEEDBACK_EVERY = 5
+#: Sybils: at f = N/10, each attacker with this many free keys (open membership) against
+#: one bonded key per attacker's bond (registry mode), one seed.
+SYBIL_ATTACKS = ("plausible_harmful", "domain_spoof")
+SYBIL_IDENTITIES = 10
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 KB = 1000  # bytes; the paper's "29 KB" is its 28,800-byte batch
 TARGET = 0.9  # Table 5: rounds to 90% of the central oracle
@@ -153,14 +166,25 @@ def code_fingerprint() -> str:
 
 
 def sim_config(
-    nodes, rounds, seed, *, eval_every, byzantine=0, attack=None, share=True, wire_version=None
+    nodes,
+    rounds,
+    seed,
+    *,
+    eval_every,
+    byzantine=0,
+    attack=None,
+    share=True,
+    wire_version=None,
+    **extra,
 ) -> dict:
     """A SimConfig as a JSON-normal dict; f = 0 runs all carry the default attack name, so
     the clean run of an N is the same cache entry whichever attack table asks for it.
-    `wire_version` None is the simulator's default (the version nodes publish)."""
+    `wire_version` None is the simulator's default (the version nodes publish); `extra`
+    are other SimConfig fields (feedback, sybils, ...)."""
     kwargs: dict = {"attack": attack} if byzantine and attack else {}
     if wire_version is not None:
         kwargs["wire_version"] = wire_version
+    kwargs.update(extra)
     cfg = SimConfig(
         nodes=nodes,
         rounds=rounds,
@@ -186,6 +210,10 @@ def describe(cfg: dict) -> str:
         text += " share=False"
     if cfg.get("wire_version", 1) != SimConfig.wire_version:
         text += f" wire v{cfg.get('wire_version', 1)}"
+    if cfg.get("feedback"):
+        text += " feedback"
+    if cfg.get("sybils", "none") != "none":
+        text += f" sybils={cfg['sybils']}"
     return text
 
 
@@ -303,7 +331,55 @@ def make_plan(s: argparse.Namespace) -> dict:
         r = cfgs[0]["rounds"]
         plan["v1"][n] = [sim_config(n, r, seed, eval_every=r, wire_version=1) for seed in seeds]
     plan["v1"] = {n: cfgs for n, cfgs in plan["v1"].items() if cfgs}
+    plan["feedback"], plan["sybil"] = feedback_plan(s), sybil_plan(s)
     return plan
+
+
+def feedback_plan(s: argparse.Namespace) -> dict:
+    """attack -> f label -> "off"/"on" -> one config per seed (FEEDBACK_ROUNDS rounds)."""
+    r = min(s.rounds, FEEDBACK_ROUNDS)
+    every = min(FEEDBACK_EVERY, r)
+    out: dict = {}
+    for attack in s.feedback_attacks:
+        out[attack] = {}
+        for label, f in fractions(s.robust_n):
+            out[attack][label] = {
+                mode: [
+                    sim_config(
+                        s.robust_n,
+                        r,
+                        seed,
+                        eval_every=every,
+                        byzantine=f,
+                        attack=attack,
+                        feedback=mode == "on",
+                    )
+                    for seed in s.seeds
+                ]
+                for mode in ("off", "on")
+            }
+    return out
+
+
+def sybil_plan(s: argparse.Namespace) -> dict:
+    """attack -> mode -> one config (f = N/10, first seed, FEEDBACK_ROUNDS rounds): open
+    membership with SYBIL_IDENTITIES free keys per attacker, and registry mode where each
+    attacker holds one bond (one key)."""
+    r = min(s.rounds, FEEDBACK_ROUNDS)
+    f = max(1, s.robust_n // 10)
+    modes = {
+        "open": {"sybils": "open", "sybil_identities": SYBIL_IDENTITIES},
+        "registry": {"sybils": "registry"},
+    }
+    return {
+        attack: {
+            mode: sim_config(
+                s.robust_n, r, s.seeds[0], eval_every=r, byzantine=f, attack=attack, **kw
+            )
+            for mode, kw in modes.items()
+        }
+        for attack in s.sybil_attacks
+    }
 
 
 def plan_configs(plan: dict) -> list[dict]:
@@ -312,6 +388,14 @@ def plan_configs(plan: dict) -> list[dict]:
     out += [c for runs in plan["bandwidth"].values() for c in runs]
     out += [c for pair in plan["share"].values() for c in pair.values()]
     out += [c for runs in plan["v1"].values() for c in runs]
+    out += [
+        c
+        for by_f in plan["feedback"].values()
+        for modes in by_f.values()
+        for runs in modes.values()
+        for c in runs
+    ]
+    out += [c for modes in plan["sybil"].values() for c in modes.values()]
     return out
 
 
@@ -463,6 +547,11 @@ def figures(s: argparse.Namespace, plan: dict, res: dict[str, dict], fp: str) ->
                 row[f"{m}_{k}"] = {"share": a, "exact": b, "diff": a - b}
         fig["share"][n] = row
 
+    fig["feedback"] = feedback_figures(plan["feedback"], get)
+    fig["sybil"] = {
+        attack: {mode: sybil_cell(get(cfg)) for mode, cfg in modes.items()}
+        for attack, modes in plan["sybil"].items()
+    }
     fig["t3"] = table3(fig)
     fig["t4"] = table4()
     used = {cache_key(c, fp) for c in plan_configs(plan)}
@@ -488,6 +577,62 @@ def figures(s: argparse.Namespace, plan: dict, res: dict[str, dict], fp: str) ->
         },
     }
     return fig
+
+
+def feedback_figures(plan: dict, get) -> dict:
+    """Per attack, f label and feedback mode: rows kept, poisoned@3 (final and by round),
+    and the retrieval proxy as a share of the same mode's f = 0 figure."""
+    out: dict = {}
+    for attack, by_f in plan.items():
+        out[attack] = {}
+        clean = {mode: [get(c) for c in cfgs] for mode, cfgs in by_f["0"].items()}
+        for label, modes in by_f.items():
+            out[attack][label] = {}
+            for mode, cfgs in modes.items():
+                runs = [get(c) for c in cfgs]
+                base = clean[mode]
+                cell = {
+                    "f": cfgs[0]["byzantine"],
+                    "nodes": cfgs[0]["nodes"],
+                    "rounds": cfgs[0]["rounds"],
+                    "honest_retention": stat(r["deltasoup"]["honest_retention"] for r in runs),
+                    "byzantine_kept_share": stat(
+                        r["deltasoup"]["byzantine_kept_share"] for r in runs
+                    ),
+                    "poisoned": stat(r["final"]["fai"]["poisoned"] for r in runs),
+                    "naive_poisoned": stat(r["final"]["naive"]["poisoned"] for r in runs),
+                    "proxy_pct": stat(
+                        100 * r["final"]["fai"]["proxy"] / b["final"]["fai"]["proxy"]
+                        for r, b in zip(runs, base, strict=True)
+                    ),
+                    "curve_round": [p["round"] for p in runs[0]["curves"]],
+                    "curve_poisoned": np.mean(
+                        [[p["fai"]["poisoned"] for p in r["curves"]] for r in runs], axis=0
+                    ).tolist(),
+                    "curve_naive": np.mean(
+                        [[p["naive"]["poisoned"] for p in r["curves"]] for r in runs], axis=0
+                    ).tolist(),
+                }
+                if mode == "on" and cell["f"]:
+                    fb = [r["adversary"]["feedback"] for r in runs]
+                    cell["byzantine_rows_muted"] = stat(x["byzantine_rows_muted"] for x in fb)
+                    cell["honest_rows_muted"] = stat(x["honest_rows_muted"] for x in fb)
+                out[attack][label][mode] = cell
+    return out
+
+
+def sybil_cell(r: dict) -> dict:
+    """One Sybil-comparison run: identities, rows kept, poisoned@3, proxy."""
+    adv = r.get("adversary", {})
+    return {
+        "identities": adv.get("byzantine_identities"),
+        "f": r["config"]["byzantine"],
+        "honest_retention": r["deltasoup"]["honest_retention"],
+        "byzantine_kept_share": r["deltasoup"]["byzantine_kept_share"],
+        "poisoned": r["final"]["fai"]["poisoned"],
+        "naive_poisoned": r["final"]["naive"]["poisoned"],
+        "proxy": r["final"]["fai"]["proxy"],
+    }
 
 
 def table3(fig: dict) -> dict:
@@ -844,6 +989,125 @@ def table3_markdown(fig: dict) -> list[str]:
     )
     L += ["", *sim_bytes_paragraph(fig, dv), ""]
     return L
+
+
+def poisoning_markdown(fig: dict, img_rel: str) -> list[str]:
+    """The poisoning-defence section: each plausible attack with and without outcome
+    feedback, the poisoned@3 curve, and the Sybil comparison."""
+    fb, syb = fig.get("feedback", {}), fig.get("sybil", {})
+    if not fb and not syb:
+        return []
+    L = [
+        "## Poisoning defence: outcome feedback and Sybils",
+        "",
+        "Plausible attacks send texts whose embeddings are their own, so no embedding-space "
+        "check can see them; only their inflated quality claims (sender histories, "
+        "docs/deltasoup.md) and what using them does tell them apart. With feedback on, "
+        "every honest agent recalls experiences for its tasks (ranked by utility and "
+        "source standing) and reports each outcome from the lesson's hidden value plus "
+        "noise (std 0.3); sources that keep hurting are muted (fai_eval/sim/feedback.py). "
+        f"Poisoned@{simulator.POISON_TOP_K}: share of held-out tasks with a non-genuine row "
+        f"among the top {simulator.POISON_TOP_K}; proxy: FAI's final retrieval proxy as a "
+        "share of the same mode's f = 0 run. Mean ± std over seeds.",
+        "",
+    ]
+    header = [
+        "attack", "f", "feedback", "Byzantine rows kept", "honest retention",
+        f"FAI poisoned@{simulator.POISON_TOP_K}", f"naive poisoned@{simulator.POISON_TOP_K}",
+        "FAI proxy % of f=0", "attack rows muted",
+    ]  # fmt: skip
+    rows = []
+    for attack, by_f in fb.items():
+        for label, modes in by_f.items():
+            for mode, c in modes.items():
+                if not c["f"]:
+                    continue
+                muted = c.get("byzantine_rows_muted")
+                rows.append(
+                    [
+                        f"`{attack}`", f"{label} ({c['f']})", mode,
+                        pct_pm(c["byzantine_kept_share"]), pct_pm(c["honest_retention"]),
+                        pm(c["poisoned"], 3), pm(c["naive_poisoned"], 3),
+                        pct_pm(c["proxy_pct"], 1), pm(muted, 0, comma=True) if muted else "–",
+                    ]
+                )  # fmt: skip
+    if rows:
+        first = next(iter(next(iter(fb.values())).values()))["off"]
+        L += [
+            f"**Outcome feedback** (N = {first['nodes']}, {first['rounds']} rounds)",
+            "",
+            *table(header, rows),
+            "",
+            *poison_target_lines(fb),
+            f"![poisoning]({img_rel}/poisoning.png)",
+            "",
+        ]
+    if syb:
+        L += sybil_markdown(syb)
+    return L
+
+
+def poison_target_lines(fb: dict) -> list[str]:
+    """Whether FAI's poisoned@3, averaged over seeds, stays at or under the target from
+    some evaluated round on, per attack at the largest f, with and without feedback."""
+    out = []
+    target = simulator.POISON_TARGET
+    for attack, by_f in fb.items():
+        label = list(by_f)[-1]
+        for mode, c in by_f[label].items():
+            curve = list(zip(c["curve_round"], c["curve_poisoned"], strict=True))
+            within = next(
+                (r for i, (r, _) in enumerate(curve) if all(p <= target for _, p in curve[i:])),
+                None,
+            )
+            said = (
+                f"at or under {100 * target:.0f}% from round {within} on"
+                if within is not None
+                else f"never at or under {100 * target:.0f}% to the end"
+            )
+            out.append(
+                f"- `{attack}` f={label} ({c['f']}), feedback {mode}: mean poisoned@"
+                f"{simulator.POISON_TOP_K} {said} (final {100 * c['poisoned']['mean']:.1f}%)."
+            )
+    return [*out, ""] if out else []
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def sybil_markdown(syb: dict) -> list[str]:
+    """The Sybil comparison: free keys (open membership) against one bonded key each."""
+    header = [
+        "attack", "membership", "attacker identities", "Byzantine rows kept",
+        "honest retention", f"FAI poisoned@{simulator.POISON_TOP_K}", "FAI proxy",
+    ]  # fmt: skip
+    rows = []
+    for attack, modes in syb.items():
+        for mode, c in modes.items():
+            what = (
+                f"open, {SYBIL_IDENTITIES} free keys per attacker"
+                if mode == "open"
+                else "registry, one bond per attacker"
+            )
+            rows.append(
+                [
+                    f"`{attack}`", what, str(c["identities"]), pct(c["byzantine_kept_share"]),
+                    pct(c["honest_retention"]), f"{c['poisoned']:.3f}", f"{c['proxy']:.3f}",
+                ]
+            )  # fmt: skip
+    c0 = next(iter(next(iter(syb.values())).values()))
+    return [
+        f"**Sybils** ({c0['f']} attacking nodes, one seed): in open membership identities are "
+        "free, and each is a vote in the sender histories' medians; in registry mode each "
+        "costs a bond (`MIN_BOND_TOKENS` in the simulator, the registry's minimum bond), so "
+        "an attacker with one bond runs one key. The same attacker buying "
+        f"{SYBIL_IDENTITIES} bonds gets the open row, at {SYBIL_IDENTITIES}x the stake, all "
+        "of it slashable.",
+        "",
+        *table(header, rows),
+        "",
+    ]
 
 
 def sim_bytes_paragraph(fig: dict, dv: int) -> list[str]:
@@ -1214,6 +1478,8 @@ def markdown(fig: dict, s: argparse.Namespace, notes: str | None, img_rel: str) 
         *table(header, rows),
         "",
     ]
+
+    L += poisoning_markdown(fig, img_rel)
 
     # Table 3
     L += table3_markdown(fig)
@@ -1625,7 +1891,11 @@ def robustness_plot(plt, fig: dict, robust_n: int, img_dir: Path) -> None:
                 color=COLOR[m],
                 label=LABEL[m],
             )
-        ax.set_title(a, fontsize=10)
+        kept = cells[-1]["byzantine_kept_share"]
+        # The proxy cannot show a filter failure for attacks that send real lessons
+        # (module notes): the title says what DeltaSoup let through.
+        note = f"\nFAI kept {100 * kept['mean']:.1f}% of attack rows" if kept else ""
+        ax.set_title(f"{a}{note}", fontsize=9)
         ax.set_xlabel("Byzantine fraction f / N")
         ax.grid(alpha=0.3)
     for j in range(len(attack_names), rows_n * cols):
@@ -1643,6 +1913,34 @@ def robustness_plot(plt, fig: dict, robust_n: int, img_dir: Path) -> None:
     plt.close(f)
 
 
+def poisoning_plot(plt, fig: dict, img_dir: Path) -> None:
+    """Poisoned@3 over rounds at the largest f, per feedback attack: FAI with and without
+    outcome feedback, and naive averaging (which merges everything) for scale."""
+    fb = fig.get("feedback", {})
+    if not fb:
+        return
+    f, axes = plt.subplots(1, len(fb), figsize=(4.8 * len(fb), 3.6), squeeze=False)
+    for ax, (attack, by_f) in zip(axes[0], fb.items(), strict=True):
+        label = list(by_f)[-1]
+        for mode, style in (("off", "--"), ("on", "-")):
+            c = by_f[label][mode]
+            ax.plot(c["curve_round"], c["curve_poisoned"], style, color=COLOR["fai"],
+                    marker="^", ms=3, label=f"FAI, feedback {mode}")  # fmt: skip
+        c = by_f[label]["off"]
+        ax.plot(c["curve_round"], c["curve_naive"], ":", color=COLOR["naive"], marker="s", ms=3,
+                label="naive averaging")  # fmt: skip
+        ax.axhline(simulator.POISON_TARGET, color="black", lw=0.8, alpha=0.5, label="1% target")
+        ax.set_title(f"{attack}, f = {label} ({c['f']})", fontsize=10)
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"poisoned@{simulator.POISON_TOP_K}")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    f.tight_layout()
+    f.savefig(img_dir / "poisoning.png", dpi=120)
+    plt.close(f)
+
+
 def plots(fig: dict, s: argparse.Namespace, img_dir: Path) -> None:
     import matplotlib
 
@@ -1653,6 +1951,7 @@ def plots(fig: dict, s: argparse.Namespace, img_dir: Path) -> None:
     img_dir.mkdir(parents=True, exist_ok=True)
     convergence_plot(plt, fig, img_dir)
     robustness_plot(plt, fig, s.robust_n, img_dir)
+    poisoning_plot(plt, fig, img_dir)
 
     bw = sorted(fig["bandwidth"].items())
     v1 = sorted(fig["v1"].items())
@@ -1721,7 +2020,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sizes", type=ints, help="fleet sizes of Tables 1/5 (default 10,50,100)")
     p.add_argument("--seeds", type=ints, help="seeds (default 42,123,456; quick 42)")
     p.add_argument("--robust-n", type=int, help="N of Table 2 (default 100; quick 10)")
-    p.add_argument("--attacks", type=names, help="attacks of Table 2 (default: 8 of them)")
+    p.add_argument("--attacks", type=names, help="attacks of Table 2 (default: 13 of them)")
+    p.add_argument(
+        "--feedback-attacks",
+        type=names,
+        help="attacks run with and without outcome feedback (default plausible_harmful,"
+        "adaptive_harmful; '' for none)",
+    )
+    p.add_argument(
+        "--sybil-attacks",
+        type=names,
+        help="attacks of the Sybil comparison (default plausible_harmful,domain_spoof; '' for "
+        "none)",
+    )
     p.add_argument(
         "--bandwidth-sizes",
         type=ints,
@@ -1754,6 +2065,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "seeds": (list(SEEDS), [SEEDS[0]]),
         "robust_n": (100, 10),
         "attacks": (list(DEFAULT_ATTACKS), list(QUICK_ATTACKS)),
+        "feedback_attacks": (list(FEEDBACK_ATTACKS), ["plausible_harmful"]),
+        "sybil_attacks": (list(SYBIL_ATTACKS), ["plausible_harmful"]),
         "bandwidth_sizes": ([10, 50, 100, 200, 500], [10, 20]),
         "bandwidth_rounds": (20, 10),
         "share_check_sizes": ([10, 50], [10]),
@@ -1768,7 +2081,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         s.v1_seeds = list(s.seeds)
     s.cache_display = s.cache or "bench/.evaluation-cache/"
     s.cache = Path(s.cache) if s.cache else ROOT / "bench" / ".evaluation-cache"
-    unknown = [a for a in s.attacks if a not in adversary.ATTACKS]
+    unknown = [
+        a for a in [*s.attacks, *s.feedback_attacks, *s.sybil_attacks] if a not in adversary.ATTACKS
+    ]
     if unknown:
         p.error(f"unknown attack(s) {unknown}; known: {', '.join(adversary.ATTACKS)}")
     if not s.sizes or not s.seeds or s.rounds < 1 or s.eval_every < 1 or s.robust_n < 2:
@@ -1792,7 +2107,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(fig, s, existing_notes(out_md), Path(img_rel).as_posix())
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text, encoding="utf-8")
-    log(f"wrote {out_md} and {img_dir}/{{convergence,robustness,bandwidth}}.png")
+    log(f"wrote {out_md} and {img_dir}/{{convergence,robustness,poisoning,bandwidth}}.png")
     if s.json:
         print(json.dumps(fig, indent=2, default=str))
 

@@ -38,11 +38,14 @@ the measurements behind every threshold below.
       piped to a shell, URLs). A heuristic, so a screened row costs its sender nothing.
    c. scale distribution: log scales per group against the sender-weighted median, robust
       z with MAD (times `mad_scale`); only with >= `scale_min_rows` rows in the round.
-   d. confidence inflation: a sender whose median quality lies above the sender-weighted
-      `quality_quantile` of all qualities, by more than `quality_z` standard errors of
-      that median, is refused for the round.
-   e. domain tag: a batch whose mean text embedding is nearer another domain's centroid
-      (sender-weighted coordinate-wise median of the round) than its own is refused.
+   d. quality claims and e. domain tag, against the receiver's sender histories
+      (fai_core.deltasoup_history: per domain and sender, every verified row it sent, over
+      all rounds): a sender whose mean claim lies far above the median sender's, or whose
+      texts lie far from the domain's centroid (or nearer another domain's), is refused in
+      that domain; one that is suspicious but not yet beyond doubt has its rows wait in the
+      backlog for more evidence (at most `history_max_wait_ms`), as do the rows of a domain
+      with too few senders for a reference. The one-round versions (`ConfidenceInflation`,
+      `DomainTag`: the round's own medians) remain in `ONE_ROUND_FILTERS`.
 4. Merge (a `deltasoup_merge` rule object, `DeltaSoup(merge=)`): per domain,
    single-linkage clusters of cosine > theta_dup (exact in matrix blocks up to
    `exact_cluster_rows` rows, random-hyperplane LSH above: a numba union-find kernel
@@ -164,20 +167,28 @@ class DeltaSoupConfig:
     domain_margin: float = 0.0
     domain_min_senders: int = 3
     #: Sender histories (fai_core.deltasoup_history), behind the default domain and quality
-    #: checks: a domain's reference needs this many senders heard in it...
+    #: checks (docs/deltasoup.md, "Sender histories"): a domain's reference needs this many
+    #: senders heard in it...
     history_min_senders: int = 5
     #: ...and a sender is refused in a domain when its mean text cosine to the domain's
     #: centroid lies this many standard errors below the median sender's, or its mean
-    #: quality claim this many above.
-    history_domain_z: float = 3.5
-    history_quality_z: float = 3.0
+    #: quality claim this many above; past `history_defer_z` its rows wait for evidence
+    #: (DEFERRED, at most `history_max_wait_ms` from when this node first judged them).
+    history_reject_z: float = 4.5
+    history_defer_z: float = 2.5
+    history_max_wait_ms: int = 300_000
     #: A sender is judged in a domain once it has sent this many rows there: one
     #: peripheral lesson is honest variety, not evidence.
-    history_min_rows: int = 3
+    history_min_rows: int = 1
     #: Floors of the single-row spreads (cosine, quality units): senders sending
     #: near-identical rows cannot shrink the yardstick honest variety is measured with.
     history_domain_sigma: float = 0.08
     history_quality_sigma: float = 0.1
+    #: Floors of the between-sender spread: an honest node working on a corner of its
+    #: domain, or scoring a little high, is never more than gap / tau standard errors out
+    #: however much it sends (a 0.2 gap in quality: 2.9).
+    history_domain_tau: float = 0.03
+    history_quality_tau: float = 0.03
     #: Senders with this many rows estimate the between-sender spread (tau).
     history_tau_rows: int = 8
     #: Rows per sender kept to estimate the single-row spread; senders kept per domain.
@@ -395,15 +406,25 @@ class DeltaSoup:
         merge. `max_age_ms` widens T_max as in `verify`."""
         outcomes, accepted, n_backlog = self._admit(batches, now_ms, max_age_ms)
         rows = _filter_rows(
-            accepted, self.embedder, self.config, n_backlog, self.filters, self.history
+            accepted, self.embedder, self.config, n_backlog, self.filters, self.history, now_ms
         )
         self._judge(outcomes, accepted, rows)
-        if rows.reference is not None:
-            verdict = rows.cache.get("history") or self.history.judge(rows, self.config)
-            self.history.apply(verdict, self.config)
+        self._record_history(rows, now_ms)
         result = _merge(rows, outcomes, self.config, self.merge)
         result.row_backlog = rows.batch < n_backlog
         return result
+
+    def _record_history(self, rows: RoundRows, now_ms: int) -> None:
+        """Store the round's rows in the sender histories; rows the histories deferred are
+        remembered (counted once, with when they were first judged)."""
+        if rows.reference is None:
+            return
+        verdict = rows.cache.get("history") or self.history.judge(rows, self.config)
+        waiting = rows.reference & (rows.drop == _CODE[Drop.DEFERRED])
+        first = self.history.first_seen(rows, now_ms)
+        ids = [(b.cid, i) for b, _ in rows.slices() for i in b.ids]
+        held = {ids[j]: int(first[j]) for j in np.flatnonzero(waiting)}
+        self.history.apply(verdict, self.config, held)  # type: ignore[arg-type]
 
     def _admit(
         self, batches: Iterable[Batch], now_ms: int, max_age_ms: int | None
@@ -501,6 +522,7 @@ def _filter_rows(
     n_backlog: int = 0,
     filters: Sequence[RowFilter] = DEFAULT_FILTERS,
     history: SenderHistory | None = None,
+    now_ms: int = 0,
 ) -> RoundRows:
     """Phases 2 and 3 over `batches`, whose first `n_backlog` entries come from the backlog.
 
@@ -509,7 +531,7 @@ def _filter_rows(
     reference population is fixed before the first RELATIVE one (deltasoup_filters.py).
     """
     rows = RoundRows.collect(batches, embedder.dimension, n_backlog)
-    rows.history = history
+    rows.history, rows.now_ms = history, now_ms
     if not batches:
         return rows
     for f in filters:

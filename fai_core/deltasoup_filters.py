@@ -15,8 +15,13 @@ refused it (a row gets at most one reason). The default order, `DEFAULT_FILTERS`
    After the verified checks, so a row whose vector contradicts its text is still charged
    as semantic_mismatch (a steering keyword cannot launder it), and before the relative
    checks, so screened rows never join their reference population.
-6. `ScaleOutlier` (scale_outlier), 7. `ConfidenceInflation` (quality_outlier) and
-   8. `DomainTag` (domain_mismatch): the relative checks (c-e).
+6. `ScaleOutlier` (scale_outlier): the round's relative scale check (c).
+7. `QualityHistory` (quality_outlier), 8. `DomainHistory` (domain_mismatch) and
+   9. `HistoryWait` (deferred): the quality and domain checks (d, e) against the
+   receiver's sender histories (fai_core.deltasoup_history), built over every round, and
+   the rows they cannot decide yet, which wait in the backlog for more evidence.
+   `ONE_ROUND_FILTERS` is the earlier pipeline, with the one-round `ConfidenceInflation`
+   and `DomainTag` in their place, kept to measure against.
 
 Stages fix when the round's shared work happens, so the order of the loop is the order of
 Algorithm 3: phase 2 (decompress, and embed the texts of the rows still kept) runs before
@@ -138,6 +143,8 @@ class RoundRows:
     cache: dict[str, object] = field(default_factory=dict)
     #: The receiver's sender histories (read only here; DeltaSoup stores the round's).
     history: SenderHistory | None = None
+    #: The round's clock (DeltaSoup.aggregate's `now_ms`): how long rows have waited.
+    now_ms: int = 0
 
     @classmethod
     def collect(cls, batches: Sequence[Batch], dim: int, n_backlog: int = 0) -> RoundRows:
@@ -556,7 +563,7 @@ def _history_refusals(rows: RoundRows, cfg: DeltaSoupConfig, check: str) -> Verd
 
 class QualityHistory:
     """A sender whose mean quality claim in a domain, over every verified row it has sent
-    there, lies more than `history_quality_z` standard errors above the median sender's is
+    there, lies more than `history_reject_z` standard errors above the median sender's is
     refused in that domain this round (fai_core.deltasoup_history). It replaces the
     one-round `ConfidenceInflation` in the default order: the history has the rows one
     round lacks, and attackers who dominate a round do not own it."""
@@ -573,7 +580,7 @@ class QualityHistory:
 class DomainHistory:
     """A sender whose texts in a domain, over every verified row it has sent there, lie
     further from the domain's centroid than honest variety explains (more than
-    `history_domain_z` standard errors below the median sender) is refused in that domain
+    `history_reject_z` standard errors below the median sender) is refused in that domain
     this round. Unlike the one-round `DomainTag` it needs no second domain: a node
     subscribed to one domain still sees a spoofed tag."""
 
@@ -586,8 +593,35 @@ class DomainHistory:
         return _history_refusals(rows, cfg, "domain")
 
 
-#: Algorithm 3's phase 3, in its documented order (module docstring).
-DEFAULT_FILTERS: tuple[RowFilter, ...] = (
+class HistoryWait:
+    """Rows the sender histories cannot decide yet wait in the backlog (DEFERRED, no cost):
+    the rows of a sender past `history_defer_z` but short of the refusal bound. A row waits
+    at most `history_max_wait_ms` from when this node first judged it, then is decided on
+    what is known: refused past the bound, kept otherwise. Rows of a domain without a
+    reference (fewer than `history_min_senders` senders heard) do not wait: a small fleet
+    would wait for ever, so attackers present from a domain's first round keep what they
+    send until the reference forms (docs/deltasoup.md)."""
+
+    name = "history_wait"
+    drop = Drop.DEFERRED
+    stage = Stage.RELATIVE
+
+    def refuse(self, rows: RoundRows, cfg: DeltaSoupConfig) -> Verdict:
+        """Rows still kept whose sender (or domain) is undecided and that may still wait."""
+        wait = np.zeros(len(rows), dtype=bool)
+        v = history_verdict(rows, cfg)
+        if v is None or rows.history is None:
+            return Verdict(wait, {})
+        for b, sl in rows.slices():
+            if b.sender in v.undecided.get(b.domain, ()):
+                wait[sl] = True
+        young = rows.now_ms - rows.history.first_seen(rows, rows.now_ms) < cfg.history_max_wait_ms
+        return Verdict(wait & young & (rows.drop == 0), {})
+
+
+#: The one-round quality and domain checks in place of the sender histories' (and no
+#: waiting for evidence): the pipeline before sender histories, kept to measure against.
+ONE_ROUND_FILTERS: tuple[RowFilter, ...] = (
     OverCap(),
     CapDeferral(),
     SemanticConsistency(),
@@ -598,12 +632,10 @@ DEFAULT_FILTERS: tuple[RowFilter, ...] = (
     DomainTag(),
 )
 
-#: The same order with the one-round quality and domain checks replaced by the sender
-#: histories' (`DeltaSoup(filters=HISTORY_FILTERS)`). Not the default yet: in small
-#: fleets they refuse more honest rows than the one-round checks (docs/deltasoup.md,
-#: "Sender histories"), and docs/evaluation.md has not been regenerated with them.
-HISTORY_FILTERS: tuple[RowFilter, ...] = (
-    *DEFAULT_FILTERS[:-2],
+#: Algorithm 3's phase 3, in its documented order (module docstring).
+DEFAULT_FILTERS: tuple[RowFilter, ...] = (
+    *ONE_ROUND_FILTERS[:-2],
     QualityHistory(),
     DomainHistory(),
+    HistoryWait(),
 )

@@ -12,27 +12,37 @@ tested against the domain's reference, built from the summaries of all senders:
 
 - domain: the centroid is the coordinate-wise median of the senders' mean text
   embeddings; a sender's statistic is the mean cosine of its texts to that centroid
-  (exactly its mean vector dotted with the centroid). A sender whose mean sits more than
-  `history_domain_z` standard errors below the median sender is refused in that domain;
-- quality: a sender whose mean claim sits more than `history_quality_z` standard errors
-  above the median sender's mean claim is refused in that domain.
+  (exactly its mean vector dotted with the centroid), compared with the median sender's;
+  a sender whose mean text is nearer another domain's centroid is suspect too;
+- quality: a sender's mean claim, compared with the median sender's mean claim.
+
+Past `history_reject_z` standard errors (or nearer another domain with
+`history_tau_rows` rows) a sender is refused in that domain; past `history_defer_z` its
+rows wait in DeltaSoup's backlog for more evidence, at most `history_max_wait_ms` from
+when this node first judged them, and are then decided on what is known. An attacker
+who keeps sending crosses the refusal bound within a few rounds; an honest sender at the
+edge of its domain stays short of it and is kept when its wait ends. Rows of a domain
+without a reference yet (fewer than `history_min_senders` senders) pass unjudged: a
+small fleet may never have one.
 
 The standard error of a sender's mean over n rows is sqrt(sigma^2 / n + tau^2): sigma is
 the spread of single rows around the median sender (from the senders' recent rows, each
-sender weighing 1 in total), tau the spread between senders that have sent many rows, so
-an honest node that works on a corner of its domain, or scores a little optimistically, is
-not refused merely for having sent a lot. Both spreads have floors (`history_*_sigma`),
-since a group of senders sending near-identical rows must not shrink the yardstick that
-honest variety is measured with.
+sender weighing 1 in total; for quality measured below the middle only, so inflated
+claims do not widen their own yardstick), tau the spread between senders that have sent
+many rows, so an honest node that works on a corner of its domain, or scores a little
+optimistically, is not refused merely for having sent a lot. Both have floors
+(`history_*_sigma`, `history_*_tau`): a group of senders sending near-identical rows must
+not shrink the yardstick that honest variety is measured with.
 
-Every statistic is a median over senders, one vote each, whatever they sent; a reference
-needs `history_min_senders` senders; and the test runs twice, the second time with the
-senders the first refused left out of the reference. So a group of senders that is a
-minority of those this node has heard in a domain cannot move the reference, and a round
-that attackers dominate changes nothing by itself. What a minority cannot do, a majority
-of identities can: in an open fleet identities are free, and a Sybil attacker that
-outnumbers the honest senders of a domain owns its reference (docs/deltasoup.md says what
-this costs in registry mode, where identities are bonded).
+Every statistic is a median over senders, and senders whose mean texts are
+near-identical share one vote (`vote_weights`); a reference needs `history_min_senders`
+senders; and the test runs twice, the second time with the senders the first refused
+left out of the reference. So a group of senders that is a minority of those this node
+has heard in a domain cannot move the reference, and a round that attackers dominate
+changes nothing by itself. What a minority cannot do, a majority of identities can: in
+an open fleet identities are free, and a Sybil attacker that outnumbers the honest
+senders of a domain owns its reference (docs/deltasoup.md says what this costs in
+registry mode, where identities are bonded).
 
 Memory is bounded: at most `history_max_senders` senders per domain (the least recently
 heard is forgotten first) and `history_recent_rows` rows per sender. The state survives
@@ -104,11 +114,13 @@ class Reference:
 
 @dataclass
 class HistoryVerdict:
-    """Per domain of a round: the senders refused by each check, their z scores, and the
-    summaries to store once the round is over (`SenderHistory.apply`)."""
+    """Per domain of a round: the senders refused by each check, the senders whose rows
+    wait for more evidence, their z scores, and the summaries to store once the round is
+    over (`SenderHistory.apply`)."""
 
     domain_refused: dict[str, set[bytes]] = field(default_factory=dict)
     quality_refused: dict[str, set[bytes]] = field(default_factory=dict)
+    undecided: dict[str, set[bytes]] = field(default_factory=dict)
     domain_z: dict[tuple[str, bytes], float] = field(default_factory=dict)
     quality_z: dict[tuple[str, bytes], float] = field(default_factory=dict)
     updates: dict[str, dict[bytes, SenderSummary]] = field(default_factory=dict)
@@ -147,29 +159,32 @@ def vote_weights(mean_vecs: np.ndarray, same_cos: float) -> np.ndarray:
     return 1.0 / sizes[label]
 
 
-def _spreads(means, counts, weights, recent, mid, floor, cfg, lower=False) -> tuple[float, float]:
+def _spreads(
+    means, counts, weights, recent, mid, floors: tuple[float, float], cfg, lower=False
+) -> tuple[float, float]:
     """(sigma, tau): single-row spread around `mid` from the senders' recent values (each
     sender weighs its vote), and the between-sender spread of the means of senders with at
-    least `history_tau_rows` rows beyond what sampling explains (0 with fewer than 3).
+    least `history_tau_rows` rows beyond what sampling explains; `floors` bound both from
+    below (with fewer than 3 such senders tau is its floor).
 
     `lower`: measure both from values below the middle only. The quality test refuses
     claims above it, so inflated claims must not widen the yardstick they are measured
     with; honest claims spread at least as far below their middle as above it."""
     per_row = [np.full(len(r), w / len(r)) for r, w in zip(recent, weights, strict=True)]
     values, row_w = np.concatenate(recent), np.concatenate(per_row)
-    sigma = floor
+    sigma, tau_floor = floors
     side = values <= mid if lower else np.ones(len(values), dtype=bool)
     if side.any():
         dev = np.abs(values[side] - mid)
-        sigma = max(floor, 1.4826 * _weighted_median(dev, row_w[side]))
+        sigma = max(sigma, 1.4826 * _weighted_median(dev, row_w[side]))
     big = counts >= cfg.history_tau_rows
     if weights[big].sum() < 3:
-        return sigma, 0.0
+        return sigma, tau_floor
     big_mid = _weighted_median(means[big], weights[big])
     side = big & (means <= big_mid) if lower else big
     spread = 1.4826 * _weighted_median(np.abs(means[side] - big_mid), weights[side])
     sampling = float(np.median(sigma**2 / counts[big]))
-    return sigma, math.sqrt(max(0.0, spread**2 - sampling))
+    return sigma, math.sqrt(max(tau_floor**2, spread**2 - sampling))
 
 
 def reference(
@@ -192,13 +207,26 @@ def reference(
     d_mid = _weighted_median(d_means, weights)
     d_recent = [s.recent_vecs.astype(np.float64) @ centroid for s in live]
     d_sigma, d_tau = _spreads(
-        d_means, counts, weights, d_recent, d_mid, cfg.history_domain_sigma, cfg
+        d_means,
+        counts,
+        weights,
+        d_recent,
+        d_mid,
+        (cfg.history_domain_sigma, cfg.history_domain_tau),
+        cfg,
     )
     q_means = np.array([s.q_sum for s in live]) / counts
     q_mid = _weighted_median(q_means, weights)
     q_recent = [s.recent_q for s in live]
     q_sigma, q_tau = _spreads(
-        q_means, counts, weights, q_recent, q_mid, cfg.history_quality_sigma, cfg, lower=True
+        q_means,
+        counts,
+        weights,
+        q_recent,
+        q_mid,
+        (cfg.history_quality_sigma, cfg.history_quality_tau),
+        cfg,
+        lower=True,
     )
     return Reference(centroid, d_mid, d_sigma, d_tau, q_mid, q_sigma, q_tau)
 
@@ -211,6 +239,20 @@ def z_scores(s: SenderSummary, ref: Reference) -> tuple[float, float]:
     q_err = math.sqrt(ref.quality_sigma**2 / n + ref.quality_tau**2)
     d_mean = float(s.vec_sum @ ref.centroid) / n
     return (d_mean - ref.domain_mid) / d_err, (s.q_sum / n - ref.quality_mid) / q_err
+
+
+def _decide(z: float, elsewhere: bool, rows: int, cfg: DeltaSoupConfig) -> str:
+    """ "refuse", "wait" or "pass" for one check of one sender: `z` standard errors on the
+    suspicious side (below for the domain, above for quality). Past `history_reject_z`, or
+    nearer another domain with `history_tau_rows` rows or more, is enough to refuse; past
+    `history_defer_z`, or nearer another domain with fewer rows, the rows wait: an
+    attacker who keeps sending crosses the refusal bound within a few rounds, an honest
+    sender at the edge of its domain does not, and passes when the wait ends."""
+    if z > cfg.history_reject_z or (elsewhere and rows >= cfg.history_tau_rows):
+        return "refuse"
+    if z > cfg.history_defer_z or elsewhere:
+        return "wait"
+    return "pass"
 
 
 def nearer_elsewhere(
@@ -234,6 +276,9 @@ class SenderHistory:
         self.path = Path(path) if path is not None else None
         self.rounds = 0
         self._domains: dict[str, dict[bytes, SenderSummary]] = {}
+        #: Rows counted in a summary and deferred for evidence: (cid, id) -> when first seen.
+        #: They come back from DeltaSoup's backlog and must not be counted twice.
+        self._waiting: dict[tuple[bytes, bytes], int] = {}
         if self.path is not None and self.path.exists():
             self._load(self.path)
 
@@ -258,6 +303,7 @@ class SenderHistory:
         dom_idx = np.array([names.index(b.domain) for b in rows.batches], dtype=np.int64)
         domain_of_row = np.repeat(dom_idx, rows.sizes) if len(rows) else np.zeros(0, np.int64)
         senders = sorted({b.sender for b in rows.batches})
+        new = ~self.counted(rows)
         tables: dict[str, dict[bytes, SenderSummary]] = {}
         for d, dom in enumerate(names):
             in_dom = rows.reference & (domain_of_row == d)
@@ -266,7 +312,7 @@ class SenderHistory:
             fresh: dict[bytes, SenderSummary] = {}
             for k in np.unique(rows.node[in_dom]):
                 sender = senders[int(k)]
-                mine = in_dom & (rows.node == k)
+                mine = in_dom & (rows.node == k) & new
                 base = self.senders(dom).get(sender) or SenderSummary.empty(self.dim)
                 fresh[sender] = base.plus(
                     unit[mine], rows.quality[mine], cfg.history_recent_rows, self.rounds
@@ -277,6 +323,20 @@ class SenderHistory:
         for dom, fresh in verdict.updates.items():
             self._test(dom, tables[dom], fresh, centroids, cfg, verdict)
         return verdict
+
+    def counted(self, rows: RoundRows) -> np.ndarray:
+        """Per row: already counted in its sender's summary (a row back from the backlog
+        after waiting for evidence)."""
+        return np.array(
+            [(b.cid, i) in self._waiting for b, sl in rows.slices() for i in b.ids], dtype=bool
+        ).reshape(len(rows))
+
+    def first_seen(self, rows: RoundRows, now_ms: int) -> np.ndarray:
+        """Per row: when this node first judged it (now for a row never deferred)."""
+        return np.array(
+            [self._waiting.get((b.cid, i), now_ms) for b, _ in rows.slices() for i in b.ids],
+            dtype=np.int64,
+        ).reshape(len(rows))
 
     def _centroids(self, tables, cfg: DeltaSoupConfig) -> dict[str, np.ndarray]:
         """Every domain's centroid this node has a reference for (this round's included)."""
@@ -289,34 +349,45 @@ class SenderHistory:
 
     def _test(self, dom, merged, fresh, centroids, cfg, verdict: HistoryVerdict) -> None:
         """Two passes: the second leaves the senders the first refused out of the reference.
-        A sender is refused in the domain when its mean text lies too far below the median
-        sender's, or nearer another domain's centroid than this one's (`nearer_elsewhere`)."""
-        refused_d: set[bytes] = set()
-        refused_q: set[bytes] = set()
+        Each judged sender is refused, left undecided (its rows wait for more evidence) or
+        passed (`_decide`); without a reference nobody is judged."""
         if reference(list(merged.values()), cfg) is None:
             return
+        refused_d: set[bytes] = set()
+        refused_q: set[bytes] = set()
+        undecided: set[bytes] = set()
         for _ in range(2):
             pool = [s for k, s in merged.items() if k not in refused_d | refused_q]
             ref = reference(pool, cfg, min_senders=3)
             if ref is None:
                 break
-            refused_d, refused_q = set(), set()
+            refused_d, refused_q, undecided = set(), set(), set()
             for sender, summary in fresh.items():
                 if summary.rows < cfg.history_min_rows:
                     continue
                 dz, qz = z_scores(summary, ref)
                 verdict.domain_z[(dom, sender)] = dz
                 verdict.quality_z[(dom, sender)] = qz
-                if dz < -cfg.history_domain_z or nearer_elsewhere(summary, dom, ref, centroids):
-                    refused_d.add(sender)
-                if qz > cfg.history_quality_z:
-                    refused_q.add(sender)
+                elsewhere = nearer_elsewhere(summary, dom, ref, centroids)
+                d, q = _decide(-dz, elsewhere, summary.rows, cfg), _decide(qz, False, 0, cfg)
+                refused_d |= {sender} if d == "refuse" else set()
+                refused_q |= {sender} if q == "refuse" else set()
+                undecided |= {sender} if "wait" in (d, q) else set()
         verdict.domain_refused[dom] = refused_d
         verdict.quality_refused[dom] = refused_q
+        verdict.undecided[dom] = undecided - refused_d - refused_q
 
-    def apply(self, verdict: HistoryVerdict, cfg: DeltaSoupConfig) -> None:
+    def apply(
+        self,
+        verdict: HistoryVerdict,
+        cfg: DeltaSoupConfig,
+        waiting: dict[tuple[bytes, bytes], int] | None = None,
+    ) -> None:
         """Store a judged round's summaries, forgetting the least recently heard senders of a
-        domain beyond `history_max_senders`."""
+        domain beyond `history_max_senders`. `waiting`: the rows counted this round or
+        before that now wait in the backlog for evidence, with when each was first seen
+        (every other row leaves the waiting set)."""
+        self._waiting = dict(waiting or {})
         for dom, fresh in verdict.updates.items():
             table = self._domains.setdefault(dom, {})
             table.update(fresh)

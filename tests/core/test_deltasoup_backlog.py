@@ -10,7 +10,7 @@ from fai_eval.scenario import NOW_MS, Node
 
 #: Filters that depend on small-sample luck (domain centroids, quality quantile) are off: these
 #: tests are about the cap and the backlog, and every row here is honest.
-CFG = DeltaSoupConfig(domain_min_senders=99, quality_quantile=1.0)
+CFG = DeltaSoupConfig(domain_min_senders=99, quality_quantile=1.0, history_min_senders=99)
 PER = 20  # rows each ordinary node sends per round
 
 

@@ -9,6 +9,7 @@ from fai_core.aggregation import Aggregator, NaiveAverage
 from fai_core.deltasoup import _CODE, DeltaSoup, DeltaSoupConfig, Drop
 from fai_core.deltasoup_filters import (
     DEFAULT_FILTERS,
+    ONE_ROUND_FILTERS,
     CapDeferral,
     ConfidenceInflation,
     OverCap,
@@ -34,7 +35,7 @@ def _rows(batches, embedder, n_backlog=0) -> RoundRows:
 def test_default_order_and_reasons():
     """The documented order: budgets, the CHARGED checks, the steering screen, the relative
     ones."""
-    names = [(f.name, f.drop, f.stage) for f in DEFAULT_FILTERS]
+    names = [(f.name, f.drop, f.stage) for f in ONE_ROUND_FILTERS]
     assert names == [
         ("over_cap", Drop.OVER_CAP, Stage.BUDGET),
         ("cap_deferral", Drop.DEFERRED, Stage.BUDGET),
@@ -44,6 +45,13 @@ def test_default_order_and_reasons():
         ("scale_outlier", Drop.SCALE_OUTLIER, Stage.RELATIVE),
         ("confidence_inflation", Drop.QUALITY_OUTLIER, Stage.RELATIVE),
         ("domain_tag", Drop.DOMAIN_MISMATCH, Stage.RELATIVE),
+    ]
+    # The default replaces the one-round quality and domain checks by the sender histories'.
+    assert [(f.name, f.drop, f.stage) for f in DEFAULT_FILTERS] == [
+        *names[:-2],
+        ("quality_history", Drop.QUALITY_OUTLIER, Stage.RELATIVE),
+        ("domain_history", Drop.DOMAIN_MISMATCH, Stage.RELATIVE),
+        ("history_wait", Drop.DEFERRED, Stage.RELATIVE),
     ]
 
 

@@ -15,7 +15,6 @@ import pytest
 
 from fai_core.corpus import load_pattern_corpus
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
-from fai_core.deltasoup_filters import HISTORY_FILTERS
 from fai_core.deltasoup_history import (
     SenderHistory,
     SenderSummary,
@@ -44,7 +43,7 @@ class Fleet:
 
     def __init__(self, seed: int = 3, history: SenderHistory | None = None) -> None:
         self.rng = np.random.default_rng(seed)
-        self.soup = DeltaSoup(TableEmbedder(), history=history, filters=HISTORY_FILTERS)
+        self.soup = DeltaSoup(TableEmbedder(), history=history)
         self.seq: dict[bytes, int] = {}
         self.r = 0
 
@@ -73,7 +72,13 @@ def _fates(result, keys) -> list:
 HONEST = [NodeKey.generate() for _ in range(8)]
 
 
+HISTORY_DROPS = {Drop.DOMAIN_MISMATCH, Drop.QUALITY_OUTLIER}
+
+
 def test_spoofed_domain_tag_is_refused_once_the_domain_has_a_reference():
+    """Writing lessons tagged security, three a round, beside eight honest security
+    senders: the first three pass (one batch is not evidence), the next wait in the backlog,
+    and from the third round every one is refused, the waiting ones with them."""
     fleet, spoofer = Fleet(), NodeKey.generate()
     spoofed, honest_fates = [], []
     for _ in range(12):
@@ -82,12 +87,11 @@ def test_spoofed_domain_tag_is_refused_once_the_domain_has_a_reference():
         result = fleet.round(batches)
         spoofed.append(_fates(result, [spoofer]))
         honest_fates += _fates(result, HONEST)
-    # The reference forms in round 0 (eight senders); a sender is judged from its third row.
-    assert all(d is Drop.DOMAIN_MISMATCH for fates in spoofed[1:] for d in fates)
-    # An honest sender is judged too: with eight senders, 7 of 96 honest rows were refused
-    # (a sender whose lessons sit at the edge of the domain), the cost that keeps these
-    # checks out of DEFAULT_FILTERS for now.
-    assert honest_fates.count(None) >= 89 and len(honest_fates) == 96
+    assert spoofed[0] == [None] * 3
+    assert set(spoofed[1]) == {Drop.DEFERRED}
+    assert all(d is Drop.DOMAIN_MISMATCH for fates in spoofed[2:] for d in fates)
+    # Honest senders at the edge of the domain wait too, and are kept when the wait ends.
+    assert not HISTORY_DROPS & set(honest_fates) and Drop.DEFERRED in honest_fates
     assert fleet.soup.reputation.score(spoofer.public_key) == 1.0  # relative: never charged
 
 
@@ -101,27 +105,31 @@ def test_inflated_quality_is_refused_and_honest_claims_are_not():
         result = fleet.round(batches)
         lied.append(_fates(result, [liar]))
         honest_fates += _fates(result, HONEST)
-    assert all(d is Drop.QUALITY_OUTLIER for fates in lied for d in fates)
-    assert honest_fates.count(None) >= len(honest_fates) - 1 == 95
+    assert None not in {d for fates in lied for d in fates}
+    assert all(d is Drop.QUALITY_OUTLIER for fates in lied[4:] for d in fates)
+    assert not HISTORY_DROPS & set(honest_fates)
 
 
 def test_colluders_that_dominate_rounds_refuse_no_honest_row():
     """Ten fresh keys send the same three design lessons, tagged coding, at inflated claims,
-    for three rounds against the history of eight honest senders: every honest row of those
-    rounds is kept, and by the third round every colluder row is refused. (Three rows at
-    0.99 against this domain's honest spread of claims are 2.6 standard errors out: short of
-    the 3.0 bound, so one round is not enough.)"""
+    round after round, against the history of eight honest senders. No colluder row is
+    kept (they wait, then are refused), and the history checks refuse no honest row.
+    (The round's own scale check (c) does refuse honest rows here: thirty identical rows
+    set its median; it is not history-based.)"""
     fleet = Fleet(seed=9)
     for _ in range(8):
         fleet.round([fleet.honest(k, "coding", 2) for k in HONEST])
     colluders = [NodeKey.generate() for _ in range(10)]
     same = _pool("design")[:3]
-    for _ in range(3):
+    colluder_fates = []
+    for _ in range(5):
         batches = [fleet.honest(k, "coding", 2) for k in HONEST]
         batches += [fleet.batch(c, same, "coding", quality=[0.99] * 3) for c in colluders]
         result = fleet.round(batches)
-        assert _fates(result, HONEST) == [None] * 16
-    assert set(_fates(result, colluders)) <= {Drop.DOMAIN_MISMATCH, Drop.QUALITY_OUTLIER}
+        assert not HISTORY_DROPS & set(_fates(result, HONEST))
+        colluder_fates.append(set(_fates(result, colluders)))
+    assert all(None not in fates for fates in colluder_fates)
+    assert colluder_fates[-1] <= HISTORY_DROPS
 
 
 def test_identical_senders_vote_once():
