@@ -538,7 +538,7 @@ def _filter_rows(
         if f.stage is not Stage.BUDGET and rows.embedded is None:
             rows.decompress_and_embed(embedder)
         if f.stage is Stage.RELATIVE and rows.reference is None:
-            rows.fix_reference()
+            rows.fix_reference(cfg.history_same_cos)
         verdict = f.refuse(rows, cfg)
         rows.drop[verdict.refused & (rows.drop == 0)] = _CODE[f.drop]
         rows.scores.update(verdict.scores)

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import numpy as np
 
 from fai_core import bitdelta, text_screen
+from fai_core.deltasoup_history import vote_weights
 from fai_core.embedding import Embedder
 from fai_core.refusals import Drop
 from fai_core.wire import Batch
@@ -196,12 +197,21 @@ class RoundRows:
         if len(live_idx):
             self.own[live_idx] = embedder.embed([self.texts[i] for i in live_idx])
 
-    def fix_reference(self) -> None:
-        """The relative checks' population and sender weights: rows kept so far."""
+    def fix_reference(self, same_cos: float | None = None) -> None:
+        """The relative checks' population and sender weights: rows kept so far, each
+        sender weighing 1 in total; with `same_cos`, senders whose mean texts are that close
+        share one vote (`deltasoup_history.vote_weights`), so keys sending the same rows
+        cannot make a round's medians theirs."""
         live = self.drop == 0
         weight = np.zeros(len(self))
         kept_counts = np.bincount(self.node[live], minlength=self.n_senders)
         weight[live] = 1.0 / kept_counts[self.node[live]]
+        if same_cos is not None and live.any():
+            senders = np.unique(self.node[live])
+            means = np.stack([self.own[live & (self.node == k)].mean(axis=0) for k in senders])
+            votes = np.ones(self.n_senders)
+            votes[senders] = vote_weights(means, same_cos)
+            weight *= votes[self.node]
         self.reference, self.weight = live, weight
 
 

@@ -113,9 +113,8 @@ def test_inflated_quality_is_refused_and_honest_claims_are_not():
 def test_colluders_that_dominate_rounds_refuse_no_honest_row():
     """Ten fresh keys send the same three design lessons, tagged coding, at inflated claims,
     round after round, against the history of eight honest senders. No colluder row is
-    kept (they wait, then are refused), and the history checks refuse no honest row.
-    (The round's own scale check (c) does refuse honest rows here: thirty identical rows
-    set its median; it is not history-based.)"""
+    kept (they wait, then are refused), and no honest row is refused by any check: the
+    round's own scale check (c) counts the ten identical senders as one vote too."""
     fleet = Fleet(seed=9)
     for _ in range(8):
         fleet.round([fleet.honest(k, "coding", 2) for k in HONEST])
@@ -126,7 +125,7 @@ def test_colluders_that_dominate_rounds_refuse_no_honest_row():
         batches = [fleet.honest(k, "coding", 2) for k in HONEST]
         batches += [fleet.batch(c, same, "coding", quality=[0.99] * 3) for c in colluders]
         result = fleet.round(batches)
-        assert not HISTORY_DROPS & set(_fates(result, HONEST))
+        assert set(_fates(result, HONEST)) <= {None, Drop.DEFERRED}
         colluder_fates.append(set(_fates(result, colluders)))
     assert all(None not in fates for fates in colluder_fates)
     assert colluder_fates[-1] <= HISTORY_DROPS
