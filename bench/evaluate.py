@@ -1892,9 +1892,13 @@ def robustness_plot(plt, fig: dict, robust_n: int, img_dir: Path) -> None:
                 label=LABEL[m],
             )
         kept = cells[-1]["byzantine_kept_share"]
-        # The proxy cannot show a filter failure for attacks that send real lessons
-        # (module notes): the title says what DeltaSoup let through.
+        poisoned = cells[-1]["fai"].get("poisoned")
+        # The proxy cannot show a filter failure for attacks that send real lessons, nor
+        # poisoning that leaves the top hit alone: the title says what DeltaSoup let
+        # through at the largest f, and how often it reached an agent's top 3.
         note = f"\nFAI kept {100 * kept['mean']:.1f}% of attack rows" if kept else ""
+        if kept and poisoned:
+            note += f", poisoned@3 {poisoned['mean']:.2f}"
         ax.set_title(f"{a}{note}", fontsize=9)
         ax.set_xlabel("Byzantine fraction f / N")
         ax.grid(alpha=0.3)
