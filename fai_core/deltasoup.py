@@ -175,6 +175,10 @@ class DeltaSoupConfig:
     #: quality claim this many above; past `history_defer_z` its rows wait for evidence
     #: (DEFERRED, at most `history_max_wait_ms` from when this node first judged them).
     history_reject_z: float = 4.5
+    #: A sender whose mean claim is at most this is never an inflater, whatever the middle:
+    #: Sybils claiming 0.05 who are most of a domain's senders would otherwise make every
+    #: moderate honest claim an outlier, for as long as their histories last.
+    history_quality_ceiling: float = 0.8
     history_defer_z: float = 2.5
     history_max_wait_ms: int = 300_000
     #: A sender is judged in a domain once it has sent this many rows there: one

@@ -369,7 +369,9 @@ class SenderHistory:
                 verdict.domain_z[(dom, sender)] = dz
                 verdict.quality_z[(dom, sender)] = qz
                 elsewhere = nearer_elsewhere(summary, dom, ref, centroids)
-                d, q = _decide(-dz, elsewhere, summary.rows, cfg), _decide(qz, False, 0, cfg)
+                d = _decide(-dz, elsewhere, summary.rows, cfg)
+                high = summary.q_sum / summary.rows > cfg.history_quality_ceiling
+                q = _decide(qz, False, 0, cfg) if high else "pass"
                 refused_d |= {sender} if d == "refuse" else set()
                 refused_q |= {sender} if q == "refuse" else set()
                 undecided |= {sender} if "wait" in (d, q) else set()

@@ -90,8 +90,8 @@ def test_spoofed_domain_tag_is_refused_once_the_domain_has_a_reference():
     assert spoofed[0] == [None] * 3
     assert set(spoofed[1]) == {Drop.DEFERRED}
     assert all(d is Drop.DOMAIN_MISMATCH for fates in spoofed[2:] for d in fates)
-    # Honest senders at the edge of the domain wait too, and are kept when the wait ends.
-    assert not HISTORY_DROPS & set(honest_fates) and Drop.DEFERRED in honest_fates
+    # Honest senders at the edge of the domain may wait, and are kept when the wait ends.
+    assert set(honest_fates) <= {None, Drop.DEFERRED}
     assert fleet.soup.reputation.score(spoofer.public_key) == 1.0  # relative: never charged
 
 

@@ -1,11 +1,14 @@
 """Sybils cannot push honest reputation down, over real node processes.
 
 The issue's scenario: 4 Sybil senders against 3 honest ones. The Sybils claim the legal
-quality 0.05 for every row, so they own the round's sender-weighted quality quantile and
-every honest row becomes a `quality_outlier`. Before, that cost honest senders reputation
-(below the 0.3 floor in ~12 rounds, after which the gate refused them) while the Sybils
-stayed at 1.0. Now relative checks drop rows but never cost reputation
-(docs/deltasoup.md, "What costs reputation").
+quality 0.05 for every row, so they own the middle of the domain's quality claims. With
+the one-round check every honest row became a `quality_outlier`, and that cost honest
+senders reputation (below the 0.3 floor in ~12 rounds, after which the gate refused them)
+while the Sybils stayed at 1.0. Relative checks now drop rows but never cost reputation
+(docs/deltasoup.md, "What costs reputation"), and the sender histories never take a mean
+claim of at most 0.8 for an inflation, so the low middle refuses no honest row at all;
+the Sybils' histories outlive their attack, so without that bound honest rows would stay
+refused after they stop.
 
 Five `fai node run` processes (--open, --embedder hashing): `target` (the node under
 test), honest `h1`..`h3` driven through their control sockets, and `sybil`, a real node
@@ -125,8 +128,12 @@ def test_sybil_quality_majority_leaves_honest_reputation_above_the_floor():
 
         status = target.call("status")
         print("target drops:", status["drops"], "rejections:", status["rejections"])
-        # The attack bites: most honest rows were quality outliers at the target.
-        assert status["drops"].get("quality_outlier", 0) >= 0.5 * honest_rows, status["drops"]
+        # The attack no longer bites: the sender histories never take a mean claim of at
+        # most 0.8 for an inflation, so the low middle set by Sybils refuses only the rows of
+        # an honest sender whose mean in a domain is above 0.8 (claims here are U(0.55,
+        # 0.9); 3 of 351 rows in one run). With the one-round check, most honest rows were
+        # quality outliers here.
+        assert status["drops"].get("quality_outlier", 0) <= 0.02 * honest_rows, status["drops"]
         # ... and costs the honest senders nothing.
         reputation = {p["node_id"]: p["reputation"] for p in target.call("peers")["peers"]}
         book = json.loads((target.data_dir / "reputation.json").read_text())["peers"]
