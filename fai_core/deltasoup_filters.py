@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import numpy as np
 
 from fai_core import bitdelta, text_screen
-from fai_core.deltasoup_history import vote_weights
 from fai_core.embedding import Embedder
 from fai_core.refusals import Drop
 from fai_core.wire import Batch
@@ -110,6 +109,25 @@ def robust_z(values: np.ndarray, weights: np.ndarray, cfg: DeltaSoupConfig) -> n
     med = weighted_median(values, weights)
     mad = weighted_median(np.abs(values - med), weights)
     return np.abs(values - med) / (cfg.mad_scale * mad + cfg.eps)
+
+
+def vote_weights(mean_vecs: np.ndarray, same_cos: float) -> np.ndarray:
+    """One vote per group of senders whose mean texts are near-identical (cosine >=
+    `same_cos`, single linkage): senders repeating the same rows are one voice, so a
+    colluding group cannot pull the centroid by sending the same texts under many keys.
+    Honest senders that happen to agree lose nothing but weight: they sit where the rest
+    of the honest senders do."""
+    n = len(mean_vecs)
+    unit = mean_vecs / np.maximum(np.linalg.norm(mean_vecs, axis=1, keepdims=True), 1e-30)
+    close = (unit @ unit.T) >= same_cos
+    label = np.arange(n)
+    changed = True
+    while changed:  # connected components by label propagation (n is a few hundred at most)
+        new = np.where(close, label[None, :], n).min(axis=1)
+        changed = bool((new != label).any())
+        label = new
+    sizes = np.bincount(label, minlength=n)
+    return 1.0 / sizes[label]
 
 
 # -- the round's rows ------------------------------------------------------------------------
@@ -200,7 +218,7 @@ class RoundRows:
     def fix_reference(self, same_cos: float | None = None) -> None:
         """The relative checks' population and sender weights: rows kept so far, each
         sender weighing 1 in total; with `same_cos`, senders whose mean texts are that close
-        share one vote (`deltasoup_history.vote_weights`), so keys sending the same rows
+        share one vote (`vote_weights`), so keys sending the same rows
         cannot make a round's medians theirs."""
         live = self.drop == 0
         weight = np.zeros(len(self))

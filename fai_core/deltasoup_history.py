@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fai_core.deltasoup_filters import vote_weights, weighted_median
 from fai_core.reputation import atomic_write
 
 if TYPE_CHECKING:
@@ -126,37 +127,9 @@ class HistoryVerdict:
     updates: dict[str, dict[bytes, SenderSummary]] = field(default_factory=dict)
 
 
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])
-    return float(values[order][np.argmax(cum >= 0.5 * cum[-1])])
-
-
-def _column_medians(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted median of each column (lower median)."""
-    order = np.argsort(values, axis=0, kind="stable")
-    cum = np.cumsum(weights[order], axis=0)
-    idx = np.argmax(cum >= 0.5 * cum[-1], axis=0)
-    return np.take_along_axis(values, order, axis=0)[idx, np.arange(values.shape[1])]
-
-
-def vote_weights(mean_vecs: np.ndarray, same_cos: float) -> np.ndarray:
-    """One vote per group of senders whose mean texts are near-identical (cosine >=
-    `same_cos`, single linkage): senders repeating the same rows are one voice, so a
-    colluding group cannot pull the centroid by sending the same texts under many keys.
-    Honest senders that happen to agree lose nothing but weight: they sit where the rest
-    of the honest senders do."""
-    n = len(mean_vecs)
-    unit = mean_vecs / np.maximum(np.linalg.norm(mean_vecs, axis=1, keepdims=True), _EPS)
-    close = (unit @ unit.T) >= same_cos
-    label = np.arange(n)
-    changed = True
-    while changed:  # connected components by label propagation (n is a few hundred at most)
-        new = np.where(close, label[None, :], n).min(axis=1)
-        changed = bool((new != label).any())
-        label = new
-    sizes = np.bincount(label, minlength=n)
-    return 1.0 / sizes[label]
+def _median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The weighted (lower) median of 1-D values, as a float."""
+    return float(weighted_median(values, weights))
 
 
 def _spreads(
@@ -176,13 +149,13 @@ def _spreads(
     side = values <= mid if lower else np.ones(len(values), dtype=bool)
     if side.any():
         dev = np.abs(values[side] - mid)
-        sigma = max(sigma, 1.4826 * _weighted_median(dev, row_w[side]))
+        sigma = max(sigma, 1.4826 * _median(dev, row_w[side]))
     big = counts >= cfg.history_tau_rows
     if weights[big].sum() < 3:
         return sigma, tau_floor
-    big_mid = _weighted_median(means[big], weights[big])
+    big_mid = _median(means[big], weights[big])
     side = big & (means <= big_mid) if lower else big
-    spread = 1.4826 * _weighted_median(np.abs(means[side] - big_mid), weights[side])
+    spread = 1.4826 * _median(np.abs(means[side] - big_mid), weights[side])
     sampling = float(np.median(sigma**2 / counts[big]))
     return sigma, math.sqrt(max(tau_floor**2, spread**2 - sampling))
 
@@ -201,10 +174,10 @@ def reference(
     if len(live) < max(1, cfg.history_min_senders if min_senders is None else min_senders):
         return None
     weights = vote_weights(mean_vecs, cfg.history_same_cos)
-    centroid = _column_medians(mean_vecs, weights)
+    centroid = weighted_median(mean_vecs, weights)
     centroid /= max(float(np.linalg.norm(centroid)), _EPS)
     d_means = mean_vecs @ centroid
-    d_mid = _weighted_median(d_means, weights)
+    d_mid = _median(d_means, weights)
     d_recent = [s.recent_vecs.astype(np.float64) @ centroid for s in live]
     d_sigma, d_tau = _spreads(
         d_means,
@@ -216,7 +189,7 @@ def reference(
         cfg,
     )
     q_means = np.array([s.q_sum for s in live]) / counts
-    q_mid = _weighted_median(q_means, weights)
+    q_mid = _median(q_means, weights)
     q_recent = [s.recent_q for s in live]
     q_sigma, q_tau = _spreads(
         q_means,
@@ -239,6 +212,28 @@ def z_scores(s: SenderSummary, ref: Reference) -> tuple[float, float]:
     q_err = math.sqrt(ref.quality_sigma**2 / n + ref.quality_tau**2)
     d_mean = float(s.vec_sum @ ref.centroid) / n
     return (d_mean - ref.domain_mid) / d_err, (s.q_sum / n - ref.quality_mid) / q_err
+
+
+def _judge(dom, fresh, ref, centroids, cfg, verdict: HistoryVerdict):
+    """(refused by the domain check, refused by the quality check, undecided) among the
+    senders of this round against `ref`; their z scores go into `verdict`."""
+    refused_d: set[bytes] = set()
+    refused_q: set[bytes] = set()
+    undecided: set[bytes] = set()
+    for sender, summary in fresh.items():
+        if summary.rows < cfg.history_min_rows:
+            continue
+        dz, qz = z_scores(summary, ref)
+        verdict.domain_z[(dom, sender)] = dz
+        verdict.quality_z[(dom, sender)] = qz
+        elsewhere = nearer_elsewhere(summary, dom, ref, centroids)
+        d = _decide(-dz, elsewhere, summary.rows, cfg)
+        high = summary.q_sum / summary.rows > cfg.history_quality_ceiling
+        q = _decide(qz, False, 0, cfg) if high else "pass"
+        refused_d |= {sender} if d == "refuse" else set()
+        refused_q |= {sender} if q == "refuse" else set()
+        undecided |= {sender} if "wait" in (d, q) else set()
+    return refused_d, refused_q, undecided
 
 
 def _decide(z: float, elsewhere: bool, rows: int, cfg: DeltaSoupConfig) -> str:
@@ -319,9 +314,10 @@ class SenderHistory:
                 )
             tables[dom] = {**self.senders(dom), **fresh}
             verdict.updates[dom] = fresh
-        centroids = self._centroids(tables, cfg)
+        refs = self._references(tables, cfg)
+        centroids = {dom: ref.centroid for dom, ref in refs.items() if ref is not None}
         for dom, fresh in verdict.updates.items():
-            self._test(dom, tables[dom], fresh, centroids, cfg, verdict)
+            self._test(dom, tables[dom], fresh, refs[dom], centroids, cfg, verdict)
         return verdict
 
     def counted(self, rows: RoundRows) -> np.ndarray:
@@ -338,43 +334,30 @@ class SenderHistory:
             dtype=np.int64,
         ).reshape(len(rows))
 
-    def _centroids(self, tables, cfg: DeltaSoupConfig) -> dict[str, np.ndarray]:
-        """Every domain's centroid this node has a reference for (this round's included)."""
-        out = {}
-        for dom in sorted(set(self._domains) | set(tables)):
-            ref = reference(list(tables.get(dom, self.senders(dom)).values()), cfg)
-            if ref is not None:
-                out[dom] = ref.centroid
-        return out
+    def _references(self, tables, cfg: DeltaSoupConfig) -> dict[str, Reference | None]:
+        """Every domain's reference (None with too few senders), this round's rows
+        included: the round's domains are tested against theirs, and every centroid is
+        what a sender's mean text may lie nearer (`nearer_elsewhere`)."""
+        return {
+            dom: reference(list(tables.get(dom, self.senders(dom)).values()), cfg)
+            for dom in sorted(set(self._domains) | set(tables))
+        }
 
-    def _test(self, dom, merged, fresh, centroids, cfg, verdict: HistoryVerdict) -> None:
-        """Two passes: the second leaves the senders the first refused out of the reference.
-        Each judged sender is refused, left undecided (its rows wait for more evidence) or
-        passed (`_decide`); without a reference nobody is judged."""
-        if reference(list(merged.values()), cfg) is None:
+    def _test(self, dom, merged, fresh, ref, centroids, cfg, verdict: HistoryVerdict) -> None:
+        """Two passes: the second, run only when the first refused someone, leaves those
+        senders out of the reference (`ref`, built from every sender). Each judged sender is
+        refused, left undecided (its rows wait for more evidence) or passed (`_decide`);
+        without a reference nobody is judged."""
+        if ref is None:
             return
-        refused_d: set[bytes] = set()
-        refused_q: set[bytes] = set()
-        undecided: set[bytes] = set()
-        for _ in range(2):
+        refused_d, refused_q, undecided = _judge(dom, fresh, ref, centroids, cfg, verdict)
+        if refused_d or refused_q:
             pool = [s for k, s in merged.items() if k not in refused_d | refused_q]
-            ref = reference(pool, cfg, min_senders=3)
-            if ref is None:
-                break
-            refused_d, refused_q, undecided = set(), set(), set()
-            for sender, summary in fresh.items():
-                if summary.rows < cfg.history_min_rows:
-                    continue
-                dz, qz = z_scores(summary, ref)
-                verdict.domain_z[(dom, sender)] = dz
-                verdict.quality_z[(dom, sender)] = qz
-                elsewhere = nearer_elsewhere(summary, dom, ref, centroids)
-                d = _decide(-dz, elsewhere, summary.rows, cfg)
-                high = summary.q_sum / summary.rows > cfg.history_quality_ceiling
-                q = _decide(qz, False, 0, cfg) if high else "pass"
-                refused_d |= {sender} if d == "refuse" else set()
-                refused_q |= {sender} if q == "refuse" else set()
-                undecided |= {sender} if "wait" in (d, q) else set()
+            second = reference(pool, cfg, min_senders=3)
+            if second is not None:
+                refused_d, refused_q, undecided = _judge(
+                    dom, fresh, second, centroids, cfg, verdict
+                )
         verdict.domain_refused[dom] = refused_d
         verdict.quality_refused[dom] = refused_q
         verdict.undecided[dom] = undecided - refused_d - refused_q
