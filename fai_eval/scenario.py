@@ -16,15 +16,14 @@ texts it does not know: an explicit test helper, never a default.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from importlib.resources import files
 
 import numpy as np
 
 from fai_core.corpus import CORPUS_DOMAINS, load_pattern_corpus
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig, paper_filter_scores
+from fai_core.domain_anchors import shipped_vectors
 from fai_core.embedding import DEFAULT_MODEL, Embedder, default_embedder
 from fai_core.identity import NodeKey
 from fai_core.privacy import PrivacyAccountant, privatize
@@ -52,15 +51,7 @@ def dp_noised(signed, key: NodeKey, sigma: float, rng: np.random.Generator, clip
 
 def shipped_embeddings(name: str) -> tuple[list[str], np.ndarray]:
     """(texts, float32 unit vectors) of a shipped embedding file ('patterns' or 'harmful')."""
-    data = files("fai_core") / "data"
-    meta = json.loads((data / "embeddings.meta.json").read_text("utf-8"))
-    entry = meta["files"][name]
-    source = "patterns.jsonl" if name == "patterns" else "harmful_patterns.jsonl"
-    texts = [json.loads(x)["text"] for x in (data / source).read_text("utf-8").splitlines() if x]
-    with (data / entry["npy"]).open("rb") as f:
-        vectors = np.load(f).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return texts, vectors
+    return shipped_vectors(name)
 
 
 class TableEmbedder:

@@ -61,6 +61,8 @@ from fai_core.baseline_block import (
     reference_block,
 )
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
+from fai_core.deltasoup_history import SenderHistory
+from fai_core.domain_anchors import builtin_anchors
 from fai_core.embedding import DEFAULT_MODEL
 from fai_core.errors import WireError
 from fai_core.experience import Experience
@@ -178,7 +180,8 @@ def deltasoup(sim: Simulation) -> DeltaSoup:
         recovery_half_life_ms=REPUTATION_HALF_LIFE_MS,
         clock_ms=lambda: sim.now_ms,
     )
-    return DeltaSoup(sim.embedder, reputation=book, config=sim.soup_config)
+    history = SenderHistory(sim.embedder.dimension, anchors=sim.anchors)
+    return DeltaSoup(sim.embedder, reputation=book, config=sim.soup_config, history=history)
 
 
 def naive_average(sim: Simulation) -> NaiveAverage:
@@ -342,6 +345,8 @@ class Simulation:
             self.meshes.append(network.Mesh.build(np.array(subs, np.int64), cfg.fanout, mesh_rng))
         self.now_ms = START_MS
         self.soup_config = DeltaSoupConfig(seq_window=1 << 62)
+        #: The built-in domains' anchors, as a node with the default model has them.
+        self.anchors = builtin_anchors(self.embedder)
         self.central: dict[bytes, Experience] = {}
         # Receivers: shared by topic set, or one per honest node.
         by_topics: dict[tuple[int, ...], _Receiver] = {}

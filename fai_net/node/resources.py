@@ -32,6 +32,7 @@ from fai_core.aggregation import Aggregator
 from fai_core.clock import now_ms
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
 from fai_core.deltasoup_history import SenderHistory
+from fai_core.domain_anchors import builtin_anchors
 from fai_core.embed_cache import CachingEmbedder
 from fai_core.library import ExperienceLibrary
 from fai_core.reputation import ReputationBook, atomic_write_json
@@ -270,12 +271,14 @@ AggregatorFactory = Callable[[Any, ReputationBook, NodeConfig], Aggregator]
 
 def deltasoup_aggregator(embedder, reputation: ReputationBook, cfg: NodeConfig) -> DeltaSoup:
     """The default: DeltaSoup with the thresholds of `soup_config` and the node's caps, its
-    sender histories kept in the data directory (the rounds save them)."""
+    sender histories kept in the data directory (the rounds save them) and judged against
+    the built-in domains' anchors (fai_core.domain_anchors)."""
+    path = cfg.data_dir / SENDER_HISTORY_FILE
     return DeltaSoup(
         embedder,
         reputation=reputation,
         config=soup_config(embedder.model_id, cfg.max_age_ms, max_cap=cfg.max_cap_rows),
-        history=SenderHistory(embedder.dimension, cfg.data_dir / SENDER_HISTORY_FILE),
+        history=SenderHistory(embedder.dimension, path, anchors=builtin_anchors(embedder)),
     )
 
 
