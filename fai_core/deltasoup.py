@@ -188,11 +188,21 @@ class DeltaSoupConfig:
     #: near-identical rows cannot shrink the yardstick honest variety is measured with.
     history_domain_sigma: float = 0.08
     history_quality_sigma: float = 0.1
+    #: Ceiling of a single claim's spread. Claims lie in (0, 1) (uniform ones spread 0.29),
+    #: and a middle set by two or three senders can make the measured spread anything:
+    #: [0.69, 0.21] gave 0.7, under which claims at 0.99 were 1.5 standard errors out.
+    history_quality_sigma_max: float = 0.25
     #: Floors of the between-sender spread: an honest node working on a corner of its
     #: domain, or scoring a little high, is never more than gap / tau standard errors out
     #: however much it sends (a 0.2 gap in quality: 2.9).
     history_domain_tau: float = 0.03
     history_quality_tau: float = 0.03
+    #: Ceiling of the between-sender spread. Estimated from the few senders on the honest
+    #: side that have sent many rows, it can be anything (0.26 in quality once, under
+    #: which claims at 0.98 against a middle of 0.6 were 1.5 standard errors out).
+    history_tau_max: float = 0.06
+    #: This node's own rows in a domain needed before they bound its quality middle.
+    history_own_rows: int = 8
     #: Senders with this many rows estimate the between-sender spread (tau).
     history_tau_rows: int = 8
     #: Rows per sender kept to estimate the single-row spread; senders kept per domain.

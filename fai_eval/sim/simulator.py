@@ -516,7 +516,15 @@ class Simulation:
             if _wins(e, new[dom].get(e.id)):
                 new[dom][e.id] = e
         out = []
+        history = getattr(node.receiver.aggregator, "history", None) if node.receiver else None
         for dom, exps in sorted(new.items()):
+            if history is not None:  # as the node's add_experiences does
+                own = list(exps.values())
+                history.record_own(
+                    world.domains[dom],
+                    np.stack([e.embedding for e in own]),
+                    [e.quality for e in own],
+                )
             for e in exps.values():
                 if _wins(e, node.iso.get(e.id)):
                     node.iso[e.id] = e

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import trio
 
 from fai_core.baseline_block import BaselinePublisher, reference_block
@@ -30,6 +31,17 @@ from fai_net.ratelog import RateLimitedLog
 #: Every part logs as the node always has (the CLI's log lines name the logger).
 log = logging.getLogger("fai_net.node.node")
 _clock_log = RateLimitedLog(log, interval_s=60.0)
+
+
+def _record_own(soup, exps: list[Experience]) -> None:
+    """The agent's own rows into DeltaSoup's sender histories (when it keeps them): the one
+    sender a node trusts bounds its domains' quality references (fai_core.deltasoup_history)."""
+    history = getattr(soup, "history", None)
+    if history is None:
+        return
+    for domain in sorted({e.domain for e in exps}):
+        mine = [e for e in exps if e.domain == domain]
+        history.record_own(domain, np.stack([e.embedding for e in mine]), [e.quality for e in mine])
 
 
 class Broadcaster:
@@ -76,6 +88,7 @@ class Broadcaster:
         by_domain: dict[str, list[bytes]] = {}
         for exp in exps:
             by_domain.setdefault(exp.domain, []).append(exp.id)
+        _record_own(res.soup, exps)
         for domain, ids in by_domain.items():
             res.store.outbox_add(ids, domain)
             if res.store.outbox_count(domain) >= res.config.broadcast_threshold:

@@ -15,12 +15,9 @@ import pytest
 
 from fai_core.corpus import load_pattern_corpus
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
-from fai_core.deltasoup_history import (
-    SenderHistory,
-    SenderSummary,
-    reference,
-    vote_weights,
-)
+from fai_core.deltasoup_filters import vote_weights
+from fai_core.deltasoup_history import SenderHistory
+from fai_core.deltasoup_reference import SenderSummary, reference
 from fai_core.embedding import DEFAULT_MODEL
 from fai_core.identity import NodeKey
 from fai_core.refusals import Drop
