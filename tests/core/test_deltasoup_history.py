@@ -18,6 +18,7 @@ from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
 from fai_core.deltasoup_filters import vote_weights
 from fai_core.deltasoup_history import SenderHistory
 from fai_core.deltasoup_reference import SenderSummary, reference
+from fai_core.domain_anchors import builtin_anchors
 from fai_core.embedding import DEFAULT_MODEL
 from fai_core.identity import NodeKey
 from fai_core.refusals import Drop
@@ -189,3 +190,118 @@ def test_senders_per_domain_are_bounded():
         fleet.round([fleet.honest(k, "design")])
     kept = fleet.soup.history.senders("design")
     assert set(kept) == {k.public_key for k in HONEST[-3:]}
+
+
+# -- what a majority of keys can and cannot move ------------------------------------------------
+
+
+def _anchored_fleet(seed: int, anchored: bool) -> Fleet:
+    anchors = builtin_anchors(TableEmbedder()) if anchored else None
+    return Fleet(seed=seed, history=SenderHistory(384, anchors=anchors))
+
+
+@pytest.mark.parametrize("anchored", [True, False])
+def test_spoofers_that_outnumber_a_domains_honest_senders(anchored):
+    """Eight keys send writing lessons (three different ones each a round) tagged security to
+    a receiver subscribed to security alone, beside four honest senders. Without anchors
+    the spoofers are the domain's majority and own its centroid: most of their rows are
+    kept. With the built-in anchors not one is kept after the first round, and no honest
+    row is refused."""
+    fleet = _anchored_fleet(11, anchored)
+    honest, spoofers = HONEST[:4], [NodeKey.generate() for _ in range(8)]
+    spoofed, honest_fates = [], []
+    for _ in range(8):
+        batches = [fleet.honest(k, "security") for k in honest]
+        pool = _pool("writing")
+        batches += [
+            fleet.batch(s, fleet.rng.choice(pool, 3, replace=False), "security") for s in spoofers
+        ]
+        result = fleet.round(batches)
+        spoofed.append(_fates(result, spoofers))
+        honest_fates += _fates(result, honest)
+    kept = sum(d is None for fates in spoofed[1:] for d in fates)
+    if anchored:
+        assert kept == 0
+        assert not HISTORY_DROPS & set(honest_fates)
+    else:
+        assert kept > 0.5 * sum(len(f) for f in spoofed[1:])
+
+
+@pytest.mark.parametrize("own_rows", [0, 12])
+def test_own_rows_bound_the_quality_middle_that_inflators_outnumbering_honest_senders_set(
+    own_rows,
+):
+    """Eight keys send real devops lessons claimed at 0.97-0.99 beside four honest senders.
+    They are the majority, so the middle claim is theirs and, on senders alone, they pass.
+    With twelve rows of the node's own in the domain (claims around 0.57), the middle is
+    never above the node's own mean claim: every inflator is refused from the third round,
+    and no honest row is refused."""
+    fleet = Fleet(seed=12)
+    rng = np.random.default_rng(0)
+    if own_rows:
+        rows = fleet.rng.choice(_pool("devops"), own_rows, replace=False)
+        fleet.soup.history.record_own("devops", VECTORS[rows], rng.beta(4.0, 3.0, own_rows))
+    honest, inflators = HONEST[:4], [NodeKey.generate() for _ in range(8)]
+    lied, honest_fates = [], []
+    for _ in range(8):
+        batches = [fleet.honest(k, "devops") for k in honest]
+        for s in inflators:
+            rows = fleet.rng.choice(_pool("devops"), 3, replace=False)
+            batches.append(fleet.batch(s, rows, "devops", quality=rng.uniform(0.97, 0.99, 3)))
+        result = fleet.round(batches)
+        lied.append(_fates(result, inflators))
+        honest_fates += _fates(result, honest)
+    if own_rows:
+        assert all(d is Drop.QUALITY_OUTLIER for fates in lied[2:] for d in fates)
+        assert not HISTORY_DROPS & set(honest_fates)
+    else:
+        assert sum(d is None for fates in lied for d in fates) > 0.5 * sum(map(len, lied))
+
+
+def test_own_rows_are_checked_and_survive_a_restart(tmp_path):
+    path = tmp_path / "sender_history.npz"
+    history = SenderHistory(384, path)
+    with pytest.raises(ValueError, match=r"want \(2, 384\) embeddings"):
+        history.record_own("coding", np.zeros((3, 384)), [0.5, 0.5])
+    with pytest.raises(ValueError, match="not finite"):
+        history.record_own("coding", np.full((1, 384), np.nan), [0.5])
+    history.record_own("coding", VECTORS[_pool("coding")[:9]], np.full(9, 0.6))
+    history.save()
+    again = SenderHistory(384, path)
+    assert again.own("coding").rows == 9 and again.own("coding").q_sum == pytest.approx(5.4)
+    assert again.same_as(history)
+
+
+def test_margins_and_refusals_survive_a_restart_and_a_format_1_file_still_loads(tmp_path):
+    path = tmp_path / "sender_history.npz"
+    fleet = Fleet(seed=13, history=SenderHistory(384, path, builtin_anchors(TableEmbedder())))
+    spoofer = NodeKey.generate()
+    for _ in range(4):
+        batches = [fleet.honest(k, "design") for k in HONEST]
+        batches.append(fleet.batch(spoofer, fleet.rng.choice(_pool("coding"), 3), "design"))
+        fleet.round(batches)
+    fleet.soup.history.save()
+    again = SenderHistory(384, path)
+    mine = again.senders("design")[spoofer.public_key]
+    assert mine.refused and mine.margin_rows == 12 and mine.margin_sum < 0
+    assert again.same_as(fleet.soup.history)
+    with np.load(path) as data:  # what a node before margins wrote
+        old = {k: v for k, v in data.items() if "margin" not in k and "refused" not in k}
+    old["format"] = np.array(1)
+    np.savez(path, **old)
+    before = SenderHistory(384, path).senders("design")[spoofer.public_key]
+    assert (before.rows, before.margin_rows, before.refused) == (12, 0, False)
+
+
+def test_damaged_margins_are_refused(tmp_path):
+    path = tmp_path / "h.npz"
+    history = SenderHistory(384, path, builtin_anchors(TableEmbedder()))
+    fleet = Fleet(seed=14, history=history)
+    fleet.round([fleet.honest(k, "writing") for k in HONEST])
+    history.save()
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["d0_margin_rows"] = arrays["d0_margin_rows"] + 1000
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="inconsistent margins"):
+        SenderHistory(384, path)

@@ -11,10 +11,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from fai_core.clock import now_ms
+from fai_core.deltasoup_history import SenderHistory
 from fai_core.experience import Experience
 from fai_core.identity import NodeKey
 from fai_core.wire import encode_batch
@@ -267,3 +269,24 @@ def test_the_data_directory_is_the_owners_alone():
     store_file = cfg.data_dir / "batches" / "store.sqlite"
     assert stat.S_IMODE(os.stat(store_file).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(cfg.data_dir / "node.key").st_mode) == 0o600
+
+
+def test_the_agents_own_rows_reach_the_sender_histories_and_survive_a_restart():
+    """What the node's own agent adds is the one sender its quality references trust
+    (fai_core.deltasoup_history.record_own): recorded at add, kept in the history file."""
+
+    async def main():
+        async with trio.open_nursery() as n:
+            node = await start(n, config("own-rows"))
+            texts = [f"own lesson number {i} about retries" for i in range(9)]
+            items = [{"text": t, "domain": "coding", "quality": 0.6} for t in texts]
+            await node.add_experiences(items)
+            history = node.soup.history
+            await trio.to_thread.run_sync(history.save)
+            assert history.own("coding").rows == 9
+            assert history.own("coding").q_sum == pytest.approx(5.4)
+            n.cancel_scope.cancel()
+        again = SenderHistory(history.dim, history.path)
+        assert again.own("coding").rows == 9 and again.same_as(history)
+
+    trio.run(main)
