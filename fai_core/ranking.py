@@ -9,7 +9,13 @@ and every factor is one a hostile source cannot inflate by itself:
 * **Utility** u: what this node's own agents reported after using the experience, as the
   mean of a Beta(1 + helped, 1 + hurt) posterior (a reward in [-1, 1] counts (1 + r)/2 as
   help and (1 - r)/2 as hurt). Unused experiences sit at 0.5; what helped rises, what hurt
-  sinks, and the tenth report moves an experience less than the first did.
+  sinks, and the tenth report moves an experience less than the first did. Below
+  `MIN_UTILITY` an experience is not returned at all: once its reports lean clearly to
+  hurt (one "hurt", or a reward below -0.6, on a fresh experience), an agent is not
+  offered it again. A plausible harmful lesson passes every check a receiver can make
+  from its text; the agent that used it is the first to know, and it should not be
+  recommended the same lesson twice. Later reports of help (from recall with another
+  cutoff) can lift it back.
 * **Calibrated quality** c: a source's quality claim ranked among that source's own
   claims (mid-rank percentile), shrunk toward 0.5 while the source has few claims. A
   source that claims 0.99 for everything has all its claims at the same rank: c = 0.5,
@@ -50,6 +56,8 @@ STANDING_PRIOR = 2.0
 #: source are not merged.
 MUTE_STANDING = 0.25
 MUTE_MIN_REPORTS = 8
+#: Experiences whose utility is below this are not recalled (see the module doc).
+MIN_UTILITY = 0.4
 OUTCOMES = {"helped": 1.0, "no_effect": 0.0, "hurt": -1.0}
 
 
@@ -159,9 +167,10 @@ def rank(
     calibration: QualityCalibration,
     max_distance: float = MAX_DISTANCE,
     k: int = 5,
+    min_utility: float = MIN_UTILITY,
 ) -> list[Ranked]:
-    """The best `k` candidates within the cutoff, highest score first (ties: nearest,
-    then id, so the order is deterministic)."""
+    """The best `k` candidates within the cutoff whose utility is at least `min_utility`,
+    highest score first (ties: nearest, then id, so the order is deterministic)."""
     if not 0.0 < max_distance <= 2.0:
         raise ValueError("max_distance must be in (0, 2]")
     out = []
@@ -170,6 +179,8 @@ def rank(
             continue
         relevance = 1.0 - c.distance
         u = utility(tallies.get(c.id, Tally()))
+        if u < min_utility:
+            continue
         q = calibration.calibrated(c.source, c.quality)
         s = standing(source_tallies.get(c.source, Tally()))
         bonus = 1.0 + math.log(max(1, c.sources)) / 10.0

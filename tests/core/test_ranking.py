@@ -8,6 +8,7 @@ import pytest
 
 from fai_core.ranking import (
     MAX_DISTANCE,
+    MIN_UTILITY,
     MUTE_MIN_REPORTS,
     Candidate,
     QualityCalibration,
@@ -45,13 +46,28 @@ def test_an_experience_that_hurt_drops_below_an_equally_relevant_neutral_one():
     a, b = Candidate(b"a", HONEST, 0.3, 0.6), Candidate(b"b", HONEST, 0.3, 0.6)
     assert [r.candidate.id for r in ranked([a, b])] == [b"a", b"b"]  # tie: by id
     hurt = Tally().add(outcome_reward("hurt"))
-    order = [r.candidate.id for r in ranked([a, b], tallies={b"a": hurt})]
+    order = [r.candidate.id for r in ranked([a, b], tallies={b"a": hurt}, min_utility=0.0)]
     assert order == [b"b", b"a"]
+    # A mildly negative report keeps it offered, below the neutral one.
+    mild = Tally().add(-0.3)
+    assert [r.candidate.id for r in ranked([a, b], tallies={b"a": mild})] == [b"b", b"a"]
     helped = Tally().add(outcome_reward("helped"))
     # What helped rises above a neutral experience that is somewhat more relevant.
     c = Candidate(b"c", HONEST, 0.35, 0.6)
     top = ranked([a, c], tallies={b"c": helped})[0]
     assert top.candidate.id == b"c"
+
+
+def test_an_experience_whose_reports_lean_to_hurt_is_not_offered_again():
+    """One "hurt" on a fresh experience (utility 1/3) puts it below MIN_UTILITY; reports of
+    help lift it back (utility is a posterior, not a verdict)."""
+    a, b = Candidate(b"a", HONEST, 0.1, 0.6), Candidate(b"b", HONEST, 0.3, 0.6)
+    hurt = Tally().add(outcome_reward("hurt"))
+    assert utility(hurt) < MIN_UTILITY
+    assert [r.candidate.id for r in ranked([a, b], tallies={b"a": hurt})] == [b"b"]
+    assert utility(Tally().add(-0.6)) == pytest.approx(MIN_UTILITY)  # where the cut lies
+    lifted = hurt.add(outcome_reward("helped")).add(outcome_reward("helped"))
+    assert [r.candidate.id for r in ranked([a, b], tallies={b"a": lifted})] == [b"a", b"b"]
 
 
 def test_utility_is_a_beta_posterior_mean():
