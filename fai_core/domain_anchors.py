@@ -39,6 +39,15 @@ class DomainAnchors:
     margin_mid: dict[str, float]
     margin_sigma: dict[str, float]
 
+    def separation(self) -> float:
+        """How well the model tells the domains apart: the median over domains of their
+        sentences' median margin divided by its spread."""
+        return float(
+            np.median(
+                [self.margin_mid[d] / max(self.margin_sigma[d], _EPS) for d in self.centroids]
+            )
+        )
+
     def margin_of(self, dom: str) -> tuple[float, float] | None:
         """(median margin, spread) of an anchored domain, None for any other."""
         if dom not in self.centroids:
@@ -89,9 +98,17 @@ def shipped_vectors(name: str) -> tuple[list[str], np.ndarray]:
     return texts, vectors
 
 
-def builtin_anchors(embedder) -> DomainAnchors:
+#: Anchors are used only from a model that separates the built-in domains: the median over
+#: domains of (median margin / its spread) of their own sentences. all-MiniLM-L6-v2: 0.9-1.3
+#: per domain; the hashing test embedder: about 0.25 (bags of words have no topics), under
+#: which honest lessons were refused as domain_mismatch in a two-node fleet.
+MIN_SEPARATION = 0.5
+
+
+def builtin_anchors(embedder) -> DomainAnchors | None:
     """Anchors of `CORPUS_DOMAINS` in `embedder`'s space: the shipped vectors when it is the
-    default model at its dimension, the corpus embedded by it otherwise (once, at start)."""
+    default model at its dimension, the corpus embedded by it otherwise (once, at start);
+    None when that space does not separate the domains (`MIN_SEPARATION`)."""
     corpus = load_pattern_corpus()
     if embedder.model_id == DEFAULT_MODEL:
         texts, vectors = shipped_vectors("patterns")
@@ -101,7 +118,8 @@ def builtin_anchors(embedder) -> DomainAnchors:
         vectors = np.asarray(embedder.embed([t for _, t in corpus]), dtype=np.float32)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), _EPS)
     domains = np.array([d for d, _ in corpus])
-    return DomainAnchors.from_vectors({d: vectors[domains == d] for d in CORPUS_DOMAINS})
+    anchors = DomainAnchors.from_vectors({d: vectors[domains == d] for d in CORPUS_DOMAINS})
+    return anchors if anchors.separation() >= MIN_SEPARATION else None
 
 
 def anchored_mid(sender_mid: float | None, anchor_mid: float | None) -> float | None:

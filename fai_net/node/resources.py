@@ -274,11 +274,16 @@ def deltasoup_aggregator(embedder, reputation: ReputationBook, cfg: NodeConfig) 
     sender histories kept in the data directory (the rounds save them) and judged against
     the built-in domains' anchors (fai_core.domain_anchors)."""
     path = cfg.data_dir / SENDER_HISTORY_FILE
+    anchors = builtin_anchors(embedder)
+    if anchors is None:
+        log.warning(
+            "domain anchors off: %s does not separate the built-in domains", embedder.model_id
+        )
     return DeltaSoup(
         embedder,
         reputation=reputation,
         config=soup_config(embedder.model_id, cfg.max_age_ms, max_cap=cfg.max_cap_rows),
-        history=SenderHistory(embedder.dimension, path, anchors=builtin_anchors(embedder)),
+        history=SenderHistory(embedder.dimension, path, anchors=anchors),
     )
 
 

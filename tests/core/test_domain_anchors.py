@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from fai_core.corpus import CORPUS_DOMAINS, load_pattern_corpus
-from fai_core.domain_anchors import DomainAnchors, anchored_mid, builtin_anchors, margins
+from fai_core.domain_anchors import (
+    MIN_SEPARATION,
+    DomainAnchors,
+    anchored_mid,
+    builtin_anchors,
+    margins,
+)
 from fai_core.embedding import HashingEmbedder
 from fai_eval.scenario import TableEmbedder
 
@@ -42,10 +48,23 @@ def test_a_domains_margins_separate_its_sentences_from_the_others(anchors):
     assert own.mean() - spoofed.mean() > 2.5 * own.std()
 
 
-def test_another_model_embeds_the_corpus_once():
-    model = HashingEmbedder(64)
+class RenamedTable(TableEmbedder):
+    """The shipped vectors under another model's name: builtin_anchors must embed."""
+
+    model_id = "another-model"
+
+    def embed(self, texts):
+        self.calls = getattr(self, "calls", 0) + len(texts)
+        return super().embed(texts)
+
+
+def test_another_model_embeds_the_corpus_and_a_model_without_topics_gets_none():
+    model = RenamedTable()
     anchors = builtin_anchors(model)
-    assert all(c.shape == (64,) for c in anchors.centroids.values())
+    assert model.calls == len(load_pattern_corpus())
+    assert anchors is not None and anchors.separation() >= MIN_SEPARATION
+    # Bags of hashed words do not tell the domains apart: no anchors (measured ~0.25).
+    assert builtin_anchors(HashingEmbedder(384)) is None
 
 
 def test_anchors_need_two_domains():

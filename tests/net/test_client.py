@@ -104,7 +104,9 @@ def test_async_client_matches_the_sync_one_and_runs_calls_concurrently(fleet, ad
         out["recalls"] = await asyncio.gather(
             *(client.recall(OTHER, k=2) for _ in range(5)), client.recall(TASK, domain="coding")
         )
-        out["hurt"] = await client.feedback(other_id, "hurt")
+        # A mild hurt (-0.5: utility 0.42) keeps it offered; "hurt" would take it out of
+        # recall (fai_core.ranking.MIN_UTILITY).
+        out["hurt"] = await client.feedback(other_id, -0.5)
         out["after"] = await client.recall(OTHER, k=2)
         out["added"] = await client.add(
             [{"text": "read the changelog of every upgraded dependency", "quality": 0.6}],

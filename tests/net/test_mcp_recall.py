@@ -127,7 +127,7 @@ def test_add_on_a_is_recalled_on_b_with_its_source_and_hurt_feedback_sinks_it(fl
                     raise AssertionError(f"b never recalled both lessons: {out['before']}")
                 top = out["before"]["experiences"][0]
                 out["feedback"] = ok(
-                    await on_b.call_tool("feedback", {"id": top["id"], "outcome": "hurt"})
+                    await on_b.call_tool("feedback", {"id": top["id"], "outcome": -0.5})
                 )
                 out["after"] = await recall_on_b()
                 prompt = await on_b.get_prompt("fai_context", {"task": TASK, "domain": "coding"})
@@ -159,7 +159,8 @@ def test_add_on_a_is_recalled_on_b_with_its_source_and_hurt_feedback_sinks_it(fl
     assert hurt["score"] >= neutral["score"]
 
     report = out["feedback"]
-    assert report["id"] == hurt["id"] and report["reward"] == -1.0 and report["reports"] == 1
+    # A mild hurt (-0.5, utility 0.42) ranks it down; "hurt" would take it out of recall.
+    assert report["id"] == hurt["id"] and report["reward"] == -0.5 and report["reports"] == 1
     assert report["utility"] < 0.5 and report["source"] == hurt["source"]
 
     after = {e["text"]: e for e in out["after"]["experiences"]}
