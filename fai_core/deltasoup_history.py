@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -158,7 +157,7 @@ def nearer_elsewhere(
     others = [c for d, c in centroids.items() if d != dom]
     if not others:
         return False
-    mean = s.vec_sum / max(float(np.linalg.norm(s.vec_sum)), _EPS)
+    mean = unit_vector(s.vec_sum)
     return float(np.max(np.stack(others) @ mean)) > float(mean @ ref.centroid)
 
 
@@ -182,35 +181,29 @@ class SenderHistory:
         self._waiting: dict[tuple[bytes, bytes], int] = {}
         #: Per domain, this node's own rows (`record_own`): the one sender it trusts.
         self._own: dict[str, SenderSummary] = {}
-        #: Own rows recorded from another thread, taken in by the next round (`_take_own`).
-        self._own_queue: deque[tuple[str, np.ndarray, np.ndarray]] = deque()
         if self.path is not None and self.path.exists():
             self._load(self.path)
 
     def record_own(self, domain: str, embeddings: np.ndarray, quality) -> None:
         """Note rows this node's own agent produced in `domain` (text embeddings, quality
-        claims). Safe from any thread: the rows are taken in when the next round is judged
-        (or the history saved). Their claims bound the domain's quality middle from above
-        and, with no reference yet, are the reference (`own_quality`); their texts are the
-        centroid of a domain without an anchor or a reference."""
+        claims). Their claims bound the domain's quality middle from above and, with no
+        reference yet, are the reference (`own_quality`); their texts are the centroid of a
+        domain without an anchor or a reference. Call it from one thread at a time: a round
+        judged in another thread sees each domain's summary whole, before or after (it is
+        replaced, never changed in place), and `save` copies the table first."""
         emb = np.asarray(embeddings, dtype=np.float32)
         q = np.asarray(quality, dtype=np.float64).reshape(-1)
         if emb.ndim != 2 or emb.shape != (len(q), self.dim):
             raise ValueError(f"own rows: want ({len(q)}, {self.dim}) embeddings, got {emb.shape}")
         if not (np.isfinite(emb).all() and np.isfinite(q).all()):
             raise ValueError("own rows: a value is not finite")
-        self._own_queue.append((domain, emb, q))
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), _EPS)
+        base = self._own.get(domain) or SenderSummary.empty(self.dim)
+        self._own[domain] = base.plus(unit, q, OWN_RECENT_ROWS, self.rounds)
 
     def own(self, domain: str) -> SenderSummary | None:
-        """This node's own rows in `domain` taken in so far (None: none)."""
+        """This node's own rows in `domain` (None: none)."""
         return self._own.get(domain)
-
-    def _take_own(self) -> None:
-        while self._own_queue:
-            domain, emb, q = self._own_queue.popleft()
-            unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), _EPS)
-            base = self._own.get(domain) or SenderSummary.empty(self.dim)
-            self._own[domain] = base.plus(unit, q, OWN_RECENT_ROWS, self.rounds)
 
     def senders(self, domain: str) -> dict[bytes, SenderSummary]:
         """The stored summaries of one domain (a read-only view by convention)."""
@@ -226,7 +219,6 @@ class SenderHistory:
         """Test every sender of the round's reference rows, its rows of this round included,
         against its domain's reference; nothing is stored until `apply`."""
         verdict = HistoryVerdict()
-        self._take_own()
         if rows.reference is None:
             return verdict
         unit = rows.own / np.maximum(np.linalg.norm(rows.own, axis=1, keepdims=True), _EPS)
@@ -268,13 +260,12 @@ class SenderHistory:
     def _add_margins(self, dom, unit, in_dom, rows, senders, centroids, cfg, verdict) -> None:
         """Measure the domain margins of the round's new rows of `dom` against this round's
         centroids, and add them to the senders' fresh summaries."""
+        if margins(unit[:0], dom, centroids) is None:
+            return  # no centroid of `dom`, or no other domain's: nothing to measure against
+        fresh = verdict.updates[dom]
         for k in np.unique(rows.node[in_dom]):
             sender = senders[int(k)]
-            mine = in_dom & (rows.node == k)
-            m = margins(unit[mine], dom, centroids)
-            if m is None:
-                return
-            fresh = verdict.updates[dom]
+            m = margins(unit[in_dom & (rows.node == k)], dom, centroids)
             fresh[sender] = fresh[sender].with_margins(m, cfg.history_recent_rows)
 
     def counted(self, rows: RoundRows) -> np.ndarray:
@@ -300,13 +291,19 @@ class SenderHistory:
             summaries = list(tables.get(dom, self.senders(dom)).values())
             anchor = self._centroid(dom)
             own = self._own.get(dom)
-            out[dom] = reference(summaries, cfg, centroid=anchor, own=own)
+            out[dom] = self._senders_reference(dom, summaries, cfg)
             if out[dom] is None and anchor is None and own_quality(own, cfg) is not None:
                 anchor = unit_vector(own.vec_sum)  # the node's own texts: a trusted centroid
             if out[dom] is None and anchor is not None:
                 crowded = sum(s.rows > 0 for s in summaries) >= cfg.history_min_senders
                 out[dom] = bare_reference(anchor, own, crowded, cfg)
         return out
+
+    def _senders_reference(self, dom, summaries, cfg, min_senders=None) -> Reference | None:
+        """`reference` of `summaries` in `dom`, bounded by what no sender moves: its anchor
+        and this node's own rows."""
+        own = self._own.get(dom)
+        return reference(summaries, cfg, min_senders, centroid=self._centroid(dom), own=own)
 
     def _centroid(self, dom: str) -> np.ndarray | None:
         """The anchor centroid of `dom`, if it has one."""
@@ -326,9 +323,7 @@ class SenderHistory:
         refused_d, refused_q, undecided = _judge(dom, fresh, ref, centroids, cfg, verdict)
         if refused_d or refused_q:
             pool = [s for k, s in merged.items() if k not in refused_d | refused_q]
-            first = reference(
-                pool, cfg, min_senders=3, centroid=self._centroid(dom), own=self._own.get(dom)
-            )
+            first = self._senders_reference(dom, pool, cfg, min_senders=3)
             second = with_margin(first, pool, cfg, 3, self._anchor(dom))
             if second is not None:
                 refused_d, refused_q, undecided = _judge(
@@ -365,8 +360,6 @@ class SenderHistory:
     def same_as(self, other: SenderHistory) -> bool:
         """Whether two histories will judge every future round alike (the simulator folds
         receivers with equal state together)."""
-        self._take_own()
-        other._take_own()
         if self._domains.keys() != other._domains.keys() or self._own.keys() != other._own.keys():
             return False
         for dom, own in self._own.items():
@@ -396,8 +389,7 @@ class SenderHistory:
         without a path)."""
         if self.path is None:
             return
-        self._take_own()
-        save_tables(self.path, self.dim, self.rounds, self._domains, self._own)
+        save_tables(self.path, self.dim, self.rounds, self._domains, dict(self._own))
 
     def _load(self, path: Path) -> None:
         self.rounds, self._domains, self._own = load_tables(path, self.dim)

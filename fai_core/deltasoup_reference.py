@@ -163,8 +163,7 @@ def reference(
     if weights.sum() < max(1, cfg.history_min_senders if min_senders is None else min_senders):
         return None
     if centroid is None:
-        centroid = weighted_median(mean_vecs, weights)
-        centroid /= max(float(np.linalg.norm(centroid)), _EPS)
+        centroid = unit_vector(weighted_median(mean_vecs, weights))
     d_means = mean_vecs @ centroid
     d_mid = _median(d_means, weights)
     d_recent = [s.recent_vecs.astype(np.float64) @ centroid for s in live]
