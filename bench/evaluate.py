@@ -80,12 +80,13 @@ DEFAULT_ATTACKS = (
     "plausible_useless",
     "plausible_harmful",
     "adaptive_harmful",
+    "stealth_harmful",
 )
 QUICK_ATTACKS = ("random_signs", "alie")
 #: The poisoning-defence table: these attacks at every f, with and without agents that
 #: recall for their tasks and report outcomes (SimConfig.feedback), over FEEDBACK_ROUNDS
 #: rounds evaluated every FEEDBACK_EVERY (the target reads poisoned@3 at round 50).
-FEEDBACK_ATTACKS = ("plausible_harmful", "adaptive_harmful")
+FEEDBACK_ATTACKS = ("plausible_harmful", "adaptive_harmful", "stealth_harmful")
 FEEDBACK_ROUNDS = 50
 FEEDBACK_EVERY = 5
 #: Sybils: at f = N/10, each attacker with this many free keys (open membership) against
@@ -2029,7 +2030,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--feedback-attacks",
         type=names,
         help="attacks run with and without outcome feedback (default plausible_harmful,"
-        "adaptive_harmful; '' for none)",
+        "adaptive_harmful,stealth_harmful; '' for none)",
     )
     p.add_argument(
         "--sybil-attacks",

@@ -209,6 +209,17 @@ class SenderHistory:
         """The stored summaries of one domain (a read-only view by convention)."""
         return self._domains.get(domain, {})
 
+    def refused(self, domain: str, sender: bytes) -> bool:
+        """Whether `sender` stands refused in `domain` now (it crossed the refusal bound and
+        has not fallen back below `history_defer_z`). Rows of it that were merged before
+        the refusal stay in the library, but recall does not offer them: most rows an
+        attacker slips in come before the evidence against it is in, and the same
+        evidence then speaks against them. If the sender falls back below the bound, they
+        are offered again. Safe to call from another thread than the rounds' (one lookup in
+        a table that is replaced, never changed, by `apply`)."""
+        summary = self._domains.get(domain, {}).get(sender)
+        return summary is not None and summary.refused
+
     def domains(self) -> list[str]:
         """Domains with at least one stored sender, sorted."""
         return sorted(self._domains)
@@ -347,12 +358,13 @@ class SenderHistory:
         (every other row leaves the waiting set)."""
         self._waiting = dict(waiting or {})
         for dom, fresh in verdict.updates.items():
-            table = self._domains.setdefault(dom, {})
-            table.update(fresh)
+            # A new table, not the old one changed: `refused` reads it from other threads.
+            table = {**self._domains.get(dom, {}), **fresh}
             if len(table) > cfg.history_max_senders:
                 newest = sorted(table, key=lambda k: (table[k].last_round, k))
                 keep = newest[-cfg.history_max_senders :]
-                self._domains[dom] = {k: table[k] for k in sorted(keep)}
+                table = {k: table[k] for k in sorted(keep)}
+            self._domains[dom] = table
         self.rounds += 1
 
     # -- comparison and persistence ------------------------------------------------------------

@@ -55,9 +55,13 @@ ATTACKS: dict[str, str] = {
     "embedding check passes), claimed at quality 0.95-0.999",
     "adaptive_harmful": "useful real patterns at honest claims for adaptive_rounds rounds "
     "(default 20), then plausible_harmful",
+    "stealth_harmful": "harmful lessons written for the domain, their own vectors, claimed "
+    "as honest nodes claim (Beta(4, 3)): nothing a receiver measures sets them apart",
 }
 #: Attacks whose texts and embeddings agree (see the module doc).
-PLAUSIBLE = frozenset({"plausible_useless", "plausible_harmful", "adaptive_harmful"})
+PLAUSIBLE = frozenset(
+    {"plausible_useless", "plausible_harmful", "adaptive_harmful", "stealth_harmful"}
+)
 
 
 def attack_batch(
@@ -144,15 +148,18 @@ def plausible_rows(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(texts, their own vectors, claimed qualities) of one plausible batch.
 
-    `attack` is plausible_useless, plausible_harmful, or honest_phase (what an adaptive
-    attacker sends before it switches: useful patterns that agents are likely to recall,
+    `attack` is plausible_useless, plausible_harmful, stealth_harmful, or honest_phase (what
+    an adaptive attacker sends before it switches: useful patterns that agents are likely to recall,
     drawn by task popularity from the domain's more useful half, claimed near their true
     usefulness as an honest node would, so that they earn standing)."""
     members = world.by_domain[domain]
-    if attack == "plausible_harmful":
+    if attack in ("plausible_harmful", "stealth_harmful"):
         pool = np.flatnonzero(world.harmful_domain == domain)
         pick = rng.choice(pool, size=min(ROWS, len(pool)), replace=False)
-        quality = rng.uniform(*INFLATED_QUALITY, len(pick))
+        if attack == "stealth_harmful":  # as an honest node's claims are drawn (workload.py)
+            quality = np.clip(rng.beta(4.0, 3.0, len(pick)), 0.01, 0.99)
+        else:
+            quality = rng.uniform(*INFLATED_QUALITY, len(pick))
         return [world.harmful_texts[i] for i in pick], world.harmful_vectors[pick], quality
     if attack == "plausible_useless":
         n = max(ROWS, int(np.ceil(USELESS_SHARE * len(members))))

@@ -51,11 +51,12 @@ def _share(tally: Tally) -> Tally:
 class OutcomeLedger:
     """One node's outcome book in memory, under the rules of fai_net's OutcomeBook."""
 
-    def __init__(self) -> None:
+    def __init__(self, sightings: dict[bytes, set[bytes]] | None = None) -> None:
         self.items: dict[bytes, Tally] = {}
         self.sources: dict[bytes, Tally] = {}
         self.muted: set[bytes] = set()
-        self.sightings: dict[bytes, set[bytes]] = {}
+        #: Per id, the sources whose copy was merged or made (shared with the caller's).
+        self.sightings: dict[bytes, set[bytes]] = {} if sightings is None else sightings
         self.reports = 0
 
     def record(self, ident: bytes, source: bytes, reward: float) -> tuple[Tally, Tally]:

@@ -2,10 +2,13 @@
 
 FAI's real code does the work that decides outcomes. Honest nodes encode their new
 experiences with `wire.encode_batch` (BitDelta against their library mean, DAG-CBOR, CID,
-Ed25519 signature) and, like the node's outbox, withhold an id whose library record a peer's
-better one has replaced; every envelope is decoded and verified with `wire.decode_envelope`;
-receivers run `DeltaSoup.aggregate` (with its reputation book, on the simulated clock) and
-merge the result under the library's own record order (`library.record_key`). Stand-ins:
+Ed25519 signature) and, like the node's outbox, publish their own record of every new id,
+even where a peer's better one won the library; every envelope is decoded and verified with
+`wire.decode_envelope`; receivers run `DeltaSoup.aggregate` (with its reputation book, on
+the simulated clock) and merge the result under the library's own record order
+(`library.record_key`). What the "fai" figures measure is the library as the node's recall
+offers it: without the rows that only sources its sender histories now refuse sent
+(`SenderHistory.refused`, fai_net/api/recall.py). Stand-ins:
 the receiver's re-embedding of texts looks up the shipped all-MiniLM-L6-v2 vectors of the
 corpus (`TableEmbedder`, the same model's output, not its cost), and a library is a dict
 under that record order (a test replays a node's writes into a real LanceDB library). The
@@ -233,9 +236,12 @@ class _Node:
     #: SimConfig.feedback: the node's outcome book, its agent's noise stream, and the
     #: library version its cached recall view was built at.
     ledger: feedback.OutcomeLedger | None = None
+    #: Per experience id of its library, the sources whose copy it merged or made (the
+    #: node's sightings table, fai_net/api/outcome_book.py; shared with `ledger`).
+    sightings: dict[bytes, set[bytes]] = field(default_factory=dict)
     fb_rng: np.random.Generator | None = None
     fai_version: int = 0
-    view: tuple[int, feedback.LibraryView] | None = None
+    view: tuple[tuple[int, int], feedback.LibraryView] | None = None
 
 
 def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
@@ -408,7 +414,7 @@ class Simulation:
                 for key in keys:
                     self._idx_of_key[key.public_key] = node.idx
             elif cfg.feedback:
-                node.ledger = feedback.OutcomeLedger()
+                node.ledger = feedback.OutcomeLedger(node.sightings)
                 node.fb_rng = np.random.default_rng([cfg.seed, 11, node.idx])
 
     def _split(self, node: _Node) -> None:
@@ -516,7 +522,7 @@ class Simulation:
             if _wins(e, new[dom].get(e.id)):
                 new[dom][e.id] = e
         out = []
-        history = getattr(node.receiver.aggregator, "history", None) if node.receiver else None
+        history = self._history(node)
         for dom, exps in sorted(new.items()):
             if history is not None:  # as the node's add_experiences does
                 own = list(exps.values())
@@ -531,17 +537,12 @@ class Simulation:
                 if not node.byzantine and _wins(e, self.central.get(e.id)):
                     self.central[e.id] = e
                 self._fai_put(node, e)
-                if node.ledger is not None:
-                    node.ledger.sighted([(e.id, e.source)])
+                node.sightings.setdefault(e.id, set()).add(e.source)
                 node.naive_own.add(e.id, e.embedding, e.quality, e.text, e.domain)
-            # As the node's outbox does: publish the library's record of each id, and only
-            # while it is the node's own (a peer's better record of the same pattern has
-            # already reached the fleet).
-            mine = node.key.public_key
-            send = [node.fai[i] for i in sorted(exps) if node.fai[i].source == mine]
-            self.stats["withheld"] += len(exps) - len(send)
-            if not send:
-                continue
+            # As the node's outbox does: publish its own record of each id, even where a
+            # peer's record of the same pattern won the library (that peer may be refused
+            # later, and then only the fleet's own copies vouch for the pattern).
+            send = [exps[i] for i in sorted(exps)]
             node.seq += 1
             sb = self._encode(node, send, ts, world.domains[dom])
             node.published.append(sb.cid)
@@ -549,13 +550,34 @@ class Simulation:
         return out
 
     def _view(self, node: _Node) -> feedback.LibraryView:
-        """The node's library as its recall sees it, rebuilt when the library changed."""
-        if node.view is None or node.view[0] != node.fai_version:
-            node.view = (
-                node.fai_version,
-                feedback.LibraryView(node.fai.values(), self.world.domains),
-            )
+        """The node's library as its recall sees it, rebuilt when the library changed or
+        a round was judged (which may refuse, or clear, a source of it)."""
+        version = (node.fai_version, self._judged_rounds(node))
+        if node.view is None or node.view[0] != version:
+            node.view = (version, feedback.LibraryView(self._recallable(node), self.world.domains))
         return node.view[1]
+
+    @staticmethod
+    def _history(node: _Node) -> SenderHistory | None:
+        """The sender histories of the node's "fai" receiver, if it keeps any."""
+        return getattr(node.receiver.aggregator, "history", None) if node.receiver else None
+
+    def _judged_rounds(self, node: _Node) -> int:
+        history = self._history(node)
+        return -1 if history is None else history.rounds
+
+    def _recallable(self, node: _Node) -> list[Experience]:
+        """The node's library as recall offers it: without the rows that only sources its
+        sender histories now refuse in the row's domain sent (fai_net/api/recall.py)."""
+        history = self._history(node)
+        if history is None:
+            return list(node.fai.values())
+
+        def vouched(e: Experience) -> bool:
+            senders = node.sightings.get(e.id) or (e.source,)
+            return not all(history.refused(e.domain, s) for s in senders)
+
+        return [e for e in node.fai.values() if vouched(e)]
 
     def _use_recall(self, node: _Node, tasks: np.ndarray) -> None:
         """The node's agent at work: per task, recall from the library (before this round's
@@ -794,6 +816,7 @@ class Simulation:
                 self._merge_with_outcomes(node, exps)
                 continue
             for e in exps:
+                node.sightings.setdefault(e.id, set()).add(e.source)
                 self._fai_put(node, e)
         self.stats["cpu_merge_s"] += time.perf_counter() - t
         # Row accounting per receiving node: a member's own rows (shared mode) are not
@@ -822,7 +845,7 @@ class Simulation:
                 tag = "byzantine" if self.nodes[self._idx_of_key[e.source]].byzantine else "honest"
                 self.stats[f"{tag}_rows_muted"] += 1
                 continue
-            node.ledger.sighted([(e.id, e.source)])
+            node.sightings.setdefault(e.id, set()).add(e.source)
             self._fai_put(node, e)
 
     # -- measurement -------------------------------------------------------------------------
@@ -862,7 +885,7 @@ class Simulation:
                 [e for k in n.profile.domains for e in self._central_by_dom[int(k)]]
             ),
             "naive": self._naive_view,
-            "fai": lambda n: self._objects_view(n.fai.values()),
+            "fai": lambda n: self._objects_view(self._recallable(n)),
         }
         return views[method](node)
 
@@ -982,8 +1005,7 @@ class Simulation:
                 poisoned.append(float((in_domain & ~genuine[top]).any(axis=0).mean()))
                 if method == "fai" and node.ledger is not None:
                     nearest.append((proxies[-1], poisoned[-1]))
-                    blank = feedback.OutcomeLedger()
-                    blank.sightings = node.ledger.sightings
+                    blank = feedback.OutcomeLedger(node.sightings)
                     unreported.append(self._ranked_figures(node, true_unit, blank))
                     proxies[-1], poisoned[-1] = self._ranked_figures(node, true_unit, node.ledger)
             out[method] = {
@@ -1065,7 +1087,6 @@ class Simulation:
                 "repair_bytes_per_node_per_round": float(
                     np.mean([x.get("repair_bytes_per_node", 0.0) for x in rounds])
                 ),
-                "withheld_experiences": int(s["withheld"]),
                 "wire_version": self.cfg.wire_version,
                 "baseline_blocks_made": len(self.blocks) - 1,  # the reference is no one's
                 "baseline_blocks_attached": int(s["baseline_blocks_attached"]),
@@ -1130,6 +1151,7 @@ class Simulation:
         byz = [n for n in self.nodes if n.byzantine]
         attack_keys = {k.public_key for n in byz for k in n.identities}
         rows = [[e for e in n.fai.values() if e.source in attack_keys] for n in self.measured]
+        offered = [sum(e.source in attack_keys for e in self._recallable(n)) for n in self.measured]
         out = {
             "sybils": self.cfg.sybils,
             "identities_per_attacker": self.identities_per_attacker() if byz else 0,
@@ -1140,6 +1162,8 @@ class Simulation:
             "poison_target": POISON_TARGET,
             "fai_poisoned_within_target_from_round": within,
             "byzantine_rows_in_library": float(np.mean([len(x) for x in rows])),
+            # What recall may still offer: rows only sources refused since sent are not.
+            "byzantine_rows_recallable": float(np.mean(offered)),
             "harmful_rows_in_library": float(
                 np.mean([sum(e.text in self.world.harm_index for e in x) for x in rows])
             ),

@@ -79,13 +79,19 @@ def test_spoofed_domain_tag_is_refused_once_the_domain_has_a_reference():
     suspicious but not yet proof), and from the third round every row is refused, the
     waiting ones with them: no spoofed row is ever kept."""
     fleet, spoofer = Fleet(), NodeKey.generate()
-    spoofed, honest_fates = [], []
+    spoofed, honest_fates, standing = [], [], []
     for _ in range(12):
         batches = [fleet.honest(k, "security") for k in HONEST]
         batches.append(fleet.batch(spoofer, fleet.rng.choice(_pool("writing"), 3), "security"))
         result = fleet.round(batches)
         spoofed.append(_fates(result, [spoofer]))
         honest_fates += _fates(result, HONEST)
+        standing.append(fleet.soup.history.refused("security", spoofer.public_key))
+    # What recall reads (fai_net/api/recall.py): refused from the third round on, in that
+    # domain only; no honest sender ever.
+    assert standing == [False, False] + [True] * 10
+    assert not fleet.soup.history.refused("writing", spoofer.public_key)
+    assert not any(fleet.soup.history.refused("security", k.public_key) for k in HONEST)
     assert set(spoofed[0]) == set(spoofed[1]) == {Drop.DEFERRED}
     assert Drop.DOMAIN_MISMATCH in spoofed[2] and None not in spoofed[2]
     # Refused stays refused (hysteresis) while honest senders' spread grows with their rows.
@@ -108,6 +114,8 @@ def test_inflated_quality_is_refused_and_honest_claims_are_not():
     assert None not in {d for fates in lied for d in fates}
     assert all(d is Drop.QUALITY_OUTLIER for fates in lied[4:] for d in fates)
     assert not HISTORY_DROPS & set(honest_fates)
+    assert fleet.soup.history.refused("devops", liar.public_key)
+    assert not any(fleet.soup.history.refused("devops", k.public_key) for k in HONEST)
 
 
 def test_colluders_that_dominate_rounds_refuse_no_honest_row():

@@ -49,8 +49,10 @@ OLD_FIELDS = [
 #: first recorded with the simulator as it was before issue 17 (git HEAD ea191f8's fai_eval).
 #: A change of fai_core's behaviour changes it too: then re-record. Re-recorded when the
 #: sender histories got domain anchors and margins (fai_core.domain_anchors); the new
-#: simulator options still leave a default run as it was.
-GOLDEN = "9e9523d9ad20f73a1c641e0488c12040e93f5aea529fee64f4ff4def1cb8fff2"
+#: simulator options still leave a default run as it was. Re-recorded when honest nodes
+#: began to publish their own record of every id (not only those that won the library) and
+#: the "fai" figures became what recall offers (rows of refused sources withheld).
+GOLDEN = "697169d30f1b72795e7af6f5c87675be1591d55db0ff4cadfe6cc45da28a1b35"
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +95,20 @@ def test_plausible_harmful_rows_are_consistent_harmful_and_inflated(world, table
         "plausible_harmful", world, domain, np.random.default_rng(1)
     )
     assert np.array_equal(table.embed(rows), world.harmful_vectors[idx])
+
+
+def test_stealth_harmful_rows_are_harmful_at_honest_claims(world, table):
+    b = _batch(world, "stealth_harmful", 2)
+    idx = [world.harm_index[t] for t in b.texts]
+    assert set(world.harmful_domain[idx].tolist()) == {2}
+    assert np.all(world.harmful_usefulness[idx] < 0)
+    assert _consistent(b, table).min() > 0.7
+    # Claimed as honest nodes claim (Beta(4, 3)), not inflated: over many batches the
+    # mean sits near 4/7 and few claims pass 0.9.
+    claims = np.concatenate(
+        [_batch(world, "stealth_harmful", 2, seed=s).quality for s in range(60)]
+    )
+    assert abs(claims.mean() - 4 / 7) < 0.05 and (claims > 0.9).mean() < 0.05
 
 
 def test_plausible_useless_rows_are_real_least_useful_patterns(world, table):
@@ -257,6 +273,28 @@ def test_feedback_lowers_poisoning_by_plausible_harmful_rows(harmful_pair):
     assert fb["reports_on_byzantine_rows"] > 0
     assert fb["byzantine_standing_mean"] < fb["honest_standing_mean"]
     assert [p["round"] for p in on["adversary"]["poisoned_by_round"]] == [10, 20, 30]
+
+
+def test_rows_only_refused_sources_sent_are_not_offered(harmful_pair):
+    """The attackers' rows that slipped in before their refusal stay in the libraries, but
+    recall does not offer them (fai_net/api/recall.py's rule): every withheld row is an
+    attacker's, and none that an unrefused source also sent is withheld."""
+    _, sim, report = harmful_pair
+    attack_keys = {k.public_key for n in sim.nodes if n.byzantine for k in n.identities}
+    withheld = 0
+    for node in sim.measured:
+        history = node.receiver.aggregator.history
+        offered = {e.id for e in sim._recallable(node)}
+        for e in node.fai.values():
+            senders = node.sightings.get(e.id) or {e.source}
+            refused = all(history.refused(e.domain, s) for s in senders)
+            assert (e.id not in offered) == refused
+            if refused:
+                assert senders <= attack_keys
+                withheld += 1
+    assert withheld > 0, "the run must exercise the rule"
+    adv = report["adversary"]
+    assert adv["byzantine_rows_recallable"] < adv["byzantine_rows_in_library"]
 
 
 def test_feedback_sinks_harmful_rows_utility(harmful_pair):
