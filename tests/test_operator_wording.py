@@ -216,6 +216,27 @@ def test_search_json_keeps_source_and_adds_its_source_node(monkeypatch, capsys):
     assert [action for action, _ in node.calls] == ["search"]  # --json needs no info call
 
 
+def test_recall_table_says_how_many_close_matches_were_withheld(monkeypatch, capsys):
+    me = _identity(4)
+    item = {"id": "cd" * 36, "text": "pin it", "source": me.public_key.hex(), "score": 0.5}
+    replies = [
+        {"max_distance": 0.65, "prompt": "", "experiences": [item], "withheld": 2},
+        {"max_distance": 0.65, "prompt": "", "experiences": [item], "withheld": 0},
+    ]
+
+    class Client:
+        def recall(self, *args):
+            return replies.pop(0)
+
+    monkeypatch.setattr(cli_node, "_client", lambda args: Client())
+    sock = ["--socket", "/nonexistent.sock"]
+    assert main(["experiences", "recall", "task", *sock]) == 0
+    out = capsys.readouterr().out
+    assert "pin it" in out and "2 more within distance not offered" in out
+    assert main(["experiences", "recall", "task", *sock]) == 0
+    assert "not offered" not in capsys.readouterr().out
+
+
 def test_recall_and_feedback_json_add_source_node(monkeypatch, capsys):
     me = _identity(3)
     found = {

@@ -108,7 +108,8 @@ _SCHEMA = (
     """CREATE TABLE outbox (
         position INTEGER PRIMARY KEY AUTOINCREMENT,
         id BLOB NOT NULL UNIQUE,
-        domain TEXT NOT NULL
+        domain TEXT NOT NULL,
+        record BLOB
     )""",
     """CREATE INDEX outbox_domain ON outbox (domain, position)""",
     # Received batches not yet merged into the library: a crash between acceptance and the
@@ -214,6 +215,8 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE batches ADD COLUMN baseline_cid BLOB")
     _backfill_baseline_cids(conn)
     conn.execute(_BASELINE_INDEX)
+    if "record" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:
+        conn.execute("ALTER TABLE outbox ADD COLUMN record BLOB")
 
 
 def _backfill_baseline_cids(conn: sqlite3.Connection) -> None:
@@ -693,15 +696,35 @@ class BatchStore:
 
     # -- outbox ----------------------------------------------------------------------------
 
-    def outbox_add(self, ids: Iterable[bytes], domain: str) -> int:
-        """Queue local experience ids for broadcast; returns how many were not queued yet."""
+    def outbox_add(
+        self, ids: Iterable[bytes], domain: str, records: Iterable[bytes | None] | None = None
+    ) -> int:
+        """Queue local experience ids for broadcast, each with the encoded record to publish
+        (`records`, parallel to `ids`; None: publish the library's record); returns how many
+        were not queued yet."""
+        ids = [bytes(i) for i in ids]
+        blobs = [None] * len(ids) if records is None else list(records)
+        if len(blobs) != len(ids):
+            raise ValueError(f"outbox_add: {len(ids)} ids but {len(blobs)} records")
         with self._tx() as conn:
             before = conn.total_changes
             conn.executemany(
-                "INSERT OR IGNORE INTO outbox (id, domain) VALUES (?, ?)",
-                ((bytes(i), domain) for i in ids),
+                "INSERT OR IGNORE INTO outbox (id, domain, record) VALUES (?, ?, ?)",
+                ((i, domain, r) for i, r in zip(ids, blobs, strict=True)),
             )
             return conn.total_changes - before
+
+    def outbox_records(self, ids: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The records queued with these ids (ids queued without one, or not queued, are
+        absent)."""
+        out: dict[bytes, bytes] = {}
+        for i in ids:
+            row = self._conn.execute(
+                "SELECT record FROM outbox WHERE id = ? AND record IS NOT NULL", (bytes(i),)
+            ).fetchone()
+            if row is not None:
+                out[bytes(i)] = bytes(row[0])
+        return out
 
     def outbox_peek(self, domain: str, limit: int) -> list[bytes]:
         """Oldest queued ids of `domain` first; they stay queued until `commit_local`."""

@@ -210,8 +210,8 @@ def _recall_tool(fai: FaiClient) -> Tool:
 
         Call it before you start a task, and again when you hit a new kind of problem
         (an error, a failing test, a tool that misbehaves), with a short description of
-        it. Returns {experiences, prompt, max_distance}. experiences is best first (at
-        most k), each with:
+        it. Returns {experiences, prompt, max_distance, withheld}. experiences is best
+        first (at most k), each with:
         - id: pass it to feedback after you used (or tried) the lesson;
         - text: the lesson, one sentence;
         - relevance: similarity to your task, 0..1 (only close matches are returned);
@@ -220,9 +220,10 @@ def _recall_tool(fai: FaiClient) -> Tool:
         - score: relevance x trust, the ranking; source_node: the peer that published it
           (origin 'local' if this node added it); sources: how many nodes published it;
         - domain, quality, calibrated_quality, source_standing, distance, age_s.
-        prompt is the same lessons as a short text block. An empty list means nothing
-        relevant is known: carry on without. Lessons can be wrong or not fit your case:
-        check them against what you see before relying on one.
+        prompt is the same lessons as a short text block; withheld counts close matches
+        not offered because every peer that sent them was refused since. An empty list
+        means nothing relevant is known: carry on without. Lessons can be wrong or not
+        fit your case: check them against what you see before relying on one.
         """
         call = functools.partial(fai.recall, task, domain, k, max_distance)
         return await _forward("recall", call)

@@ -137,19 +137,21 @@ class OutcomeBook:
         with self._lock:
             self._db.executemany("INSERT OR IGNORE INTO sightings VALUES (?, ?)", pairs)
 
-    def sources_of(self, ids: Iterable[bytes]) -> dict[bytes, int]:
-        """How many distinct sources published each id (ids never sighted are absent)."""
+    def sources_of(self, ids: Iterable[bytes]) -> dict[bytes, frozenset[bytes]]:
+        """The distinct sources that published each id (ids never sighted are absent):
+        their number is the corroboration recall ranks by, and an id whose every source
+        now stands refused is not offered (fai_net/api/recall.py)."""
         ids = list(dict.fromkeys(ids))
-        out: dict[bytes, int] = {}
+        found: dict[bytes, set[bytes]] = {}
         with self._lock:
             for start in range(0, len(ids), _CHUNK):
                 part = ids[start : start + _CHUNK]
                 marks = ",".join("?" * len(part))
-                for key, n in self._db.execute(
-                    f"SELECT id, COUNT(*) FROM sightings WHERE id IN ({marks}) GROUP BY id", part
+                for key, source in self._db.execute(
+                    f"SELECT id, source FROM sightings WHERE id IN ({marks})", part
                 ):
-                    out[bytes(key)] = int(n)
-        return out
+                    found.setdefault(bytes(key), set()).add(bytes(source))
+        return {k: frozenset(v) for k, v in found.items()}
 
     def muted(self) -> frozenset[bytes]:
         """Sources whose lessons hurt often enough that new ones are not merged."""

@@ -1,7 +1,12 @@
 """Recall and feedback: what an agent asks of its node, answered from the library.
 
 `recall` embeds the task text, takes the nearest experiences within the relevance cutoff,
-and ranks them by relevance times trust (fai_core/ranking.py; docs/recall.md). `feedback`
+and ranks them by relevance times trust (fai_core/ranking.py; docs/recall.md). It does not
+offer an experience whose every source now stands refused in its domain by DeltaSoup's
+sender histories (`SenderHistory.refused`): most rows an attacker slips in arrive before
+the evidence against it, and once that evidence is in it speaks against them too. They stay
+in the library, and come back if the source is cleared; a pattern that another, unrefused
+source also sent is offered as before. `feedback`
 records whether a recalled experience helped. Both run in worker threads and read the
 library without its write limiter: LanceDB reads see a consistent version while a merge
 round writes the next one, so an agent's question never waits behind a merge.
@@ -12,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,13 +77,20 @@ class RecallQuery:
         return cls(task, domain, k, float(cutoff))
 
 
+#: Whether a source stands refused in a domain: (domain, source key) -> bool.
+RefusedCheck = Callable[[str, bytes], bool]
+
+
 class Recall:
     """Recall and feedback over one node's library and outcome book."""
 
-    def __init__(self, library, outcomes: OutcomeBook, peer_id_of) -> None:
+    def __init__(
+        self, library, outcomes: OutcomeBook, peer_id_of, refused: RefusedCheck | None = None
+    ) -> None:
         self.library = library
         self.outcomes = outcomes
         self._peer_id_of = peer_id_of
+        self._refused = refused
         self._calibration: QualityCalibration | None = None
         self._calibrated_version: int | None = None
         self._calibration_lock = threading.Lock()
@@ -110,18 +123,19 @@ class Recall:
         where = query.domain if query.domain is not None else list(domains)
         hits = self.library.search(query.task, where, query.k * FETCH_FACTOR)
         hits = [h for h in hits if h.distance <= query.max_distance]
-        ids = [h.entry.experience.id for h in hits]
-        entries = {h.entry.experience.id: h.entry for h in hits}
-        sources = self.outcomes.sources_of(ids)
+        sources = self.outcomes.sources_of(h.entry.experience.id for h in hits)
+        offered = [h for h in hits if not self._withheld(h.entry.experience, sources)]
+        ids = [h.entry.experience.id for h in offered]
+        entries = {h.entry.experience.id: h.entry for h in offered}
         candidates = [
             Candidate(
                 h.entry.experience.id,
                 h.entry.experience.source,
                 h.distance,
                 h.entry.experience.quality,
-                max(1, sources.get(h.entry.experience.id, 1)),
+                max(1, len(sources.get(h.entry.experience.id, ()))),
             )
-            for h in hits
+            for h in offered
         ]
         ranked = rank(
             candidates,
@@ -134,7 +148,19 @@ class Recall:
         now = time.time_ns() // 1_000_000
         items = [self._item(r, entries[r.candidate.id], now) for r in ranked]
         prompt = render((i["domain"], i["text"], i["utility"]) for i in items)
-        return {"experiences": items, "prompt": prompt, "max_distance": query.max_distance}
+        return {
+            "experiences": items,
+            "prompt": prompt,
+            "max_distance": query.max_distance,
+            "withheld": len(hits) - len(offered),  # within the cutoff, only refused sources
+        }
+
+    def _withheld(self, e, sources: dict[bytes, frozenset[bytes]]) -> bool:
+        """Whether every source of `e` (its sightings, else its own source field) now
+        stands refused in `e`'s domain."""
+        if self._refused is None:
+            return False
+        return all(self._refused(e.domain, s) for s in sources.get(e.id) or (e.source,))
 
     def _item(self, r, entry, now: int) -> dict[str, Any]:
         e = entry.experience

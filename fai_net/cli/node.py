@@ -744,6 +744,8 @@ def _recall(args: argparse.Namespace) -> int:
     ]
     headers = ("SCORE", "RELEVANCE", "UTILITY", "SOURCES", "DOMAIN", "TEXT", "ID")
     print(format_table(headers, rows, right=(0, 1, 2, 3)))
+    if found.get("withheld"):
+        print(f"({found['withheld']} more within distance not offered: their sources are refused)")
     return 0
 
 

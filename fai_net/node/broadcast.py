@@ -1,7 +1,11 @@
 """The agent's own experiences: into the library and the outbox, then out as signed batches.
 
 `add_experiences` embeds (outside the library limiter, so a merge round cannot delay it) and
-stores local experiences; each joins its domain's outbox. The loop publishes a domain's
+stores local experiences; each joins its domain's outbox with the agent's own record of it,
+which is what goes out even if a peer's record of the same pattern (same domain and text,
+so the same id) has won the library meanwhile: that peer may be refused later, and then only
+the copies other nodes published vouch for the pattern (fai_net/api/recall.py). The
+loop publishes a domain's
 outbox every `broadcast_interval_s`, or as soon as it holds `broadcast_threshold`
 experiences, in batches of at most `max_batch`. Every publish is paced (`publish_spacing_s`)
 and serialised, so gossipsub drops none. A seq is reserved durably before anything is signed
@@ -13,12 +17,15 @@ of its own (`fai_core.baseline_block.BaselinePublisher`).
 from __future__ import annotations
 
 import logging
+import struct
 
 import numpy as np
 import trio
 
+from fai_core import dagcbor
 from fai_core.baseline_block import BaselinePublisher, reference_block
 from fai_core.clock import now_ms
+from fai_core.errors import FaiError
 from fai_core.experience import Experience
 from fai_core.wire import SignedBatch, encode_batch, encode_batch_v2
 from fai_net.api.control import ControlError
@@ -42,6 +49,38 @@ def _record_own(soup, exps: list[Experience]) -> None:
     for domain in sorted({e.domain for e in exps}):
         mine = [e for e in exps if e.domain == domain]
         history.record_own(domain, np.stack([e.embedding for e in mine]), [e.quality for e in mine])
+
+
+def own_record(e: Experience) -> bytes:
+    """The agent's own record of `e` as its outbox entry keeps it (domain and source are the
+    entry's and the node's)."""
+    return dagcbor.encode(
+        {
+            "text": e.text,
+            "embedding": np.asarray(e.embedding, dtype="<f4").tobytes(),
+            "quality": struct.pack("<d", e.quality),
+            "created_ms": e.created_ms,
+            "iteration": e.iteration,
+        }
+    )
+
+
+def from_own_record(blob: bytes, domain: str, source: bytes) -> Experience | None:
+    """`own_record`'s inverse; None for a record that does not decode into a valid
+    experience (the entry then falls back to the library's record)."""
+    try:
+        d = dagcbor.decode(blob)
+        return Experience(
+            d["text"],
+            np.frombuffer(d["embedding"], dtype="<f4"),
+            struct.unpack("<d", d["quality"])[0],
+            domain,
+            source,
+            d["created_ms"],
+            d["iteration"],
+        )
+    except (FaiError, KeyError, TypeError, ValueError, struct.error):
+        return None
 
 
 class Broadcaster:
@@ -85,12 +124,12 @@ class Broadcaster:
 
         result = await trio.to_thread.run_sync(add_local, limiter=state.lib_limiter)
         res.outcomes.sighted((e.id, e.source) for e in exps)
-        by_domain: dict[str, list[bytes]] = {}
+        by_domain: dict[str, list[Experience]] = {}
         for exp in exps:
-            by_domain.setdefault(exp.domain, []).append(exp.id)
+            by_domain.setdefault(exp.domain, []).append(exp)
         _record_own(res.soup, exps)
-        for domain, ids in by_domain.items():
-            res.store.outbox_add(ids, domain)
+        for domain, mine in by_domain.items():
+            res.store.outbox_add([e.id for e in mine], domain, [own_record(e) for e in mine])
             if res.store.outbox_count(domain) >= res.config.broadcast_threshold:
                 state.broadcast_wakeup.set()
         return {"added": len(exps), "inserted": result.inserted, "ids": [e.id.hex() for e in exps]}
@@ -184,26 +223,28 @@ class Broadcaster:
         )
 
     async def _own_entries(self, domain: str, ids: list[bytes]) -> list[Experience]:
-        """The outbox ids' experiences that are still ours; the others leave the outbox."""
+        """The outbox ids' experiences as this node publishes them: the library's record
+        while it is ours (a later add may have improved it), else the record queued with
+        the id. An id with neither (queued by an older node, then replaced or evicted)
+        leaves the outbox."""
         res, own = self.res, self.res.identity.public_key
         entries = await trio.to_thread.run_sync(
             lambda: [res.library.get(i) for i in ids], limiter=self.state.lib_limiter
         )
-        # Gone (evicted by capacity) or no longer ours: a peer's record of the same pattern
-        # (same domain and text, so the same id) with a higher quality replaced ours in
-        # the library, and the fleet already has that one.
-        gone = [
-            i
-            for i, e in zip(ids, entries, strict=True)
-            if e is None or e.experience.source != own or e.experience.domain != domain
-        ]
+        queued = res.store.outbox_records(ids)
+        out, gone = [], []
+        for i, entry in zip(ids, entries, strict=True):
+            exp = None if entry is None else entry.experience
+            if exp is None or exp.source != own or exp.domain != domain:
+                blob = queued.get(i)
+                exp = None if blob is None else from_own_record(blob, domain, own)
+            if exp is None or exp.id != i:
+                gone.append(i)
+            else:
+                out.append(exp)
         if gone:
             res.store.outbox_remove(gone)
-        return [
-            e.experience
-            for e in entries
-            if e is not None and e.experience.source == own and e.experience.domain == domain
-        ]
+        return out
 
     async def publish(self, topic: str, data: bytes) -> int:
         async with self._publish_lock:

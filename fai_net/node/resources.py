@@ -213,6 +213,7 @@ async def _open_local(
         identity.key_pair, GossipSettings(mdns=cfg.mdns, seen_ttl=cfg.seen_ttl_s)
     )
     refuse_peers(host, state.dropped_peers.__contains__)
+    soup = (aggregator or deltasoup_aggregator)(timed, reputation, cfg)
     relay_server = None
     if cfg.relay_server:
         limits = RelayServerLimits(cfg.relay_reservations, cfg.relay_circuits)
@@ -226,9 +227,9 @@ async def _open_local(
         outcomes=outcomes,
         store=store,
         events=events,
-        recaller=Recall(library, outcomes, peer_id_text),
+        recaller=Recall(library, outcomes, peer_id_text, refused=_refused_check(soup)),
         reputation=reputation,
-        soup=(aggregator or deltasoup_aggregator)(timed, reputation, cfg),
+        soup=soup,
         membership=membership,
         budget=budget,
         admission=admission,
@@ -239,6 +240,13 @@ async def _open_local(
         relay_client=RelayClient(host, cfg.relays),
         relay_server=relay_server,
     )
+
+
+def _refused_check(soup: Aggregator) -> Callable[[str, bytes], bool] | None:
+    """What recall asks before it offers a row: does its source stand refused in the row's
+    domain? Only an aggregator that keeps sender histories can say."""
+    history = getattr(soup, "history", None)
+    return None if history is None else history.refused
 
 
 def _fleet_member(membership: Membership) -> Callable[[ID], bool]:

@@ -235,6 +235,28 @@ def test_spoofers_that_outnumber_a_domains_honest_senders(anchored):
         assert kept > 0.5 * sum(len(f) for f in spoofed[1:])
 
 
+def test_colluders_heard_before_any_honest_sender_end_up_refused():
+    """Ten keys send the same three devops lessons at 0.99 from round 0, before six honest
+    senders are heard (from round 1). Their first rows wait (ten keys, one vote: the
+    domain is crowded), none is kept, and every colluder ends refused, for good: recall
+    reads that (`SenderHistory.refused`), so had a row of theirs slipped in earlier it
+    would no longer be offered. No honest sender is ever refused."""
+    fleet = _anchored_fleet(13, anchored=True)
+    honest, colluders = HONEST[:6], [NodeKey.generate() for _ in range(10)]
+    same = _pool("devops")[:3]
+    kept, standing = 0, []
+    for r in range(12):
+        batches = [fleet.batch(c, same, "devops", quality=[0.99] * 3) for c in colluders]
+        batches += [fleet.honest(k, "devops") for k in honest] if r else []
+        result = fleet.round(batches)
+        kept += sum(d is None for d in _fates(result, colluders))
+        assert not HISTORY_DROPS & set(_fates(result, honest))
+        standing.append([fleet.soup.history.refused("devops", c.public_key) for c in colluders])
+    assert kept == 0
+    assert all(all(row) for row in standing[2:])
+    assert not any(fleet.soup.history.refused("devops", k.public_key) for k in honest)
+
+
 @pytest.mark.parametrize("own_rows", [0, 12])
 def test_own_rows_bound_the_quality_middle_that_inflators_outnumbering_honest_senders_set(
     own_rows,

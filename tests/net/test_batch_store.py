@@ -428,6 +428,34 @@ def test_outbox_queues_in_order_per_domain(store):
     assert store.outbox_domains() == ["coding"] and store.outbox_count("ops") == 0
 
 
+def test_outbox_keeps_the_record_queued_with_each_id(store):
+    ids = [bytes([i]) * 36 for i in range(3)]
+    assert store.outbox_add(ids[:2], "coding", [b"rec-0", None]) == 2
+    assert store.outbox_add(ids[2:], "coding", [b"rec-2"]) == 1
+    assert store.outbox_add(ids[:1], "coding", [b"other"]) == 0  # queued: the first stays
+    assert store.outbox_records([*ids, b"x" * 36]) == {ids[0]: b"rec-0", ids[2]: b"rec-2"}
+    with pytest.raises(ValueError, match="3 ids but 1 records"):
+        store.outbox_add([b"a" * 36, b"b" * 36, b"c" * 36], "coding", [b"one"])
+    assert store.outbox_count() == 3  # the refused call queued nothing
+    store.outbox_remove(ids[:1])
+    assert store.outbox_records(ids) == {ids[2]: b"rec-2"}
+
+
+def test_an_outbox_written_by_older_code_gains_its_record_column(tmp_path):
+    directory = tmp_path / "node"
+    with BatchStore.open(directory) as store:
+        store.outbox_add([b"a" * 36], "coding")
+    conn = sqlite3.connect(directory / STORE_FILE)
+    conn.execute("ALTER TABLE outbox DROP COLUMN record")
+    conn.commit()
+    conn.close()
+    with BatchStore.open(directory) as store:
+        assert store.outbox_peek("coding", 5) == [b"a" * 36]
+        assert store.outbox_records([b"a" * 36]) == {}
+        store.outbox_add([b"b" * 36], "coding", [b"rec"])
+        assert store.outbox_records([b"a" * 36, b"b" * 36]) == {b"b" * 36: b"rec"}
+
+
 def test_commit_local_stores_the_batch_and_empties_its_outbox_entries(store, tmp_path):
     b = batch(0)
     store.outbox_add(b.batch.ids, "coding")

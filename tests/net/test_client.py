@@ -79,7 +79,7 @@ def test_sync_add_recall_feedback(fleet, added):
     assert LESSON in found["prompt"] and found["max_distance"] == 0.65
     # The cutoff: an unrelated task finds nothing, and the prompt block is then empty.
     nothing = client.recall("zebra quartz violin", domain="coding")
-    assert nothing == {"experiences": [], "prompt": "", "max_distance": 0.65}
+    assert nothing == {"experiences": [], "prompt": "", "max_distance": 0.65, "withheld": 0}
 
     report = client.feedback(lesson_id, "helped")
     assert report["id"] == lesson_id and report["reward"] == 1.0 and report["reports"] == 1

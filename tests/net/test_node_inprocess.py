@@ -7,6 +7,7 @@ seq per retry), and a merge round that raised and took the node down.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -16,10 +17,13 @@ import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from fai_core.clock import now_ms
-from fai_core.deltasoup_history import SenderHistory
+from fai_core.dagcbor import cid_parse
+from fai_core.deltasoup_history import HistoryVerdict, SenderHistory
+from fai_core.deltasoup_reference import SenderSummary
 from fai_core.experience import Experience
 from fai_core.identity import NodeKey
-from fai_core.wire import encode_batch
+from fai_core.wire import decode_envelope, encode_batch
+from fai_net.api.recall import RecallQuery
 from fai_net.node.config import NodeConfig
 from fai_net.node.node import REPAIR_MAX_PAGES
 from fai_net.p2p import repair
@@ -95,7 +99,11 @@ def test_hostile_repair_server_is_bounded_and_cannot_push_batches():
     trio.run(main)
 
 
-def test_a_peer_record_replacing_ours_does_not_block_the_outbox():
+def test_a_peer_record_replacing_ours_is_published_as_ours():
+    """A peer's record of the same pattern with a higher claim wins the library, but the
+    node still publishes its own record (its claim, its key): the peer may be refused
+    later, and then only other nodes' copies vouch for the pattern."""
+
     async def main():
         async with trio.open_nursery() as n:
             node = await start(n, config("owner"))
@@ -106,8 +114,13 @@ def test_a_peer_record_replacing_ours_does_not_block_the_outbox():
             vec = node.embedder.embed(texts[:1])[0]
             better = Experience.create(texts[0], vec, 0.95, "coding", other, now_ms())
             await trio.to_thread.run_sync(node.library.merge, [better], other)
+            assert node.library.get(better.id).experience.source == other
             result = await node.broadcast("coding")
-            assert result["experiences_sent"] == 1 and node.store.outbox_count() == 0
+            assert result["experiences_sent"] == 2 and node.store.outbox_count() == 0
+            sent = decode_envelope(node.store.get(cid_parse(result["batch_id"]))).batch
+            assert sent.sender == node.identity.public_key
+            assert sorted(sent.texts) == sorted(texts)
+            assert [round(float(q), 3) for q in sent.quality] == [0.5, 0.5]  # ours, not 0.95
             after_one = node.store.next_seq()
             again = await node.broadcast("coding")
             assert again["experiences_sent"] == 0
@@ -288,5 +301,32 @@ def test_the_agents_own_rows_reach_the_sender_histories_and_survive_a_restart():
             n.cancel_scope.cancel()
         again = SenderHistory(history.dim, history.path)
         assert again.own("coding").rows == 9 and again.same_as(history)
+
+    trio.run(main)
+
+
+def test_recall_withholds_rows_whose_sources_the_histories_refuse():
+    """The node's recall asks its DeltaSoup histories (fai_net/node/resources.py): once a
+    peer stands refused in a domain, the rows only it sent there are not offered."""
+
+    async def main():
+        async with trio.open_nursery() as n:
+            node = await start(n, config("withhold"))
+            peer = NodeKey(bytes([7]) * 32).public_key
+            text = "pin the base image digest in every deploy"
+            vec = node.embedder.embed([text])[0]
+            row = Experience.create(text, vec, 0.6, "devops", peer, now_ms())
+            await trio.to_thread.run_sync(node.library.merge, [row], peer)
+            node.outcomes.sighted([(row.id, peer)])
+            query = RecallQuery(text, "devops", 5, 0.65)
+            found = node.recaller.recall(query, ["devops"])
+            assert [e["text"] for e in found["experiences"]] == [text]
+            history = node.soup.history
+            refused = dataclasses.replace(SenderSummary.empty(history.dim), refused=True)
+            verdict = HistoryVerdict(updates={"devops": {peer: refused}})
+            history.apply(verdict, node.soup.config)
+            found = node.recaller.recall(query, ["devops"])
+            assert found["experiences"] == [] and found["withheld"] == 1
+            n.cancel_scope.cancel()
 
     trio.run(main)
