@@ -247,7 +247,7 @@ def calibration_fast(lib) -> dict[bytes, np.ndarray]:
 def profile(data_dir: Path, embedder, plan: list[tuple[str, str | None]]) -> dict:
     """The stages of Recall.recall, timed in this process on the node's data directory."""
     from fai_core.library import ExperienceLibrary
-    from fai_core.ranking import MAX_DISTANCE, Candidate, QualityCalibration, rank, render
+    from fai_core.ranking import MAX_DISTANCE, QualityCalibration, rank, render, vouched_candidate
     from fai_net.api.outcome_book import OutcomeBook
     from fai_net.api.recall import CALIBRATION_TTL_S, FETCH_FACTOR, Recall, RecallQuery
     from fai_net.node.node import _peer_id_text
@@ -307,12 +307,14 @@ def profile(data_dir: Path, embedder, plan: list[tuple[str, str | None]]) -> dic
             ):
                 entries = {h.entry.experience.id: h.entry for h in hits}
                 candidates = [
-                    Candidate(
+                    vouched_candidate(
                         h.entry.experience.id,
+                        h.entry.experience.domain,
                         h.entry.experience.source,
                         h.distance,
                         h.entry.experience.quality,
-                        max(1, sources.get(h.entry.experience.id, 1)),
+                        sources.get(h.entry.experience.id, ()),
+                        None,  # the bench's library has no sender histories
                     )
                     for h in hits
                 ]

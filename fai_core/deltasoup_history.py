@@ -57,7 +57,8 @@ Memory is bounded: at most `history_max_senders` senders per domain (the least r
 heard is forgotten first) and `history_recent_rows` rows per sender. The state survives
 restarts (fai_core.deltasoup_history_file), so a restart does not reopen the bootstrap
 window. Refusals here are relative to other senders, so they never cost reputation
-(fai_core.refusals.CHARGED).
+(fai_core.refusals.CHARGED). They do reach back: the node's recall does not offer rows that
+only senders now refused in the row's domain sent (`refused`, fai_net/api/recall.py).
 """
 
 from __future__ import annotations
@@ -212,11 +213,13 @@ class SenderHistory:
     def refused(self, domain: str, sender: bytes) -> bool:
         """Whether `sender` stands refused in `domain` now (it crossed the refusal bound and
         has not fallen back below `history_defer_z`). Rows of it that were merged before
-        the refusal stay in the library, but recall does not offer them: most rows an
+        the refusal stay in the library, but recall does not offer them unless another
+        source vouches for them (fai_core.ranking.vouched_candidate): most rows an
         attacker slips in come before the evidence against it is in, and the same
         evidence then speaks against them. If the sender falls back below the bound, they
-        are offered again. Safe to call from another thread than the rounds' (one lookup in
-        a table that is replaced, never changed, by `apply`)."""
+        are offered again; a domain forgets refused senders last (`apply`). Safe to call
+        from another thread than the rounds' (one lookup in a table that is replaced,
+        never changed, by `apply`)."""
         summary = self._domains.get(domain, {}).get(sender)
         return summary is not None and summary.refused
 
@@ -353,16 +356,17 @@ class SenderHistory:
         waiting: dict[tuple[bytes, bytes], int] | None = None,
     ) -> None:
         """Store a judged round's summaries, forgetting the least recently heard senders of a
-        domain beyond `history_max_senders`. `waiting`: the rows counted this round or
-        before that now wait in the backlog for evidence, with when each was first seen
-        (every other row leaves the waiting set)."""
+        domain beyond `history_max_senders` (refused ones only once no other is left).
+        `waiting`: the rows counted this round or before that now wait in the backlog for
+        evidence, with when each was first seen (every other row leaves the waiting set)."""
         self._waiting = dict(waiting or {})
         for dom, fresh in verdict.updates.items():
             # A new table, not the old one changed: `refused` reads it from other threads.
             table = {**self._domains.get(dom, {}), **fresh}
             if len(table) > cfg.history_max_senders:
-                newest = sorted(table, key=lambda k: (table[k].last_round, k))
-                keep = newest[-cfg.history_max_senders :]
+                # Refused senders go last: forgetting one would offer its rows again.
+                order = sorted(table, key=lambda k: (table[k].refused, table[k].last_round, k))
+                keep = order[-cfg.history_max_senders :]
                 table = {k: table[k] for k in sorted(keep)}
             self._domains[dom] = table
         self.rounds += 1

@@ -29,6 +29,13 @@ and every factor is one a hostile source cannot inflate by itself:
 * **Corroboration**: the number n of distinct sources that published the same experience
   (same domain and text, hence the same id) adds ln(n)/10: a mild bonus, since Sybils can
   corroborate each other; the cutoff and feedback still apply to what they say.
+* **Refused sources** (`vouched_candidate`): a source that DeltaSoup's sender histories
+  now refuse in a domain (fai_core.deltasoup_history.SenderHistory.refused) vouches for
+  nothing there. An experience no other source published is not offered, unless this
+  node's own agents found it helpful (utility above 0.5): their reports outweigh a
+  comparison between senders. One that others published too is offered, but counted and
+  claimed as theirs: the refused source adds no corroboration, and its claim is replaced
+  by a middling one (`VOUCHED_CLAIM`) of the first other source.
 
     score = r * (0.5 + u) * (0.5 + c) * (2 s) * (1 + ln(n) / 10)
 
@@ -41,7 +48,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +65,9 @@ MUTE_STANDING = 0.25
 MUTE_MIN_REPORTS = 8
 #: Experiences whose utility is below this are not recalled (see the module doc).
 MIN_UTILITY = 0.4
+#: The claim an experience is ranked with when its stored record is a refused source's
+#: and other sources vouch for it (their own claims are not kept per sighting).
+VOUCHED_CLAIM = 0.5
 OUTCOMES = {"helped": 1.0, "no_effect": 0.0, "hurt": -1.0}
 
 
@@ -144,6 +154,35 @@ class Candidate:
     distance: float
     quality: float
     sources: int = 1
+
+
+#: Whether a source stands refused in a domain: (domain, source) -> bool.
+RefusedCheck = Callable[[str, bytes], bool]
+
+
+def vouched_candidate(
+    ident: bytes,
+    domain: str,
+    source: bytes,
+    distance: float,
+    quality: float,
+    publishers: Iterable[bytes],
+    refused: RefusedCheck | None,
+    tally: Tally | None = None,
+) -> Candidate | None:
+    """The candidate recall ranks for one library row (stored `source` and `quality`), given
+    every source that published its id (`publishers`, the sightings; the stored source
+    counts whether sighted or not) and which of them stand refused in `domain`. None: the
+    row is withheld (see the module doc)."""
+    everyone = set(publishers) | {source}
+    vouching = sorted(s for s in everyone if refused is None or not refused(domain, s))
+    if not vouching:
+        if tally is not None and utility(tally) > 0.5:
+            return Candidate(ident, source, distance, quality, 1)
+        return None
+    if source in vouching:
+        return Candidate(ident, source, distance, quality, len(vouching))
+    return Candidate(ident, vouching[0], distance, VOUCHED_CLAIM, len(vouching))
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,16 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from fai_core.experience import Experience
-from fai_core.ranking import MAX_DISTANCE, Candidate, QualityCalibration, Tally, is_muted, rank
+from fai_core.ranking import (
+    MAX_DISTANCE,
+    Candidate,
+    QualityCalibration,
+    RefusedCheck,
+    Tally,
+    is_muted,
+    rank,
+    vouched_candidate,
+)
 from fai_eval.sim.workload import World
 
 #: Experiences an agent asks recall for and uses (poisoned@3 looks at the same three).
@@ -101,11 +110,18 @@ class LibraryView:
 
 
 def recall(
-    view: LibraryView, query: np.ndarray, domain: int, ledger: OutcomeLedger, k: int = RECALL_K
+    view: LibraryView,
+    query: np.ndarray,
+    domain: int,
+    ledger: OutcomeLedger,
+    k: int = RECALL_K,
+    refused: RefusedCheck | None = None,
 ) -> list[Experience]:
     """The node's recall for a task whose embedding is `query` (unit), in `domain`: the
     `FETCH_FACTOR * k` nearest rows of the domain, ranked by `fai_core.ranking.rank` with
-    this node's tallies, standings, calibration and sightings; the best `k`."""
+    this node's tallies, standings, calibration and sightings; the best `k`. `view` holds
+    only the rows recall may offer (the node widens its search past withheld ones), and
+    `refused` says which sources vouch for nothing (`vouched_candidate`)."""
     rows = np.flatnonzero(view.domain == domain)
     if len(rows) == 0:
         return []
@@ -113,15 +129,9 @@ def recall(
     fetch = min(len(rows), FETCH_FACTOR * k)
     near = np.argsort(-sims, kind="stable")[:fetch]
     candidates = [
-        Candidate(
-            view.exps[rows[j]].id,
-            view.exps[rows[j]].source,
-            float(1.0 - sims[j]),
-            view.exps[rows[j]].quality,
-            ledger.corroboration(view.exps[rows[j]].id),
-        )
-        for j in near
+        candidate(view.exps[rows[j]], float(1.0 - sims[j]), ledger, refused) for j in near
     ]
+    candidates = [c for c in candidates if c is not None]
     by_id = {view.exps[rows[j]].id: view.exps[rows[j]] for j in near}
     ranked = rank(
         candidates,
@@ -132,6 +142,18 @@ def recall(
         k=k,
     )
     return [by_id[r.candidate.id] for r in ranked]
+
+
+def candidate(
+    e: Experience, distance: float, ledger: OutcomeLedger, refused: RefusedCheck | None
+) -> Candidate | None:
+    """What the node's recall ranks for row `e` (None: withheld), from this node's
+    sightings and tallies (`fai_core.ranking.vouched_candidate`)."""
+    publishers = ledger.sightings.get(e.id, ())
+    tally = ledger.items.get(e.id)
+    return vouched_candidate(
+        e.id, e.domain, e.source, distance, e.quality, publishers, refused, tally
+    )
 
 
 def hidden_value(world: World, text: str, task: int, hit_cos: float) -> float:

@@ -234,14 +234,14 @@ class _Node:
     #: A Byzantine node's publishing keys (its own first; more with Sybils).
     identities: list[NodeKey] = field(default_factory=list)
     #: SimConfig.feedback: the node's outcome book, its agent's noise stream, and the
-    #: library version its cached recall view was built at.
+    #: library version, judged rounds and reports its cached recall view was built at.
     ledger: feedback.OutcomeLedger | None = None
     #: Per experience id of its library, the sources whose copy it merged or made (the
     #: node's sightings table, fai_net/api/outcome_book.py; shared with `ledger`).
     sightings: dict[bytes, set[bytes]] = field(default_factory=dict)
     fb_rng: np.random.Generator | None = None
     fai_version: int = 0
-    view: tuple[tuple[int, int], feedback.LibraryView] | None = None
+    view: tuple[tuple[int, int, int], feedback.LibraryView] | None = None
 
 
 def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
@@ -552,7 +552,8 @@ class Simulation:
     def _view(self, node: _Node) -> feedback.LibraryView:
         """The node's library as its recall sees it, rebuilt when the library changed or
         a round was judged (which may refuse, or clear, a source of it)."""
-        version = (node.fai_version, self._judged_rounds(node))
+        reports = node.ledger.reports if node.ledger is not None else 0
+        version = (node.fai_version, self._judged_rounds(node), reports)
         if node.view is None or node.view[0] != version:
             node.view = (version, feedback.LibraryView(self._recallable(node), self.world.domains))
         return node.view[1]
@@ -566,30 +567,31 @@ class Simulation:
         history = self._history(node)
         return -1 if history is None else history.rounds
 
+    def _refused_check(self, node: _Node):
+        """What the node's recall asks of its sender histories (None: it keeps none)."""
+        history = self._history(node)
+        return None if history is None else history.refused
+
     def _recallable(self, node: _Node) -> list[Experience]:
         """The node's library as recall offers it: without the rows that only sources its
-        sender histories now refuse in the row's domain sent (fai_net/api/recall.py)."""
-        history = self._history(node)
-        if history is None:
+        sender histories now refuse in the row's domain vouch for, unless its agents found
+        them helpful (`fai_core.ranking.vouched_candidate`, as fai_net/api/recall.py)."""
+        refused = self._refused_check(node)
+        if refused is None:
             return list(node.fai.values())
-
-        def vouched(e: Experience) -> bool:
-            senders = node.sightings.get(e.id) or (e.source,)
-            return not all(history.refused(e.domain, s) for s in senders)
-
-        return [e for e in node.fai.values() if vouched(e)]
+        book = node.ledger or feedback.OutcomeLedger(node.sightings)
+        return [e for e in node.fai.values() if feedback.candidate(e, 0.0, book, refused)]
 
     def _use_recall(self, node: _Node, tasks: np.ndarray) -> None:
         """The node's agent at work: per task, recall from the library (before this round's
         extractions, which come after the task), use what comes back, report outcomes."""
         if len(tasks) == 0 or not node.fai:
             return
-        view = self._view(node)
+        view, refused = self._view(node), self._refused_check(node)
         for task in tasks.tolist():
             dom = int(self.world.domain_of[task])
-            used = feedback.recall(
-                view, self.world.vectors[task].astype(np.float64), dom, node.ledger
-            )
+            query = self.world.vectors[task].astype(np.float64)
+            used = feedback.recall(view, query, dom, node.ledger, refused=refused)
             values = [
                 feedback.hidden_value(self.world, e.text, task, self.cfg.hit_cos) for e in used
             ]
@@ -1038,7 +1040,9 @@ class Simulation:
         proxy, poisoned = [], []
         for task in node.eval_tasks.tolist():
             dom = int(world.domain_of[task])
-            got = feedback.recall(view, true_unit[task], dom, ledger, POISON_TOP_K)
+            got = feedback.recall(
+                view, true_unit[task], dom, ledger, POISON_TOP_K, self._refused_check(node)
+            )
             rows = [self._row(e) for e in got]
             if not rows:
                 proxy.append(0.0)

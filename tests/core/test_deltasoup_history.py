@@ -16,7 +16,7 @@ import pytest
 from fai_core.corpus import load_pattern_corpus
 from fai_core.deltasoup import DeltaSoup, DeltaSoupConfig
 from fai_core.deltasoup_filters import vote_weights
-from fai_core.deltasoup_history import SenderHistory
+from fai_core.deltasoup_history import HistoryVerdict, SenderHistory
 from fai_core.deltasoup_reference import SenderSummary, reference
 from fai_core.domain_anchors import builtin_anchors
 from fai_core.embedding import DEFAULT_MODEL
@@ -198,6 +198,26 @@ def test_senders_per_domain_are_bounded():
         fleet.round([fleet.honest(k, "design")])
     kept = fleet.soup.history.senders("design")
     assert set(kept) == {k.public_key for k in HONEST[-3:]}
+
+
+def test_a_refused_sender_is_forgotten_last():
+    """Recall withholds the rows of refused senders, so forgetting one would offer them
+    again: a crowd of fresh keys pushes out the least recently heard honest senders, and
+    the refused one only when nobody else is left to forget."""
+    history = SenderHistory(4)
+    cfg = dataclasses.replace(DeltaSoupConfig(), history_max_senders=3)
+    liar, fresh = b"L" * 32, [bytes([i]) * 32 for i in range(5)]
+    summary = SenderSummary.empty(4)
+    history.apply(
+        HistoryVerdict(updates={"ops": {liar: dataclasses.replace(summary, refused=True)}}), cfg
+    )
+    for key in fresh[:4]:
+        history.apply(HistoryVerdict(updates={"ops": {key: summary}}), cfg)
+        assert history.refused("ops", liar)
+    assert set(history.senders("ops")) == {liar, fresh[2], fresh[3]}
+    cfg = dataclasses.replace(cfg, history_max_senders=1)
+    history.apply(HistoryVerdict(updates={"ops": {fresh[4]: summary}}), cfg)
+    assert set(history.senders("ops")) == {liar}
 
 
 # -- what a majority of keys can and cannot move ------------------------------------------------

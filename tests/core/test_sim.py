@@ -66,7 +66,7 @@ def test_attack_batch_is_a_verified_envelope(world, attack):
     assert len(b) == rows and len(set(b.texts)) == rows
     assert np.all((b.quality > 0) & (b.quality < 1))
     recon = b.embeddings()
-    in_domain = attack not in ("mismatch", "domain_spoof", "plausible_harmful")
+    in_domain = attack not in ("mismatch", "domain_spoof", "plausible_harmful", "stealth_harmful")
     if in_domain:
         assert set(idx) <= members, "texts are real patterns of the tagged domain"
         cos_true = _cos_rows(recon, world.vectors[idx])
