@@ -717,13 +717,16 @@ class BatchStore:
     def outbox_records(self, ids: Iterable[bytes]) -> dict[bytes, bytes]:
         """The records queued with these ids (ids queued without one, or not queued, are
         absent)."""
+        wanted = list(dict.fromkeys(bytes(i) for i in ids))
         out: dict[bytes, bytes] = {}
-        for i in ids:
-            row = self._conn.execute(
-                "SELECT record FROM outbox WHERE id = ? AND record IS NOT NULL", (bytes(i),)
-            ).fetchone()
-            if row is not None:
-                out[bytes(i)] = bytes(row[0])
+        for start in range(0, len(wanted), 500):  # under SQLite's bound-variable limit
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._conn.execute(
+                f"SELECT id, record FROM outbox WHERE id IN ({marks}) AND record IS NOT NULL",
+                part,
+            )
+            out.update((bytes(i), bytes(r)) for i, r in rows)
         return out
 
     def outbox_peek(self, domain: str, limit: int) -> list[bytes]:

@@ -3,10 +3,11 @@
 `recall` embeds the task text, takes the nearest experiences within the relevance cutoff,
 and ranks them by relevance times trust (fai_core/ranking.py; docs/recall.md). It does not
 offer an experience whose every source now stands refused in its domain by DeltaSoup's
-sender histories (`SenderHistory.refused`): most rows an attacker slips in arrive before
-the evidence against it, and once that evidence is in it speaks against them too. They stay
-in the library, and come back if the source is cleared; a pattern that another, unrefused
-source also sent is offered as before. `feedback`
+sender histories (`SenderHistory.refused`; `fai_core.ranking.vouched_candidate`): most rows
+an attacker slips in arrive before the evidence against it, and once that evidence is in
+it speaks against them too. They stay in the library, and come back if the source is
+cleared or this node's agents found them helpful; a pattern that another, unrefused source
+also sent is offered, ranked as that source's. `feedback`
 records whether a recalled experience helped. Both run in worker threads and read the
 library without its write limiter: LanceDB reads see a consistent version while a merge
 round writes the next one, so an agent's question never waits behind a merge.
@@ -17,19 +18,19 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fai_core.ranking import (
     MAX_DISTANCE,
-    Candidate,
     QualityCalibration,
+    RefusedCheck,
     outcome_reward,
     rank,
     render,
     standing,
     utility,
+    vouched_candidate,
 )
 from fai_net.api.control import ControlError
 from fai_net.api.outcome_book import OutcomeBook
@@ -39,6 +40,8 @@ MAX_TASK_CHARS = 4096
 MAX_K = 50
 #: Nearest neighbours fetched per result wanted: the ranking reorders within them.
 FETCH_FACTOR = 4
+#: Most rows one recall examines when rows only refused sources vouch for fill the window.
+MAX_FETCH = 2048
 #: How often the node rebuilds the quality calibration (a full scan of the claims).
 CALIBRATION_TTL_S = 30.0
 
@@ -75,10 +78,6 @@ class RecallQuery:
         ):
             raise ControlError("bad_request", "max_distance must be a number in (0, 2]")
         return cls(task, domain, k, float(cutoff))
-
-
-#: Whether a source stands refused in a domain: (domain, source key) -> bool.
-RefusedCheck = Callable[[str, bytes], bool]
 
 
 class Recall:
@@ -120,26 +119,10 @@ class Recall:
     def recall(self, query: RecallQuery, domains: list[str]) -> dict[str, Any]:
         """Ranked experiences of `query.domain`, else of every domain in `domains` (the
         node's subscriptions: a domain it left is not recalled)."""
-        where = query.domain if query.domain is not None else list(domains)
-        hits = self.library.search(query.task, where, query.k * FETCH_FACTOR)
-        hits = [h for h in hits if h.distance <= query.max_distance]
-        sources = self.outcomes.sources_of(h.entry.experience.id for h in hits)
-        offered = [h for h in hits if not self._withheld(h.entry.experience, sources)]
-        ids = [h.entry.experience.id for h in offered]
-        entries = {h.entry.experience.id: h.entry for h in offered}
-        candidates = [
-            Candidate(
-                h.entry.experience.id,
-                h.entry.experience.source,
-                h.distance,
-                h.entry.experience.quality,
-                max(1, len(sources.get(h.entry.experience.id, ()))),
-            )
-            for h in offered
-        ]
+        candidates, entries, tallies, withheld = self._candidates(query, domains)
         ranked = rank(
             candidates,
-            tallies=self.outcomes.tallies(ids),
+            tallies=tallies,
             source_tallies=self.outcomes.source_tallies({c.source for c in candidates}),
             calibration=self.calibration(),
             max_distance=query.max_distance,
@@ -152,15 +135,37 @@ class Recall:
             "experiences": items,
             "prompt": prompt,
             "max_distance": query.max_distance,
-            "withheld": len(hits) - len(offered),  # within the cutoff, only refused sources
+            "withheld": withheld,  # close matches that only refused sources vouch for
         }
 
-    def _withheld(self, e, sources: dict[bytes, frozenset[bytes]]) -> bool:
-        """Whether every source of `e` (its sightings, else its own source field) now
-        stands refused in `e`'s domain."""
-        if self._refused is None:
-            return False
-        return all(self._refused(e.domain, s) for s in sources.get(e.id) or (e.source,))
+    def _candidates(self, query: RecallQuery, domains: list[str]):
+        """(the `k * FETCH_FACTOR` nearest offered candidates within the cutoff, their
+        library entries by id, their tallies, how many nearer rows were withheld). Rows
+        only refused sources vouch for (`vouched_candidate`) do not count towards the
+        window, so the search widens past them (up to MAX_FETCH rows): a source that
+        slipped many rows in about one topic before its refusal cannot empty recall of it."""
+        where = query.domain if query.domain is not None else list(domains)
+        want, window = query.k * FETCH_FACTOR, query.k * FETCH_FACTOR
+        while True:
+            hits = self.library.search(query.task, where, window)
+            near = [h for h in hits if h.distance <= query.max_distance]
+            ids = [h.entry.experience.id for h in near]
+            sources, tallies = self.outcomes.sources_of(ids), self.outcomes.tallies(ids)
+            candidates, entries = [], {}
+            for h in near:
+                e = h.entry.experience
+                c = vouched_candidate(
+                    e.id, e.domain, e.source, h.distance, e.quality,
+                    sources.get(e.id, ()), self._refused, tallies.get(e.id),
+                )  # fmt: skip
+                if c is not None and len(candidates) < want:
+                    candidates.append(c)
+                    entries[e.id] = h.entry
+            withheld = len(near) - len(candidates)
+            done = len(candidates) >= want or len(hits) < window or len(near) < len(hits)
+            if done or window >= MAX_FETCH:
+                return candidates, entries, tallies, withheld
+            window = min(MAX_FETCH, window * 4)
 
     def _item(self, r, entry, now: int) -> dict[str, Any]:
         e = entry.experience

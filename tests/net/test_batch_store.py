@@ -439,6 +439,10 @@ def test_outbox_keeps_the_record_queued_with_each_id(store):
     assert store.outbox_count() == 3  # the refused call queued nothing
     store.outbox_remove(ids[:1])
     assert store.outbox_records(ids) == {ids[2]: b"rec-2"}
+    many = [i.to_bytes(36, "big") for i in range(1_200)]  # more than one lookup's worth
+    store.outbox_add(many, "ops", [b"r%d" % i for i in range(1_200)])
+    got = store.outbox_records(many)
+    assert len(got) == 1_200 and got[many[1_100]] == b"r1100"
 
 
 def test_an_outbox_written_by_older_code_gains_its_record_column(tmp_path):

@@ -132,6 +132,29 @@ def test_a_peer_record_replacing_ours_is_published_as_ours():
     trio.run(main)
 
 
+def test_an_outbox_entry_queued_without_a_record_leaves_once_a_peer_record_wins():
+    """An entry an older node queued (no record) falls back to the library's record, and
+    leaves the outbox once that record is a peer's: nothing else of ours is left to send."""
+
+    async def main():
+        async with trio.open_nursery() as n:
+            node = await start(n, config("older"))
+            texts = ["an entry from an older node", "a current entry with its record"]
+            await node.add_experiences([{"text": t, "domain": "coding"} for t in texts])
+            vec = node.embedder.embed(texts[:1])[0]
+            mine = Experience.create(texts[0], vec, 0.5, "coding", node.identity.public_key, 1)
+            node.store.outbox_remove([mine.id])
+            node.store.outbox_add([mine.id], "coding")  # as an older node queued it
+            other = NodeKey(bytes([8]) * 32).public_key
+            better = Experience.create(texts[0], vec, 0.95, "coding", other, now_ms())
+            await trio.to_thread.run_sync(node.library.merge, [better], other)
+            result = await node.broadcast("coding")
+            assert result["experiences_sent"] == 1 and node.store.outbox_count() == 0
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_a_failing_round_is_counted_and_the_node_keeps_running():
     async def main():
         async with trio.open_nursery() as n:

@@ -3,6 +3,8 @@ exactly as it was added, and anything else decodes to None, never to a wrong exp
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,7 @@ def test_round_trip_is_exact():
             {
                 "text": "pin it",
                 "embedding": b"\x00" * 3,
-                "quality": b"\x00" * 8,
+                "quality": struct.pack("<d", 0.5),
                 "created_ms": 1,
                 "iteration": 0,
             }
@@ -46,7 +48,7 @@ def test_round_trip_is_exact():
             {
                 "text": "pin it",
                 "embedding": np.full(4, np.nan, "<f4").tobytes(),
-                "quality": b"\x00" * 8,
+                "quality": struct.pack("<d", 0.5),
                 "created_ms": 1,
                 "iteration": 0,
             }
@@ -54,6 +56,7 @@ def test_round_trip_is_exact():
     ],
 )
 def test_anything_else_is_none(blob):
+    """Each bad blob is wrong in one field only (fields missing, a cut embedding, NaN)."""
     assert from_own_record(blob, "devops", KEY) is None
 
 

@@ -61,8 +61,10 @@ def test_rows_only_refused_sources_sent_are_withheld(setup):
     assert after["withheld"] == 1
     both = next(e for e in after["experiences"] if e["text"] == BOTH)
     # The library's record is the refused source's (higher claim); the honest sighting
-    # vouches for the pattern, and both count as its sources.
-    assert both["source"] == REFUSED.hex() and both["sources"] == 2
+    # vouches for the pattern, which is ranked as the honest source's, at a middling
+    # claim, and corroborated by it alone.
+    assert both["source"] == REFUSED.hex() and both["sources"] == 1
+    assert both["source_standing"] == 0.5 and both["calibrated_quality"] != 0.99
     assert library.count() == 4  # nothing was deleted (BOTH is one id)
     # The refusal is per domain: the same source's coding row is still offered.
     coding = _ask(recall, "coding")
@@ -70,6 +72,42 @@ def test_rows_only_refused_sources_sent_are_withheld(setup):
     # Cleared (the source fell back below the bound): offered again.
     refused.clear()
     assert _ask(recall, "devops")["withheld"] == 0
+
+
+def test_a_row_the_agents_found_helpful_is_still_offered(setup):
+    """This node's own agents' reports outweigh a comparison between senders."""
+    recall, refused, _ = setup
+    found = _ask(recall, "devops")["experiences"]
+    ident = next(e["id"] for e in found if e["text"] == ONLY_REFUSED)
+    recall.feedback({"id": ident, "outcome": "no_effect"})
+    refused.add(("devops", REFUSED))
+    assert ONLY_REFUSED not in {e["text"] for e in _ask(recall, "devops")["experiences"]}
+    for _ in range(2):
+        recall.feedback({"id": ident, "outcome": "helped"})
+    after = _ask(recall, "devops")
+    assert ONLY_REFUSED in {e["text"] for e in after["experiences"]} and after["withheld"] == 0
+
+
+def test_refused_rows_do_not_crowd_out_the_rest(tmp_path):
+    """A source slipped 40 rows about one topic in before it was refused: recall widens its
+    search past them and still finds the honest lesson behind them."""
+    embedder = HashingEmbedder()
+    library = ExperienceLibrary.open(tmp_path / "lib", embedder.dimension, embedder)
+    outcomes = OutcomeBook(tmp_path / "outcomes.sqlite")
+    texts = [f"{TASK} variant {i}" for i in range(40)]
+    flood = [Experience(t, embedder.embed([t])[0], 0.6, "devops", REFUSED, 1) for t in texts]
+    library.merge(flood, received_from=REFUSED)
+    honest = Experience(ONLY_HONEST, embedder.embed([ONLY_HONEST])[0], 0.6, "devops", HONEST, 1)
+    library.merge([honest], received_from=HONEST)
+    outcomes.sighted([(honest.id, HONEST)])  # the flood's rows have no sightings at all
+    try:
+        recall = Recall(library, outcomes, lambda key: None, refused=lambda d, s: s == REFUSED)
+        found = _ask(recall, "devops")
+        assert [e["text"] for e in found["experiences"]] == [ONLY_HONEST]
+        assert found["withheld"] == 40
+    finally:
+        library.close()
+        outcomes.close()
 
 
 def test_without_histories_nothing_is_withheld(setup):
