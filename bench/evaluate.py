@@ -606,6 +606,17 @@ def feedback_figures(plan: dict, get) -> dict:
                         100 * r["final"]["fai"]["proxy"] / b["final"]["fai"]["proxy"]
                         for r, b in zip(runs, base, strict=True)
                     ),
+                    # Against the oracle of the same run: every honest lesson, no attacker.
+                    "proxy_oracle_pct": stat(
+                        100 * r["final"]["fai"]["proxy"] / r["final"]["central"]["proxy"]
+                        for r in runs
+                    ),
+                    "rows_in_library": stat(
+                        r.get("adversary", {}).get("byzantine_rows_in_library") for r in runs
+                    ),
+                    "rows_offered": stat(
+                        r.get("adversary", {}).get("byzantine_rows_recallable") for r in runs
+                    ),
                     "curve_round": [p["round"] for p in runs[0]["curves"]],
                     "curve_poisoned": np.mean(
                         [[p["fai"]["poisoned"] for p in r["curves"]] for r in runs], axis=0
@@ -1003,7 +1014,11 @@ def poisoning_markdown(fig: dict, img_rel: str) -> list[str]:
         "",
         "Plausible attacks send texts whose embeddings are their own, so no embedding-space "
         "check can see them; only their inflated quality claims (sender histories, "
-        "docs/deltasoup.md) and what using them does tell them apart. With feedback on, "
+        "docs/deltasoup.md) and what using them does tell them apart. Recall does not "
+        "offer rows that only senders its histories refuse since vouch for (docs/recall.md, "
+        '"Rows of refused sources"), so poisoned@3 and the proxy measure what recall '
+        "offers, and the attack rows per library are given twice: held, and offered. "
+        "With feedback on, "
         "every honest agent recalls experiences for its tasks (ranked by utility and "
         "source standing) and reports each outcome from the lesson's hidden value plus "
         "noise (std 0.3); sources that keep hurting are muted (fai_eval/sim/feedback.py). "
@@ -1015,7 +1030,8 @@ def poisoning_markdown(fig: dict, img_rel: str) -> list[str]:
     header = [
         "attack", "f", "feedback", "Byzantine rows kept", "honest retention",
         f"FAI poisoned@{simulator.POISON_TOP_K}", f"naive poisoned@{simulator.POISON_TOP_K}",
-        "FAI proxy % of f=0", "attack rows muted",
+        "FAI proxy % of f=0", "FAI proxy % of oracle", "attack rows per library (offered)",
+        "attack rows muted",
     ]  # fmt: skip
     rows = []
     for attack, by_f in fb.items():
@@ -1029,7 +1045,8 @@ def poisoning_markdown(fig: dict, img_rel: str) -> list[str]:
                         f"`{attack}`", f"{label} ({c['f']})", mode,
                         pct_pm(c["byzantine_kept_share"]), pct_pm(c["honest_retention"]),
                         pm(c["poisoned"], 3), pm(c["naive_poisoned"], 3),
-                        pct_pm(c["proxy_pct"], 1), pm(muted, 0, comma=True) if muted else "–",
+                        pct_pm(c["proxy_pct"], 1), pct_pm(c.get("proxy_oracle_pct"), 1),
+                        _held_offered(c), pm(muted, 0, comma=True) if muted else "–",
                     ]
                 )  # fmt: skip
     if rows:
@@ -1046,6 +1063,14 @@ def poisoning_markdown(fig: dict, img_rel: str) -> list[str]:
     if syb:
         L += sybil_markdown(syb)
     return L
+
+
+def _held_offered(cell: dict) -> str:
+    """Attack rows per measured library, "held (offered)", means over seeds."""
+    held, offered = cell.get("rows_in_library"), cell.get("rows_offered")
+    if held is None:
+        return "–"
+    return f"{held['mean']:.1f} ({offered['mean']:.1f})" if offered else f"{held['mean']:.1f}"
 
 
 def poison_target_lines(fb: dict) -> list[str]:
