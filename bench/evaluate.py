@@ -1015,7 +1015,7 @@ def poisoning_markdown(fig: dict, img_rel: str) -> list[str]:
         "Plausible attacks send texts whose embeddings are their own, so no embedding-space "
         "check can see them; only their inflated quality claims (sender histories, "
         "docs/deltasoup.md) and what using them does tell them apart. Recall does not "
-        "offer rows that only senders its histories refuse since vouch for (docs/recall.md, "
+        "offer a row once every sender that published it stands refused (docs/recall.md, "
         '"Rows of refused sources"), so poisoned@3 and the proxy measure what recall '
         "offers, and the attack rows per library are given twice: held, and offered. "
         "With feedback on, "
