@@ -40,17 +40,6 @@ log = logging.getLogger("fai_net.node.node")
 _clock_log = RateLimitedLog(log, interval_s=60.0)
 
 
-def _record_own(soup, exps: list[Experience]) -> None:
-    """The agent's own rows into DeltaSoup's sender histories (when it keeps them): the one
-    sender a node trusts bounds its domains' quality references (fai_core.deltasoup_history)."""
-    history = getattr(soup, "history", None)
-    if history is None:
-        return
-    for domain in sorted({e.domain for e in exps}):
-        mine = [e for e in exps if e.domain == domain]
-        history.record_own(domain, np.stack([e.embedding for e in mine]), [e.quality for e in mine])
-
-
 def own_record(e: Experience) -> bytes:
     """The agent's own record of `e` as its outbox entry keeps it (domain and source are the
     entry's and the node's)."""
@@ -127,8 +116,12 @@ class Broadcaster:
         by_domain: dict[str, list[Experience]] = {}
         for exp in exps:
             by_domain.setdefault(exp.domain, []).append(exp)
-        _record_own(res.soup, exps)
+        history = res.sender_history
         for domain, mine in by_domain.items():
+            if history is not None:  # the one sender a node trusts bounds its references
+                history.record_own(
+                    domain, np.stack([e.embedding for e in mine]), [e.quality for e in mine]
+                )
             res.store.outbox_add([e.id for e in mine], domain, [own_record(e) for e in mine])
             if res.store.outbox_count(domain) >= res.config.broadcast_threshold:
                 state.broadcast_wakeup.set()

@@ -94,6 +94,11 @@ class NodeResources:
         return self.identity.peer_id
 
     @property
+    def sender_history(self) -> SenderHistory | None:
+        """DeltaSoup's sender histories (`sender_history`)."""
+        return sender_history(self.soup)
+
+    @property
     def addrs(self) -> list[str]:
         """Where peers should dial this node, each with /p2p/<peer id>: the announced
         addresses if configured (`--announce`); else, for a node using relays, its circuit
@@ -148,7 +153,7 @@ async def open_node_resources(
     try:
         async with AsyncExitStack() as stack:
             res = await _open_local(stack, config, state, embedder, membership, aggregator)
-            history = getattr(res.soup, "history", None)
+            history = res.sender_history
             if history is not None:
                 stack.callback(history.save)  # after the rounds stopped (callbacks run LIFO)
             res.ingest = TelemetryIngest(
@@ -242,10 +247,16 @@ async def _open_local(
     )
 
 
+def sender_history(soup: Aggregator) -> SenderHistory | None:
+    """The aggregator's sender histories, if it keeps any: DeltaSoup does, another
+    `Aggregator` run in its place (`AggregatorFactory`) may not."""
+    return getattr(soup, "history", None)
+
+
 def _refused_check(soup: Aggregator) -> Callable[[str, bytes], bool] | None:
     """What recall asks before it offers a row: does its source stand refused in the row's
     domain? Only an aggregator that keeps sender histories can say."""
-    history = getattr(soup, "history", None)
+    history = sender_history(soup)
     return None if history is None else history.refused
 
 

@@ -135,7 +135,7 @@ class MergeRounds:
     def _save_history(self) -> None:
         """DeltaSoup's sender histories, at most every HISTORY_SAVE_S (the file is a few MB
         for a busy domain; a crash loses at most that much history, never the file)."""
-        history = getattr(self.res.soup, "history", None)
+        history = self.res.sender_history
         if history is None or time.monotonic() - self._history_saved < HISTORY_SAVE_S:
             return
         history.save()
