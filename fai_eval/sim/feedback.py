@@ -17,7 +17,8 @@ its rules in memory: an experience's tally counts every report; its source's tal
 each of its experiences once, by the share of help and hurt reported on it; a source is
 muted when `is_muted` says so, and from then on the node merges no new experience of it
 (fai_net/node/rounds.py); sightings are the distinct (id, source) pairs merged or added
-locally. A test replays the same reports into both books and compares them.
+locally (the simulator notes them per node, `_Node.sight`, and shares them with the
+ledger). A test replays the same reports into both books and compares them.
 
 What is simulated: the agent. For each task it asks for `RECALL_K` experiences of the
 task's domain and uses all it gets; the outcome it reports for one is the experience's
@@ -26,7 +27,7 @@ hidden value for that task (`hidden_value`) plus Gaussian noise, clipped to [-1,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -86,13 +87,6 @@ class OutcomeLedger:
         else:
             self.muted.discard(source)
         return item, src
-
-    def sighted(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
-        for ident, source in pairs:
-            self.sightings.setdefault(ident, set()).add(source)
-
-    def corroboration(self, ident: bytes) -> int:
-        return max(1, len(self.sightings.get(ident, ())))
 
 
 class LibraryView:

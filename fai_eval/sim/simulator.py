@@ -243,6 +243,10 @@ class _Node:
     fai_version: int = 0
     view: tuple[tuple[int, int, int], feedback.LibraryView] | None = None
 
+    def sight(self, e: Experience) -> None:
+        """Note that `e.source` published `e.id` (merged here, or made by this node)."""
+        self.sightings.setdefault(e.id, set()).add(e.source)
+
 
 def _same_state(a: _Receiver, b: _Receiver, now_ms: int) -> bool:
     """Whether two receivers will decide every future batch of the simulation alike.
@@ -537,7 +541,7 @@ class Simulation:
                 if not node.byzantine and _wins(e, self.central.get(e.id)):
                     self.central[e.id] = e
                 self._fai_put(node, e)
-                node.sightings.setdefault(e.id, set()).add(e.source)
+                node.sight(e)
                 node.naive_own.add(e.id, e.embedding, e.quality, e.text, e.domain)
             # As the node's outbox does: publish its own record of each id, even where a
             # peer's record of the same pattern won the library (that peer may be refused
@@ -818,7 +822,7 @@ class Simulation:
                 self._merge_with_outcomes(node, exps)
                 continue
             for e in exps:
-                node.sightings.setdefault(e.id, set()).add(e.source)
+                node.sight(e)
                 self._fai_put(node, e)
         self.stats["cpu_merge_s"] += time.perf_counter() - t
         # Row accounting per receiving node: a member's own rows (shared mode) are not
@@ -847,7 +851,7 @@ class Simulation:
                 tag = "byzantine" if self.nodes[self._idx_of_key[e.source]].byzantine else "honest"
                 self.stats[f"{tag}_rows_muted"] += 1
                 continue
-            node.sightings.setdefault(e.id, set()).add(e.source)
+            node.sight(e)
             self._fai_put(node, e)
 
     # -- measurement -------------------------------------------------------------------------
